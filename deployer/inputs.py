@@ -1,0 +1,222 @@
+"""The deploy request: one JSON object, the same from our client and the CLI.
+
+The workflow receives the raw JSON and validates it with ``parse_request``, so
+a malformed request from ``temporal workflow start --input`` fails the
+workflow at once with a non-retryable error that names each field, instead of
+failing its workflow task forever. Nothing here does I/O; checks that need
+the file system or the cluster run in the ``validate_request`` activity.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from deployer.phases import Phase
+
+DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# Helm keeps release names to 53 characters so that derived names fit in 63.
+RELEASE_MAX = 53
+# An OCI image tag: the app version becomes the image tag and the Job name.
+APP_VERSION = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+CHART_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+CHART_VERSION = re.compile(r"^v?[0-9]+(\.[0-9]+){0,2}([-+][0-9A-Za-z.-]+)?$")
+KUBE_CONTEXT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@:/-]{0,252}$")
+MAX_VALUES_BYTES = 256 * 1024
+TIMEOUT_MIN_S = 10
+TIMEOUT_MAX_S = 3600
+DEFAULT_TIMEOUT_S = 300
+# Fields whose values may be secret: error messages never echo their input.
+SECRET_FIELDS = ("values",)
+
+
+class ChartRef(BaseModel):
+    """A chart: a local path (inside the worker's chart root) or a repository reference."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: str | None = None
+    repository: str | None = None
+    name: str | None = None
+    version: str | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> ChartRef:
+        if self.path is not None:
+            if self.repository or self.name or self.version:
+                raise ValueError("give either path, or repository with name and version, not both")
+            _check_chart_path(self.path)
+            return self
+        if not (self.repository and self.name and self.version):
+            raise ValueError("give path, or all of repository, name and version")
+        if not re.match(r"^(https://|oci://)[A-Za-z0-9.-]+(:[0-9]+)?(/[A-Za-z0-9._~/-]*)?$", self.repository):
+            raise ValueError("repository must be an https:// or oci:// URL without spaces or options")
+        if not CHART_NAME.match(self.name):
+            raise ValueError("name must be a chart name: lowercase letters, digits and '-'")
+        if not CHART_VERSION.match(self.version):
+            raise ValueError("version must be a chart version such as 1.14.0")
+        return self
+
+
+def _check_chart_path(path: str) -> None:
+    if not path or path.startswith(("-", "/")) or "\\" in path:
+        raise ValueError(
+            "path must be relative to the worker's chart root and must not start with '-' or '/'"
+        )
+    if any(part in ("..", "") for part in path.split("/")) and path != ".":
+        raise ValueError("path must not contain '..' or empty parts: charts must stay inside the chart root")
+    if not re.match(r"^[A-Za-z0-9_./-]+$", path) or len(path) > 255:
+        raise ValueError("path may contain only letters, digits, '_', '.', '/' and '-' (at most 255)")
+
+
+class OperatorCharts(BaseModel):
+    """Charts installed next to ours; None means the reference in the chart's values."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    postgres_operator: ChartRef | None = None
+    rabbitmq_operator: ChartRef | None = None
+    temporal: ChartRef | None = None
+
+
+class PhaseTimeouts(BaseModel):
+    """Seconds each phase may take before it fails with its last observed status."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    base: int = Field(DEFAULT_TIMEOUT_S, ge=TIMEOUT_MIN_S, le=TIMEOUT_MAX_S)
+    data: int = Field(DEFAULT_TIMEOUT_S, ge=TIMEOUT_MIN_S, le=TIMEOUT_MAX_S)
+    messaging: int = Field(DEFAULT_TIMEOUT_S, ge=TIMEOUT_MIN_S, le=TIMEOUT_MAX_S)
+    cache: int = Field(DEFAULT_TIMEOUT_S, ge=TIMEOUT_MIN_S, le=TIMEOUT_MAX_S)
+    temporal: int = Field(DEFAULT_TIMEOUT_S, ge=TIMEOUT_MIN_S, le=TIMEOUT_MAX_S)
+    migration: int = Field(DEFAULT_TIMEOUT_S, ge=TIMEOUT_MIN_S, le=TIMEOUT_MAX_S)
+    app: int = Field(DEFAULT_TIMEOUT_S, ge=TIMEOUT_MIN_S, le=TIMEOUT_MAX_S)
+
+    def for_phase(self, phase: Phase) -> int:
+        return int(getattr(self, phase.value))
+
+
+class DeployRequest(BaseModel):
+    """The workflow input. It names a kube context, never credentials."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    release: str = "ventros-crm"
+    namespace: str = "ventros-crm"
+    chart: ChartRef = ChartRef(path="chart")
+    values: dict[str, Any] = Field(default_factory=dict)
+    app_version: str | None = None
+    timeouts: PhaseTimeouts = PhaseTimeouts()
+    migration_wait_for_postgres_s: int = Field(300, ge=TIMEOUT_MIN_S, le=TIMEOUT_MAX_S)
+    kube_context: str | None = None
+    install_operators: bool = True
+    operator_charts: OperatorCharts = OperatorCharts()
+
+    @field_validator("release")
+    @classmethod
+    def _release(cls, value: str) -> str:
+        if len(value) > RELEASE_MAX or not DNS1123_LABEL.match(value):
+            raise ValueError(
+                f"must be a DNS-1123 label of at most {RELEASE_MAX} characters: "
+                "lowercase letters, digits and '-', starting and ending with a letter or digit"
+            )
+        return value
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, value: str) -> str:
+        if len(value) > 63 or not DNS1123_LABEL.match(value):
+            raise ValueError(
+                "must be a DNS-1123 label of at most 63 characters: "
+                "lowercase letters, digits and '-', starting and ending with a letter or digit"
+            )
+        return value
+
+    @field_validator("app_version")
+    @classmethod
+    def _app_version(cls, value: str | None) -> str | None:
+        if value is not None and not APP_VERSION.match(value):
+            raise ValueError(
+                "must be an image tag: letters, digits, '_', '.' and '-', "
+                "at most 128 characters, not starting with '.' or '-'"
+            )
+        return value
+
+    @field_validator("kube_context")
+    @classmethod
+    def _kube_context(cls, value: str | None) -> str | None:
+        if value is not None and not KUBE_CONTEXT.match(value):
+            raise ValueError(
+                "must be the name of a context in the worker's kubeconfig "
+                "(letters, digits, '_', '.', '@', ':', '/', '-'; not starting with '-')"
+            )
+        return value
+
+    @field_validator("values")
+    @classmethod
+    def _values(cls, value: dict[str, Any]) -> dict[str, Any]:
+        size = len(json.dumps(value, default=str))
+        if size > MAX_VALUES_BYTES:
+            raise ValueError(
+                f"is {size} bytes of JSON; the limit is {MAX_VALUES_BYTES}. "
+                "Keep large configuration in the chart or in ConfigMaps"
+            )
+        if "deployer" in value:
+            raise ValueError(
+                "must not set 'deployer': the deployer sets deployer.phases itself; "
+                "for the old hook-ordered chart use plain `helm install`"
+            )
+        return value
+
+    @property
+    def workflow_id(self) -> str:
+        return workflow_id_for(self.namespace, self.release)
+
+
+def workflow_id_for(namespace: str, release: str) -> str:
+    """Return the workflow id of a release: one deploy per release at a time."""
+    return f"deploy-{namespace}-{release}"
+
+
+class InvalidRequestError(ValueError):
+    """The request is invalid; the message names each field, its value and the fix."""
+
+
+def parse_request(raw: Any) -> DeployRequest:
+    """Validate raw JSON (a dict, or a JSON string) into a DeployRequest."""
+    if isinstance(raw, str | bytes):
+        try:
+            raw = json.loads(raw)
+        except ValueError as error:
+            raise InvalidRequestError(
+                f"the deploy request is not valid JSON ({error.__class__.__name__} at "
+                f"position {getattr(error, 'pos', '?')}); pass one JSON object"
+            ) from None
+    if not isinstance(raw, dict):
+        raise InvalidRequestError(
+            f"the deploy request must be a JSON object, got {type(raw).__name__}; "
+            'pass for example {"release": "ventros-crm", "namespace": "ventros-crm"}'
+        )
+    try:
+        return DeployRequest.model_validate(raw)
+    except ValidationError as error:
+        raise InvalidRequestError(describe_validation_error(error)) from None
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    """Render pydantic errors as one line per field, never echoing secret input."""
+    lines = []
+    for item in error.errors():
+        location = ".".join(str(part) for part in item["loc"]) or "(request)"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown field; remove it or check its spelling"
+        shown = ""
+        if not location.startswith(SECRET_FIELDS) and item["type"] != "extra_forbidden":
+            text = json.dumps(item.get("input"), default=str)
+            shown = f" (got {text[:80]}{'...' if len(text) > 80 else ''})"
+        lines.append(f"{location}: {message}{shown}")
+    return "invalid deploy request: " + "; ".join(lines)

@@ -1,0 +1,794 @@
+"""Simulated nodes, kubelets and operators for the local control plane.
+
+This is test tooling, not part of the deployer. It plays the parts a real
+cluster has and this machine cannot run: kubelets (pods become Running and
+Ready), a volume provisioner, the Zalando postgres-operator and the RabbitMQ
+cluster operator. Everything else (Deployments, ReplicaSets, StatefulSets,
+Jobs, garbage collection, scheduling) is done by the real controllers.
+
+Behaviour is steered per object through annotations, listed in STEERING and
+in docs/simulator.md. An annotation on a pod (or pod template) wins over the
+same annotation on the object's namespace, so a test can steer every pod of a
+namespace, then remove the annotation to "fix the cause".
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import datetime
+import logging
+import re
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from activities.kubeapi import (
+    ConflictError,
+    GoneError,
+    JsonObject,
+    KubeApiError,
+    KubeClient,
+    NotFoundError,
+    ResourceType,
+    WatchStalledError,
+    well_known,
+)
+
+log = logging.getLogger("simulator")
+
+PREFIX = "sim.ventros.io/"
+# Every steering annotation, with its meaning. docs/simulator.md repeats this.
+STEERING = {
+    "ready-delay": "seconds before a pod becomes Running and Ready (default 0.3)",
+    "hold-init": "comma-separated init container names that keep waiting",
+    "crashloop": "comma-separated container names put in CrashLoopBackOff",
+    "job-duration": "seconds a Job pod runs before it ends (default 0.3)",
+    "job-outcome": "'fail' makes a Job pod exit 1 (on the pod template)",
+    "fail-jobs": "regular expression: Job pods whose Job name matches exit 1",
+    "postgres-delay": "seconds a postgresql stays Creating (default 1)",
+    "postgres-outcome": "running (default), create-failed, sync-failed, creating, update-failed",
+    "rabbitmq-delay": "seconds before a RabbitmqCluster's conditions turn True (default 1)",
+    "rabbitmq-outcome": "ready (default) or reconcile-failed",
+    "rabbitmq-messages": "messages its queues report as held (default 0)",
+    "ready-at": "set by the simulator: Unix time in ms when it made the object ready",
+}
+NODE_CAPACITY = {"cpu": "16", "memory": "64Gi", "pods": "250", "ephemeral-storage": "500Gi"}
+KUBE_VERSION = "v1.36.3"
+
+POD = well_known("v1", "Pod")
+NAMESPACE = well_known("v1", "Namespace")
+NODE = well_known("v1", "Node")
+SECRET = well_known("v1", "Secret")
+SERVICE = well_known("v1", "Service")
+PV = well_known("v1", "PersistentVolume")
+PVC = well_known("v1", "PersistentVolumeClaim")
+STATEFULSET = well_known("apps/v1", "StatefulSet")
+POSTGRESQL = well_known("acid.zalan.do/v1", "postgresql")
+RABBITMQ = well_known("rabbitmq.com/v1beta1", "RabbitmqCluster")
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _ago(seconds: int) -> str:
+    moment = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=seconds)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _millis() -> str:
+    return str(int(time.time() * 1000))
+
+
+class Simulator:
+    """Watches the cluster and plays kubelets and operators."""
+
+    def __init__(self, kube: KubeClient, node_count: int) -> None:
+        self.kube = kube
+        self.node_count = node_count
+        self.namespaces: dict[str, dict[str, str]] = {}
+        self.handled_pods: dict[str, str] = {}  # uid -> state key last written
+        self.pod_tasks: dict[str, asyncio.Task[None]] = {}
+        self.cr_generations: dict[str, int] = {}
+        self.cr_tasks: dict[str, asyncio.Task[None]] = {}
+
+    # -- steering ---------------------------------------------------------
+
+    def steer(self, obj: JsonObject, key: str, default: str = "") -> str:
+        annotations = obj.get("metadata", {}).get("annotations") or {}
+        if PREFIX + key in annotations:
+            return str(annotations[PREFIX + key])
+        namespace = obj.get("metadata", {}).get("namespace", "")
+        return self.namespaces.get(namespace, {}).get(PREFIX + key, default)
+
+    def steer_seconds(self, obj: JsonObject, key: str, default: float) -> float:
+        raw = self.steer(obj, key, str(default))
+        try:
+            return max(0.0, float(raw))
+        except ValueError:
+            log.warning("ignoring %s%s=%r: not a number of seconds", PREFIX, key, raw)
+            return default
+
+    # -- nodes ------------------------------------------------------------
+
+    async def register_nodes(self) -> None:
+        for index in range(self.node_count):
+            name = f"sim-node-{index}"
+            node = {
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {
+                    "name": name,
+                    "labels": {
+                        "kubernetes.io/hostname": name,
+                        "kubernetes.io/os": "linux",
+                        "kubernetes.io/arch": "amd64",
+                        "sim.ventros.io/node": "true",
+                    },
+                },
+            }
+            try:
+                await self.kube.create(NODE, node)
+            except ConflictError:
+                pass
+            status = {
+                "status": {
+                    "capacity": NODE_CAPACITY,
+                    "allocatable": NODE_CAPACITY,
+                    "conditions": [
+                        {
+                            "type": "Ready",
+                            "status": "True",
+                            "reason": "KubeletReady",
+                            "message": "simulated kubelet is posting ready status",
+                            "lastHeartbeatTime": _now(),
+                            "lastTransitionTime": _now(),
+                        }
+                    ],
+                    "addresses": [
+                        {"type": "InternalIP", "address": f"10.250.0.{index + 10}"},
+                        {"type": "Hostname", "address": name},
+                    ],
+                    "nodeInfo": {
+                        "kubeletVersion": KUBE_VERSION,
+                        "kubeProxyVersion": KUBE_VERSION,
+                        "operatingSystem": "linux",
+                        "architecture": "amd64",
+                        "containerRuntimeVersion": "simulated://1.0",
+                        "kernelVersion": "simulated",
+                        "osImage": "simulated",
+                        "machineID": name,
+                        "systemUUID": name,
+                        "bootID": name,
+                    },
+                }
+            }
+            await self.kube.merge_patch(NODE, name, status, subresource="status")
+            # The NodeTaint admission plugin adds a not-ready taint to new nodes;
+            # the node lifecycle controller, off here, would lift it once Ready.
+            await self.kube.merge_patch(NODE, name, {"spec": {"taints": None}})
+
+    # -- watch plumbing ---------------------------------------------------
+
+    async def run_watch(
+        self,
+        rtype: ResourceType,
+        handler: Callable[[str, JsonObject], Awaitable[None]],
+    ) -> None:
+        """List, then watch rtype in every namespace forever, calling handler."""
+        while True:
+            try:
+                listing = await self.kube.list(rtype)
+                for item in listing.get("items", []):
+                    await self._safe(handler, "ADDED", item)
+                version = listing["metadata"]["resourceVersion"]
+                while True:
+                    async for event in self.kube.watch(
+                        rtype, resource_version=version, timeout_s=120
+                    ):
+                        obj = event["object"]
+                        version = obj["metadata"]["resourceVersion"]
+                        if event["type"] != "BOOKMARK":
+                            await self._safe(handler, event["type"], obj)
+            except (GoneError, WatchStalledError):
+                continue
+            except (KubeApiError, OSError, asyncio.TimeoutError) as error:
+                log.warning("watch %s failed: %s; retrying in 1 s", rtype.plural, error)
+                await asyncio.sleep(1)
+
+    async def _safe(
+        self, handler: Callable[[str, JsonObject], Awaitable[None]], kind: str, obj: JsonObject
+    ) -> None:
+        try:
+            await handler(kind, obj)
+        except (KubeApiError, OSError) as error:
+            log.warning("handling %s %s failed: %s", kind, obj["metadata"].get("name"), error)
+
+    # -- namespaces -------------------------------------------------------
+
+    async def on_namespace(self, kind: str, ns: JsonObject) -> None:
+        name = ns["metadata"]["name"]
+        if kind == "DELETED":
+            self.namespaces.pop(name, None)
+            return
+        annotations = {
+            k: v for k, v in (ns["metadata"].get("annotations") or {}).items() if k.startswith(PREFIX)
+        }
+        changed = self.namespaces.get(name) != annotations
+        self.namespaces[name] = annotations
+        if changed and kind == "MODIFIED":
+            # Steering changed: look at this namespace's pods and resources again.
+            for rtype, handler in (
+                (POD, self.on_pod),
+                (POSTGRESQL, self.on_postgresql),
+                (RABBITMQ, self.on_rabbitmq),
+            ):
+                try:
+                    listing = await self.kube.list(rtype, name)
+                except (NotFoundError, KubeApiError):
+                    continue
+                for item in listing.get("items", []):
+                    if rtype is not POD:
+                        self.cr_generations.pop(item["metadata"]["uid"], None)
+                    await self._safe(handler, "MODIFIED", item)
+
+    # -- pods -------------------------------------------------------------
+
+    async def on_pod(self, kind: str, pod: JsonObject) -> None:
+        metadata = pod["metadata"]
+        uid = metadata["uid"]
+        if kind == "DELETED":
+            self.handled_pods.pop(uid, None)
+            task = self.pod_tasks.pop(uid, None)
+            if task:
+                task.cancel()
+            return
+        if metadata.get("deletionTimestamp"):
+            # No kubelet confirms the deletion, so do it here, at once.
+            await self.kube.delete(POD, metadata["name"], metadata["namespace"], grace_period_s=0)
+            return
+        if not pod["spec"].get("nodeName"):
+            return
+        if pod.get("status", {}).get("phase") in ("Succeeded", "Failed"):
+            return
+        plan = self._pod_plan(pod)
+        if self.handled_pods.get(uid) == plan:
+            return
+        self.handled_pods[uid] = plan
+        old = self.pod_tasks.pop(uid, None)
+        if old:
+            old.cancel()
+        self.pod_tasks[uid] = asyncio.create_task(self._play_pod(pod, plan))
+
+    def _pod_plan(self, pod: JsonObject) -> str:
+        init_names = [c["name"] for c in pod["spec"].get("initContainers", [])]
+        names = [c["name"] for c in pod["spec"]["containers"]]
+        held = [n for n in self.steer(pod, "hold-init").split(",") if n in init_names]
+        if held:
+            return "hold:" + held[0]
+        crashing = [n for n in self.steer(pod, "crashloop").split(",") if n in names]
+        if crashing:
+            return "crash:" + ",".join(crashing)
+        if self._job_name(pod):
+            return "job:" + ("fail" if self._job_fails(pod) else "succeed")
+        return "ready"
+
+    @staticmethod
+    def _job_name(pod: JsonObject) -> str:
+        for owner in pod["metadata"].get("ownerReferences", []):
+            if owner.get("kind") == "Job":
+                return str(owner["name"])
+        return ""
+
+    def _job_fails(self, pod: JsonObject) -> bool:
+        if self.steer(pod, "job-outcome") == "fail":
+            annotations = pod["metadata"].get("annotations") or {}
+            if PREFIX + "job-outcome" in annotations:
+                return True
+        pattern = self.steer(pod, "fail-jobs")
+        if pattern:
+            try:
+                return re.search(pattern, self._job_name(pod)) is not None
+            except re.error:
+                log.warning("ignoring %sfail-jobs=%r: invalid regular expression", PREFIX, pattern)
+        return False
+
+    async def _play_pod(self, pod: JsonObject, plan: str) -> None:
+        metadata = pod["metadata"]
+        name, namespace = metadata["name"], metadata["namespace"]
+        try:
+            if plan.startswith("hold:"):
+                await self._write_pod_status(pod, self._held_status(pod, plan[5:]))
+            elif plan.startswith("crash:"):
+                await asyncio.sleep(self.steer_seconds(pod, "ready-delay", 0.3))
+                await self._write_pod_status(pod, self._crash_status(pod, plan[6:].split(",")))
+            elif plan.startswith("job:"):
+                await self._write_pod_status(pod, self._running_status(pod, ready=True))
+                await asyncio.sleep(self.steer_seconds(pod, "job-duration", 0.3))
+                await self._write_pod_status(pod, self._finished_status(pod, plan == "job:succeed"))
+            else:
+                await asyncio.sleep(self.steer_seconds(pod, "ready-delay", 0.3))
+                await self._write_pod_status(pod, self._running_status(pod, ready=True))
+        except NotFoundError:
+            pass
+        except asyncio.CancelledError:
+            raise
+        except (KubeApiError, OSError) as error:
+            log.warning("pod %s/%s: status update failed: %s", namespace, name, error)
+            self.handled_pods.pop(metadata["uid"], None)
+
+    async def _write_pod_status(self, pod: JsonObject, status: JsonObject) -> None:
+        metadata = pod["metadata"]
+        await self.kube.merge_patch(
+            POD, metadata["name"], {"status": status}, metadata["namespace"], subresource="status"
+        )
+
+    def _base_status(self, pod: JsonObject) -> JsonObject:
+        index = abs(hash(pod["metadata"]["uid"])) % 60000
+        return {
+            "hostIP": "10.250.0.10",
+            "podIP": f"10.244.{index // 250}.{index % 250 + 2}",
+            "startTime": pod["metadata"].get("creationTimestamp", _now()),
+            "qosClass": "BestEffort",
+        }
+
+    @staticmethod
+    def _condition(kind: str, ready: bool, reason: str = "") -> JsonObject:
+        condition = {"type": kind, "status": "True" if ready else "False", "lastTransitionTime": _now()}
+        if reason:
+            condition["reason"] = reason
+        return condition
+
+    def _running_status(self, pod: JsonObject, ready: bool) -> JsonObject:
+        status = self._base_status(pod)
+        status["phase"] = "Running"
+        status["conditions"] = [
+            self._condition("PodScheduled", True),
+            self._condition("Initialized", True),
+            self._condition("ContainersReady", ready),
+            self._condition("Ready", ready),
+        ]
+        status["initContainerStatuses"] = [
+            self._terminated(c, 0, "Completed") for c in pod["spec"].get("initContainers", [])
+        ]
+        status["containerStatuses"] = [
+            {
+                "name": c["name"],
+                "image": c["image"],
+                "imageID": "",
+                "ready": ready,
+                "started": True,
+                "restartCount": 0,
+                "state": {"running": {"startedAt": _now()}},
+            }
+            for c in pod["spec"]["containers"]
+        ]
+        return status
+
+    @staticmethod
+    def _terminated(container: JsonObject, code: int, reason: str, finished: str | None = None) -> JsonObject:
+        return {
+            "name": container["name"],
+            "image": container["image"],
+            "imageID": "",
+            "ready": False,
+            "restartCount": 0,
+            "state": {
+                "terminated": {
+                    "exitCode": code,
+                    "reason": reason,
+                    "startedAt": _now(),
+                    "finishedAt": finished or _now(),
+                }
+            },
+        }
+
+    def _finished_status(self, pod: JsonObject, succeeded: bool) -> JsonObject:
+        status = self._base_status(pod)
+        status["phase"] = "Succeeded" if succeeded else "Failed"
+        # A failed pod reports a finish time 15 minutes back: the Job
+        # controller counts its 10 s, 20 s, 40 s ... retry backoff from that
+        # time, so the simulated Job reaches its backoff limit without waiting.
+        finished = _now() if succeeded else _ago(900)
+        status["conditions"] = [
+            self._condition("PodScheduled", True),
+            self._condition("Initialized", True),
+            self._condition("ContainersReady", False, "PodCompleted" if succeeded else "PodFailed"),
+            self._condition("Ready", False, "PodCompleted" if succeeded else "PodFailed"),
+        ]
+        status["initContainerStatuses"] = [
+            self._terminated(c, 0, "Completed") for c in pod["spec"].get("initContainers", [])
+        ]
+        status["containerStatuses"] = [
+            self._terminated(c, 0 if succeeded else 1, "Completed" if succeeded else "Error", finished)
+            for c in pod["spec"]["containers"]
+        ]
+        return status
+
+    def _held_status(self, pod: JsonObject, held: str) -> JsonObject:
+        status = self._base_status(pod)
+        status["phase"] = "Pending"
+        status["conditions"] = [
+            self._condition("PodScheduled", True),
+            self._condition("Initialized", False, "ContainersNotInitialized"),
+            self._condition("ContainersReady", False, "ContainersNotReady"),
+            self._condition("Ready", False, "ContainersNotReady"),
+        ]
+        init_statuses: list[JsonObject] = []
+        reached = False
+        for container in pod["spec"].get("initContainers", []):
+            if container["name"] == held:
+                reached = True
+                init_statuses.append(
+                    {
+                        "name": held,
+                        "image": container["image"],
+                        "imageID": "",
+                        "ready": False,
+                        "restartCount": 0,
+                        "state": {"running": {"startedAt": _now()}},
+                    }
+                )
+            elif reached:
+                init_statuses.append(
+                    {
+                        "name": container["name"],
+                        "image": container["image"],
+                        "imageID": "",
+                        "ready": False,
+                        "restartCount": 0,
+                        "state": {"waiting": {"reason": "PodInitializing"}},
+                    }
+                )
+            else:
+                init_statuses.append(self._terminated(container, 0, "Completed"))
+        status["initContainerStatuses"] = init_statuses
+        status["containerStatuses"] = [
+            {
+                "name": c["name"],
+                "image": c["image"],
+                "imageID": "",
+                "ready": False,
+                "restartCount": 0,
+                "state": {"waiting": {"reason": "PodInitializing"}},
+            }
+            for c in pod["spec"]["containers"]
+        ]
+        return status
+
+    def _crash_status(self, pod: JsonObject, crashing: list[str]) -> JsonObject:
+        status = self._running_status(pod, ready=False)
+        for container_status in status["containerStatuses"]:
+            if container_status["name"] in crashing:
+                container_status["ready"] = False
+                container_status["started"] = False
+                container_status["restartCount"] = 5
+                container_status["state"] = {
+                    "waiting": {
+                        "reason": "CrashLoopBackOff",
+                        "message": f"back-off 2m40s restarting failed container={container_status['name']}",
+                    }
+                }
+                container_status["lastState"] = {
+                    "terminated": {"exitCode": 1, "reason": "Error", "finishedAt": _now()}
+                }
+        return status
+
+    # -- volumes ----------------------------------------------------------
+
+    async def on_pvc(self, kind: str, pvc: JsonObject) -> None:
+        if kind == "DELETED" or pvc["spec"].get("volumeName"):
+            return
+        if pvc.get("status", {}).get("phase") != "Pending":
+            return
+        metadata = pvc["metadata"]
+        name = f"sim-pv-{metadata['uid'][:18]}"
+        size = pvc["spec"].get("resources", {}).get("requests", {}).get("storage", "1Gi")
+        volume = {
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {"name": name, "labels": {"sim.ventros.io/provisioned": "true"}},
+            "spec": {
+                "capacity": {"storage": size},
+                "accessModes": pvc["spec"].get("accessModes", ["ReadWriteOnce"]),
+                "persistentVolumeReclaimPolicy": "Delete",
+                "storageClassName": pvc["spec"].get("storageClassName") or "",
+                "hostPath": {"path": f"/var/lib/simulated/{name}"},
+                "claimRef": {
+                    "apiVersion": "v1",
+                    "kind": "PersistentVolumeClaim",
+                    "namespace": metadata["namespace"],
+                    "name": metadata["name"],
+                    "uid": metadata["uid"],
+                },
+            },
+        }
+        try:
+            await self.kube.create(PV, volume)
+        except ConflictError:
+            pass
+
+    async def on_pv(self, kind: str, volume: JsonObject) -> None:
+        # The simulated provisioner also deletes what it made once released.
+        labels = volume["metadata"].get("labels") or {}
+        if kind != "DELETED" and labels.get("sim.ventros.io/provisioned") == "true":
+            if volume.get("status", {}).get("phase") in ("Released", "Failed"):
+                await self.kube.delete(PV, volume["metadata"]["name"])
+
+    # -- operators --------------------------------------------------------
+
+    def _needs_reconcile(self, obj: JsonObject) -> bool:
+        metadata = obj["metadata"]
+        if metadata.get("deletionTimestamp"):
+            return False
+        generation = int(metadata.get("generation", 1))
+        if self.cr_generations.get(metadata["uid"]) == generation:
+            return False
+        self.cr_generations[metadata["uid"]] = generation
+        return True
+
+    def _start_reconcile(self, obj: JsonObject, work: Awaitable[None]) -> None:
+        uid = obj["metadata"]["uid"]
+        old = self.cr_tasks.pop(uid, None)
+        if old:
+            old.cancel()
+        task = asyncio.ensure_future(work)
+        self.cr_tasks[uid] = task
+        task.add_done_callback(lambda _: self.cr_tasks.pop(uid, None) if self.cr_tasks.get(uid) is task else None)
+
+    async def on_postgresql(self, kind: str, cluster: JsonObject) -> None:
+        if kind == "DELETED":
+            self.cr_generations.pop(cluster["metadata"]["uid"], None)
+            return
+        if self._needs_reconcile(cluster):
+            self._start_reconcile(cluster, self._reconcile_postgresql(cluster))
+
+    async def _set_pg_status(self, cluster: JsonObject, value: str) -> None:
+        metadata = cluster["metadata"]
+        patch: JsonObject = {"status": {"PostgresClusterStatus": value}}
+        if value == "Running":
+            patch["metadata"] = {"annotations": {PREFIX + "ready-at": _millis()}}
+            await self.kube.merge_patch(POSTGRESQL, metadata["name"], {"metadata": patch.pop("metadata")}, metadata["namespace"])
+        await self.kube.merge_patch(
+            POSTGRESQL, metadata["name"], patch, metadata["namespace"], subresource="status"
+        )
+
+    async def _reconcile_postgresql(self, cluster: JsonObject) -> None:
+        metadata = cluster["metadata"]
+        name, namespace = metadata["name"], metadata["namespace"]
+        outcome = self.steer(cluster, "postgres-outcome", "running")
+        first = not (cluster.get("status") or {}).get("PostgresClusterStatus")
+        try:
+            await self._set_pg_status(cluster, "Creating" if first else "Updating")
+            await asyncio.sleep(self.steer_seconds(cluster, "postgres-delay", 1.0))
+            if outcome == "creating":
+                return
+            if outcome == "create-failed":
+                await self._set_pg_status(cluster, "CreateFailed")
+                return
+            if outcome == "update-failed" and not first:
+                await self._set_pg_status(cluster, "UpdateFailed")
+                return
+            await self._ensure_postgres_objects(cluster)
+            if outcome == "sync-failed":
+                await self._set_pg_status(cluster, "SyncFailed")
+                return
+            await self._set_pg_status(cluster, "Running")
+        except NotFoundError:
+            log.info("postgresql %s/%s vanished during reconcile", namespace, name)
+
+    async def _ensure_postgres_objects(self, cluster: JsonObject) -> None:
+        metadata = cluster["metadata"]
+        name, namespace = metadata["name"], metadata["namespace"]
+        spec = cluster["spec"]
+        owner = _owner(cluster)
+        labels = {"application": "spilo", "cluster-name": name, "team": str(spec.get("teamId", ""))}
+        await self._apply_owned(
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": name, "namespace": namespace, "labels": labels, "ownerReferences": [owner]},
+                "spec": {
+                    "selector": {**labels, "spilo-role": "master"},
+                    "ports": [{"name": "postgresql", "port": 5432, "targetPort": 5432}],
+                },
+            }
+        )
+        users = dict(spec.get("users") or {})
+        users.setdefault("postgres", [])
+        for user in users:
+            secret_name = f"{user.replace('_', '-')}.{name}.credentials.postgresql.acid.zalan.do"
+            await self._create_secret(
+                namespace,
+                secret_name,
+                {"username": user, "password": secrets.token_urlsafe(24)},
+                labels,
+                owner,
+            )
+        replicas = int(spec.get("numberOfInstances", 1))
+        await self._apply_owned(
+            _statefulset(name, namespace, replicas, labels, owner, "ghcr.io/zalando/spilo-16:simulated", 5432)
+        )
+
+    async def on_rabbitmq(self, kind: str, cluster: JsonObject) -> None:
+        if kind == "DELETED":
+            self.cr_generations.pop(cluster["metadata"]["uid"], None)
+            return
+        if self._needs_reconcile(cluster):
+            self._start_reconcile(cluster, self._reconcile_rabbitmq(cluster))
+
+    async def _reconcile_rabbitmq(self, cluster: JsonObject) -> None:
+        metadata = cluster["metadata"]
+        name, namespace = metadata["name"], metadata["namespace"]
+        generation = int(metadata.get("generation", 1))
+        owner = _owner(cluster)
+        labels = {"app.kubernetes.io/name": name, "app.kubernetes.io/component": "rabbitmq"}
+        replicas = int(cluster["spec"].get("replicas", 1))
+        try:
+            await self._set_rabbitmq_conditions(cluster, generation, False, "Reconciling", "")
+            await self._apply_owned(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Service",
+                    "metadata": {"name": name, "namespace": namespace, "labels": labels, "ownerReferences": [owner]},
+                    "spec": {
+                        "selector": labels,
+                        "ports": [
+                            {"name": "amqp", "port": 5672, "targetPort": 5672},
+                            {"name": "management", "port": 15672, "targetPort": 15672},
+                        ],
+                    },
+                }
+            )
+            await self._create_secret(
+                namespace,
+                f"{name}-default-user",
+                {"username": "default_user_" + secrets.token_hex(4), "password": secrets.token_urlsafe(24)},
+                labels,
+                owner,
+            )
+            await self._apply_owned(
+                _statefulset(f"{name}-server", namespace, replicas, labels, owner, "rabbitmq:4.1-management", 5672)
+            )
+            await asyncio.sleep(self.steer_seconds(cluster, "rabbitmq-delay", 1.0))
+            if self.steer(cluster, "rabbitmq-outcome", "ready") == "reconcile-failed":
+                await self._set_rabbitmq_conditions(
+                    cluster, generation, False, "FailedReconcile",
+                    "simulated failure: the operator could not reconcile the cluster",
+                )
+                return
+            await self._set_rabbitmq_conditions(cluster, generation, True, "Success", "")
+        except NotFoundError:
+            log.info("rabbitmqcluster %s/%s vanished during reconcile", namespace, name)
+
+    async def _set_rabbitmq_conditions(
+        self, cluster: JsonObject, generation: int, ready: bool, reason: str, message: str
+    ) -> None:
+        metadata = cluster["metadata"]
+        state = "True" if ready else "False"
+        conditions = [
+            {"type": "AllReplicasReady", "status": state, "reason": "AllPodsAreReady" if ready else "NotAllPodsReady",
+             "lastTransitionTime": _now()},
+            {"type": "ClusterAvailable", "status": state, "reason": "AtLeastOneEndpointAvailable" if ready else "NoEndpointsAvailable",
+             "lastTransitionTime": _now()},
+            {"type": "NoWarnings", "status": "True", "reason": "NoWarnings", "lastTransitionTime": _now()},
+            {"type": "ReconcileSuccess", "status": "True" if reason == "Success" else ("False" if reason == "FailedReconcile" else "Unknown"),
+             "reason": reason, "message": message, "lastTransitionTime": _now()},
+        ]
+        if ready:
+            await self.kube.merge_patch(
+                RABBITMQ, metadata["name"], {"metadata": {"annotations": {PREFIX + "ready-at": _millis()}}}, metadata["namespace"]
+            )
+        await self.kube.merge_patch(
+            RABBITMQ,
+            metadata["name"],
+            {"status": {"conditions": conditions, "observedGeneration": generation}},
+            metadata["namespace"],
+            subresource="status",
+        )
+
+    async def _apply_owned(self, obj: JsonObject) -> None:
+        await self.kube.apply(obj, field_manager="ventros-simulator")
+
+    async def _create_secret(
+        self, namespace: str, name: str, data: dict[str, str], labels: dict[str, str], owner: JsonObject
+    ) -> None:
+        secret = {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": name, "namespace": namespace, "labels": labels, "ownerReferences": [owner]},
+            "type": "Opaque",
+            "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
+        }
+        try:
+            await self.kube.create(SECRET, secret, namespace)
+        except ConflictError:
+            pass  # Real operators keep generated passwords; so does this one.
+
+    # -- main -------------------------------------------------------------
+
+    async def run(self) -> None:
+        await self.register_nodes()
+        log.info("registered %d simulated nodes", self.node_count)
+        watches = [
+            self.run_watch(NAMESPACE, self.on_namespace),
+            self.run_watch(POD, self.on_pod),
+            self.run_watch(PVC, self.on_pvc),
+            self.run_watch(PV, self.on_pv),
+            self._run_custom(POSTGRESQL, self.on_postgresql),
+            self._run_custom(RABBITMQ, self.on_rabbitmq),
+        ]
+        await asyncio.gather(*watches)
+
+    async def _run_custom(
+        self, rtype: ResourceType, handler: Callable[[str, JsonObject], Awaitable[None]]
+    ) -> None:
+        # The CRDs arrive with the operators' charts, so wait until they are served.
+        while True:
+            try:
+                await self.kube.list(rtype)
+                break
+            except (NotFoundError, KubeApiError):
+                await asyncio.sleep(1)
+        await self.run_watch(rtype, handler)
+
+
+def _owner(obj: JsonObject) -> JsonObject:
+    return {
+        "apiVersion": obj["apiVersion"],
+        "kind": obj["kind"],
+        "name": obj["metadata"]["name"],
+        "uid": obj["metadata"]["uid"],
+        "controller": True,
+        "blockOwnerDeletion": False,
+    }
+
+
+def _statefulset(
+    name: str,
+    namespace: str,
+    replicas: int,
+    labels: dict[str, str],
+    owner: JsonObject,
+    image: str,
+    port: int,
+) -> JsonObject:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels, "ownerReferences": [owner]},
+        "spec": {
+            "replicas": replicas,
+            "serviceName": name,
+            "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {"containers": [{"name": "main", "image": image, "ports": [{"containerPort": port}]}]},
+            },
+        },
+    }
+
+
+async def _main(kubeconfig: str, nodes: int) -> None:
+    kube = await KubeClient.connect(kubeconfig)
+    try:
+        await Simulator(kube, nodes).run()
+    finally:
+        await kube.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Simulated kubelets and operators (test tooling).")
+    parser.add_argument("--kubeconfig", required=True, help="kubeconfig of the simulator identity")
+    parser.add_argument("--nodes", type=int, default=3, help="number of Ready nodes to register")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    asyncio.run(_main(args.kubeconfig, args.nodes))
+
+
+if __name__ == "__main__":
+    main()
