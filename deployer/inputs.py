@@ -13,7 +13,14 @@ import json
 import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from deployer.phases import Phase
 
@@ -47,15 +54,24 @@ class ChartRef(BaseModel):
     def _one_form(self) -> ChartRef:
         if self.path is not None:
             if self.repository or self.name or self.version:
-                raise ValueError("give either path, or repository with name and version, not both")
+                raise ValueError(
+                    "give either path, or repository with name and version, not both"
+                )
             _check_chart_path(self.path)
             return self
         if not (self.repository and self.name and self.version):
             raise ValueError("give path, or all of repository, name and version")
-        if not re.match(r"^(https://|oci://)[A-Za-z0-9.-]+(:[0-9]+)?(/[A-Za-z0-9._~/-]*)?$", self.repository):
-            raise ValueError("repository must be an https:// or oci:// URL without spaces or options")
+        if not re.match(
+            r"^(https://|oci://)[A-Za-z0-9.-]+(:[0-9]+)?(/[A-Za-z0-9._~/-]*)?$",
+            self.repository,
+        ):
+            raise ValueError(
+                "repository must be an https:// or oci:// URL without spaces or options"
+            )
         if not CHART_NAME.match(self.name):
-            raise ValueError("name must be a chart name: lowercase letters, digits and '-'")
+            raise ValueError(
+                "name must be a chart name: lowercase letters, digits and '-'"
+            )
         if not CHART_VERSION.match(self.version):
             raise ValueError("version must be a chart version such as 1.14.0")
         return self
@@ -67,9 +83,13 @@ def _check_chart_path(path: str) -> None:
             "path must be relative to the worker's chart root and must not start with '-' or '/'"
         )
     if any(part in ("..", "") for part in path.split("/")) and path != ".":
-        raise ValueError("path must not contain '..' or empty parts: charts must stay inside the chart root")
+        raise ValueError(
+            "path must not contain '..' or empty parts: charts must stay inside the chart root"
+        )
     if not re.match(r"^[A-Za-z0-9_./-]+$", path) or len(path) > 255:
-        raise ValueError("path may contain only letters, digits, '_', '.', '/' and '-' (at most 255)")
+        raise ValueError(
+            "path may contain only letters, digits, '_', '.', '/' and '-' (at most 255)"
+        )
 
 
 class OperatorCharts(BaseModel):

@@ -35,7 +35,13 @@ DEPENDENCIES: dict[Phase, tuple[Phase, ...]] = {
     Phase.CACHE: (Phase.BASE,),
     Phase.TEMPORAL: (Phase.DATA,),
     Phase.MIGRATION: (Phase.DATA,),
-    Phase.APP: (Phase.DATA, Phase.MESSAGING, Phase.CACHE, Phase.TEMPORAL, Phase.MIGRATION),
+    Phase.APP: (
+        Phase.DATA,
+        Phase.MESSAGING,
+        Phase.CACHE,
+        Phase.TEMPORAL,
+        Phase.MIGRATION,
+    ),
 }
 
 # Removal goes the other way round; see activities.destroy.

@@ -1,0 +1,459 @@
+"""The deploy activities: validate the request, apply a phase, wait for it.
+
+All I/O of a deploy happens here: helm, the Kubernetes API and the file
+system. Errors that retrying cannot fix become non-retryable
+ApplicationErrors with a type name from deployer.contracts; transient
+failures are raised as retryable so the activity retry policy backs off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import functools
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+import structlog
+import yaml
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities import readiness
+from activities.diagnose import describe_blocked_pods
+from activities.helm import ChartNotFoundError, Helm, HelmError
+from activities.kubeapi import (
+    ForbiddenError,
+    InvalidError,
+    JsonObject,
+    KubeApiError,
+    KubeClient,
+    NoKindMatchError,
+    UnauthorizedError,
+    well_known,
+)
+from activities.waits import TRANSIENT_ERRORS, TerminalFailure, WaitTimeout, wait_ready
+from deployer import contracts
+from deployer.contracts import ApplyRequest, ApplyResult, ValidateResult, WaitRequest, WaitResult
+from deployer.inputs import ChartRef, DeployRequest, InvalidRequestError, parse_request
+from deployer.phases import ObjectRef, Phase
+from deployer.settings import WorkerSettings, normalize_address
+
+log = structlog.get_logger("ventros.activities")
+
+PHASE_LABEL = "deploy.ventros.io/phase"
+OPERATOR_CRDS = ("postgresqls.acid.zalan.do", "rabbitmqclusters.rabbitmq.com")
+NO_KIND_RETRY_S = 60.0
+MIGRATION_HISTORY = 3
+HEARTBEAT_EVERY_S = 5.0
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _non_retryable(kind: str, message: str) -> ApplicationError:
+    return ApplicationError(message, type=kind, non_retryable=True)
+
+
+def translate_errors(func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Turn known failures into typed ApplicationErrors, chaining the cause."""
+
+    @functools.wraps(func)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await func(*args, **kwargs)
+        except ApplicationError:
+            raise
+        except InvalidRequestError as error:
+            raise _non_retryable(contracts.INVALID_REQUEST, str(error)) from error
+        except ChartNotFoundError as error:
+            raise _non_retryable(contracts.CHART_NOT_FOUND, str(error)) from error
+        except HelmError as error:
+            if error.schema_rejected or "execution error" in error.stderr:
+                raise _non_retryable(
+                    contracts.VALUES_REJECTED,
+                    f"the chart rejected the values: {error.stderr}. Fix the named value and start again",
+                ) from error
+            raise ApplicationError(str(error), type=contracts.HELM_FAILED) from error
+        except InvalidError as error:
+            raise _non_retryable(
+                contracts.OBJECT_INVALID,
+                f"the API server rejected an object as invalid: {error}. Fix the chart or values",
+            ) from error
+        except ForbiddenError as error:
+            raise _non_retryable(
+                contracts.FORBIDDEN,
+                f"forbidden: {error.message}. Grant the deployer's identity this verb and resource "
+                "(see deploy/rbac.yaml)",
+            ) from error
+        except UnauthorizedError as error:
+            raise _non_retryable(
+                contracts.UNAUTHORIZED,
+                f"the API server rejected the credentials even after reloading the kubeconfig: {error}",
+            ) from error
+        except TerminalFailure as error:
+            raise _non_retryable(contracts.TERMINAL_FAILURE, str(error)) from error
+        except WaitTimeout as error:
+            raise _non_retryable(contracts.PHASE_TIMEOUT, str(error)) from error
+        except (KubeApiError, *TRANSIENT_ERRORS) as error:
+            raise ApplicationError(
+                f"Kubernetes API request failed: {error}", type=contracts.KUBE_API_UNAVAILABLE
+            ) from error
+
+    return wrapper
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def chart_values(request: DeployRequest, phases: list[Phase] | None) -> dict[str, Any]:
+    """Return the values for our chart: the request's, plus what the deployer sets."""
+    ours: dict[str, Any] = {
+        "deployer": {"phases": [p.value for p in phases or []]},
+        "migration": {"waitForPostgresSeconds": request.migration_wait_for_postgres_s},
+    }
+    if request.app_version:
+        ours["image"] = {"tag": request.app_version}
+    return deep_merge(request.values, ours)
+
+
+def ref_of(obj: JsonObject, namespace: str) -> ObjectRef:
+    metadata = obj["metadata"]
+    namespaced = obj["kind"] not in ("CustomResourceDefinition", "Namespace", "ClusterRole", "ClusterRoleBinding")
+    return ObjectRef(
+        api_version=obj["apiVersion"],
+        kind=obj["kind"],
+        name=metadata["name"],
+        namespace=(metadata.get("namespace") or namespace) if namespaced else None,
+    )
+
+
+class DeployActivities:
+    """Activities bound to the worker's settings and its Kubernetes clients."""
+
+    def __init__(self, settings: WorkerSettings) -> None:
+        self.settings = settings
+        self._clients: dict[str | None, KubeClient] = {}
+        self._lock = asyncio.Lock()
+
+    async def close(self) -> None:
+        for kube in self._clients.values():
+            await kube.close()
+        self._clients.clear()
+
+    async def kube(self, context: str | None) -> KubeClient:
+        async with self._lock:
+            if context not in self._clients:
+                kubeconfig = str(self.settings.kubeconfig) if self.settings.kubeconfig else None
+                self._clients[context] = await KubeClient.connect(kubeconfig, context)
+            return self._clients[context]
+
+    def helm(self, context: str | None) -> Helm:
+        kubeconfig = str(self.settings.kubeconfig) if self.settings.kubeconfig else None
+        return Helm(self.settings.helm, kubeconfig, context, Path(self.settings.chart_root))
+
+    def activities(self) -> list[Callable[..., Any]]:
+        return [self.validate_request, self.apply_phase, self.wait_ready]
+
+    # -- validate ---------------------------------------------------------
+
+    @activity.defn(name=contracts.VALIDATE_REQUEST)
+    @translate_errors
+    async def validate_request(self, raw: dict[str, Any]) -> ValidateResult:
+        """Check everything that can be checked before anything is applied."""
+        request = parse_request(raw)
+        helm = self.helm(request.kube_context)
+        self._check_kube_context(request.kube_context)
+        self._check_app_temporal(request)
+        for chart in (request.chart, *self._operator_chart_paths(request)):
+            if chart.path is not None:
+                helm.resolve_path(chart.path)
+        objects = await helm.template(request.release, request.namespace, request.chart, chart_values(request, None))
+        phases = {obj.get("metadata", {}).get("labels", {}).get(PHASE_LABEL) for obj in objects}
+        missing = {p.value for p in (Phase.DATA, Phase.MESSAGING, Phase.MIGRATION, Phase.APP)} - phases
+        if missing:
+            raise _non_retryable(
+                contracts.VALUES_REJECTED,
+                f"the chart renders no objects for phases {sorted(missing)}; check the chart "
+                f"({request.chart}) and that its objects carry the {PHASE_LABEL} label",
+            )
+        return ValidateResult(chart=str(request.chart.path or request.chart.name), objects=len(objects))
+
+    def _operator_chart_paths(self, request: DeployRequest) -> list[ChartRef]:
+        charts = request.operator_charts
+        return [c for c in (charts.postgres_operator, charts.rabbitmq_operator, charts.temporal) if c]
+
+    def _check_kube_context(self, context: str | None) -> None:
+        if context is None:
+            return
+        path = self.settings.kubeconfig or Path.home() / ".kube" / "config"
+        try:
+            config = yaml.safe_load(Path(path).read_text()) or {}
+        except OSError as error:
+            raise _non_retryable(
+                contracts.KUBE_CONTEXT_NOT_FOUND,
+                f"cannot read the worker's kubeconfig {path}: {error.strerror}; set VENTROS_DEPLOY_KUBECONFIG",
+            ) from error
+        names = [c.get("name") for c in config.get("contexts") or []]
+        if context not in names:
+            raise _non_retryable(
+                contracts.KUBE_CONTEXT_NOT_FOUND,
+                f"kube_context {context!r} is not in the worker's kubeconfig {path}; "
+                f"it has: {', '.join(map(str, names)) or 'no contexts'}",
+            )
+
+    def _check_app_temporal(self, request: DeployRequest) -> None:
+        address = (request.values.get("temporal") or {}).get("address")
+        if address and normalize_address(str(address)) == normalize_address(self.settings.temporal_address):
+            raise _non_retryable(
+                contracts.INVALID_REQUEST,
+                f"values.temporal.address {address} is the bootstrap Temporal that runs the deployer; "
+                "the app needs its own Temporal (leave it empty for the in-cluster one)",
+            )
+
+    # -- apply ------------------------------------------------------------
+
+    @activity.defn(name=contracts.APPLY_PHASE)
+    @translate_errors
+    async def apply_phase(self, job: ApplyRequest) -> ApplyResult:
+        """Apply one phase's objects and return what the wait must watch."""
+        request, phase = job.request, job.phase
+        structlog.contextvars.bind_contextvars(
+            release=request.release, namespace=request.namespace, phase=phase.value,
+            attempt=activity.info().attempt, workflow_id=activity.info().workflow_id,
+        )
+        try:
+            if phase is Phase.BASE:
+                return await self._apply_base(request)
+            if phase is Phase.TEMPORAL:
+                return await self._apply_temporal(request)
+            if phase is Phase.MIGRATION:
+                return await self._apply_migration(request)
+            return await self._apply_rendered(request, phase)
+        finally:
+            structlog.contextvars.clear_contextvars()
+
+    async def _render_phase(self, request: DeployRequest, phase: Phase) -> list[JsonObject]:
+        helm = self.helm(request.kube_context)
+        objects = await helm.template(request.release, request.namespace, request.chart, chart_values(request, [phase]))
+        return [o for o in objects if (o["metadata"].get("labels") or {}).get(PHASE_LABEL) == phase.value]
+
+    async def _apply_objects(self, kube: KubeClient, objects: list[JsonObject], namespace: str) -> None:
+        for obj in objects:
+            obj.setdefault("metadata", {})
+            if obj["kind"] not in ("CustomResourceDefinition", "Namespace"):
+                obj["metadata"].setdefault("namespace", namespace)
+            deadline = time.monotonic() + NO_KIND_RETRY_S
+            delay = 0.25
+            while True:
+                try:
+                    await kube.apply(obj)
+                    break
+                except NoKindMatchError:
+                    # The CRD may be created but not yet Established: retry briefly.
+                    kube.forget_discovery(obj["apiVersion"])
+                    if time.monotonic() + delay > deadline:
+                        raise
+                    activity.heartbeat(f"waiting for kind {obj['kind']} to be served")
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 4.0)
+
+    async def _apply_rendered(self, request: DeployRequest, phase: Phase) -> ApplyResult:
+        objects = await self._render_phase(request, phase)
+        kube = await self.kube(request.kube_context)
+        await self._apply_objects(kube, objects, request.namespace)
+        waits = [ref_of(o, request.namespace) for o in objects if o["kind"] in readiness.WAITED_KINDS]
+        if phase is Phase.DATA:
+            # The operator's StatefulSet, named after the cluster, holds the database pods.
+            waits += [
+                ObjectRef(api_version="apps/v1", kind="StatefulSet", name=ref.name, namespace=ref.namespace)
+                for ref in waits if ref.kind == "postgresql"
+            ]
+        log.info("phase applied", objects=len(objects))
+        return ApplyResult(phase=phase, applied=len(objects), waits=waits)
+
+    async def _dependency_chart(self, request: DeployRequest, key: str) -> ChartRef:
+        configured = {
+            "postgresOperator": request.operator_charts.postgres_operator,
+            "rabbitmqOperator": request.operator_charts.rabbitmq_operator,
+            "temporal": request.operator_charts.temporal,
+        }[key]
+        if configured:
+            return configured
+        helm = self.helm(request.kube_context)
+        shown = yaml.safe_load(await helm.run(["show", "values", *helm.chart_args(request.chart)])) or {}
+        reference = (shown.get("dependencies") or {}).get(key) or {}
+        return ChartRef.model_validate(reference)
+
+    async def _apply_base(self, request: DeployRequest) -> ApplyResult:
+        helm = self.helm(request.kube_context)
+        notes: list[str] = []
+        releases: list[tuple[str, ChartRef, dict[str, Any]]] = [
+            (request.release, request.chart, chart_values(request, [Phase.BASE]))
+        ]
+        if request.install_operators:
+            for key, suffix in (("postgresOperator", "postgres-operator"), ("rabbitmqOperator", "rabbitmq-operator")):
+                releases.append((f"{request.release}-{suffix}", await self._dependency_chart(request, key), {}))
+        for release, _, _ in releases:
+            if note := await helm.recover_pending(release, request.namespace):
+                log.warning("recovered helm release", note=note)
+                notes.append(note)
+        # The operators and our base objects do not depend on each other.
+        await asyncio.gather(*(
+            helm.upgrade_install(release, request.namespace, chart, values)
+            for release, chart, values in releases
+        ))
+        waits = [ObjectRef(api_version="apiextensions.k8s.io/v1", kind="CustomResourceDefinition", name=name)
+                 for name in OPERATOR_CRDS]
+        for release, _, _ in releases[1:]:
+            waits += [ref_of(o, request.namespace) for o in await helm.manifest(release, request.namespace)
+                      if o["kind"] in readiness.WAITED_KINDS]
+        return ApplyResult(phase=Phase.BASE, applied=len(releases), waits=waits, notes=notes)
+
+    async def _apply_temporal(self, request: DeployRequest) -> ApplyResult:
+        helm = self.helm(request.kube_context)
+        data = await self._render_phase(request, Phase.DATA)
+        clusters = [o["metadata"]["name"] for o in data if o["kind"] == "postgresql"]
+        if not clusters:
+            raise _non_retryable(contracts.VALUES_REJECTED, "the chart renders no postgresql for Temporal to use")
+        cluster = clusters[0]
+
+        def sql(database: str) -> dict[str, Any]:
+            return {
+                "host": cluster, "port": 5432, "database": database, "user": "temporal",
+                "existingSecret": f"temporal.{cluster}.credentials.postgresql.acid.zalan.do",
+                "secretKey": "password",
+            }
+
+        values = {"server": {"config": {"persistence": {
+            "default": {"driver": "sql", "sql": sql("temporal")},
+            "visibility": {"driver": "sql", "sql": sql("temporal_visibility")},
+        }}}}
+        release = f"{request.release}-temporal"
+        chart = await self._dependency_chart(request, "temporal")
+        note = await helm.recover_pending(release, request.namespace)
+        await helm.upgrade_install(release, request.namespace, chart, values)
+        waits = [ref_of(o, request.namespace) for o in await helm.manifest(release, request.namespace)
+                 if o["kind"] in readiness.WAITED_KINDS]
+        return ApplyResult(phase=Phase.TEMPORAL, applied=1, waits=waits, notes=[note] if note else [])
+
+    async def _apply_migration(self, request: DeployRequest) -> ApplyResult:
+        objects = await self._render_phase(request, Phase.MIGRATION)
+        kube = await self.kube(request.kube_context)
+        jobs = [o for o in objects if o["kind"] == "Job"]
+        others = [o for o in objects if o["kind"] != "Job"]
+        await self._apply_objects(kube, others, request.namespace)
+        notes: list[str] = []
+        job_type = well_known("batch/v1", "Job")
+        for job in jobs:
+            name = job["metadata"]["name"]
+            existing = await kube.get(job_type, name, request.namespace)
+            verdict = readiness.job(existing) if existing else None
+            if verdict and verdict.ready:
+                notes.append(f"job/{name} already completed for this app version; not run again")
+                continue
+            if verdict and verdict.failure:
+                # A failed Job is replaced, never patched: its pod template is immutable.
+                await kube.delete(job_type, name, request.namespace, propagation="Foreground")
+                await self._wait_gone(kube, job_type, name, request.namespace)
+                notes.append(f"replaced failed job/{name}")
+                existing = None
+            if existing is None:
+                job["metadata"]["namespace"] = request.namespace
+                await kube.create(job_type, job, request.namespace)
+        await self._prune_migrations(kube, request, {j["metadata"]["name"] for j in jobs})
+        waits = [ref_of(j, request.namespace) for j in jobs]
+        return ApplyResult(phase=Phase.MIGRATION, applied=len(jobs), waits=waits, notes=notes)
+
+    async def _wait_gone(self, kube: KubeClient, rtype: Any, name: str, namespace: str) -> None:
+        for _ in range(600):
+            if await kube.get(rtype, name, namespace) is None:
+                return
+            activity.heartbeat(f"waiting for {rtype.kind.lower()}/{name} to be deleted")
+            await asyncio.sleep(0.2)
+        raise ApplicationError(f"{rtype.kind.lower()}/{name} was not deleted within 120 s", type=contracts.KUBE_API_UNAVAILABLE)
+
+    async def _prune_migrations(self, kube: KubeClient, request: DeployRequest, keep: set[str]) -> None:
+        job_type = well_known("batch/v1", "Job")
+        selector = f"{PHASE_LABEL}=migration,app.kubernetes.io/instance={request.release}"
+        listing = await kube.list(job_type, request.namespace, label_selector=selector)
+        old = sorted(
+            (j for j in listing.get("items", []) if j["metadata"]["name"] not in keep),
+            key=lambda j: j["metadata"]["creationTimestamp"],
+            reverse=True,
+        )
+        for job in old[MIGRATION_HISTORY - 1:]:
+            await kube.delete(job_type, job["metadata"]["name"], request.namespace)
+
+    # -- wait -------------------------------------------------------------
+
+    @activity.defn(name=contracts.WAIT_READY)
+    @translate_errors
+    async def wait_ready(self, job: WaitRequest) -> WaitResult:
+        """Watch every object of a phase until all are ready; heartbeat the statuses."""
+        kube = await self.kube(job.kube_context)
+        statuses = {ref.describe(): "not observed yet" for ref in job.refs}
+        deadline = time.monotonic() + max(0.0, job.deadline_epoch_s - time.time())
+
+        def on_status(ref: ObjectRef, status: str) -> None:
+            if statuses.get(ref.describe()) != status:
+                statuses[ref.describe()] = status
+                activity.heartbeat(statuses)
+
+        async def beat() -> None:
+            while True:
+                await asyncio.sleep(HEARTBEAT_EVERY_S)
+                activity.heartbeat(statuses)
+
+        beating = asyncio.create_task(beat())
+        try:
+            async with asyncio.TaskGroup() as group:
+                for ref in job.refs:
+                    group.create_task(wait_ready(kube, ref, deadline, on_status))
+        except* WaitTimeout as timeouts:
+            first = timeouts.exceptions[0]
+            assert isinstance(first, WaitTimeout)
+            raise _non_retryable(contracts.PHASE_TIMEOUT, await self._timeout_message(kube, first)) from first
+        except* TerminalFailure as failures:
+            first_failure = failures.exceptions[0]
+            assert isinstance(first_failure, TerminalFailure)
+            raise _non_retryable(contracts.TERMINAL_FAILURE, self._failure_message(first_failure)) from first_failure
+        except* (KubeApiError, *TRANSIENT_ERRORS) as errors:  # type: ignore[misc]
+            raise errors.exceptions[0] from None
+        finally:
+            beating.cancel()
+        return WaitResult(phase=job.phase, statuses=statuses)
+
+    async def _timeout_message(self, kube: KubeClient, error: WaitTimeout) -> str:
+        message = str(error)
+        ref = error.ref
+        if ref.kind in ("Deployment", "StatefulSet") and ref.namespace:
+            try:
+                obj = await kube.get(await kube.resource_type(ref.api_version, ref.kind), ref.name, ref.namespace)
+                selector = ((obj or {}).get("spec") or {}).get("selector", {}).get("matchLabels") or {}
+                if selector:
+                    blocked = await describe_blocked_pods(kube, ref.namespace, selector)
+                    if blocked:
+                        message += ". Pods not ready: " + "; ".join(blocked)
+            except (KubeApiError, *TRANSIENT_ERRORS):
+                message += ". (could not list its pods)"
+        return message + f". Check with: ventros-deploy status, then retry or abort"
+
+    @staticmethod
+    def _failure_message(error: TerminalFailure) -> str:
+        hints = {
+            "Job": "read the Job's pod logs and events, fix the cause, then run `ventros-deploy retry`",
+            "postgresql": "check the postgres-operator's log and the postgresql manifest, then retry",
+            "RabbitmqCluster": "check the RabbitMQ operator's log and the cluster's events, then retry",
+            "Deployment": "check the new ReplicaSet's pods (`ventros-deploy status`), fix the image or config, then retry",
+        }
+        return f"{error}. {hints.get(error.ref.kind, 'fix the cause, then retry')}"

@@ -1,0 +1,205 @@
+"""Run the helm command: always an argument list, never a shell.
+
+Every value that comes from a request was validated (release, namespace,
+chart path or reference), and option values are passed as ``--flag=value``
+so that no input can become an option of its own. Values go to helm in a
+YAML file with mode 0600 inside a private temporary folder that is removed
+after the call, never on the command line where ``ps`` would show them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from deployer.inputs import ChartRef
+
+STDERR_CAP = 2000
+PENDING_STATES = ("pending-install", "pending-upgrade", "pending-rollback")
+
+
+class HelmError(Exception):
+    """helm exited non-zero; the message has its arguments and stderr."""
+
+    def __init__(self, command: str, returncode: int, stderr: str) -> None:
+        self.command = command
+        self.returncode = returncode
+        self.stderr = stderr.strip()[-STDERR_CAP:]
+        super().__init__(f"`helm {command}` failed with exit code {returncode}: {self.stderr}")
+
+    @property
+    def schema_rejected(self) -> bool:
+        """Tell whether the chart's values.schema.json rejected the values."""
+        return "values don't meet the specifications of the schema" in self.stderr
+
+
+class ChartNotFoundError(Exception):
+    """A chart path does not exist inside the chart root."""
+
+
+@dataclass(frozen=True)
+class Helm:
+    """The helm binary and what every call of it needs."""
+
+    binary: str
+    kubeconfig: str | None
+    kube_context: str | None
+    chart_root: Path
+
+    def _global_flags(self) -> list[str]:
+        flags = []
+        if self.kubeconfig:
+            flags.append(f"--kubeconfig={self.kubeconfig}")
+        if self.kube_context:
+            flags.append(f"--kube-context={self.kube_context}")
+        return flags
+
+    async def run(self, args: list[str], timeout_s: float = 300.0) -> str:
+        """Run helm with args and return its stdout; raise HelmError."""
+        process = await asyncio.create_subprocess_exec(
+            self.binary,
+            *args,
+            *self._global_flags(),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            stdout, stderr = await asyncio.wait_for(process.communicate(), timeout_s)
+        except (TimeoutError, asyncio.CancelledError):
+            process.kill()
+            await process.wait()
+            raise
+        if process.returncode != 0:
+            raise HelmError(" ".join(args[:2]), process.returncode or 1, stderr.decode(errors="replace"))
+        return stdout.decode()
+
+    def chart_args(self, chart: ChartRef) -> list[str]:
+        """Return the chart argument(s) for install, upgrade and template."""
+        if chart.path is not None:
+            return [str(self.resolve_path(chart.path))]
+        assert chart.repository and chart.name and chart.version
+        if chart.repository.startswith("oci://"):
+            return [f"{chart.repository.rstrip('/')}/{chart.name}", f"--version={chart.version}"]
+        return [chart.name, f"--repo={chart.repository}", f"--version={chart.version}"]
+
+    def resolve_path(self, relative: str) -> Path:
+        """Resolve a chart path inside the chart root; raise ChartNotFoundError."""
+        root = self.chart_root.resolve()
+        path = (root / relative).resolve()
+        if path != root and root not in path.parents:
+            raise ChartNotFoundError(f"chart path {relative!r} leaves the chart root {root}")
+        if not (path / "Chart.yaml").is_file():
+            raise ChartNotFoundError(
+                f"chart path {relative!r} has no Chart.yaml under {root}; "
+                "pass a folder that holds a chart, relative to the worker's chart root "
+                "(VENTROS_DEPLOY_CHART_ROOT)"
+            )
+        return path
+
+    async def template(
+        self, release: str, namespace: str, chart: ChartRef, values: dict[str, Any]
+    ) -> list[dict[str, Any]]:
+        """Render the chart and return its objects (never log or return them whole)."""
+        with values_file(values) as path:
+            out = await self.run(
+                [
+                    "template",
+                    release,
+                    *self.chart_args(chart),
+                    f"--namespace={namespace}",
+                    f"--values={path}",
+                    "--skip-tests",
+                ]
+            )
+        return [doc for doc in yaml.safe_load_all(out) if isinstance(doc, dict) and doc.get("kind")]
+
+    async def upgrade_install(
+        self,
+        release: str,
+        namespace: str,
+        chart: ChartRef,
+        values: dict[str, Any],
+        timeout_s: float = 300.0,
+    ) -> None:
+        with values_file(values) as path:
+            await self.run(
+                [
+                    "upgrade",
+                    release,
+                    *self.chart_args(chart),
+                    "--install",
+                    f"--namespace={namespace}",
+                    "--create-namespace",
+                    f"--values={path}",
+                ],
+                timeout_s,
+            )
+
+    async def status(self, release: str, namespace: str) -> str | None:
+        """Return the release's status (deployed, pending-install, ...) or None."""
+        try:
+            out = await self.run(["status", release, f"--namespace={namespace}", "--output=json"])
+        except HelmError as error:
+            if "not found" in error.stderr:
+                return None
+            raise
+        info = json.loads(out).get("info", {})
+        return str(info.get("status", "unknown"))
+
+    async def manifest(self, release: str, namespace: str) -> list[dict[str, Any]]:
+        out = await self.run(["get", "manifest", release, f"--namespace={namespace}"])
+        return [doc for doc in yaml.safe_load_all(out) if isinstance(doc, dict) and doc.get("kind")]
+
+    async def history(self, release: str, namespace: str) -> list[dict[str, Any]]:
+        out = await self.run(["history", release, f"--namespace={namespace}", "--output=json"])
+        return list(json.loads(out))
+
+    async def recover_pending(self, release: str, namespace: str) -> str | None:
+        """Clear a release left pending by an interrupted run; return what was done.
+
+        A pending upgrade or rollback is rolled back to the last deployed
+        revision. A pending first install has nothing to roll back to, so it
+        is uninstalled; the next upgrade --install starts it afresh.
+        """
+        state = await self.status(release, namespace)
+        if state not in PENDING_STATES:
+            return None
+        if state == "pending-install":
+            await self.run(["uninstall", release, f"--namespace={namespace}", "--wait"])
+            return f"uninstalled release {release}, left {state} by an interrupted run"
+        deployed = [
+            entry["revision"] for entry in await self.history(release, namespace)
+            if entry.get("status") in ("deployed", "superseded")
+        ]
+        if not deployed:
+            await self.run(["uninstall", release, f"--namespace={namespace}", "--wait"])
+            return f"uninstalled release {release}: {state} with no earlier revision"
+        revision = str(max(deployed))
+        await self.run(["rollback", release, revision, f"--namespace={namespace}", "--wait"])
+        return f"rolled release {release} back to revision {revision}, left {state}"
+
+
+@contextlib.contextmanager
+def values_file(values: dict[str, Any]) -> Iterator[str]:
+    """Write values to a 0600 YAML file in a private folder; remove both after."""
+    folder = tempfile.mkdtemp(prefix="ventros-values-")
+    path = os.path.join(folder, "values.yaml")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            yaml.safe_dump(values, handle)
+        yield path
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        os.rmdir(folder)

@@ -1,0 +1,157 @@
+"""Wait for one object to become ready by watching it, not polling.
+
+A wait gets the object, judges it, then watches it from that
+resourceVersion. It reconnects when the server ends the stream, lists again
+after 410 Gone, reloads credentials once after 401, and keeps trying through
+connection errors (an API server restart) until its deadline. Every verdict
+goes to ``on_status`` so the activity can heartbeat it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import aiohttp
+import structlog
+
+from activities import readiness
+from activities.kubeapi import (
+    GoneError,
+    JsonObject,
+    KubeApiError,
+    KubeClient,
+    NoKindMatchError,
+    UnauthorizedError,
+    WatchStalledError,
+)
+from deployer.phases import ObjectRef
+
+log = structlog.get_logger("ventros.wait")
+
+WATCH_TIMEOUT_S = 50
+# The client-side watchdog: a stream silent this long is dropped. Bookmarks
+# arrive about once a minute, and the server ends the stream after 50 s.
+WATCH_IDLE_S = 65.0
+SYNC_FAILED_GRACE_S = 60.0
+RETRY_DELAYS_S = (0.2, 0.5, 1.0, 2.0, 4.0)
+TRANSIENT_ERRORS = (OSError, aiohttp.ClientError, asyncio.TimeoutError)
+
+
+class TerminalFailure(Exception):
+    """The object reached a state that waiting cannot fix."""
+
+    def __init__(self, ref: ObjectRef, status: str, reason: str) -> None:
+        self.ref = ref
+        self.status = status
+        self.reason = reason
+        super().__init__(f"{ref.describe()} failed: {reason} (observed: {status})")
+
+
+class WaitTimeout(Exception):
+    """The deadline passed before the object was ready."""
+
+    def __init__(self, ref: ObjectRef, status: str, waited_s: float) -> None:
+        self.ref = ref
+        self.status = status
+        super().__init__(
+            f"timed out after {waited_s:.0f} s waiting for {ref.describe()} "
+            f"to be ready; last observed status: {status}"
+        )
+
+
+StatusCallback = Callable[[ObjectRef, str], None]
+
+
+async def wait_ready(
+    kube: KubeClient, ref: ObjectRef, deadline: float, on_status: StatusCallback
+) -> str:
+    """Return the ready object's status line; raise TerminalFailure or WaitTimeout.
+
+    deadline is a time.monotonic() value.
+    """
+    started = time.monotonic()
+    last = "not observed yet"
+    soft_failure_since: float | None = None
+    reloaded = False
+    attempt = 0
+
+    def judge(obj: JsonObject | None) -> bool:
+        nonlocal last, soft_failure_since
+        if obj is None:
+            last = "not found yet"
+            on_status(ref, last)
+            return False
+        verdict = readiness.evaluate(obj)
+        last = verdict.status
+        on_status(ref, last)
+        if verdict.failure and not verdict.soft_failure:
+            raise TerminalFailure(ref, verdict.status, verdict.failure)
+        if verdict.soft_failure:
+            soft_failure_since = soft_failure_since or time.monotonic()
+            if time.monotonic() - soft_failure_since > SYNC_FAILED_GRACE_S:
+                raise TerminalFailure(ref, verdict.status, f"{verdict.failure} for more than {SYNC_FAILED_GRACE_S:.0f} s")
+        else:
+            soft_failure_since = None
+        return verdict.ready
+
+    async def pause() -> None:
+        nonlocal attempt
+        delay = RETRY_DELAYS_S[min(attempt, len(RETRY_DELAYS_S) - 1)]
+        attempt += 1
+        await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise WaitTimeout(ref, last, time.monotonic() - started)
+        try:
+            async with asyncio.timeout(remaining):
+                rtype = await kube.resource_type(ref.api_version, ref.kind)
+                obj = await kube.get(rtype, ref.name, ref.namespace)
+                if judge(obj):
+                    return last
+                version = obj["metadata"]["resourceVersion"] if obj else (
+                    await kube.list(rtype, ref.namespace, field_selector=f"metadata.name={ref.name}")
+                )["metadata"]["resourceVersion"]
+                attempt = 0
+                while True:
+                    async for event in kube.watch(
+                        rtype,
+                        ref.namespace,
+                        resource_version=version,
+                        name=ref.name,
+                        timeout_s=WATCH_TIMEOUT_S,
+                        idle_timeout_s=WATCH_IDLE_S,
+                    ):
+                        version = event["object"]["metadata"]["resourceVersion"]
+                        if event["type"] == "BOOKMARK":
+                            continue
+                        if judge(None if event["type"] == "DELETED" else event["object"]):
+                            return last
+        except TimeoutError:
+            continue  # The deadline check at the top raises WaitTimeout.
+        except (GoneError, WatchStalledError) as error:
+            log.debug("watch restarting", object=ref.describe(), reason=str(error))
+        except NoKindMatchError:
+            kube.forget_discovery(ref.api_version)
+            last = f"kind {ref.kind} ({ref.api_version}) is not served yet"
+            on_status(ref, last)
+            await pause()
+        except UnauthorizedError:
+            if reloaded:
+                raise
+            reloaded = True
+            log.warning("credentials rejected; reloading the kubeconfig once", object=ref.describe())
+            await kube.reload_credentials()
+        except KubeApiError as error:
+            if error.status < 500 and error.status != 429:
+                raise
+            last = f"API server error {error.status} ({error.reason}); retrying"
+            on_status(ref, last)
+            await pause()
+        except TRANSIENT_ERRORS as error:
+            last = f"API server unreachable ({error.__class__.__name__}); retrying"
+            on_status(ref, last)
+            await pause()

@@ -1,0 +1,372 @@
+"""ventros-deploy: start, follow, retry and abort deploys.
+
+Exit codes:
+  0  success (the deploy succeeded, or the request was accepted)
+  1  the deploy failed, was aborted, or a phase waits for retry
+  2  invalid arguments or deploy request (nothing was started)
+  3  a deploy of this release is already running
+  4  no deploy with that workflow id
+  5  the bootstrap Temporal cannot be reached
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+from temporalio.api.enums.v1 import WorkflowExecutionStatus
+from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from deployer.connect import connect
+from deployer.inputs import InvalidRequestError, parse_request, workflow_id_for
+from deployer.phases import DeployStatus, PhaseState
+from deployer.settings import TemporalSettings
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_RUNNING, EXIT_NOT_FOUND, EXIT_UNREACHABLE = range(6)
+WORKFLOW_TYPE = "VentrosDeploy"
+FOLLOW_INTERVAL_S = 0.5
+STATE_STYLE = {
+    "pending": "dim",
+    "running": "cyan",
+    "succeeded": "green",
+    "failed": "red",
+    "waiting-for-retry": "yellow",
+    "aborted": "red",
+}
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def parse_set(pairs: list[str]) -> dict[str, Any]:
+    """Turn ["a.b=1", "c=x"] into {"a": {"b": 1}, "c": "x"} (values read as YAML scalars)."""
+    values: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise CliError(f"invalid --set {pair!r}: expected KEY=VALUE with a dotted KEY such as app.replicas=3", EXIT_USAGE)
+        node = values
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise CliError(f"invalid --set {pair!r}: {part} is already set to a scalar", EXIT_USAGE)
+        node[parts[-1]] = yaml.safe_load(raw) if raw else ""
+    return values
+
+
+def build_request(args: argparse.Namespace) -> dict[str, Any]:
+    request: dict[str, Any] = {}
+    if args.request:
+        try:
+            request = json.loads(Path(args.request).read_text())
+        except (OSError, ValueError) as error:
+            raise CliError(f"cannot read --request {args.request}: {error}", EXIT_USAGE) from None
+    values: dict[str, Any] = dict(request.get("values") or {})
+    if args.values:
+        try:
+            loaded = yaml.safe_load(Path(args.values).read_text()) or {}
+        except (OSError, yaml.YAMLError) as error:
+            raise CliError(f"cannot read --values {args.values}: {error}", EXIT_USAGE) from None
+        if not isinstance(loaded, dict):
+            raise CliError(f"--values {args.values} must hold a YAML mapping", EXIT_USAGE)
+        values = _merge(values, loaded)
+    values = _merge(values, parse_set(args.set or []))
+    if values:
+        request["values"] = values
+    for field, value in (
+        ("release", args.release),
+        ("namespace", args.namespace),
+        ("app_version", args.app_version),
+        ("kube_context", args.kube_context),
+    ):
+        if value is not None:
+            request[field] = value
+    if args.chart:
+        request["chart"] = {"path": args.chart}
+    return request
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+# -- rendering ----------------------------------------------------------------
+
+
+def phase_table(status: DeployStatus, live: dict[str, str] | None = None) -> Table:
+    table = Table(title=f"{status.workflow_id}: {status.state}", title_justify="left")
+    for column in ("phase", "state", "attempts", "duration", "waiting on", "last status"):
+        table.add_column(column)
+    for record in status.phases:
+        duration = f"{record.duration_s:.1f} s" if record.duration_s is not None else ""
+        detail = record.error or record.last_status or ""
+        if record.state is PhaseState.RUNNING and live:
+            seen = [f"{ref}: {live[ref]}" for ref in record.waiting_on if ref in live]
+            detail = "; ".join(seen) or detail
+        style = STATE_STYLE.get(record.state.value, "")
+        table.add_row(
+            record.phase.value,
+            f"[{style}]{record.state.value}[/]" if style else record.state.value,
+            str(record.attempts),
+            duration,
+            "\n".join(record.waiting_on),
+            detail,
+        )
+    return table
+
+
+async def fetch_status(handle: WorkflowHandle[Any, Any]) -> DeployStatus:
+    return await handle.query("status", result_type=DeployStatus)
+
+
+async def live_statuses(client: Client, handle: WorkflowHandle[Any, Any]) -> dict[str, str]:
+    """Return the last statuses that running wait activities heartbeated."""
+    description = await handle.describe()
+    statuses: dict[str, str] = {}
+    for pending in description.raw_description.pending_activities:
+        if not pending.heartbeat_details.payloads:
+            continue
+        details = await client.data_converter.decode(pending.heartbeat_details.payloads)
+        for item in details:
+            if isinstance(item, dict):
+                statuses.update({str(k): str(v) for k, v in item.items()})
+    return statuses
+
+
+async def is_running(handle: WorkflowHandle[Any, Any]) -> bool:
+    description = await handle.describe()
+    return description.raw_description.workflow_execution_info.status == (
+        WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_RUNNING
+    )
+
+
+# -- commands -----------------------------------------------------------------
+
+
+async def cmd_start(client: Client, settings: TemporalSettings, args: argparse.Namespace, console: Console) -> int:
+    raw = build_request(args)
+    try:
+        request = parse_request(raw)
+    except InvalidRequestError as error:
+        raise CliError(str(error), EXIT_USAGE) from None
+    try:
+        handle = await client.start_workflow(
+            WORKFLOW_TYPE,
+            request.model_dump(mode="json"),
+            id=request.workflow_id,
+            task_queue=settings.task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+        )
+    except WorkflowAlreadyStartedError:
+        raise CliError(
+            f"a deploy of {request.release} in {request.namespace} is already running: "
+            f"{request.workflow_id}. Follow it with `ventros-deploy watch {request.workflow_id}`",
+            EXIT_RUNNING,
+        ) from None
+    if args.json and not args.follow:
+        print(json.dumps({"workflow_id": handle.id, "run_id": handle.result_run_id}))
+    else:
+        console.print(f"started {handle.id}", highlight=False)
+    if args.follow:
+        return await follow(client, handle, args, console)
+    return EXIT_OK
+
+
+async def follow(client: Client, handle: WorkflowHandle[Any, Any], args: argparse.Namespace, console: Console) -> int:
+    started = time.monotonic()
+    status = await fetch_status(handle)
+    if args.json:
+        while await is_running(handle) and not _needs_attention(status):
+            await asyncio.sleep(FOLLOW_INTERVAL_S)
+            status = await fetch_status(handle)
+        status = await fetch_status(handle)
+        print(status.model_dump_json())
+        return _exit_code(status)
+    with Live(phase_table(status), console=console, refresh_per_second=4, transient=False) as live:
+        while True:
+            running = await is_running(handle)
+            status = await fetch_status(handle)
+            live.update(phase_table(status, await live_statuses(client, handle) if running else None))
+            if not running or _needs_attention(status):
+                break
+            await asyncio.sleep(FOLLOW_INTERVAL_S)
+    console.print(f"{status.state} after {time.monotonic() - started:.1f} s", highlight=False)
+    if _needs_attention(status):
+        failed = [r for r in status.phases if r.state is PhaseState.WAITING_FOR_RETRY]
+        for record in failed:
+            console.print(f"[red]{record.phase.value} failed:[/] {record.error}", highlight=False)
+        console.print(
+            f"fix the cause, then `ventros-deploy retry {status.workflow_id}`, "
+            f"or `ventros-deploy abort {status.workflow_id}`",
+            highlight=False,
+        )
+    return _exit_code(status)
+
+
+def _needs_attention(status: DeployStatus) -> bool:
+    return any(r.state is PhaseState.WAITING_FOR_RETRY for r in status.phases)
+
+
+def _exit_code(status: DeployStatus) -> int:
+    return EXIT_OK if status.state == "succeeded" else EXIT_FAILED
+
+
+def resolve_id(args: argparse.Namespace) -> str:
+    if args.workflow_id:
+        return str(args.workflow_id)
+    if args.release and args.namespace:
+        return workflow_id_for(args.namespace, args.release)
+    raise CliError("give a workflow id, or --release and --namespace", EXIT_USAGE)
+
+
+async def cmd_status(client: Client, args: argparse.Namespace, console: Console) -> int:
+    handle = client.get_workflow_handle(resolve_id(args))
+    status = await fetch_status(handle)
+    if args.json:
+        print(status.model_dump_json())
+    else:
+        running = await is_running(handle)
+        console.print(phase_table(status, await live_statuses(client, handle) if running else None))
+        if status.message:
+            console.print(status.message, highlight=False)
+    return EXIT_OK
+
+
+async def cmd_watch(client: Client, args: argparse.Namespace, console: Console) -> int:
+    return await follow(client, client.get_workflow_handle(resolve_id(args)), args, console)
+
+
+async def cmd_retry(client: Client, args: argparse.Namespace, console: Console) -> int:
+    handle = client.get_workflow_handle(resolve_id(args))
+    try:
+        phases = await handle.execute_update("retry", args.phase, result_type=list[str])
+    except WorkflowUpdateFailedError as error:
+        raise CliError(f"retry rejected: {error.cause}", EXIT_FAILED) from None
+    _print(args, console, {"retried": phases}, f"retrying {', '.join(phases)}")
+    if args.follow:
+        return await follow(client, handle, args, console)
+    return EXIT_OK
+
+
+async def cmd_abort(client: Client, args: argparse.Namespace, console: Console) -> int:
+    handle = client.get_workflow_handle(resolve_id(args))
+    await handle.execute_update("abort", args.reason, result_type=str)
+    _print(args, console, {"aborted": handle.id}, f"aborted {handle.id}; phases that succeeded stay applied")
+    return EXIT_OK
+
+
+def _print(args: argparse.Namespace, console: Console, data: dict[str, Any], text: str) -> None:
+    if args.json:
+        print(json.dumps(data))
+    else:
+        console.print(text, highlight=False)
+
+
+# -- entry point ----------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ventros-deploy",
+        description="Deploy the Ventros CRM stack with the VentrosDeploy Temporal workflow.",
+        epilog=__doc__.split("\n\n", 1)[1] if __doc__ else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_id(p: argparse.ArgumentParser) -> None:
+        p.add_argument("workflow_id", nargs="?", help="workflow id, e.g. deploy-ventros-crm-ventros-crm")
+        p.add_argument("--release", help="release name (with --namespace, instead of the id)")
+        p.add_argument("--namespace", help="Kubernetes namespace of the release")
+        p.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+    start = sub.add_parser("start", help="start a deploy and print its workflow id")
+    start.add_argument("--release", help="Helm release name (default ventros-crm)")
+    start.add_argument("--namespace", help="Kubernetes namespace (default ventros-crm)")
+    start.add_argument("--chart", help="chart folder, relative to the worker's chart root (default chart)")
+    start.add_argument("--values", help="YAML file of chart values")
+    start.add_argument("--set", action="append", metavar="KEY=VALUE", help="one chart value; repeatable")
+    start.add_argument("--app-version", help="app version: the image tag and the migration Job's name")
+    start.add_argument("--kube-context", help="context in the worker's kubeconfig")
+    start.add_argument("--request", help="JSON file with the whole deploy request")
+    start.add_argument("--follow", action="store_true", help="show a live phase table until the deploy ends")
+    start.add_argument("--json", action="store_true", help="print JSON for scripts")
+
+    status = sub.add_parser("status", help="show each phase's state")
+    with_id(status)
+    watch = sub.add_parser("watch", help="show a live phase table until the deploy ends")
+    with_id(watch)
+    retry = sub.add_parser("retry", help="run the failed phase(s) again")
+    with_id(retry)
+    retry.add_argument("--phase", help="retry only this phase")
+    retry.add_argument("--follow", action="store_true", help="follow the deploy afterwards")
+    abort = sub.add_parser("abort", help="end the deploy as failed; applied phases stay")
+    with_id(abort)
+    abort.add_argument("--reason", default="aborted with ventros-deploy abort", help="reason recorded in the workflow")
+    return parser
+
+
+async def run(args: argparse.Namespace) -> int:
+    console = Console()
+    try:
+        settings = TemporalSettings()
+    except ValidationError as error:
+        raise CliError(f"invalid settings: {error}", EXIT_USAGE) from None
+    if args.command == "start":
+        build_request(args)  # Fail on bad arguments before connecting.
+    try:
+        client = await connect(settings)
+    except RuntimeError as error:
+        raise CliError(
+            f"cannot reach the bootstrap Temporal at {settings.temporal_address}: {error}. "
+            "Start it (make demo starts one) or set VENTROS_DEPLOY_TEMPORAL_ADDRESS",
+            EXIT_UNREACHABLE,
+        ) from None
+    try:
+        if args.command == "start":
+            return await cmd_start(client, settings, args, console)
+        if args.command == "status":
+            return await cmd_status(client, args, console)
+        if args.command == "watch":
+            return await cmd_watch(client, args, console)
+        if args.command == "retry":
+            return await cmd_retry(client, args, console)
+        return await cmd_abort(client, args, console)
+    except RPCError as error:
+        if error.status is RPCStatusCode.NOT_FOUND:
+            raise CliError(f"no deploy found: {error.message}", EXIT_NOT_FOUND) from None
+        raise
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        code = asyncio.run(run(args))
+    except CliError as error:
+        print(f"error: {error}", file=sys.stderr)
+        code = error.code
+    sys.exit(code)

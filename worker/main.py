@@ -1,0 +1,82 @@
+"""The worker process: ``python -m worker`` or ``ventros-deploy-worker``.
+
+It polls the bootstrap Temporal's task queue for VentrosDeploy workflow and
+activity tasks. On SIGTERM or SIGINT it stops polling and gives running
+activities a grace period before it exits; an activity cut off by the exit is
+retried by Temporal on another worker (its heartbeat timeout notices).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from datetime import timedelta
+
+import structlog
+from pydantic import ValidationError
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
+from temporalio.worker import Worker
+
+from activities.deploy import DeployActivities
+from deployer import logs
+from deployer.connect import connect
+from deployer.settings import WorkerSettings
+from workflows.deploy import VentrosDeploy
+
+log = structlog.get_logger("ventros.worker")
+
+
+def build_worker(client: object, settings: WorkerSettings, activities: DeployActivities) -> Worker:
+    from temporalio.client import Client
+
+    assert isinstance(client, Client)
+    return Worker(
+        client,
+        task_queue=settings.task_queue,
+        workflows=[VentrosDeploy],
+        activities=activities.activities(),
+        max_concurrent_activities=settings.max_concurrent_activities,
+        graceful_shutdown_timeout=timedelta(seconds=settings.graceful_shutdown_s),
+    )
+
+
+async def run(settings: WorkerSettings) -> None:
+    if settings.metrics_port:
+        # The SDK's Prometheus endpoint, on loopback only.
+        Runtime.set_default(
+            Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=f"127.0.0.1:{settings.metrics_port}"))),
+            error_if_already_set=False,
+        )
+    client = await connect(settings)
+    activities = DeployActivities(settings)
+    worker = build_worker(client, settings, activities)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    log.info(
+        "worker started",
+        temporal_address=settings.temporal_address,
+        namespace=settings.temporal_namespace,
+        task_queue=settings.task_queue,
+    )
+    async with worker:
+        await stop.wait()
+        log.info("worker stopping", grace_period_s=settings.graceful_shutdown_s)
+    await activities.close()
+    log.info("worker stopped")
+
+
+def main() -> None:
+    try:
+        settings = WorkerSettings()
+    except ValidationError as error:
+        print(f"invalid worker settings: {error}", file=sys.stderr)
+        sys.exit(2)
+    logs.configure(settings.log_format)
+    try:
+        asyncio.run(run(settings))
+    except (OSError, RuntimeError) as error:
+        log.error("worker failed", error=str(error))
+        sys.exit(1)

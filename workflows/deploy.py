@@ -1,0 +1,298 @@
+"""VentrosDeploy: the deploy phases as activities, in their real dependency order.
+
+Each phase is one apply activity followed by one wait activity. A phase
+starts as soon as the phases it needs have succeeded, so PostgreSQL,
+RabbitMQ and Redis run at the same time, and Temporal and the migration
+start as soon as PostgreSQL is ready. A failed phase does not end the
+workflow: it records the error and waits for ``retry`` or ``abort``.
+
+This module is deterministic: no I/O, no clocks but workflow.now(), and no
+Kubernetes imports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from deployer import contracts
+    from deployer.contracts import ApplyRequest, ApplyResult, ValidateResult, WaitRequest, WaitResult
+    from deployer.inputs import DeployRequest, InvalidRequestError, parse_request
+    from deployer.phases import (
+        DEPENDENCIES,
+        PHASE_ORDER,
+        DeployStatus,
+        Phase,
+        PhaseRecord,
+        PhaseState,
+    )
+
+WORKFLOW_TYPE = "VentrosDeploy"
+ABORTED = "Aborted"
+
+VALIDATE_RETRY = RetryPolicy(
+    maximum_attempts=3, non_retryable_error_types=list(contracts.NON_RETRYABLE_TYPES)
+)
+APPLY_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=20),
+    maximum_attempts=6,
+    non_retryable_error_types=list(contracts.NON_RETRYABLE_TYPES),
+)
+# Waits retry until their schedule-to-close timeout: a crashed worker or an
+# API outage must not fail the phase, only the phase deadline may.
+WAIT_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=10),
+    non_retryable_error_types=list(contracts.NON_RETRYABLE_TYPES),
+)
+APPLY_TIMEOUT = timedelta(minutes=6)
+WAIT_HEARTBEAT_TIMEOUT = timedelta(seconds=20)
+WAIT_MARGIN = timedelta(seconds=60)
+
+
+@workflow.defn(name=WORKFLOW_TYPE)
+class VentrosDeploy:
+    """Deploy one release of the Ventros CRM stack into one namespace."""
+
+    def __init__(self) -> None:
+        self._records = {phase: PhaseRecord(phase=phase) for phase in PHASE_ORDER}
+        self._retry_requested: set[Phase] = set()
+        self._abort_reason: str | None = None
+        self._request: DeployRequest | None = None
+        self._state = "validating"
+        self._message: str | None = None
+
+    @workflow.run
+    async def run(self, raw: dict[str, Any]) -> dict[str, Any]:
+        try:
+            request = parse_request(raw)
+        except InvalidRequestError as error:
+            raise ApplicationError(str(error), type=contracts.INVALID_REQUEST, non_retryable=True) from None
+        self._request = request
+        self._publish()
+        await self._validate(request)
+
+        self._state = "running"
+        tasks = [asyncio.create_task(self._run_phase(phase)) for phase in PHASE_ORDER]
+        await asyncio.gather(*tasks)
+        if self._abort_reason is not None:
+            self._state = "aborted"
+            self._publish()
+            raise ApplicationError(
+                f"deploy of {request.release} in {request.namespace} aborted: {self._abort_reason}. "
+                "Phases that succeeded were left in place",
+                type=ABORTED,
+                non_retryable=True,
+            )
+        self._state = "succeeded"
+        self._publish()
+        return self.status().model_dump(mode="json")
+
+    async def _validate(self, request: DeployRequest) -> None:
+        try:
+            await workflow.execute_activity(
+                contracts.VALIDATE_REQUEST,
+                request.model_dump(mode="json"),
+                result_type=ValidateResult,
+                start_to_close_timeout=timedelta(minutes=2),
+                retry_policy=VALIDATE_RETRY,
+                summary=f"validate the request for {request.release} in {request.namespace}",
+            )
+        except ActivityError as error:
+            self._state = "invalid"
+            self._message = _cause_message(error)
+            self._publish()
+            cause = error.cause
+            kind = cause.type if isinstance(cause, ApplicationError) else None
+            raise ApplicationError(
+                self._message, type=kind or contracts.INVALID_REQUEST, non_retryable=True
+            ) from None
+
+    # -- phases -----------------------------------------------------------
+
+    async def _dependencies_done(self, phase: Phase) -> bool:
+        """Wait until every phase this one needs succeeded; False on abort."""
+        needed = DEPENDENCIES[phase]
+        await workflow.wait_condition(
+            lambda: self._abort_reason is not None
+            or all(self._records[p].state is PhaseState.SUCCEEDED for p in needed)
+        )
+        return self._abort_reason is None
+
+    async def _run_phase(self, phase: Phase) -> None:
+        assert self._request is not None
+        request = self._request
+        record = self._records[phase]
+        if not await self._dependencies_done(phase):
+            return
+        while True:
+            self._start_attempt(record)
+            try:
+                await self._apply_and_wait(request, phase, record)
+                return
+            except ActivityError as error:
+                self._fail_attempt(record, error)
+            await workflow.wait_condition(
+                lambda: phase in self._retry_requested or self._abort_reason is not None
+            )
+            if self._abort_reason is not None:
+                record.state = PhaseState.FAILED
+                self._publish()
+                return
+            self._retry_requested.discard(phase)
+
+    async def _apply_and_wait(self, request: DeployRequest, phase: Phase, record: PhaseRecord) -> None:
+        timeout_s = request.timeouts.for_phase(phase)
+        deadline = workflow.now().timestamp() + timeout_s
+        applied = await workflow.execute_activity(
+            contracts.APPLY_PHASE,
+            ApplyRequest(request=request, phase=phase),
+            result_type=ApplyResult,
+            start_to_close_timeout=APPLY_TIMEOUT,
+            retry_policy=APPLY_RETRY,
+            summary=f"{phase.value}: apply the {phase.value} objects of {request.release}",
+        )
+        record.waiting_on = [ref.describe() for ref in applied.waits]
+        record.last_status = "; ".join(applied.notes) or "applied"
+        self._publish()
+        waited = await workflow.execute_activity(
+            contracts.WAIT_READY,
+            WaitRequest(
+                phase=phase,
+                namespace=request.namespace,
+                kube_context=request.kube_context,
+                refs=applied.waits,
+                timeout_s=timeout_s,
+                deadline_epoch_s=deadline,
+            ),
+            result_type=WaitResult,
+            start_to_close_timeout=timedelta(seconds=timeout_s) + WAIT_MARGIN,
+            schedule_to_close_timeout=timedelta(seconds=timeout_s) + 2 * WAIT_MARGIN,
+            heartbeat_timeout=WAIT_HEARTBEAT_TIMEOUT,
+            retry_policy=WAIT_RETRY,
+            summary=f"{phase.value}: wait for " + (", ".join(record.waiting_on) or "nothing"),
+        )
+        record.state = PhaseState.SUCCEEDED
+        record.last_status = "; ".join(f"{k}: {v}" for k, v in waited.statuses.items()) or "ready"
+        self._end_attempt(record)
+        workflow.logger.info("phase succeeded", extra={"phase": phase.value, "attempt": record.attempts})
+
+    def _start_attempt(self, record: PhaseRecord) -> None:
+        record.state = PhaseState.RUNNING
+        record.attempts += 1
+        record.started_at = workflow.now().isoformat()
+        record.ended_at = None
+        record.duration_s = None
+        record.error = None
+        record.error_type = None
+        workflow.logger.info("phase started", extra={"phase": record.phase.value, "attempt": record.attempts})
+        self._publish()
+
+    def _end_attempt(self, record: PhaseRecord) -> None:
+        ended = workflow.now()
+        record.ended_at = ended.isoformat()
+        if record.started_at:
+            started = workflow.now().fromisoformat(record.started_at)
+            record.duration_s = round((ended - started).total_seconds(), 3)
+        self._publish()
+
+    def _fail_attempt(self, record: PhaseRecord, error: ActivityError) -> None:
+        cause = error.cause
+        record.state = PhaseState.WAITING_FOR_RETRY
+        record.error = _cause_message(error)
+        record.error_type = cause.type if isinstance(cause, ApplicationError) else type(cause).__name__
+        self._end_attempt(record)
+        workflow.logger.warning(
+            "phase failed; waiting for retry or abort",
+            extra={"phase": record.phase.value, "attempt": record.attempts, "error_type": record.error_type},
+        )
+
+    # -- queries, updates and signals ---------------------------------------
+
+    @workflow.query(name="status")
+    def status(self) -> DeployStatus:
+        request = self._request
+        return DeployStatus(
+            workflow_id=workflow.info().workflow_id,
+            release=request.release if request else "",
+            namespace=request.namespace if request else "",
+            app_version=(request.app_version or "chart default") if request else "",
+            state=self._state,
+            phases=[self._records[p] for p in PHASE_ORDER],
+            message=self._message,
+        )
+
+    @workflow.update(name="retry")
+    def retry(self, phase: str | None = None) -> list[str]:
+        """Run the failed phase (or every failed phase) again; return their names."""
+        chosen = self._failed_phases(phase)
+        self._retry_requested.update(chosen)
+        return [p.value for p in chosen]
+
+    @retry.validator
+    def _validate_retry(self, phase: str | None = None) -> None:
+        self._failed_phases(phase)
+
+    @workflow.update(name="abort")
+    def abort(self, reason: str = "aborted by request") -> str:
+        """End the deploy as failed; phases that succeeded stay applied."""
+        self._abort_reason = reason[:500] or "aborted by request"
+        return self._state
+
+    @workflow.signal(name="retry-signal")
+    def retry_signal(self, phase: str | None = None) -> None:
+        try:
+            self._retry_requested.update(self._failed_phases(phase))
+        except ApplicationError as error:
+            workflow.logger.warning("retry signal ignored", extra={"reason": error.message})
+
+    @workflow.signal(name="abort-signal")
+    def abort_signal(self, reason: str = "aborted by signal") -> None:
+        self._abort_reason = reason[:500] or "aborted by signal"
+
+    def _failed_phases(self, phase: str | None) -> list[Phase]:
+        waiting = [p for p in PHASE_ORDER if self._records[p].state is PhaseState.WAITING_FOR_RETRY]
+        if phase is not None:
+            if phase not in {p.value for p in Phase}:
+                raise ApplicationError(f"unknown phase {phase!r}; phases are {', '.join(p.value for p in Phase)}")
+            waiting = [p for p in waiting if p.value == phase]
+        if not waiting:
+            raise ApplicationError(
+                f"no phase{' ' + phase if phase else ''} is waiting for retry; "
+                "check `ventros-deploy status` for what runs now"
+            )
+        return waiting
+
+    # -- UI -----------------------------------------------------------------
+
+    def _publish(self) -> None:
+        """Show the phase table as the workflow's current details in the UI."""
+        rows = ["| phase | state | attempts | duration | waiting on | last status |", "|---|---|---|---|---|---|"]
+        for phase in PHASE_ORDER:
+            r = self._records[phase]
+            duration = f"{r.duration_s:.1f} s" if r.duration_s is not None else ""
+            detail = r.error or r.last_status or ""
+            rows.append(
+                f"| {phase.value} | {r.state.value} | {r.attempts} | {duration} | "
+                f"{', '.join(r.waiting_on)[:120]} | {detail[:200].replace('|', '/')} |"
+            )
+        header = f"**{self._state}**" + (f": {self._message}" if self._message else "")
+        workflow.set_current_details(header + "\n\n" + "\n".join(rows))
+
+
+def _cause_message(error: ActivityError) -> str:
+    cause = error.cause
+    while isinstance(cause, ActivityError) and cause.cause is not None:
+        cause = cause.cause
+    if isinstance(cause, ApplicationError):
+        return cause.message
+    return str(cause or error)
