@@ -116,24 +116,38 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 # -- rendering ----------------------------------------------------------------
 
 
+def _short(text: str, namespace: str, limit: int = 60) -> str:
+    """Drop the namespace (shown in the title) and cut the text to limit."""
+    text = text.replace(f" in namespace {namespace}", "")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def phase_table(status: DeployStatus, live: dict[str, str] | None = None) -> Table:
-    table = Table(title=f"{status.workflow_id}: {status.state}", title_justify="left")
-    for column in ("phase", "state", "attempts", "duration", "waiting on", "last status"):
-        table.add_column(column)
+    title = f"{status.workflow_id} ({status.namespace}): {status.state}"
+    table = Table(title=title, title_justify="left")
+    table.add_column("phase")
+    table.add_column("state")
+    table.add_column("tries", justify="right")
+    table.add_column("time", justify="right")
+    table.add_column("waiting on / last status", overflow="fold")
     for record in status.phases:
         duration = f"{record.duration_s:.1f} s" if record.duration_s is not None else ""
-        detail = record.error or record.last_status or ""
-        if record.state is PhaseState.RUNNING and live:
-            seen = [f"{ref}: {live[ref]}" for ref in record.waiting_on if ref in live]
-            detail = "; ".join(seen) or detail
+        detail = record.error or ""
+        if not detail and record.state is PhaseState.RUNNING and live:
+            detail = "; ".join(f"{ref}: {live[ref]}" for ref in record.waiting_on if ref in live)
+            if not detail and not record.waiting_on:
+                detail = live.get("__attempt__", "")
+        if not detail and record.state is not PhaseState.SUCCEEDED:
+            detail = ", ".join(record.waiting_on)
+        if not detail:
+            detail = ", ".join(record.waiting_on) or (record.last_status or "")
         style = STATE_STYLE.get(record.state.value, "")
         table.add_row(
             record.phase.value,
             f"[{style}]{record.state.value}[/]" if style else record.state.value,
             str(record.attempts),
             duration,
-            "\n".join(record.waiting_on),
-            detail,
+            _short(detail, status.namespace, 200 if record.error else 60),
         )
     return table
 
@@ -147,6 +161,11 @@ async def live_statuses(client: Client, handle: WorkflowHandle[Any, Any]) -> dic
     description = await handle.describe()
     statuses: dict[str, str] = {}
     for pending in description.raw_description.pending_activities:
+        if pending.last_failure.message:
+            # Shown under the phase whose apply activity keeps failing.
+            statuses["__attempt__"] = (
+                f"attempt {pending.attempt - 1} failed: {pending.last_failure.message}"
+            )
         if not pending.heartbeat_details.payloads:
             continue
         details = await client.data_converter.decode(pending.heartbeat_details.payloads)

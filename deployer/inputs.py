@@ -25,8 +25,9 @@ from pydantic import (
 from deployer.phases import Phase
 
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-# Helm keeps release names to 53 characters so that derived names fit in 63.
-RELEASE_MAX = 53
+# The chart derives names such as <release>-rabbitmq-server (at most 52
+# characters for the RabbitMQ operator), which caps release names at 35.
+RELEASE_MAX = 35
 # An OCI image tag: the app version becomes the image tag and the Job name.
 APP_VERSION = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 CHART_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -27,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from testbed import certs
+from testbed.processes import ProcessGroup, alive
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
@@ -173,15 +173,13 @@ class LocalCluster:
 
     def down(self, quiet: bool = False) -> None:
         """Stop every process this cluster started and remove its data."""
-        pids = self._read_pids()
-        for name in reversed(list(pids)):
-            self._stop_pid(name, pids[name])
+        stopped = self.processes.stop_all()
         if self.config.cluster_dir.exists():
             shutil.rmtree(self.config.cluster_dir)
         if self.config.kubeconfig.exists():
             self.config.kubeconfig.unlink()
         if not quiet:
-            print(f"stopped {len(pids)} processes and removed {self.config.cluster_dir}")
+            print(f"stopped {stopped} processes and removed {self.config.cluster_dir}")
 
     def is_healthy(self) -> bool:
         """Tell whether the API server answers /readyz with the admin identity."""
@@ -194,10 +192,7 @@ class LocalCluster:
 
     def stop_apiserver(self) -> None:
         """Stop only kube-apiserver; used to simulate an API outage."""
-        pids = self._read_pids()
-        if "kube-apiserver" in pids:
-            self._stop_pid("kube-apiserver", pids.pop("kube-apiserver"))
-            self._write_pids(pids)
+        self.processes.stop("kube-apiserver")
 
     def start_apiserver(self) -> None:
         """Start kube-apiserver and wait until it reports ready."""
@@ -215,54 +210,15 @@ class LocalCluster:
 
     # -- processes --------------------------------------------------------
 
-    def _pid_file(self) -> Path:
-        return self.config.cluster_dir / "pids.json"
-
-    def _read_pids(self) -> dict[str, int]:
-        try:
-            data = json.loads(self._pid_file().read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return {}
-        return {str(k): int(v) for k, v in data.items()}
-
-    def _write_pids(self, pids: dict[str, int]) -> None:
-        self._pid_file().write_text(json.dumps(pids, indent=2))
+    @property
+    def processes(self) -> ProcessGroup:
+        return ProcessGroup(self.config.cluster_dir / "pids.json", self.config.log_dir)
 
     def _spawn(self, name: str, argv: list[str], cwd: Path | None = None) -> None:
-        log = open(self.config.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
-        process = subprocess.Popen(
-            argv,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            cwd=cwd or self.config.cluster_dir,
-        )
-        log.close()
-        pids = self._read_pids()
-        pids[name] = process.pid
-        self._write_pids(pids)
-
-    def _stop_pid(self, name: str, pid: int) -> None:
-        try:
-            os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        except PermissionError as error:
-            raise ClusterError(f"cannot stop {name} (pid {pid}): {error}") from error
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if not _alive(pid):
-                return
-            time.sleep(0.1)
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        self.processes.spawn(name, argv, cwd or self.config.cluster_dir)
 
     def _ensure_missing_started(self) -> None:
         """Restart the simulator or a controller that died while the API server runs."""
-        pids = self._read_pids()
         starters = {
             "kube-controller-manager": lambda: self._start_controller_manager(
                 tool_path("kube-controller-manager")
@@ -271,7 +227,7 @@ class LocalCluster:
             "simulator": self._start_simulator,
         }
         for name, start in starters.items():
-            if name not in pids or not _alive(pids[name]):
+            if not self.processes.running(name):
                 start()
 
     def _check_ports_free(self) -> None:
@@ -502,26 +458,12 @@ class LocalCluster:
         )
 
     def _raise_if_exited(self) -> None:
-        for name, pid in self._read_pids().items():
-            if not _alive(pid):
+        for name, pid in self.processes.pids().items():
+            if not alive(pid):
                 log = self.config.log_dir / f"{name}.log"
-                tail = log.read_text(errors="replace").splitlines()[-15:] if log.exists() else []
                 raise ClusterError(
                     f"{name} (pid {pid}) exited during start-up; last lines of {log}:\n"
-                    + "\n".join(tail)
+                    + self.processes.log_tail(name)
                 )
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child of this process still answers kill(0); check its state.
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(")")[-1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False

@@ -23,7 +23,6 @@ import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from activities.kubeapi import (
     ConflictError,

@@ -15,6 +15,7 @@ from datetime import timedelta
 
 import structlog
 from pydantic import ValidationError
+from temporalio import activity, workflow
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
@@ -69,6 +70,10 @@ async def run(settings: WorkerSettings) -> None:
 
 
 def main() -> None:
+    # The SDK appends its context dict to every message; structlog gets it as
+    # fields instead (temporal_workflow, temporal_activity).
+    workflow.logger.workflow_info_on_message = False
+    activity.logger.activity_info_on_message = False
     try:
         settings = WorkerSettings()
     except ValidationError as error:

@@ -1,0 +1,222 @@
+"""``make demo``: a full deploy onto the local cluster with a bootstrap Temporal.
+
+``up`` starts (or reuses) the local cluster, a bootstrap Temporal dev server
+with its UI and a database file, the worker, then deploys the chart with the
+client and follows it to the end. Everything stays running so that the UI and
+the CLI can be used afterwards; ``down`` stops it all.
+
+Upstream operator and Temporal charts cannot be fetched here, so the demo
+installs the stand-in charts from tests/fixtures/charts in their place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from deployer import codec
+from testbed.cluster import REPO_ROOT, ClusterError, LocalCluster, tool_path
+from testbed.processes import ProcessGroup
+
+STATE = REPO_ROOT / ".local" / "demo"
+FIXTURE_CHARTS = "tests/fixtures/charts"
+RELEASE = "ventros-crm"
+NAMESPACE = "ventros-crm"
+# Custom search attributes the workflow list can be filtered by.
+SEARCH_ATTRIBUTES = ("VentrosRelease=Keyword", "VentrosNamespace=Keyword", "VentrosPhase=Keyword")
+
+
+def _port(name: str, default: int) -> int:
+    return int(os.environ.get(name, str(default)))
+
+
+TEMPORAL_PORT = _port("VENTROS_DEMO_TEMPORAL_PORT", 7233)
+UI_PORT = _port("VENTROS_DEMO_UI_PORT", 8233)
+CODEC_PORT = _port("VENTROS_DEMO_CODEC_PORT", 8081)
+
+
+def processes() -> ProcessGroup:
+    return ProcessGroup(STATE / "pids.json", STATE / "logs")
+
+
+def temporal_cli() -> str:
+    return str(Path(sys.executable).parent / "temporal")
+
+
+def worker_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "VENTROS_DEPLOY_TEMPORAL_ADDRESS": f"127.0.0.1:{TEMPORAL_PORT}",
+            "VENTROS_DEPLOY_KUBECONFIG": str(LocalCluster().kubeconfig),
+            "VENTROS_DEPLOY_HELM": str(tool_path("helm")),
+            "VENTROS_DEPLOY_CHART_ROOT": str(REPO_ROOT),
+            "VENTROS_DEPLOY_CODEC_KEYS_FILE": str(STATE / "codec-keys.json"),
+            "VENTROS_DEPLOY_LOG_FORMAT": "json",
+        }
+    )
+    return env
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _wait_http(url: str, what: str, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2):  # noqa: S310 - loopback
+                return
+        except urllib.error.HTTPError:
+            return  # It answers, which is all this checks.
+        except (OSError, urllib.error.URLError):
+            time.sleep(0.3)
+    raise ClusterError(f"timed out after {timeout_s:.0f} s waiting for {what} at {url}")
+
+
+def start_temporal(group: ProcessGroup) -> None:
+    if group.running("temporal"):
+        return
+    for port, variable in ((TEMPORAL_PORT, "VENTROS_DEMO_TEMPORAL_PORT"), (UI_PORT, "VENTROS_DEMO_UI_PORT")):
+        if not _port_free(port):
+            raise ClusterError(
+                f"port 127.0.0.1:{port} is already in use; stop what listens there "
+                f"(`make demo-down` if it is an earlier demo) or set {variable}"
+            )
+    argv = [
+        temporal_cli(), "server", "start-dev",
+        "--ip", "127.0.0.1",
+        "--port", str(TEMPORAL_PORT),
+        "--ui-port", str(UI_PORT),
+        "--db-filename", str(STATE / "bootstrap-temporal.db"),
+        "--ui-codec-endpoint", f"http://127.0.0.1:{CODEC_PORT}",
+        "--ui-disable-news-fetch",
+        "--log-level", "warn",
+    ]
+    for attribute in SEARCH_ATTRIBUTES:
+        argv += ["--search-attribute", attribute]
+    group.spawn("temporal", argv, cwd=STATE)
+    _wait_http(f"http://127.0.0.1:{UI_PORT}/", "the Temporal UI")
+
+
+def start_codec_server(group: ProcessGroup) -> None:
+    if group.running("codec-server"):
+        return
+    token_file = STATE / "codec-token"
+    if not token_file.exists():
+        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(os.urandom(24).hex())
+    group.spawn(
+        "codec-server",
+        [
+            sys.executable, "-m", "deployer.codec_server",
+            "--port", str(CODEC_PORT),
+            "--ui-origin", f"http://127.0.0.1:{UI_PORT}",
+            "--keys-file", str(STATE / "codec-keys.json"),
+            "--token-file", str(token_file),
+        ],
+        cwd=REPO_ROOT,
+    )
+
+
+def start_worker(group: ProcessGroup) -> None:
+    if group.running("worker"):
+        return
+    group.spawn("worker", [sys.executable, "-m", "worker"], cwd=REPO_ROOT, env=worker_env())
+    time.sleep(1.0)
+    if not group.running("worker"):
+        raise ClusterError("the worker exited at start:\n" + group.log_tail("worker"))
+
+
+def deploy() -> int:
+    request = {
+        "release": RELEASE,
+        "namespace": NAMESPACE,
+        "chart": {"path": "chart"},
+        "operator_charts": {
+            "postgres_operator": {"path": f"{FIXTURE_CHARTS}/postgres-operator"},
+            "rabbitmq_operator": {"path": f"{FIXTURE_CHARTS}/rabbitmq-cluster-operator"},
+            "temporal": {"path": f"{FIXTURE_CHARTS}/temporal"},
+        },
+    }
+    request_file = STATE / "request.json"
+    request_file.write_text(json.dumps(request, indent=2))
+    env = worker_env()
+    result = subprocess.run(
+        [sys.executable, "-m", "client", "start", "--request", str(request_file), "--follow"],
+        env=env,
+        cwd=REPO_ROOT,
+        check=False,
+    )
+    return result.returncode
+
+
+def up() -> int:
+    STATE.mkdir(parents=True, exist_ok=True)
+    LocalCluster().up()
+    keys = STATE / "codec-keys.json"
+    if not keys.exists():
+        codec.generate_key_ring_file(str(keys))
+    group = processes()
+    start_codec_server(group)
+    start_temporal(group)
+    start_worker(group)
+    code = deploy()
+    workflow_id = f"deploy-{NAMESPACE}-{RELEASE}"
+    print()
+    print(f"Temporal UI:  http://127.0.0.1:{UI_PORT}/namespaces/default/workflows/{workflow_id}")
+    print("  payloads are encrypted. The web UI cannot send the codec server's bearer token,")
+    print("  so it shows ciphertext; decode them with the CLI (docs/codec.md):")
+    print(f"  temporal workflow show -w {workflow_id} --address 127.0.0.1:{TEMPORAL_PORT} \\")
+    print(f"    --codec-endpoint http://127.0.0.1:{CODEC_PORT} \\")
+    print(f"    --codec-auth \"Bearer $(cat {STATE / 'codec-token'})\"")
+    print(f"kubeconfig:   export KUBECONFIG={LocalCluster().kubeconfig}")
+    print("CLI:          source .local/demo/env.sh; ventros-deploy status " + workflow_id)
+    print("Stop it all:  make demo-down")
+    _write_env_file()
+    return code
+
+
+def _write_env_file() -> None:
+    env = worker_env()
+    lines = [f"export {k}={env[k]}" for k in sorted(env) if k.startswith("VENTROS_DEPLOY_")]
+    lines.append(f"export PATH={Path(sys.executable).parent}:$PATH")
+    (STATE / "env.sh").write_text("\n".join(lines) + "\n")
+
+
+def down() -> int:
+    stopped = processes().stop_all()
+    LocalCluster().down(quiet=True)
+    print(f"stopped {stopped} demo processes and the local cluster")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m testbed.demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", choices=("up", "down"))
+    args = parser.parse_args(argv)
+    try:
+        return up() if args.command == "up" else down()
+    except ClusterError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""Background processes that outlive the command that started them.
+
+Each process runs in its own session and logs to a file; their pids are kept
+in a JSON file so that a later command can stop exactly those processes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+STOP_GRACE_S = 10.0
+
+
+class ProcessGroup:
+    """The processes recorded in one pid file, with their logs in one folder."""
+
+    def __init__(self, pid_file: Path, log_dir: Path) -> None:
+        self.pid_file = pid_file
+        self.log_dir = log_dir
+
+    def pids(self) -> dict[str, int]:
+        try:
+            data = json.loads(self.pid_file.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+        return {str(k): int(v) for k, v in data.items()}
+
+    def _write(self, pids: dict[str, int]) -> None:
+        self.pid_file.parent.mkdir(parents=True, exist_ok=True)
+        self.pid_file.write_text(json.dumps(pids, indent=2))
+
+    def spawn(
+        self,
+        name: str,
+        argv: list[str],
+        cwd: Path,
+        env: dict[str, str] | None = None,
+    ) -> int:
+        """Start argv in its own session, logging to <log_dir>/<name>.log."""
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_dir / f"{name}.log", "ab") as log:
+            process = subprocess.Popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                cwd=cwd,
+                env=env,
+            )
+        pids = self.pids()
+        pids[name] = process.pid
+        self._write(pids)
+        return process.pid
+
+    def running(self, name: str) -> bool:
+        pid = self.pids().get(name)
+        return pid is not None and alive(pid)
+
+    def stop(self, name: str) -> None:
+        """Stop one process: SIGTERM to its session, SIGKILL after a grace period."""
+        pids = self.pids()
+        pid = pids.pop(name, None)
+        if pid is not None:
+            stop_session(pid)
+            self._write(pids)
+
+    def stop_all(self) -> int:
+        """Stop every recorded process, newest first; return how many there were."""
+        pids = self.pids()
+        for name in reversed(list(pids)):
+            stop_session(pids[name])
+        self._write({})
+        return len(pids)
+
+    def log_tail(self, name: str, lines: int = 15) -> str:
+        log = self.log_dir / f"{name}.log"
+        if not log.exists():
+            return ""
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+
+
+def stop_session(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + STOP_GRACE_S
+    while time.monotonic() < deadline:
+        if not alive(pid):
+            return
+        time.sleep(0.1)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def alive(pid: int) -> bool:
+    """Tell whether pid runs (a zombie counts as stopped)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
