@@ -24,6 +24,8 @@ from pydantic import (
 
 from deployer.phases import Phase
 
+# Every pattern is applied with fullmatch: with match, "$" also accepts a
+# trailing newline, which would pass "ventros-crm\n" on to helm and the API.
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 # The chart derives names such as <release>-rabbitmq-server (at most 52
 # characters for the RabbitMQ operator), which caps release names at 35.
@@ -62,18 +64,18 @@ class ChartRef(BaseModel):
             return self
         if not (self.repository and self.name and self.version):
             raise ValueError("give path, or all of repository, name and version")
-        if not re.match(
+        if not re.fullmatch(
             r"^(https://|oci://)[A-Za-z0-9.-]+(:[0-9]+)?(/[A-Za-z0-9._~/-]*)?$",
             self.repository,
         ):
             raise ValueError(
                 "repository must be an https:// or oci:// URL without spaces or options"
             )
-        if not CHART_NAME.match(self.name):
+        if not CHART_NAME.fullmatch(self.name):
             raise ValueError(
                 "name must be a chart name: lowercase letters, digits and '-'"
             )
-        if not CHART_VERSION.match(self.version):
+        if not CHART_VERSION.fullmatch(self.version):
             raise ValueError("version must be a chart version such as 1.14.0")
         return self
 
@@ -87,7 +89,7 @@ def _check_chart_path(path: str) -> None:
         raise ValueError(
             "path must not contain '..' or empty parts: charts must stay inside the chart root"
         )
-    if not re.match(r"^[A-Za-z0-9_./-]+$", path) or len(path) > 255:
+    if not re.fullmatch(r"^[A-Za-z0-9_./-]+$", path) or len(path) > 255:
         raise ValueError(
             "path may contain only letters, digits, '_', '.', '/' and '-' (at most 255)"
         )
@@ -139,7 +141,7 @@ class DeployRequest(BaseModel):
     @field_validator("release")
     @classmethod
     def _release(cls, value: str) -> str:
-        if len(value) > RELEASE_MAX or not DNS1123_LABEL.match(value):
+        if len(value) > RELEASE_MAX or not DNS1123_LABEL.fullmatch(value):
             raise ValueError(
                 f"must be a DNS-1123 label of at most {RELEASE_MAX} characters: "
                 "lowercase letters, digits and '-', starting and ending with a letter or digit"
@@ -149,7 +151,7 @@ class DeployRequest(BaseModel):
     @field_validator("namespace")
     @classmethod
     def _namespace(cls, value: str) -> str:
-        if len(value) > 63 or not DNS1123_LABEL.match(value):
+        if len(value) > 63 or not DNS1123_LABEL.fullmatch(value):
             raise ValueError(
                 "must be a DNS-1123 label of at most 63 characters: "
                 "lowercase letters, digits and '-', starting and ending with a letter or digit"
@@ -159,7 +161,7 @@ class DeployRequest(BaseModel):
     @field_validator("app_version")
     @classmethod
     def _app_version(cls, value: str | None) -> str | None:
-        if value is not None and not APP_VERSION.match(value):
+        if value is not None and not APP_VERSION.fullmatch(value):
             raise ValueError(
                 "must be an image tag: letters, digits, '_', '.' and '-', "
                 "at most 128 characters, not starting with '.' or '-'"
@@ -169,7 +171,7 @@ class DeployRequest(BaseModel):
     @field_validator("kube_context")
     @classmethod
     def _kube_context(cls, value: str | None) -> str | None:
-        if value is not None and not KUBE_CONTEXT.match(value):
+        if value is not None and not KUBE_CONTEXT.fullmatch(value):
             raise ValueError(
                 "must be the name of a context in the worker's kubeconfig "
                 "(letters, digits, '_', '.', '@', ':', '/', '-'; not starting with '-')"

@@ -72,7 +72,10 @@ class VentrosDeploy:
         self._message: str | None = None
 
     @workflow.run
-    async def run(self, raw: dict[str, Any]) -> dict[str, Any]:
+    async def run(self, raw: Any) -> dict[str, Any]:
+        # raw is typed Any so that the payload converter accepts any JSON: a
+        # dict hint would fail the workflow task on a string input, retry it
+        # forever and echo the input in the task failure.
         try:
             request = parse_request(raw)
         except InvalidRequestError as error:

@@ -1,0 +1,74 @@
+"""Stand-in activities registered under the real activity names.
+
+They touch no cluster: apply returns one object reference per phase, and
+wait sleeps for that phase's delay. A phase listed in ``failures`` fails its
+wait that many times with a non-retryable TerminalFailure, like a Job that
+reached its backoff limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from deployer import contracts
+from deployer.contracts import ApplyRequest, ApplyResult, ValidateResult, WaitRequest, WaitResult
+from deployer.inputs import parse_request
+from deployer.phases import ObjectRef, Phase
+
+DELAYS_S = {
+    Phase.BASE: 0.2,
+    Phase.DATA: 0.6,
+    Phase.MESSAGING: 0.6,
+    Phase.CACHE: 0.3,
+    Phase.TEMPORAL: 0.3,
+    Phase.MIGRATION: 0.2,
+    Phase.APP: 0.2,
+}
+
+
+@dataclass
+class StandIns:
+    failures: Counter[Phase] = field(default_factory=Counter)
+    applied: Counter[Phase] = field(default_factory=Counter)
+    # (phase, "start"|"end", time.monotonic()) for every wait.
+    timeline: list[tuple[Phase, str, float]] = field(default_factory=list)
+
+    def activities(self) -> list[Any]:
+        return [self.validate_request, self.apply_phase, self.wait_ready]
+
+    @activity.defn(name=contracts.VALIDATE_REQUEST)
+    async def validate_request(self, raw: dict[str, Any]) -> ValidateResult:
+        parse_request(raw)
+        return ValidateResult(chart="chart", objects=12)
+
+    @activity.defn(name=contracts.APPLY_PHASE)
+    async def apply_phase(self, job: ApplyRequest) -> ApplyResult:
+        self.applied[job.phase] += 1
+        ref = ObjectRef(api_version="v1", kind="ConfigMap", name=f"{job.phase.value}-object", namespace="ns")
+        return ApplyResult(phase=job.phase, applied=1, waits=[ref])
+
+    @activity.defn(name=contracts.WAIT_READY)
+    async def wait_ready(self, job: WaitRequest) -> WaitResult:
+        self.timeline.append((job.phase, "start", time.monotonic()))
+        await asyncio.sleep(DELAYS_S[job.phase])
+        self.timeline.append((job.phase, "end", time.monotonic()))
+        if self.failures[job.phase] > 0:
+            self.failures[job.phase] -= 1
+            raise ApplicationError(
+                f"job/{job.phase.value}-object failed: BackoffLimitExceeded",
+                type=contracts.TERMINAL_FAILURE,
+                non_retryable=True,
+            )
+        return WaitResult(phase=job.phase, statuses={ref.describe(): "ready" for ref in job.refs})
+
+    def span(self, phase: Phase) -> tuple[float, float]:
+        starts = [t for p, kind, t in self.timeline if p is phase and kind == "start"]
+        ends = [t for p, kind, t in self.timeline if p is phase and kind == "end"]
+        return min(starts), max(ends)

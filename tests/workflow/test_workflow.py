@@ -1,0 +1,155 @@
+"""VentrosDeploy with stand-in activities on a real Temporal dev server, and a
+replay of a recorded history so that a change that breaks determinism fails."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio.client import WorkflowFailureError, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Replayer, Worker
+from temporalio.client import WorkflowHistory
+
+from deployer.phases import DeployStatus, Phase, PhaseState
+from tests.workflow.standins import StandIns
+from workflows.deploy import VentrosDeploy
+
+HISTORY_FILE = Path(__file__).parent / "histories" / "deploy_with_retry.json"
+
+
+def request(namespace: str = "ns") -> dict[str, Any]:
+    return {"release": "ventros-crm", "namespace": namespace}
+
+
+async def start(env: WorkflowEnvironment, queue: str, raw: Any) -> WorkflowHandle[Any, Any]:
+    return await env.client.start_workflow(
+        "VentrosDeploy", raw, id=f"wf-{uuid.uuid4().hex[:8]}", task_queue=queue
+    )
+
+
+def worker(env: WorkflowEnvironment, queue: str, standins: StandIns) -> Worker:
+    return Worker(env.client, task_queue=queue, workflows=[VentrosDeploy], activities=standins.activities())
+
+
+async def wait_for_state(handle: WorkflowHandle[Any, Any], phase: Phase, state: PhaseState) -> DeployStatus:
+    for _ in range(200):
+        status = await handle.query("status", result_type=DeployStatus)
+        if next(r for r in status.phases if r.phase is phase).state is state:
+            return status
+        import asyncio
+
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{phase} never reached {state}")
+
+
+async def test_workflow_follows_dependencies(temporal_env: WorkflowEnvironment) -> None:
+    """Independent phases overlap; dependents start only after what they need."""
+    queue, standins = f"tq-{uuid.uuid4().hex[:8]}", StandIns()
+    async with worker(temporal_env, queue, standins):
+        result = DeployStatus.model_validate(await (await start(temporal_env, queue, request())).result())
+    assert result.state == "succeeded"
+    data, messaging, cache = (standins.span(p) for p in (Phase.DATA, Phase.MESSAGING, Phase.CACHE))
+    assert messaging[0] < data[1]
+    assert cache[0] < data[1]
+    assert standins.span(Phase.TEMPORAL)[0] >= data[1]
+    assert standins.span(Phase.MIGRATION)[0] >= data[1]
+    app_start = standins.span(Phase.APP)[0]
+    for phase in (Phase.DATA, Phase.MESSAGING, Phase.CACHE, Phase.TEMPORAL, Phase.MIGRATION):
+        assert app_start >= standins.span(phase)[1]
+
+
+async def test_workflow_retry_signal_reruns_failed_phase(temporal_env: WorkflowEnvironment) -> None:
+    """A failed phase waits; the retry signal runs it again and nothing else."""
+    queue, standins = f"tq-{uuid.uuid4().hex[:8]}", StandIns()
+    standins.failures[Phase.MIGRATION] = 1
+    async with worker(temporal_env, queue, standins):
+        handle = await start(temporal_env, queue, request())
+        status = await wait_for_state(handle, Phase.MIGRATION, PhaseState.WAITING_FOR_RETRY)
+        migration = next(r for r in status.phases if r.phase is Phase.MIGRATION)
+        assert migration.error == "job/migration-object failed: BackoffLimitExceeded"
+        assert migration.error_type == "TerminalFailure"
+        await handle.signal("retry-signal", "migration")
+        result = DeployStatus.model_validate(await handle.result())
+    assert result.state == "succeeded"
+    assert standins.applied[Phase.MIGRATION] == 2
+    for phase in (Phase.BASE, Phase.DATA, Phase.MESSAGING, Phase.CACHE, Phase.TEMPORAL, Phase.APP):
+        assert standins.applied[phase] == 1
+
+
+async def test_workflow_retry_rejected_without_failure(temporal_env: WorkflowEnvironment) -> None:
+    """The retry update is rejected by its validator when no phase failed."""
+    queue, standins = f"tq-{uuid.uuid4().hex[:8]}", StandIns()
+    async with worker(temporal_env, queue, standins):
+        handle = await start(temporal_env, queue, request())
+        with pytest.raises(WorkflowUpdateFailedError) as rejected:
+            await handle.execute_update("retry", None, result_type=list[str])
+        await handle.result()
+    assert isinstance(rejected.value.cause, ApplicationError)
+    assert "no phase is waiting for retry" in rejected.value.cause.message
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        ({"release": "Bad_Name"}, "release"),
+        ({"namespace": "--kubeconfig=/etc/x"}, "namespace"),
+        ({"timeouts": {"app": 1}}, "timeouts.app"),
+        ({"chart": {"path": "../../etc"}}, "chart"),
+        ({"colour": "blue"}, "colour"),
+        ("not an object", "(request)"),
+    ],
+)
+async def test_workflow_rejects_invalid_request(temporal_env: WorkflowEnvironment, raw: Any, field: str) -> None:
+    """Invalid input fails the workflow at once, non-retryable, naming the field; nothing runs."""
+    queue, standins = f"tq-{uuid.uuid4().hex[:8]}", StandIns()
+    async with worker(temporal_env, queue, standins):
+        with pytest.raises(WorkflowFailureError) as failure:
+            await (await start(temporal_env, queue, raw)).result()
+    cause = failure.value.cause
+    assert isinstance(cause, ApplicationError)
+    assert cause.type == "InvalidRequest"
+    assert cause.non_retryable
+    assert field in cause.message or "JSON object" in cause.message
+    assert sum(standins.applied.values()) == 0
+
+
+async def record_history(env: WorkflowEnvironment) -> str:
+    """Run a deploy with one failed-and-retried phase; return its history as JSON."""
+    queue, standins = f"tq-{uuid.uuid4().hex[:8]}", StandIns()
+    standins.failures[Phase.DATA] = 1
+    async with worker(env, queue, standins):
+        handle = await start(env, queue, request())
+        await wait_for_state(handle, Phase.DATA, PhaseState.WAITING_FOR_RETRY)
+        await handle.execute_update("retry", "data", result_type=list[str])
+        await handle.result()
+        history = await handle.fetch_history()
+    return history.to_json()
+
+
+async def test_workflow_replays_recorded_history() -> None:
+    """The recorded history (deploy, data failure, retry update) replays without
+    nondeterminism. Regenerate it only for an intended, versioned change:
+    VENTROS_RECORD_HISTORY=1 python -m pytest -k replays."""
+    import os
+
+    if os.environ.get("VENTROS_RECORD_HISTORY") == "1":
+        env = await WorkflowEnvironment.start_local(
+            dev_server_existing_path=str(Path(__file__).parents[2] / ".venv" / "bin" / "temporal"),
+            data_converter=pydantic_data_converter,
+        )
+        try:
+            HISTORY_FILE.parent.mkdir(exist_ok=True)
+            HISTORY_FILE.write_text(await record_history(env))
+        finally:
+            await env.shutdown()
+    assert HISTORY_FILE.exists(), f"missing {HISTORY_FILE}; record it with VENTROS_RECORD_HISTORY=1"
+    history = WorkflowHistory.from_json("deploy-with-retry", json.loads(HISTORY_FILE.read_text()))
+    replayer = Replayer(workflows=[VentrosDeploy], data_converter=pydantic_data_converter)
+    result = await replayer.replay_workflow(history)
+    assert result.replay_failure is None
