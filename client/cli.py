@@ -26,16 +26,29 @@ from rich.live import Live
 from rich.table import Table
 from temporalio.api.enums.v1 import WorkflowExecutionStatus
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
-from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from deployer.connect import connect
 from deployer.inputs import InvalidRequestError, parse_request, workflow_id_for
-from deployer.phases import DeployStatus, PhaseState
+from deployer.phases import (
+    NAMESPACE_ATTRIBUTE,
+    PHASE_ATTRIBUTE,
+    RELEASE_ATTRIBUTE,
+    DeployStatus,
+    PhaseState,
+)
 from deployer.settings import TemporalSettings
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_RUNNING, EXIT_NOT_FOUND, EXIT_UNREACHABLE = range(6)
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_RUNNING, EXIT_NOT_FOUND, EXIT_UNREACHABLE = (
+    range(6)
+)
 WORKFLOW_TYPE = "VentrosDeploy"
 FOLLOW_INTERVAL_S = 0.5
 STATE_STYLE = {
@@ -60,13 +73,19 @@ def parse_set(pairs: list[str]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key or any(not part for part in key.split(".")):
-            raise CliError(f"invalid --set {pair!r}: expected KEY=VALUE with a dotted KEY such as app.replicas=3", EXIT_USAGE)
+            raise CliError(
+                f"invalid --set {pair!r}: expected KEY=VALUE with a dotted KEY such as app.replicas=3",
+                EXIT_USAGE,
+            )
         node = values
         parts = key.split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise CliError(f"invalid --set {pair!r}: {part} is already set to a scalar", EXIT_USAGE)
+                raise CliError(
+                    f"invalid --set {pair!r}: {part} is already set to a scalar",
+                    EXIT_USAGE,
+                )
         node[parts[-1]] = yaml.safe_load(raw) if raw else ""
     return values
 
@@ -77,15 +96,21 @@ def build_request(args: argparse.Namespace) -> dict[str, Any]:
         try:
             request = json.loads(Path(args.request).read_text())
         except (OSError, ValueError) as error:
-            raise CliError(f"cannot read --request {args.request}: {error}", EXIT_USAGE) from None
+            raise CliError(
+                f"cannot read --request {args.request}: {error}", EXIT_USAGE
+            ) from None
     values: dict[str, Any] = dict(request.get("values") or {})
     if args.values:
         try:
             loaded = yaml.safe_load(Path(args.values).read_text()) or {}
         except (OSError, yaml.YAMLError) as error:
-            raise CliError(f"cannot read --values {args.values}: {error}", EXIT_USAGE) from None
+            raise CliError(
+                f"cannot read --values {args.values}: {error}", EXIT_USAGE
+            ) from None
         if not isinstance(loaded, dict):
-            raise CliError(f"--values {args.values} must hold a YAML mapping", EXIT_USAGE)
+            raise CliError(
+                f"--values {args.values} must hold a YAML mapping", EXIT_USAGE
+            )
         values = _merge(values, loaded)
     values = _merge(values, parse_set(args.set or []))
     if values:
@@ -134,7 +159,9 @@ def phase_table(status: DeployStatus, live: dict[str, str] | None = None) -> Tab
         duration = f"{record.duration_s:.1f} s" if record.duration_s is not None else ""
         detail = record.error or ""
         if not detail and record.state is PhaseState.RUNNING and live:
-            detail = "; ".join(f"{ref}: {live[ref]}" for ref in record.waiting_on if ref in live)
+            detail = "; ".join(
+                f"{ref}: {live[ref]}" for ref in record.waiting_on if ref in live
+            )
             if not detail and not record.waiting_on:
                 detail = live.get("__attempt__", "")
         if not detail and record.state is not PhaseState.SUCCEEDED:
@@ -156,7 +183,9 @@ async def fetch_status(handle: WorkflowHandle[Any, Any]) -> DeployStatus:
     return await handle.query("status", result_type=DeployStatus)
 
 
-async def live_statuses(client: Client, handle: WorkflowHandle[Any, Any]) -> dict[str, str]:
+async def live_statuses(
+    client: Client, handle: WorkflowHandle[Any, Any]
+) -> dict[str, str]:
     """Return the last statuses that running wait activities heartbeated."""
     description = await handle.describe()
     statuses: dict[str, str] = {}
@@ -185,7 +214,12 @@ async def is_running(handle: WorkflowHandle[Any, Any]) -> bool:
 # -- commands -----------------------------------------------------------------
 
 
-async def cmd_start(client: Client, settings: TemporalSettings, args: argparse.Namespace, console: Console) -> int:
+async def cmd_start(
+    client: Client,
+    settings: TemporalSettings,
+    args: argparse.Namespace,
+    console: Console,
+) -> int:
     raw = build_request(args)
     try:
         request = parse_request(raw)
@@ -199,6 +233,7 @@ async def cmd_start(client: Client, settings: TemporalSettings, args: argparse.N
             task_queue=settings.task_queue,
             id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+            search_attributes=start_attributes(settings, request.release, request.namespace),
         )
     except WorkflowAlreadyStartedError:
         raise CliError(
@@ -215,7 +250,12 @@ async def cmd_start(client: Client, settings: TemporalSettings, args: argparse.N
     return EXIT_OK
 
 
-async def follow(client: Client, handle: WorkflowHandle[Any, Any], args: argparse.Namespace, console: Console) -> int:
+async def follow(
+    client: Client,
+    handle: WorkflowHandle[Any, Any],
+    args: argparse.Namespace,
+    console: Console,
+) -> int:
     started = time.monotonic()
     status = await fetch_status(handle)
     if args.json:
@@ -225,19 +265,29 @@ async def follow(client: Client, handle: WorkflowHandle[Any, Any], args: argpars
         status = await fetch_status(handle)
         print(status.model_dump_json())
         return _exit_code(status)
-    with Live(phase_table(status), console=console, refresh_per_second=4, transient=False) as live:
+    with Live(
+        phase_table(status), console=console, refresh_per_second=4, transient=False
+    ) as live:
         while True:
             running = await is_running(handle)
             status = await fetch_status(handle)
-            live.update(phase_table(status, await live_statuses(client, handle) if running else None))
+            live.update(
+                phase_table(
+                    status, await live_statuses(client, handle) if running else None
+                )
+            )
             if not running or _needs_attention(status):
                 break
             await asyncio.sleep(FOLLOW_INTERVAL_S)
-    console.print(f"{status.state} after {time.monotonic() - started:.1f} s", highlight=False)
+    console.print(
+        f"{status.state} after {time.monotonic() - started:.1f} s", highlight=False
+    )
     if _needs_attention(status):
         failed = [r for r in status.phases if r.state is PhaseState.WAITING_FOR_RETRY]
         for record in failed:
-            console.print(f"[red]{record.phase.value} failed:[/] {record.error}", highlight=False)
+            console.print(
+                f"[red]{record.phase.value} failed:[/] {record.error}", highlight=False
+            )
         console.print(
             f"fix the cause, then `ventros-deploy retry {status.workflow_id}`, "
             f"or `ventros-deploy abort {status.workflow_id}`",
@@ -252,6 +302,20 @@ def _needs_attention(status: DeployStatus) -> bool:
 
 def _exit_code(status: DeployStatus) -> int:
     return EXIT_OK if status.state == "succeeded" else EXIT_FAILED
+
+
+def start_attributes(
+    settings: TemporalSettings, release: str, namespace: str
+) -> TypedSearchAttributes | None:
+    if not settings.search_attributes:
+        return None
+    return TypedSearchAttributes(
+        [
+            SearchAttributePair(RELEASE_ATTRIBUTE, release),
+            SearchAttributePair(NAMESPACE_ATTRIBUTE, namespace),
+            SearchAttributePair(PHASE_ATTRIBUTE, "validating"),
+        ]
+    )
 
 
 def resolve_id(args: argparse.Namespace) -> str:
@@ -269,14 +333,20 @@ async def cmd_status(client: Client, args: argparse.Namespace, console: Console)
         print(status.model_dump_json())
     else:
         running = await is_running(handle)
-        console.print(phase_table(status, await live_statuses(client, handle) if running else None))
+        console.print(
+            phase_table(
+                status, await live_statuses(client, handle) if running else None
+            )
+        )
         if status.message:
             console.print(status.message, highlight=False)
     return EXIT_OK
 
 
 async def cmd_watch(client: Client, args: argparse.Namespace, console: Console) -> int:
-    return await follow(client, client.get_workflow_handle(resolve_id(args)), args, console)
+    return await follow(
+        client, client.get_workflow_handle(resolve_id(args)), args, console
+    )
 
 
 async def cmd_retry(client: Client, args: argparse.Namespace, console: Console) -> int:
@@ -294,11 +364,18 @@ async def cmd_retry(client: Client, args: argparse.Namespace, console: Console) 
 async def cmd_abort(client: Client, args: argparse.Namespace, console: Console) -> int:
     handle = client.get_workflow_handle(resolve_id(args))
     await handle.execute_update("abort", args.reason, result_type=str)
-    _print(args, console, {"aborted": handle.id}, f"aborted {handle.id}; phases that succeeded stay applied")
+    _print(
+        args,
+        console,
+        {"aborted": handle.id},
+        f"aborted {handle.id}; phases that succeeded stay applied",
+    )
     return EXIT_OK
 
 
-def _print(args: argparse.Namespace, console: Console, data: dict[str, Any], text: str) -> None:
+def _print(
+    args: argparse.Namespace, console: Console, data: dict[str, Any], text: str
+) -> None:
     if args.json:
         print(json.dumps(data))
     else:
@@ -318,34 +395,64 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def with_id(p: argparse.ArgumentParser) -> None:
-        p.add_argument("workflow_id", nargs="?", help="workflow id, e.g. deploy-ventros-crm-ventros-crm")
-        p.add_argument("--release", help="release name (with --namespace, instead of the id)")
+        p.add_argument(
+            "workflow_id",
+            nargs="?",
+            help="workflow id, e.g. deploy-ventros-crm-ventros-crm",
+        )
+        p.add_argument(
+            "--release", help="release name (with --namespace, instead of the id)"
+        )
         p.add_argument("--namespace", help="Kubernetes namespace of the release")
         p.add_argument("--json", action="store_true", help="print JSON for scripts")
 
     start = sub.add_parser("start", help="start a deploy and print its workflow id")
     start.add_argument("--release", help="Helm release name (default ventros-crm)")
     start.add_argument("--namespace", help="Kubernetes namespace (default ventros-crm)")
-    start.add_argument("--chart", help="chart folder, relative to the worker's chart root (default chart)")
+    start.add_argument(
+        "--chart",
+        help="chart folder, relative to the worker's chart root (default chart)",
+    )
     start.add_argument("--values", help="YAML file of chart values")
-    start.add_argument("--set", action="append", metavar="KEY=VALUE", help="one chart value; repeatable")
-    start.add_argument("--app-version", help="app version: the image tag and the migration Job's name")
+    start.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="one chart value; repeatable",
+    )
+    start.add_argument(
+        "--app-version", help="app version: the image tag and the migration Job's name"
+    )
     start.add_argument("--kube-context", help="context in the worker's kubeconfig")
     start.add_argument("--request", help="JSON file with the whole deploy request")
-    start.add_argument("--follow", action="store_true", help="show a live phase table until the deploy ends")
+    start.add_argument(
+        "--follow",
+        action="store_true",
+        help="show a live phase table until the deploy ends",
+    )
     start.add_argument("--json", action="store_true", help="print JSON for scripts")
 
     status = sub.add_parser("status", help="show each phase's state")
     with_id(status)
-    watch = sub.add_parser("watch", help="show a live phase table until the deploy ends")
+    watch = sub.add_parser(
+        "watch", help="show a live phase table until the deploy ends"
+    )
     with_id(watch)
     retry = sub.add_parser("retry", help="run the failed phase(s) again")
     with_id(retry)
     retry.add_argument("--phase", help="retry only this phase")
-    retry.add_argument("--follow", action="store_true", help="follow the deploy afterwards")
-    abort = sub.add_parser("abort", help="end the deploy as failed; applied phases stay")
+    retry.add_argument(
+        "--follow", action="store_true", help="follow the deploy afterwards"
+    )
+    abort = sub.add_parser(
+        "abort", help="end the deploy as failed; applied phases stay"
+    )
     with_id(abort)
-    abort.add_argument("--reason", default="aborted with ventros-deploy abort", help="reason recorded in the workflow")
+    abort.add_argument(
+        "--reason",
+        default="aborted with ventros-deploy abort",
+        help="reason recorded in the workflow",
+    )
     return parser
 
 
@@ -377,7 +484,9 @@ async def run(args: argparse.Namespace) -> int:
         return await cmd_abort(client, args, console)
     except RPCError as error:
         if error.status is RPCStatusCode.NOT_FOUND:
-            raise CliError(f"no deploy found: {error.message}", EXIT_NOT_FOUND) from None
+            raise CliError(
+                f"no deploy found: {error.message}", EXIT_NOT_FOUND
+            ) from None
         raise
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from enum import StrEnum
 
 from pydantic import BaseModel, Field
+from temporalio.common import SearchAttributeKey
 
 
 class Phase(StrEnum):
@@ -104,3 +105,12 @@ class DeployStatus(BaseModel):
     state: str
     phases: list[PhaseRecord]
     message: str | None = None
+
+
+# Custom search attributes, so the UI's workflow list filters by release and
+# phase. The client sets release and namespace at start only when told to
+# (they must be registered on the server); the workflow then keeps the phase
+# attribute current, and does nothing when they were not set.
+RELEASE_ATTRIBUTE = SearchAttributeKey.for_keyword("VentrosRelease")
+NAMESPACE_ATTRIBUTE = SearchAttributeKey.for_keyword("VentrosNamespace")
+PHASE_ATTRIBUTE = SearchAttributeKey.for_keyword("VentrosPhase")

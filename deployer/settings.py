@@ -37,6 +37,9 @@ class TemporalSettings(BaseSettings):
     temporal_tls_key: Path | None = None
     temporal_tls_server_name: str | None = None
     codec_keys_file: Path | None = None
+    # Set VentrosRelease/VentrosNamespace/VentrosPhase search attributes; they
+    # must be registered on the server (make demo registers them).
+    search_attributes: bool = False
     # The app's in-cluster Temporal address, when it is set for every deploy.
     app_temporal_address: str | None = None
 

@@ -15,8 +15,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("command", choices=("up", "down", "status"))
     args = parser.parse_args(argv)
-    cluster = LocalCluster()
     try:
+        cluster = LocalCluster()
         if args.command == "up":
             kubeconfig = cluster.up()
             print(f"cluster is up: {cluster.config.server}")

@@ -57,7 +57,9 @@ def _key_pem(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
 
 
 def _name(common_name: str, organizations: tuple[str, ...] = ()) -> x509.Name:
-    attributes = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in organizations]
+    attributes = [
+        x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in organizations
+    ]
     attributes.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
     return x509.Name(attributes)
 
@@ -108,7 +110,11 @@ def generate(directory: Path) -> None:
     def issue(stem: str, subject: x509.Name, server: bool) -> None:
         key = ec.generate_private_key(ec.SECP256R1())
         builder = _builder(subject, ca_name).public_key(key.public_key())
-        usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+        usage = (
+            ExtendedKeyUsageOID.SERVER_AUTH
+            if server
+            else ExtendedKeyUsageOID.CLIENT_AUTH
+        )
         builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         if server:
             names: list[x509.GeneralName] = [
@@ -130,7 +136,9 @@ def generate(directory: Path) -> None:
             )
         cert = builder.sign(ca_key, hashes.SHA256())
         _write_private(directory / f"{stem}.key", _key_pem(key))
-        (directory / f"{stem}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        (directory / f"{stem}.crt").write_bytes(
+            cert.public_bytes(serialization.Encoding.PEM)
+        )
 
     issue("apiserver", _name("kube-apiserver"), server=True)
     for identity in CLIENT_IDENTITIES:

@@ -31,7 +31,8 @@ from testbed.processes import ProcessGroup, alive
 REPO_ROOT = Path(__file__).resolve().parent.parent
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
 # Controllers that need a kubelet or a cloud to be useful. Without kubelets the
-# node lifecycle controller would taint every simulated node after 40 s.
+# node lifecycle controller would taint every simulated node after 50 s (the
+# default --node-monitor-grace-period of kube-controller-manager v1.36.3).
 DISABLED_CONTROLLERS = (
     "node-lifecycle-controller",
     "node-ipam-controller",
@@ -92,10 +93,21 @@ def _port_env(name: str, default: int) -> int:
     try:
         port = int(raw)
     except ValueError:
-        raise ClusterError(f"{name}={raw!r} is not a port number; set 1-65535") from None
+        raise ClusterError(
+            f"{name}={raw!r} is not a port number; set 1-65535"
+        ) from None
     if not 0 < port < 65536:
         raise ClusterError(f"{name}={port} is out of range; set 1-65535")
     return port
+
+
+def _count_env(name: str, default: int) -> int:
+    raw = os.environ.get(name, str(default))
+    if not raw.isdigit() or not 1 <= int(raw) <= 100:
+        raise ClusterError(
+            f"{name}={raw!r} is not a node count; set a number from 1 to 100"
+        )
+    return int(raw)
 
 
 @dataclass
@@ -109,9 +121,7 @@ class ClusterConfig:
     apiserver_port: int = field(
         default_factory=lambda: _port_env("VENTROS_CLUSTER_APISERVER_PORT", 26443)
     )
-    nodes: int = field(
-        default_factory=lambda: int(os.environ.get("VENTROS_CLUSTER_NODES", "3"))
-    )
+    nodes: int = field(default_factory=lambda: _count_env("VENTROS_CLUSTER_NODES", 3))
 
     @property
     def etcd_peer_port(self) -> int:
@@ -155,6 +165,7 @@ class LocalCluster:
         if self.is_healthy():
             self._ensure_missing_started()
             return self.kubeconfig
+        self._refuse_other_ports()
         self.down(quiet=True)
         binaries = {name: tool_path(name) for name in ("etcd", *COMPONENTS[1:])}
         tool_path("kubectl")
@@ -162,6 +173,11 @@ class LocalCluster:
         self.config.cluster_dir.mkdir(parents=True, exist_ok=True)
         self.config.log_dir.mkdir(parents=True, exist_ok=True)
         certs.generate(self.config.pki_dir)
+        (self.config.cluster_dir / "ports.json").write_text(
+            json.dumps(
+                {"etcd": self.config.etcd_port, "apiserver": self.config.apiserver_port}
+            )
+        )
         self._write_kubeconfigs()
         self._start_etcd(binaries["etcd"])
         self.start_apiserver()
@@ -170,6 +186,29 @@ class LocalCluster:
         self._start_simulator()
         self._wait_for_nodes()
         return self.kubeconfig
+
+    def _refuse_other_ports(self) -> None:
+        """Raise when processes of this state folder still run on other ports.
+
+        Without this check, ``up`` with new port variables would find nothing
+        healthy on the new port and stop the running cluster to start afresh.
+        """
+        recorded = self.config.cluster_dir / "ports.json"
+        running = [
+            name for name in self.processes.pids() if self.processes.running(name)
+        ]
+        if not running or not recorded.exists():
+            return
+        ports = json.loads(recorded.read_text())
+        wanted = {
+            "etcd": self.config.etcd_port,
+            "apiserver": self.config.apiserver_port,
+        }
+        if ports != wanted:
+            raise ClusterError(
+                f"a cluster from {self.config.cluster_dir} still runs on ports {ports}, "
+                f"not {wanted}: run `make cluster-down` first, or use another state folder"
+            )
 
     def down(self, quiet: bool = False) -> None:
         """Stop every process this cluster started and remove its data."""
@@ -196,10 +235,15 @@ class LocalCluster:
 
     def start_apiserver(self) -> None:
         """Start kube-apiserver and wait until it reports ready."""
-        self._spawn("kube-apiserver", [str(tool_path("kube-apiserver")), *self._apiserver_args()])
+        self._spawn(
+            "kube-apiserver",
+            [str(tool_path("kube-apiserver")), *self._apiserver_args()],
+        )
         self._wait("kube-apiserver /readyz", lambda: self._get("/readyz") == "ok")
 
-    def kubectl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def kubectl(
+        self, *args: str, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         """Run kubectl against this cluster with an argument list."""
         return subprocess.run(
             [str(tool_path("kubectl")), "--kubeconfig", str(self.kubeconfig), *args],
@@ -223,7 +267,9 @@ class LocalCluster:
             "kube-controller-manager": lambda: self._start_controller_manager(
                 tool_path("kube-controller-manager")
             ),
-            "kube-scheduler": lambda: self._start_scheduler(tool_path("kube-scheduler")),
+            "kube-scheduler": lambda: self._start_scheduler(
+                tool_path("kube-scheduler")
+            ),
             "simulator": self._start_simulator,
         }
         for name, start in starters.items():
@@ -233,7 +279,10 @@ class LocalCluster:
     def _check_ports_free(self) -> None:
         for variable, port in (
             ("VENTROS_CLUSTER_ETCD_PORT", self.config.etcd_port),
-            ("VENTROS_CLUSTER_ETCD_PORT (peer port = etcd port + 10)", self.config.etcd_peer_port),
+            (
+                "VENTROS_CLUSTER_ETCD_PORT (peer port = etcd port + 10)",
+                self.config.etcd_peer_port,
+            ),
             ("VENTROS_CLUSTER_APISERVER_PORT", self.config.apiserver_port),
         ):
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
@@ -271,7 +320,7 @@ class LocalCluster:
 
         def etcd_healthy() -> bool:
             url = f"http://127.0.0.1:{port}/health"
-            with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback
+            with urllib.request.urlopen(url, timeout=2) as response:
                 return bool(json.load(response).get("health") == "true")
 
         self._wait("etcd /health", etcd_healthy)
@@ -282,6 +331,9 @@ class LocalCluster:
             f"--etcd-servers=http://127.0.0.1:{self.config.etcd_port}",
             "--bind-address=127.0.0.1",
             "--advertise-address=127.0.0.1",
+            # Dial simulated nodes by their loopback InternalIP, never by a
+            # host name that the machine's DNS resolver would be asked for.
+            "--kubelet-preferred-address-types=InternalIP",
             f"--secure-port={self.config.apiserver_port}",
             f"--tls-cert-file={pki / 'apiserver.crt'}",
             f"--tls-private-key-file={pki / 'apiserver.key'}",
@@ -394,7 +446,8 @@ class LocalCluster:
         ca = str(pki / "ca.crt")
         targets = {
             "admin": self.config.kubeconfig,
-            "controller-manager": self.config.cluster_dir / "controller-manager.kubeconfig",
+            "controller-manager": self.config.cluster_dir
+            / "controller-manager.kubeconfig",
             "scheduler": self.config.cluster_dir / "scheduler.kubeconfig",
             "simulator": self.config.cluster_dir / "simulator.kubeconfig",
         }
@@ -406,7 +459,10 @@ class LocalCluster:
                 "clusters": [
                     {
                         "name": "ventros-local",
-                        "cluster": {"server": self.config.server, "certificate-authority": ca},
+                        "cluster": {
+                            "server": self.config.server,
+                            "certificate-authority": ca,
+                        },
                     }
                 ],
                 "users": [
@@ -419,7 +475,10 @@ class LocalCluster:
                     }
                 ],
                 "contexts": [
-                    {"name": "ventros-local", "context": {"cluster": "ventros-local", "user": user}}
+                    {
+                        "name": "ventros-local",
+                        "context": {"cluster": "ventros-local", "user": user},
+                    }
                 ],
                 "current-context": "ventros-local",
             }
@@ -435,7 +494,7 @@ class LocalCluster:
         return context
 
     def _get(self, path: str, timeout: float = 5.0) -> str:
-        with urllib.request.urlopen(  # noqa: S310 - loopback URL built here
+        with urllib.request.urlopen(
             self.config.server + path, timeout=timeout, context=self._ssl_context()
         ) as response:
             return str(response.read().decode())
@@ -448,7 +507,13 @@ class LocalCluster:
             try:
                 if check():
                     return
-            except (OSError, urllib.error.URLError, ssl.SSLError, ValueError, KeyError) as error:
+            except (
+                OSError,
+                urllib.error.URLError,
+                ssl.SSLError,
+                ValueError,
+                KeyError,
+            ) as error:
                 last_error = error
             self._raise_if_exited()
             time.sleep(0.2)
@@ -465,5 +530,3 @@ class LocalCluster:
                     f"{name} (pid {pid}) exited during start-up; last lines of {log}:\n"
                     + self.processes.log_tail(name)
                 )
-
-

@@ -31,7 +31,11 @@ FIXTURE_CHARTS = "tests/fixtures/charts"
 RELEASE = "ventros-crm"
 NAMESPACE = "ventros-crm"
 # Custom search attributes the workflow list can be filtered by.
-SEARCH_ATTRIBUTES = ("VentrosRelease=Keyword", "VentrosNamespace=Keyword", "VentrosPhase=Keyword")
+SEARCH_ATTRIBUTES = (
+    "VentrosRelease=Keyword",
+    "VentrosNamespace=Keyword",
+    "VentrosPhase=Keyword",
+)
 
 
 def _port(name: str, default: int) -> int:
@@ -61,6 +65,7 @@ def worker_env() -> dict[str, str]:
             "VENTROS_DEPLOY_CHART_ROOT": str(REPO_ROOT),
             "VENTROS_DEPLOY_CODEC_KEYS_FILE": str(STATE / "codec-keys.json"),
             "VENTROS_DEPLOY_LOG_FORMAT": "json",
+            "VENTROS_DEPLOY_SEARCH_ATTRIBUTES": "true",
         }
     )
     return env
@@ -80,7 +85,7 @@ def _wait_http(url: str, what: str, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(url, timeout=2):  # noqa: S310 - loopback
+            with urllib.request.urlopen(url, timeout=2):
                 return
         except urllib.error.HTTPError:
             return  # It answers, which is all this checks.
@@ -92,21 +97,32 @@ def _wait_http(url: str, what: str, timeout_s: float = 60.0) -> None:
 def start_temporal(group: ProcessGroup) -> None:
     if group.running("temporal"):
         return
-    for port, variable in ((TEMPORAL_PORT, "VENTROS_DEMO_TEMPORAL_PORT"), (UI_PORT, "VENTROS_DEMO_UI_PORT")):
+    for port, variable in (
+        (TEMPORAL_PORT, "VENTROS_DEMO_TEMPORAL_PORT"),
+        (UI_PORT, "VENTROS_DEMO_UI_PORT"),
+    ):
         if not _port_free(port):
             raise ClusterError(
                 f"port 127.0.0.1:{port} is already in use; stop what listens there "
                 f"(`make demo-down` if it is an earlier demo) or set {variable}"
             )
     argv = [
-        temporal_cli(), "server", "start-dev",
-        "--ip", "127.0.0.1",
-        "--port", str(TEMPORAL_PORT),
-        "--ui-port", str(UI_PORT),
-        "--db-filename", str(STATE / "bootstrap-temporal.db"),
-        "--ui-codec-endpoint", f"http://127.0.0.1:{CODEC_PORT}",
+        temporal_cli(),
+        "server",
+        "start-dev",
+        "--ip",
+        "127.0.0.1",
+        "--port",
+        str(TEMPORAL_PORT),
+        "--ui-port",
+        str(UI_PORT),
+        "--db-filename",
+        str(STATE / "bootstrap-temporal.db"),
+        "--ui-codec-endpoint",
+        f"http://127.0.0.1:{CODEC_PORT}",
         "--ui-disable-news-fetch",
-        "--log-level", "warn",
+        "--log-level",
+        "warn",
     ]
     for attribute in SEARCH_ATTRIBUTES:
         argv += ["--search-attribute", attribute]
@@ -125,11 +141,17 @@ def start_codec_server(group: ProcessGroup) -> None:
     group.spawn(
         "codec-server",
         [
-            sys.executable, "-m", "deployer.codec_server",
-            "--port", str(CODEC_PORT),
-            "--ui-origin", f"http://127.0.0.1:{UI_PORT}",
-            "--keys-file", str(STATE / "codec-keys.json"),
-            "--token-file", str(token_file),
+            sys.executable,
+            "-m",
+            "deployer.codec_server",
+            "--port",
+            str(CODEC_PORT),
+            "--ui-origin",
+            f"http://127.0.0.1:{UI_PORT}",
+            "--keys-file",
+            str(STATE / "codec-keys.json"),
+            "--token-file",
+            str(token_file),
         ],
         cwd=REPO_ROOT,
     )
@@ -138,7 +160,9 @@ def start_codec_server(group: ProcessGroup) -> None:
 def start_worker(group: ProcessGroup) -> None:
     if group.running("worker"):
         return
-    group.spawn("worker", [sys.executable, "-m", "worker"], cwd=REPO_ROOT, env=worker_env())
+    group.spawn(
+        "worker", [sys.executable, "-m", "worker"], cwd=REPO_ROOT, env=worker_env()
+    )
     time.sleep(1.0)
     if not group.running("worker"):
         raise ClusterError("the worker exited at start:\n" + group.log_tail("worker"))
@@ -151,7 +175,9 @@ def deploy() -> int:
         "chart": {"path": "chart"},
         "operator_charts": {
             "postgres_operator": {"path": f"{FIXTURE_CHARTS}/postgres-operator"},
-            "rabbitmq_operator": {"path": f"{FIXTURE_CHARTS}/rabbitmq-cluster-operator"},
+            "rabbitmq_operator": {
+                "path": f"{FIXTURE_CHARTS}/rabbitmq-cluster-operator"
+            },
             "temporal": {"path": f"{FIXTURE_CHARTS}/temporal"},
         },
     }
@@ -159,7 +185,15 @@ def deploy() -> int:
     request_file.write_text(json.dumps(request, indent=2))
     env = worker_env()
     result = subprocess.run(
-        [sys.executable, "-m", "client", "start", "--request", str(request_file), "--follow"],
+        [
+            sys.executable,
+            "-m",
+            "client",
+            "start",
+            "--request",
+            str(request_file),
+            "--follow",
+        ],
         env=env,
         cwd=REPO_ROOT,
         check=False,
@@ -180,14 +214,22 @@ def up() -> int:
     code = deploy()
     workflow_id = f"deploy-{NAMESPACE}-{RELEASE}"
     print()
-    print(f"Temporal UI:  http://127.0.0.1:{UI_PORT}/namespaces/default/workflows/{workflow_id}")
-    print("  payloads are encrypted. The web UI cannot send the codec server's bearer token,")
+    print(
+        f"Temporal UI:  http://127.0.0.1:{UI_PORT}/namespaces/default/workflows/{workflow_id}"
+    )
+    print(
+        "  payloads are encrypted. The web UI cannot send the codec server's bearer token,"
+    )
     print("  so it shows ciphertext; decode them with the CLI (docs/codec.md):")
-    print(f"  temporal workflow show -w {workflow_id} --address 127.0.0.1:{TEMPORAL_PORT} \\")
+    print(
+        f"  temporal workflow show -w {workflow_id} --address 127.0.0.1:{TEMPORAL_PORT} \\"
+    )
     print(f"    --codec-endpoint http://127.0.0.1:{CODEC_PORT} \\")
-    print(f"    --codec-auth \"Bearer $(cat {STATE / 'codec-token'})\"")
+    print(f'    --codec-auth "Bearer $(cat {STATE / "codec-token"})"')
     print(f"kubeconfig:   export KUBECONFIG={LocalCluster().kubeconfig}")
-    print("CLI:          source .local/demo/env.sh; ventros-deploy status " + workflow_id)
+    print(
+        "CLI:          source .local/demo/env.sh; ventros-deploy status " + workflow_id
+    )
     print("Stop it all:  make demo-down")
     _write_env_file()
     return code
@@ -195,7 +237,9 @@ def up() -> int:
 
 def _write_env_file() -> None:
     env = worker_env()
-    lines = [f"export {k}={env[k]}" for k in sorted(env) if k.startswith("VENTROS_DEPLOY_")]
+    lines = [
+        f"export {k}={env[k]}" for k in sorted(env) if k.startswith("VENTROS_DEPLOY_")
+    ]
     lines.append(f"export PATH={Path(sys.executable).parent}:$PATH")
     (STATE / "env.sh").write_text("\n".join(lines) + "\n")
 
@@ -208,7 +252,9 @@ def down() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m testbed.demo", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m testbed.demo", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("command", choices=("up", "down"))
     args = parser.parse_args(argv)
     try:

@@ -54,7 +54,12 @@ STEERING = {
     "rabbitmq-messages": "messages its queues report as held (default 0)",
     "ready-at": "set by the simulator: Unix time in ms when it made the object ready",
 }
-NODE_CAPACITY = {"cpu": "16", "memory": "64Gi", "pods": "250", "ephemeral-storage": "500Gi"}
+NODE_CAPACITY = {
+    "cpu": "16",
+    "memory": "64Gi",
+    "pods": "250",
+    "ephemeral-storage": "500Gi",
+}
 KUBE_VERSION = "v1.36.3"
 
 POD = well_known("v1", "Pod")
@@ -147,8 +152,10 @@ class Simulator:
                             "lastTransitionTime": _now(),
                         }
                     ],
+                    # A loopback address: kubectl logs, exec and port-forward
+                    # make the API server dial the node, and no kubelet runs.
                     "addresses": [
-                        {"type": "InternalIP", "address": f"10.250.0.{index + 10}"},
+                        {"type": "InternalIP", "address": f"127.0.1.{index + 10}"},
                         {"type": "Hostname", "address": name},
                     ],
                     "nodeInfo": {
@@ -194,17 +201,22 @@ class Simulator:
                             await self._safe(handler, event["type"], obj)
             except (GoneError, WatchStalledError):
                 continue
-            except (KubeApiError, OSError, asyncio.TimeoutError) as error:
+            except (TimeoutError, KubeApiError, OSError) as error:
                 log.warning("watch %s failed: %s; retrying in 1 s", rtype.plural, error)
                 await asyncio.sleep(1)
 
     async def _safe(
-        self, handler: Callable[[str, JsonObject], Awaitable[None]], kind: str, obj: JsonObject
+        self,
+        handler: Callable[[str, JsonObject], Awaitable[None]],
+        kind: str,
+        obj: JsonObject,
     ) -> None:
         try:
             await handler(kind, obj)
         except (KubeApiError, OSError) as error:
-            log.warning("handling %s %s failed: %s", kind, obj["metadata"].get("name"), error)
+            log.warning(
+                "handling %s %s failed: %s", kind, obj["metadata"].get("name"), error
+            )
 
     # -- namespaces -------------------------------------------------------
 
@@ -214,7 +226,9 @@ class Simulator:
             self.namespaces.pop(name, None)
             return
         annotations = {
-            k: v for k, v in (ns["metadata"].get("annotations") or {}).items() if k.startswith(PREFIX)
+            k: v
+            for k, v in (ns["metadata"].get("annotations") or {}).items()
+            if k.startswith(PREFIX)
         }
         changed = self.namespaces.get(name) != annotations
         self.namespaces[name] = annotations
@@ -247,7 +261,9 @@ class Simulator:
             return
         if metadata.get("deletionTimestamp"):
             # No kubelet confirms the deletion, so do it here, at once.
-            await self.kube.delete(POD, metadata["name"], metadata["namespace"], grace_period_s=0)
+            await self.kube.delete(
+                POD, metadata["name"], metadata["namespace"], grace_period_s=0
+            )
             return
         if not pod["spec"].get("nodeName"):
             return
@@ -292,7 +308,11 @@ class Simulator:
             try:
                 return re.search(pattern, self._job_name(pod)) is not None
             except re.error:
-                log.warning("ignoring %sfail-jobs=%r: invalid regular expression", PREFIX, pattern)
+                log.warning(
+                    "ignoring %sfail-jobs=%r: invalid regular expression",
+                    PREFIX,
+                    pattern,
+                )
         return False
 
     async def _play_pod(self, pod: JsonObject, plan: str) -> None:
@@ -303,11 +323,15 @@ class Simulator:
                 await self._write_pod_status(pod, self._held_status(pod, plan[5:]))
             elif plan.startswith("crash:"):
                 await asyncio.sleep(self.steer_seconds(pod, "ready-delay", 0.3))
-                await self._write_pod_status(pod, self._crash_status(pod, plan[6:].split(",")))
+                await self._write_pod_status(
+                    pod, self._crash_status(pod, plan[6:].split(","))
+                )
             elif plan.startswith("job:"):
                 await self._write_pod_status(pod, self._running_status(pod, ready=True))
                 await asyncio.sleep(self.steer_seconds(pod, "job-duration", 0.3))
-                await self._write_pod_status(pod, self._finished_status(pod, plan == "job:succeed"))
+                await self._write_pod_status(
+                    pod, self._finished_status(pod, plan == "job:succeed")
+                )
             else:
                 await asyncio.sleep(self.steer_seconds(pod, "ready-delay", 0.3))
                 await self._write_pod_status(pod, self._running_status(pod, ready=True))
@@ -322,7 +346,11 @@ class Simulator:
     async def _write_pod_status(self, pod: JsonObject, status: JsonObject) -> None:
         metadata = pod["metadata"]
         await self.kube.merge_patch(
-            POD, metadata["name"], {"status": status}, metadata["namespace"], subresource="status"
+            POD,
+            metadata["name"],
+            {"status": status},
+            metadata["namespace"],
+            subresource="status",
         )
 
     def _base_status(self, pod: JsonObject) -> JsonObject:
@@ -336,7 +364,11 @@ class Simulator:
 
     @staticmethod
     def _condition(kind: str, ready: bool, reason: str = "") -> JsonObject:
-        condition = {"type": kind, "status": "True" if ready else "False", "lastTransitionTime": _now()}
+        condition = {
+            "type": kind,
+            "status": "True" if ready else "False",
+            "lastTransitionTime": _now(),
+        }
         if reason:
             condition["reason"] = reason
         return condition
@@ -351,7 +383,8 @@ class Simulator:
             self._condition("Ready", ready),
         ]
         status["initContainerStatuses"] = [
-            self._terminated(c, 0, "Completed") for c in pod["spec"].get("initContainers", [])
+            self._terminated(c, 0, "Completed")
+            for c in pod["spec"].get("initContainers", [])
         ]
         status["containerStatuses"] = [
             {
@@ -368,7 +401,9 @@ class Simulator:
         return status
 
     @staticmethod
-    def _terminated(container: JsonObject, code: int, reason: str, finished: str | None = None) -> JsonObject:
+    def _terminated(
+        container: JsonObject, code: int, reason: str, finished: str | None = None
+    ) -> JsonObject:
         return {
             "name": container["name"],
             "image": container["image"],
@@ -395,14 +430,24 @@ class Simulator:
         status["conditions"] = [
             self._condition("PodScheduled", True),
             self._condition("Initialized", True),
-            self._condition("ContainersReady", False, "PodCompleted" if succeeded else "PodFailed"),
-            self._condition("Ready", False, "PodCompleted" if succeeded else "PodFailed"),
+            self._condition(
+                "ContainersReady", False, "PodCompleted" if succeeded else "PodFailed"
+            ),
+            self._condition(
+                "Ready", False, "PodCompleted" if succeeded else "PodFailed"
+            ),
         ]
         status["initContainerStatuses"] = [
-            self._terminated(c, 0, "Completed") for c in pod["spec"].get("initContainers", [])
+            self._terminated(c, 0, "Completed")
+            for c in pod["spec"].get("initContainers", [])
         ]
         status["containerStatuses"] = [
-            self._terminated(c, 0 if succeeded else 1, "Completed" if succeeded else "Error", finished)
+            self._terminated(
+                c,
+                0 if succeeded else 1,
+                "Completed" if succeeded else "Error",
+                finished,
+            )
             for c in pod["spec"]["containers"]
         ]
         return status
@@ -472,7 +517,11 @@ class Simulator:
                     }
                 }
                 container_status["lastState"] = {
-                    "terminated": {"exitCode": 1, "reason": "Error", "finishedAt": _now()}
+                    "terminated": {
+                        "exitCode": 1,
+                        "reason": "Error",
+                        "finishedAt": _now(),
+                    }
                 }
         return status
 
@@ -485,11 +534,16 @@ class Simulator:
             return
         metadata = pvc["metadata"]
         name = f"sim-pv-{metadata['uid'][:18]}"
-        size = pvc["spec"].get("resources", {}).get("requests", {}).get("storage", "1Gi")
+        size = (
+            pvc["spec"].get("resources", {}).get("requests", {}).get("storage", "1Gi")
+        )
         volume = {
             "apiVersion": "v1",
             "kind": "PersistentVolume",
-            "metadata": {"name": name, "labels": {"sim.ventros.io/provisioned": "true"}},
+            "metadata": {
+                "name": name,
+                "labels": {"sim.ventros.io/provisioned": "true"},
+            },
             "spec": {
                 "capacity": {"storage": size},
                 "accessModes": pvc["spec"].get("accessModes", ["ReadWriteOnce"]),
@@ -536,7 +590,11 @@ class Simulator:
             old.cancel()
         task = asyncio.ensure_future(work)
         self.cr_tasks[uid] = task
-        task.add_done_callback(lambda _: self.cr_tasks.pop(uid, None) if self.cr_tasks.get(uid) is task else None)
+        task.add_done_callback(
+            lambda _: (
+                self.cr_tasks.pop(uid, None) if self.cr_tasks.get(uid) is task else None
+            )
+        )
 
     async def on_postgresql(self, kind: str, cluster: JsonObject) -> None:
         if kind == "DELETED":
@@ -550,9 +608,18 @@ class Simulator:
         patch: JsonObject = {"status": {"PostgresClusterStatus": value}}
         if value == "Running":
             patch["metadata"] = {"annotations": {PREFIX + "ready-at": _millis()}}
-            await self.kube.merge_patch(POSTGRESQL, metadata["name"], {"metadata": patch.pop("metadata")}, metadata["namespace"])
+            await self.kube.merge_patch(
+                POSTGRESQL,
+                metadata["name"],
+                {"metadata": patch.pop("metadata")},
+                metadata["namespace"],
+            )
         await self.kube.merge_patch(
-            POSTGRESQL, metadata["name"], patch, metadata["namespace"], subresource="status"
+            POSTGRESQL,
+            metadata["name"],
+            patch,
+            metadata["namespace"],
+            subresource="status",
         )
 
     async def _reconcile_postgresql(self, cluster: JsonObject) -> None:
@@ -584,12 +651,21 @@ class Simulator:
         name, namespace = metadata["name"], metadata["namespace"]
         spec = cluster["spec"]
         owner = _owner(cluster)
-        labels = {"application": "spilo", "cluster-name": name, "team": str(spec.get("teamId", ""))}
+        labels = {
+            "application": "spilo",
+            "cluster-name": name,
+            "team": str(spec.get("teamId", "")),
+        }
         await self._apply_owned(
             {
                 "apiVersion": "v1",
                 "kind": "Service",
-                "metadata": {"name": name, "namespace": namespace, "labels": labels, "ownerReferences": [owner]},
+                "metadata": {
+                    "name": name,
+                    "namespace": namespace,
+                    "labels": labels,
+                    "ownerReferences": [owner],
+                },
                 "spec": {
                     "selector": {**labels, "spilo-role": "master"},
                     "ports": [{"name": "postgresql", "port": 5432, "targetPort": 5432}],
@@ -599,7 +675,9 @@ class Simulator:
         users = dict(spec.get("users") or {})
         users.setdefault("postgres", [])
         for user in users:
-            secret_name = f"{user.replace('_', '-')}.{name}.credentials.postgresql.acid.zalan.do"
+            secret_name = (
+                f"{user.replace('_', '-')}.{name}.credentials.postgresql.acid.zalan.do"
+            )
             await self._create_secret(
                 namespace,
                 secret_name,
@@ -609,7 +687,15 @@ class Simulator:
             )
         replicas = int(spec.get("numberOfInstances", 1))
         await self._apply_owned(
-            _statefulset(name, namespace, replicas, labels, owner, "ghcr.io/zalando/spilo-16:simulated", 5432)
+            _statefulset(
+                name,
+                namespace,
+                replicas,
+                labels,
+                owner,
+                "ghcr.io/zalando/spilo-16:simulated",
+                5432,
+            )
         )
 
     async def on_rabbitmq(self, kind: str, cluster: JsonObject) -> None:
@@ -624,15 +710,25 @@ class Simulator:
         name, namespace = metadata["name"], metadata["namespace"]
         generation = int(metadata.get("generation", 1))
         owner = _owner(cluster)
-        labels = {"app.kubernetes.io/name": name, "app.kubernetes.io/component": "rabbitmq"}
+        labels = {
+            "app.kubernetes.io/name": name,
+            "app.kubernetes.io/component": "rabbitmq",
+        }
         replicas = int(cluster["spec"].get("replicas", 1))
         try:
-            await self._set_rabbitmq_conditions(cluster, generation, False, "Reconciling", "")
+            await self._set_rabbitmq_conditions(
+                cluster, generation, False, "Reconciling", ""
+            )
             await self._apply_owned(
                 {
                     "apiVersion": "v1",
                     "kind": "Service",
-                    "metadata": {"name": name, "namespace": namespace, "labels": labels, "ownerReferences": [owner]},
+                    "metadata": {
+                        "name": name,
+                        "namespace": namespace,
+                        "labels": labels,
+                        "ownerReferences": [owner],
+                    },
                     "spec": {
                         "selector": labels,
                         "ports": [
@@ -645,41 +741,87 @@ class Simulator:
             await self._create_secret(
                 namespace,
                 f"{name}-default-user",
-                {"username": "default_user_" + secrets.token_hex(4), "password": secrets.token_urlsafe(24)},
+                {
+                    "username": "default_user_" + secrets.token_hex(4),
+                    "password": secrets.token_urlsafe(24),
+                },
                 labels,
                 owner,
             )
             await self._apply_owned(
-                _statefulset(f"{name}-server", namespace, replicas, labels, owner, "rabbitmq:4.1-management", 5672)
+                _statefulset(
+                    f"{name}-server",
+                    namespace,
+                    replicas,
+                    labels,
+                    owner,
+                    "rabbitmq:4.1-management",
+                    5672,
+                )
             )
             await asyncio.sleep(self.steer_seconds(cluster, "rabbitmq-delay", 1.0))
             if self.steer(cluster, "rabbitmq-outcome", "ready") == "reconcile-failed":
                 await self._set_rabbitmq_conditions(
-                    cluster, generation, False, "FailedReconcile",
+                    cluster,
+                    generation,
+                    False,
+                    "FailedReconcile",
                     "simulated failure: the operator could not reconcile the cluster",
                 )
                 return
-            await self._set_rabbitmq_conditions(cluster, generation, True, "Success", "")
+            await self._set_rabbitmq_conditions(
+                cluster, generation, True, "Success", ""
+            )
         except NotFoundError:
             log.info("rabbitmqcluster %s/%s vanished during reconcile", namespace, name)
 
     async def _set_rabbitmq_conditions(
-        self, cluster: JsonObject, generation: int, ready: bool, reason: str, message: str
+        self,
+        cluster: JsonObject,
+        generation: int,
+        ready: bool,
+        reason: str,
+        message: str,
     ) -> None:
         metadata = cluster["metadata"]
         state = "True" if ready else "False"
         conditions = [
-            {"type": "AllReplicasReady", "status": state, "reason": "AllPodsAreReady" if ready else "NotAllPodsReady",
-             "lastTransitionTime": _now()},
-            {"type": "ClusterAvailable", "status": state, "reason": "AtLeastOneEndpointAvailable" if ready else "NoEndpointsAvailable",
-             "lastTransitionTime": _now()},
-            {"type": "NoWarnings", "status": "True", "reason": "NoWarnings", "lastTransitionTime": _now()},
-            {"type": "ReconcileSuccess", "status": "True" if reason == "Success" else ("False" if reason == "FailedReconcile" else "Unknown"),
-             "reason": reason, "message": message, "lastTransitionTime": _now()},
+            {
+                "type": "AllReplicasReady",
+                "status": state,
+                "reason": "AllPodsAreReady" if ready else "NotAllPodsReady",
+                "lastTransitionTime": _now(),
+            },
+            {
+                "type": "ClusterAvailable",
+                "status": state,
+                "reason": "AtLeastOneEndpointAvailable"
+                if ready
+                else "NoEndpointsAvailable",
+                "lastTransitionTime": _now(),
+            },
+            {
+                "type": "NoWarnings",
+                "status": "True",
+                "reason": "NoWarnings",
+                "lastTransitionTime": _now(),
+            },
+            {
+                "type": "ReconcileSuccess",
+                "status": "True"
+                if reason == "Success"
+                else ("False" if reason == "FailedReconcile" else "Unknown"),
+                "reason": reason,
+                "message": message,
+                "lastTransitionTime": _now(),
+            },
         ]
         if ready:
             await self.kube.merge_patch(
-                RABBITMQ, metadata["name"], {"metadata": {"annotations": {PREFIX + "ready-at": _millis()}}}, metadata["namespace"]
+                RABBITMQ,
+                metadata["name"],
+                {"metadata": {"annotations": {PREFIX + "ready-at": _millis()}}},
+                metadata["namespace"],
             )
         await self.kube.merge_patch(
             RABBITMQ,
@@ -693,12 +835,22 @@ class Simulator:
         await self.kube.apply(obj, field_manager="ventros-simulator")
 
     async def _create_secret(
-        self, namespace: str, name: str, data: dict[str, str], labels: dict[str, str], owner: JsonObject
+        self,
+        namespace: str,
+        name: str,
+        data: dict[str, str],
+        labels: dict[str, str],
+        owner: JsonObject,
     ) -> None:
         secret = {
             "apiVersion": "v1",
             "kind": "Secret",
-            "metadata": {"name": name, "namespace": namespace, "labels": labels, "ownerReferences": [owner]},
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "labels": labels,
+                "ownerReferences": [owner],
+            },
             "type": "Opaque",
             "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
         }
@@ -758,7 +910,12 @@ def _statefulset(
     return {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
-        "metadata": {"name": name, "namespace": namespace, "labels": labels, "ownerReferences": [owner]},
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": labels,
+            "ownerReferences": [owner],
+        },
         "spec": {
             "replicas": replicas,
             "serviceName": name,
@@ -766,7 +923,15 @@ def _statefulset(
             "selector": {"matchLabels": labels},
             "template": {
                 "metadata": {"labels": labels},
-                "spec": {"containers": [{"name": "main", "image": image, "ports": [{"containerPort": port}]}]},
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "main",
+                            "image": image,
+                            "ports": [{"containerPort": port}],
+                        }
+                    ]
+                },
             },
         },
     }
@@ -781,11 +946,19 @@ async def _main(kubeconfig: str, nodes: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Simulated kubelets and operators (test tooling).")
-    parser.add_argument("--kubeconfig", required=True, help="kubeconfig of the simulator identity")
-    parser.add_argument("--nodes", type=int, default=3, help="number of Ready nodes to register")
+    parser = argparse.ArgumentParser(
+        description="Simulated kubelets and operators (test tooling)."
+    )
+    parser.add_argument(
+        "--kubeconfig", required=True, help="kubeconfig of the simulator identity"
+    )
+    parser.add_argument(
+        "--nodes", type=int, default=3, help="number of Ready nodes to register"
+    )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
     asyncio.run(_main(args.kubeconfig, args.nodes))
 
 

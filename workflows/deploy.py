@@ -22,11 +22,19 @@ from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from deployer import contracts
-    from deployer.contracts import ApplyRequest, ApplyResult, ValidateResult, WaitRequest, WaitResult
+    from deployer.contracts import (
+        ApplyRequest,
+        ApplyResult,
+        ValidateResult,
+        WaitRequest,
+        WaitResult,
+    )
     from deployer.inputs import DeployRequest, InvalidRequestError, parse_request
     from deployer.phases import (
         DEPENDENCIES,
+        PHASE_ATTRIBUTE,
         PHASE_ORDER,
+        RELEASE_ATTRIBUTE,
         DeployStatus,
         Phase,
         PhaseRecord,
@@ -70,6 +78,7 @@ class VentrosDeploy:
         self._request: DeployRequest | None = None
         self._state = "validating"
         self._message: str | None = None
+        self._phase_attribute: str | None = None
 
     @workflow.run
     async def run(self, raw: Any) -> dict[str, Any]:
@@ -79,7 +88,9 @@ class VentrosDeploy:
         try:
             request = parse_request(raw)
         except InvalidRequestError as error:
-            raise ApplicationError(str(error), type=contracts.INVALID_REQUEST, non_retryable=True) from None
+            raise ApplicationError(
+                str(error), type=contracts.INVALID_REQUEST, non_retryable=True
+            ) from None
         self._request = request
         self._publish()
         await self._validate(request)
@@ -117,7 +128,9 @@ class VentrosDeploy:
             cause = error.cause
             kind = cause.type if isinstance(cause, ApplicationError) else None
             raise ApplicationError(
-                self._message, type=kind or contracts.INVALID_REQUEST, non_retryable=True
+                self._message,
+                type=kind or contracts.INVALID_REQUEST,
+                non_retryable=True,
             ) from None
 
     # -- phases -----------------------------------------------------------
@@ -126,8 +139,10 @@ class VentrosDeploy:
         """Wait until every phase this one needs succeeded; False on abort."""
         needed = DEPENDENCIES[phase]
         await workflow.wait_condition(
-            lambda: self._abort_reason is not None
-            or all(self._records[p].state is PhaseState.SUCCEEDED for p in needed)
+            lambda: (
+                self._abort_reason is not None
+                or all(self._records[p].state is PhaseState.SUCCEEDED for p in needed)
+            )
         )
         return self._abort_reason is None
 
@@ -153,7 +168,9 @@ class VentrosDeploy:
                 return
             self._retry_requested.discard(phase)
 
-    async def _apply_and_wait(self, request: DeployRequest, phase: Phase, record: PhaseRecord) -> None:
+    async def _apply_and_wait(
+        self, request: DeployRequest, phase: Phase, record: PhaseRecord
+    ) -> None:
         timeout_s = request.timeouts.for_phase(phase)
         deadline = workflow.now().timestamp() + timeout_s
         applied = await workflow.execute_activity(
@@ -182,12 +199,17 @@ class VentrosDeploy:
             schedule_to_close_timeout=timedelta(seconds=timeout_s) + 2 * WAIT_MARGIN,
             heartbeat_timeout=WAIT_HEARTBEAT_TIMEOUT,
             retry_policy=WAIT_RETRY,
-            summary=f"{phase.value}: wait for " + (", ".join(record.waiting_on) or "nothing"),
+            summary=f"{phase.value}: wait for "
+            + (", ".join(record.waiting_on) or "nothing"),
         )
         record.state = PhaseState.SUCCEEDED
-        record.last_status = "; ".join(f"{k}: {v}" for k, v in waited.statuses.items()) or "ready"
+        record.last_status = (
+            "; ".join(f"{k}: {v}" for k, v in waited.statuses.items()) or "ready"
+        )
         self._end_attempt(record)
-        workflow.logger.info("phase succeeded", extra={"phase": phase.value, "attempt": record.attempts})
+        workflow.logger.info(
+            "phase succeeded", extra={"phase": phase.value, "attempt": record.attempts}
+        )
 
     def _start_attempt(self, record: PhaseRecord) -> None:
         record.state = PhaseState.RUNNING
@@ -197,7 +219,10 @@ class VentrosDeploy:
         record.duration_s = None
         record.error = None
         record.error_type = None
-        workflow.logger.info("phase started", extra={"phase": record.phase.value, "attempt": record.attempts})
+        workflow.logger.info(
+            "phase started",
+            extra={"phase": record.phase.value, "attempt": record.attempts},
+        )
         self._publish()
 
     def _end_attempt(self, record: PhaseRecord) -> None:
@@ -212,11 +237,17 @@ class VentrosDeploy:
         cause = error.cause
         record.state = PhaseState.WAITING_FOR_RETRY
         record.error = _cause_message(error)
-        record.error_type = cause.type if isinstance(cause, ApplicationError) else type(cause).__name__
+        record.error_type = (
+            cause.type if isinstance(cause, ApplicationError) else type(cause).__name__
+        )
         self._end_attempt(record)
         workflow.logger.warning(
             "phase failed; waiting for retry or abort",
-            extra={"phase": record.phase.value, "attempt": record.attempts, "error_type": record.error_type},
+            extra={
+                "phase": record.phase.value,
+                "attempt": record.attempts,
+                "error_type": record.error_type,
+            },
         )
 
     # -- queries, updates and signals ---------------------------------------
@@ -256,17 +287,25 @@ class VentrosDeploy:
         try:
             self._retry_requested.update(self._failed_phases(phase))
         except ApplicationError as error:
-            workflow.logger.warning("retry signal ignored", extra={"reason": error.message})
+            workflow.logger.warning(
+                "retry signal ignored", extra={"reason": error.message}
+            )
 
     @workflow.signal(name="abort-signal")
     def abort_signal(self, reason: str = "aborted by signal") -> None:
         self._abort_reason = reason[:500] or "aborted by signal"
 
     def _failed_phases(self, phase: str | None) -> list[Phase]:
-        waiting = [p for p in PHASE_ORDER if self._records[p].state is PhaseState.WAITING_FOR_RETRY]
+        waiting = [
+            p
+            for p in PHASE_ORDER
+            if self._records[p].state is PhaseState.WAITING_FOR_RETRY
+        ]
         if phase is not None:
             if phase not in {p.value for p in Phase}:
-                raise ApplicationError(f"unknown phase {phase!r}; phases are {', '.join(p.value for p in Phase)}")
+                raise ApplicationError(
+                    f"unknown phase {phase!r}; phases are {', '.join(p.value for p in Phase)}"
+                )
             waiting = [p for p in waiting if p.value == phase]
         if not waiting:
             raise ApplicationError(
@@ -279,7 +318,11 @@ class VentrosDeploy:
 
     def _publish(self) -> None:
         """Show the phase table as the workflow's current details in the UI."""
-        rows = ["| phase | state | attempts | duration | waiting on | last status |", "|---|---|---|---|---|---|"]
+        self._upsert_phase_attribute()
+        rows = [
+            "| phase | state | attempts | duration | waiting on | last status |",
+            "|---|---|---|---|---|---|",
+        ]
         for phase in PHASE_ORDER:
             r = self._records[phase]
             duration = f"{r.duration_s:.1f} s" if r.duration_s is not None else ""
@@ -290,6 +333,28 @@ class VentrosDeploy:
             )
         header = f"**{self._state}**" + (f": {self._message}" if self._message else "")
         workflow.set_current_details(header + "\n\n" + "\n".join(rows))
+
+    def _upsert_phase_attribute(self) -> None:
+        """Keep VentrosPhase current, when the client set the search attributes."""
+        if workflow.info().typed_search_attributes.get(RELEASE_ATTRIBUTE) is None:
+            return
+        running = [
+            p.value for p in PHASE_ORDER if self._records[p].state is PhaseState.RUNNING
+        ]
+        waiting = [
+            p.value
+            for p in PHASE_ORDER
+            if self._records[p].state is PhaseState.WAITING_FOR_RETRY
+        ]
+        if waiting:
+            value = "waiting-for-retry:" + ",".join(waiting)
+        elif running:
+            value = ",".join(running)
+        else:
+            value = self._state
+        if value != self._phase_attribute:
+            self._phase_attribute = value
+            workflow.upsert_search_attributes([PHASE_ATTRIBUTE.value_set(value)])
 
 
 def _cause_message(error: ActivityError) -> str:

@@ -18,7 +18,13 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from deployer import contracts
-from deployer.contracts import ApplyRequest, ApplyResult, ValidateResult, WaitRequest, WaitResult
+from deployer.contracts import (
+    ApplyRequest,
+    ApplyResult,
+    ValidateResult,
+    WaitRequest,
+    WaitResult,
+)
 from deployer.inputs import parse_request
 from deployer.phases import ObjectRef, Phase
 
@@ -51,7 +57,12 @@ class StandIns:
     @activity.defn(name=contracts.APPLY_PHASE)
     async def apply_phase(self, job: ApplyRequest) -> ApplyResult:
         self.applied[job.phase] += 1
-        ref = ObjectRef(api_version="v1", kind="ConfigMap", name=f"{job.phase.value}-object", namespace="ns")
+        ref = ObjectRef(
+            api_version="v1",
+            kind="ConfigMap",
+            name=f"{job.phase.value}-object",
+            namespace="ns",
+        )
         return ApplyResult(phase=job.phase, applied=1, waits=[ref])
 
     @activity.defn(name=contracts.WAIT_READY)
@@ -66,7 +77,9 @@ class StandIns:
                 type=contracts.TERMINAL_FAILURE,
                 non_retryable=True,
             )
-        return WaitResult(phase=job.phase, statuses={ref.describe(): "ready" for ref in job.refs})
+        return WaitResult(
+            phase=job.phase, statuses={ref.describe(): "ready" for ref in job.refs}
+        )
 
     def span(self, phase: Phase) -> tuple[float, float]:
         starts = [t for p, kind, t in self.timeline if p is phase and kind == "start"]

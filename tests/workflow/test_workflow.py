@@ -3,20 +3,27 @@ replay of a recorded history so that a change that breaks determinism fails."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
-from temporalio.client import WorkflowFailureError, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.client import (
+    WorkflowFailureError,
+    WorkflowHandle,
+    WorkflowHistory,
+    WorkflowUpdateFailedError,
+)
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer, Worker
-from temporalio.client import WorkflowHistory
 
+from client.cli import start_attributes
 from deployer.phases import DeployStatus, Phase, PhaseState
+from deployer.settings import TemporalSettings
 from tests.workflow.standins import StandIns
 from workflows.deploy import VentrosDeploy
 
@@ -27,23 +34,30 @@ def request(namespace: str = "ns") -> dict[str, Any]:
     return {"release": "ventros-crm", "namespace": namespace}
 
 
-async def start(env: WorkflowEnvironment, queue: str, raw: Any) -> WorkflowHandle[Any, Any]:
+async def start(
+    env: WorkflowEnvironment, queue: str, raw: Any
+) -> WorkflowHandle[Any, Any]:
     return await env.client.start_workflow(
         "VentrosDeploy", raw, id=f"wf-{uuid.uuid4().hex[:8]}", task_queue=queue
     )
 
 
 def worker(env: WorkflowEnvironment, queue: str, standins: StandIns) -> Worker:
-    return Worker(env.client, task_queue=queue, workflows=[VentrosDeploy], activities=standins.activities())
+    return Worker(
+        env.client,
+        task_queue=queue,
+        workflows=[VentrosDeploy],
+        activities=standins.activities(),
+    )
 
 
-async def wait_for_state(handle: WorkflowHandle[Any, Any], phase: Phase, state: PhaseState) -> DeployStatus:
+async def wait_for_state(
+    handle: WorkflowHandle[Any, Any], phase: Phase, state: PhaseState
+) -> DeployStatus:
     for _ in range(200):
         status = await handle.query("status", result_type=DeployStatus)
         if next(r for r in status.phases if r.phase is phase).state is state:
             return status
-        import asyncio
-
         await asyncio.sleep(0.05)
     raise AssertionError(f"{phase} never reached {state}")
 
@@ -52,25 +66,39 @@ async def test_workflow_follows_dependencies(temporal_env: WorkflowEnvironment) 
     """Independent phases overlap; dependents start only after what they need."""
     queue, standins = f"tq-{uuid.uuid4().hex[:8]}", StandIns()
     async with worker(temporal_env, queue, standins):
-        result = DeployStatus.model_validate(await (await start(temporal_env, queue, request())).result())
+        result = DeployStatus.model_validate(
+            await (await start(temporal_env, queue, request())).result()
+        )
     assert result.state == "succeeded"
-    data, messaging, cache = (standins.span(p) for p in (Phase.DATA, Phase.MESSAGING, Phase.CACHE))
+    data, messaging, cache = (
+        standins.span(p) for p in (Phase.DATA, Phase.MESSAGING, Phase.CACHE)
+    )
     assert messaging[0] < data[1]
     assert cache[0] < data[1]
     assert standins.span(Phase.TEMPORAL)[0] >= data[1]
     assert standins.span(Phase.MIGRATION)[0] >= data[1]
     app_start = standins.span(Phase.APP)[0]
-    for phase in (Phase.DATA, Phase.MESSAGING, Phase.CACHE, Phase.TEMPORAL, Phase.MIGRATION):
+    for phase in (
+        Phase.DATA,
+        Phase.MESSAGING,
+        Phase.CACHE,
+        Phase.TEMPORAL,
+        Phase.MIGRATION,
+    ):
         assert app_start >= standins.span(phase)[1]
 
 
-async def test_workflow_retry_signal_reruns_failed_phase(temporal_env: WorkflowEnvironment) -> None:
+async def test_workflow_retry_signal_reruns_failed_phase(
+    temporal_env: WorkflowEnvironment,
+) -> None:
     """A failed phase waits; the retry signal runs it again and nothing else."""
     queue, standins = f"tq-{uuid.uuid4().hex[:8]}", StandIns()
     standins.failures[Phase.MIGRATION] = 1
     async with worker(temporal_env, queue, standins):
         handle = await start(temporal_env, queue, request())
-        status = await wait_for_state(handle, Phase.MIGRATION, PhaseState.WAITING_FOR_RETRY)
+        status = await wait_for_state(
+            handle, Phase.MIGRATION, PhaseState.WAITING_FOR_RETRY
+        )
         migration = next(r for r in status.phases if r.phase is Phase.MIGRATION)
         assert migration.error == "job/migration-object failed: BackoffLimitExceeded"
         assert migration.error_type == "TerminalFailure"
@@ -78,11 +106,20 @@ async def test_workflow_retry_signal_reruns_failed_phase(temporal_env: WorkflowE
         result = DeployStatus.model_validate(await handle.result())
     assert result.state == "succeeded"
     assert standins.applied[Phase.MIGRATION] == 2
-    for phase in (Phase.BASE, Phase.DATA, Phase.MESSAGING, Phase.CACHE, Phase.TEMPORAL, Phase.APP):
+    for phase in (
+        Phase.BASE,
+        Phase.DATA,
+        Phase.MESSAGING,
+        Phase.CACHE,
+        Phase.TEMPORAL,
+        Phase.APP,
+    ):
         assert standins.applied[phase] == 1
 
 
-async def test_workflow_retry_rejected_without_failure(temporal_env: WorkflowEnvironment) -> None:
+async def test_workflow_retry_rejected_without_failure(
+    temporal_env: WorkflowEnvironment,
+) -> None:
     """The retry update is rejected by its validator when no phase failed."""
     queue, standins = f"tq-{uuid.uuid4().hex[:8]}", StandIns()
     async with worker(temporal_env, queue, standins):
@@ -105,7 +142,9 @@ async def test_workflow_retry_rejected_without_failure(temporal_env: WorkflowEnv
         ("not an object", "(request)"),
     ],
 )
-async def test_workflow_rejects_invalid_request(temporal_env: WorkflowEnvironment, raw: Any, field: str) -> None:
+async def test_workflow_rejects_invalid_request(
+    temporal_env: WorkflowEnvironment, raw: Any, field: str
+) -> None:
     """Invalid input fails the workflow at once, non-retryable, naming the field; nothing runs."""
     queue, standins = f"tq-{uuid.uuid4().hex[:8]}", StandIns()
     async with worker(temporal_env, queue, standins):
@@ -117,6 +156,31 @@ async def test_workflow_rejects_invalid_request(temporal_env: WorkflowEnvironmen
     assert cause.non_retryable
     assert field in cause.message or "JSON object" in cause.message
     assert sum(standins.applied.values()) == 0
+
+
+async def test_workflow_sets_phase_search_attribute(temporal_env: WorkflowEnvironment) -> None:
+    """With release and namespace attributes set at start, the workflow keeps
+    VentrosPhase current, so the UI's list filters by release and phase."""
+    queue, standins = f"tq-{uuid.uuid4().hex[:8]}", StandIns()
+    release = f"r{uuid.uuid4().hex[:6]}"
+    settings = TemporalSettings(search_attributes=True)
+    async with worker(temporal_env, queue, standins):
+        handle = await temporal_env.client.start_workflow(
+            "VentrosDeploy",
+            {"release": release, "namespace": "ns"},
+            id=f"wf-{uuid.uuid4().hex[:8]}",
+            task_queue=queue,
+            search_attributes=start_attributes(settings, release, "ns"),
+        )
+        await handle.result()
+    query = f'VentrosRelease = "{release}" AND VentrosPhase = "succeeded"'
+    found: list[str] = []
+    for _ in range(100):
+        found = [w.id async for w in temporal_env.client.list_workflows(query)]
+        if found:
+            break
+        await asyncio.sleep(0.1)
+    assert found == [handle.id]
 
 
 async def record_history(env: WorkflowEnvironment) -> str:
@@ -140,7 +204,9 @@ async def test_workflow_replays_recorded_history() -> None:
 
     if os.environ.get("VENTROS_RECORD_HISTORY") == "1":
         env = await WorkflowEnvironment.start_local(
-            dev_server_existing_path=str(Path(__file__).parents[2] / ".venv" / "bin" / "temporal"),
+            dev_server_existing_path=str(
+                Path(__file__).parents[2] / ".venv" / "bin" / "temporal"
+            ),
             data_converter=pydantic_data_converter,
         )
         try:
@@ -148,8 +214,14 @@ async def test_workflow_replays_recorded_history() -> None:
             HISTORY_FILE.write_text(await record_history(env))
         finally:
             await env.shutdown()
-    assert HISTORY_FILE.exists(), f"missing {HISTORY_FILE}; record it with VENTROS_RECORD_HISTORY=1"
-    history = WorkflowHistory.from_json("deploy-with-retry", json.loads(HISTORY_FILE.read_text()))
-    replayer = Replayer(workflows=[VentrosDeploy], data_converter=pydantic_data_converter)
+    assert HISTORY_FILE.exists(), (
+        f"missing {HISTORY_FILE}; record it with VENTROS_RECORD_HISTORY=1"
+    )
+    history = WorkflowHistory.from_json(
+        "deploy-with-retry", json.loads(HISTORY_FILE.read_text())
+    )
+    replayer = Replayer(
+        workflows=[VentrosDeploy], data_converter=pydantic_data_converter
+    )
     result = await replayer.replay_workflow(history)
     assert result.replay_failure is None
