@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -233,7 +234,9 @@ async def cmd_start(
             task_queue=settings.task_queue,
             id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-            search_attributes=start_attributes(settings, request.release, request.namespace),
+            search_attributes=start_attributes(
+                settings, request.release, request.namespace
+            ),
         )
     except WorkflowAlreadyStartedError:
         raise CliError(
@@ -497,4 +500,9 @@ def main(argv: list[str] | None = None) -> None:
     except CliError as error:
         print(f"error: {error}", file=sys.stderr)
         code = error.code
-    sys.exit(code)
+    # The SDK's native client thread can still call into Python while the
+    # interpreter finalizes, which aborts the process (exit -6) after the work
+    # is done. Flush the output and leave without finalizing.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -1,0 +1,203 @@
+"""The ventros-deploy command line, run as a user runs it: a subprocess, once
+in a pseudo-terminal for the live table, against a real dev server, a real
+worker and the local cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pty
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from temporalio.testing import WorkflowEnvironment
+
+from deployer.settings import WorkerSettings
+from tests.conftest import REPO_ROOT, deploy_request, running_worker
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+PHASES = ("base", "data", "messaging", "cache", "temporal", "migration", "app")
+
+
+def cli_env(env: WorkflowEnvironment, settings: WorkerSettings) -> dict[str, str]:
+    variables = dict(os.environ)
+    variables.update(
+        {
+            "VENTROS_DEPLOY_TEMPORAL_ADDRESS": env.client.service_client.config.target_host,
+            "VENTROS_DEPLOY_TASK_QUEUE": settings.task_queue,
+            "COLUMNS": "140",
+            "LINES": "40",
+            "TERM": "xterm-256color",
+        }
+    )
+    variables.pop("NO_COLOR", None)
+    return variables
+
+
+async def run_cli(
+    args: list[str], env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "client",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+        cwd=REPO_ROOT,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 180)
+    return subprocess.CompletedProcess(
+        args, process.returncode or 0, out.decode(), err.decode()
+    )
+
+
+async def run_in_pty(args: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """Run the CLI with a pseudo-terminal as stdout; return exit code and screen text."""
+    controller, terminal = pty.openpty()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "client",
+        *args,
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+        env=env,
+        cwd=REPO_ROOT,
+    )
+    os.close(terminal)
+    chunks: list[bytes] = []
+    loop = asyncio.get_running_loop()
+
+    def read() -> bytes:
+        try:
+            return os.read(controller, 65536)
+        except OSError:
+            return b""
+
+    while True:
+        chunk = await loop.run_in_executor(None, read)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    code = await asyncio.wait_for(process.wait(), 180)
+    os.close(controller)
+    return code, ANSI.sub("", b"".join(chunks).decode(errors="replace"))
+
+
+def write_request(tmp_path: Path, namespace: str, **overrides: Any) -> str:
+    path = tmp_path / "request.json"
+    path.write_text(json.dumps(deploy_request(namespace, **overrides)))
+    return str(path)
+
+
+async def test_cli_follow_shows_live_table(
+    temporal_env: WorkflowEnvironment,
+    worker_settings: WorkerSettings,
+    namespace: str,
+    tmp_path: Path,
+) -> None:
+    """start --follow in a terminal draws the phase table live and ends with every phase succeeded."""
+    env = cli_env(temporal_env, worker_settings)
+    async with running_worker(temporal_env.client, worker_settings):
+        code, screen = await run_in_pty(
+            ["start", "--request", write_request(tmp_path, namespace), "--follow"], env
+        )
+    assert code == 0, screen[-2000:]
+    assert f"started deploy-{namespace}-ventros-crm" in screen
+    for phase in PHASES:
+        assert re.search(rf"{phase}\s+.\s*succeeded", screen) or re.search(
+            rf"{phase}\s+succeeded", screen
+        ), phase
+    # The table was redrawn while phases were still running or pending.
+    assert "running" in screen or "pending" in screen
+    assert "succeeded after" in screen
+
+
+async def test_cli_json_outputs_parse(
+    temporal_env: WorkflowEnvironment,
+    worker_settings: WorkerSettings,
+    namespace: str,
+    tmp_path: Path,
+) -> None:
+    """--json prints one parseable JSON document for start, follow and status."""
+    env = cli_env(temporal_env, worker_settings)
+    request = write_request(tmp_path, namespace)
+    async with running_worker(temporal_env.client, worker_settings):
+        started = await run_cli(["start", "--request", request, "--json"], env)
+        assert started.returncode == 0, started.stderr
+        workflow_id = json.loads(started.stdout)["workflow_id"]
+        followed = await run_cli(["watch", workflow_id, "--json"], env)
+        status = await run_cli(
+            ["status", "--release", "ventros-crm", "--namespace", namespace, "--json"],
+            env,
+        )
+    assert workflow_id == f"deploy-{namespace}-ventros-crm"
+    assert followed.returncode == 0, followed.stderr
+    assert json.loads(followed.stdout)["state"] == "succeeded"
+    phases = json.loads(status.stdout)["phases"]
+    assert [p["phase"] for p in phases] == list(PHASES)
+    assert {p["state"] for p in phases} == {"succeeded"}
+
+
+async def test_cli_second_start_rejected(
+    temporal_env: WorkflowEnvironment,
+    worker_settings: WorkerSettings,
+    namespace: str,
+    tmp_path: Path,
+) -> None:
+    """A second start for a release whose deploy runs exits 3 naming the running workflow."""
+    env = cli_env(temporal_env, worker_settings)
+    request = write_request(tmp_path, namespace)
+    async with running_worker(temporal_env.client, worker_settings):
+        first = await run_cli(["start", "--request", request], env)
+        second = await run_cli(["start", "--request", request], env)
+        await run_cli(["watch", f"deploy-{namespace}-ventros-crm", "--json"], env)
+    assert first.returncode == 0, first.stderr
+    assert second.returncode == 3
+    assert f"already running: deploy-{namespace}-ventros-crm" in second.stderr
+
+
+async def test_cli_invalid_request_exit_2(
+    temporal_env: WorkflowEnvironment, worker_settings: WorkerSettings
+) -> None:
+    """An invalid release name exits 2 naming the field, and starts nothing."""
+    env = cli_env(temporal_env, worker_settings)
+    result = await run_cli(
+        ["start", "--release", "Bad_Release", "--namespace", "ns"], env
+    )
+    assert result.returncode == 2
+    assert "release: must be a DNS-1123 label" in result.stderr
+    assert "Bad_Release" in result.stderr
+    listed = [
+        w
+        async for w in temporal_env.client.list_workflows(
+            "WorkflowId = 'deploy-ns-Bad_Release'"
+        )
+    ]
+    assert listed == []
+
+
+async def test_cli_bad_set_exit_2(
+    temporal_env: WorkflowEnvironment, worker_settings: WorkerSettings
+) -> None:
+    """A --set without '=' exits 2 with the expected form."""
+    result = await run_cli(
+        ["start", "--set", "app.replicas"], cli_env(temporal_env, worker_settings)
+    )
+    assert result.returncode == 2
+    assert "expected KEY=VALUE" in result.stderr
+
+
+async def test_cli_unreachable_temporal_exit_5(worker_settings: WorkerSettings) -> None:
+    """A bootstrap Temporal that does not answer gives exit 5 naming the address."""
+    env = dict(os.environ, VENTROS_DEPLOY_TEMPORAL_ADDRESS="127.0.0.1:9")
+    result = await run_cli(["status", "deploy-x-y"], env)
+    assert result.returncode == 5
+    assert "127.0.0.1:9" in result.stderr
