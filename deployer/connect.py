@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from temporalio.client import Client, TLSConfig
+from temporalio.client import Client, Interceptor, TLSConfig
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter
 
@@ -29,11 +29,42 @@ def tls_config(settings: TemporalSettings) -> TLSConfig | bool:
     if not (settings.temporal_tls_ca or settings.temporal_tls_cert):
         return False
     return TLSConfig(
-        server_root_ca_cert=settings.temporal_tls_ca.read_bytes() if settings.temporal_tls_ca else None,
-        client_cert=settings.temporal_tls_cert.read_bytes() if settings.temporal_tls_cert else None,
-        client_private_key=settings.temporal_tls_key.read_bytes() if settings.temporal_tls_key else None,
+        server_root_ca_cert=settings.temporal_tls_ca.read_bytes()
+        if settings.temporal_tls_ca
+        else None,
+        client_cert=settings.temporal_tls_cert.read_bytes()
+        if settings.temporal_tls_cert
+        else None,
+        client_private_key=settings.temporal_tls_key.read_bytes()
+        if settings.temporal_tls_key
+        else None,
         domain=settings.temporal_tls_server_name,
     )
+
+
+def interceptors(settings: TemporalSettings) -> list[Interceptor]:
+    """Return the tracing interceptor when tracing is on (client and worker share it)."""
+    if settings.tracing == "off":
+        return []
+    try:
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+        from temporalio.contrib.opentelemetry import TracingInterceptor
+    except ImportError as error:
+        raise RuntimeError(
+            f"VENTROS_DEPLOY_TRACING={settings.tracing} needs opentelemetry-sdk: "
+            "pip install 'ventros-deploy[tracing]'"
+        ) from error
+    if not isinstance(trace.get_tracer_provider(), TracerProvider):
+        provider = TracerProvider()
+        if settings.tracing == "console":
+            exporter = ConsoleSpanExporter()
+        else:
+            exporter = ConsoleSpanExporter(out=open(settings.tracing, "a"))  # noqa: SIM115 - lives as long as the process
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+        trace.set_tracer_provider(provider)
+    return [TracingInterceptor()]
 
 
 async def connect(settings: TemporalSettings) -> Client:
@@ -42,4 +73,5 @@ async def connect(settings: TemporalSettings) -> Client:
         namespace=settings.temporal_namespace,
         data_converter=data_converter(settings),
         tls=tls_config(settings),
+        interceptors=interceptors(settings),
     )

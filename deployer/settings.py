@@ -37,6 +37,9 @@ class TemporalSettings(BaseSettings):
     temporal_tls_key: Path | None = None
     temporal_tls_server_name: str | None = None
     codec_keys_file: Path | None = None
+    # OpenTelemetry spans for workflows and activities: off, console (stderr)
+    # or a file path; needs the optional `tracing` extra (opentelemetry-sdk).
+    tracing: str = "off"
     # Set VentrosRelease/VentrosNamespace/VentrosPhase search attributes; they
     # must be registered on the server (make demo registers them).
     search_attributes: bool = False
