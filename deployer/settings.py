@@ -52,12 +52,14 @@ class TemporalSettings(BaseSettings):
         if app and normalize_address(app) == normalize_address(self.temporal_address):
             raise ValueError(
                 f"VENTROS_DEPLOY_APP_TEMPORAL_ADDRESS={app} is the bootstrap Temporal "
-                f"(VENTROS_DEPLOY_TEMPORAL_ADDRESS={self.temporal_address}). The deployer "
+                f"(VENTROS_DEPLOY_TEMPORAL_ADDRESS={self.temporal_address}). "
+                "The deployer "
                 "must run on its own Temporal: point one of them elsewhere"
             )
         if bool(self.temporal_tls_cert) != bool(self.temporal_tls_key):
             raise ValueError(
-                "set both VENTROS_DEPLOY_TEMPORAL_TLS_CERT and VENTROS_DEPLOY_TEMPORAL_TLS_KEY "
+                "set both VENTROS_DEPLOY_TEMPORAL_TLS_CERT and "
+                "VENTROS_DEPLOY_TEMPORAL_TLS_KEY "
                 "for mutual TLS, or neither"
             )
         return self

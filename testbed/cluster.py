@@ -161,7 +161,7 @@ class LocalCluster:
         return self.config.kubeconfig
 
     def up(self) -> Path:
-        """Start every component unless the cluster already runs; return the kubeconfig."""
+        """Start every component unless the cluster runs; return the kubeconfig."""
         if self.is_healthy():
             self._ensure_missing_started()
             return self.kubeconfig
@@ -206,8 +206,9 @@ class LocalCluster:
         }
         if ports != wanted:
             raise ClusterError(
-                f"a cluster from {self.config.cluster_dir} still runs on ports {ports}, "
-                f"not {wanted}: run `make cluster-down` first, or use another state folder"
+                f"a cluster from {self.config.cluster_dir} still runs on ports "
+                f"{ports}, not {wanted}: run `make cluster-down` first, or use "
+                "another state folder"
             )
 
     def down(self, quiet: bool = False) -> None:

@@ -218,11 +218,13 @@ def up() -> int:
         f"Temporal UI:  http://127.0.0.1:{UI_PORT}/namespaces/default/workflows/{workflow_id}"
     )
     print(
-        "  payloads are encrypted. The web UI cannot send the codec server's bearer token,"
+        "  payloads are encrypted. The web UI cannot send the codec server's"
+        " bearer token,"
     )
     print("  so it shows ciphertext; decode them with the CLI (docs/codec.md):")
     print(
-        f"  temporal workflow show -w {workflow_id} --address 127.0.0.1:{TEMPORAL_PORT} \\"
+        f"  temporal workflow show -w {workflow_id} "
+        f"--address 127.0.0.1:{TEMPORAL_PORT} \\"
     )
     print(f"    --codec-endpoint http://127.0.0.1:{CODEC_PORT} \\")
     print(f'    --codec-auth "Bearer $(cat {STATE / "codec-token"})"')

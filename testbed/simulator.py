@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import datetime
 import logging
 import re
@@ -48,8 +49,12 @@ STEERING = {
     "job-outcome": "'fail' makes a Job pod exit 1 (on the pod template)",
     "fail-jobs": "regular expression: Job pods whose Job name matches exit 1",
     "postgres-delay": "seconds a postgresql stays Creating (default 1)",
-    "postgres-outcome": "running (default), create-failed, sync-failed, creating, update-failed",
-    "rabbitmq-delay": "seconds before a RabbitmqCluster's conditions turn True (default 1)",
+    "postgres-outcome": (
+        "running (default), create-failed, sync-failed, creating, update-failed"
+    ),
+    "rabbitmq-delay": (
+        "seconds before a RabbitmqCluster's conditions turn True (default 1)"
+    ),
     "rabbitmq-outcome": "ready (default) or reconcile-failed",
     "rabbitmq-messages": "messages its queues report as held (default 0)",
     "ready-at": "set by the simulator: Unix time in ms when it made the object ready",
@@ -134,10 +139,8 @@ class Simulator:
                     },
                 },
             }
-            try:
+            with contextlib.suppress(ConflictError):
                 await self.kube.create(NODE, node)
-            except ConflictError:
-                pass
             status = {
                 "status": {
                     "capacity": NODE_CAPACITY,
@@ -513,7 +516,8 @@ class Simulator:
                 container_status["state"] = {
                     "waiting": {
                         "reason": "CrashLoopBackOff",
-                        "message": f"back-off 2m40s restarting failed container={container_status['name']}",
+                        "message": "back-off 2m40s restarting failed "
+                        f"container={container_status['name']}",
                     }
                 }
                 container_status["lastState"] = {
@@ -559,17 +563,16 @@ class Simulator:
                 },
             },
         }
-        try:
+        with contextlib.suppress(ConflictError):
             await self.kube.create(PV, volume)
-        except ConflictError:
-            pass
 
     async def on_pv(self, kind: str, volume: JsonObject) -> None:
         # The simulated provisioner also deletes what it made once released.
         labels = volume["metadata"].get("labels") or {}
-        if kind != "DELETED" and labels.get("sim.ventros.io/provisioned") == "true":
-            if volume.get("status", {}).get("phase") in ("Released", "Failed"):
-                await self.kube.delete(PV, volume["metadata"]["name"])
+        released = volume.get("status", {}).get("phase") in ("Released", "Failed")
+        provisioned = labels.get("sim.ventros.io/provisioned") == "true"
+        if kind != "DELETED" and provisioned and released:
+            await self.kube.delete(PV, volume["metadata"]["name"])
 
     # -- operators --------------------------------------------------------
 
@@ -854,10 +857,9 @@ class Simulator:
             "type": "Opaque",
             "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
         }
-        try:
+        # Real operators keep generated passwords; so does this one.
+        with contextlib.suppress(ConflictError):
             await self.kube.create(SECRET, secret, namespace)
-        except ConflictError:
-            pass  # Real operators keep generated passwords; so does this one.
 
     # -- main -------------------------------------------------------------
 

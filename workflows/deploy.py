@@ -102,7 +102,8 @@ class VentrosDeploy:
             self._state = "aborted"
             self._publish()
             raise ApplicationError(
-                f"deploy of {request.release} in {request.namespace} aborted: {self._abort_reason}. "
+                f"deploy of {request.release} in {request.namespace} aborted: "
+                f"{self._abort_reason}. "
                 "Phases that succeeded were left in place",
                 type=ABORTED,
                 non_retryable=True,
@@ -119,7 +120,9 @@ class VentrosDeploy:
                 result_type=ValidateResult,
                 start_to_close_timeout=timedelta(minutes=2),
                 retry_policy=VALIDATE_RETRY,
-                summary=f"validate the request for {request.release} in {request.namespace}",
+                summary=(
+                    f"validate the request for {request.release} in {request.namespace}"
+                ),
             )
         except ActivityError as error:
             self._state = "invalid"
@@ -179,7 +182,7 @@ class VentrosDeploy:
             result_type=ApplyResult,
             start_to_close_timeout=APPLY_TIMEOUT,
             retry_policy=APPLY_RETRY,
-            summary=f"{phase.value}: apply the {phase.value} objects of {request.release}",
+            summary=f"{phase.value}: apply the {phase.value} objects",
         )
         record.waiting_on = [ref.describe() for ref in applied.waits]
         record.last_status = "; ".join(applied.notes) or "applied"
@@ -304,7 +307,8 @@ class VentrosDeploy:
         if phase is not None:
             if phase not in {p.value for p in Phase}:
                 raise ApplicationError(
-                    f"unknown phase {phase!r}; phases are {', '.join(p.value for p in Phase)}"
+                    f"unknown phase {phase!r}; phases are "
+                    f"{', '.join(p.value for p in Phase)}"
                 )
             waiting = [p for p in waiting if p.value == phase]
         if not waiting:

@@ -27,7 +27,9 @@ def cli_env(env: WorkflowEnvironment, settings: WorkerSettings) -> dict[str, str
     variables = dict(os.environ)
     variables.update(
         {
-            "VENTROS_DEPLOY_TEMPORAL_ADDRESS": env.client.service_client.config.target_host,
+            "VENTROS_DEPLOY_TEMPORAL_ADDRESS": (
+                env.client.service_client.config.target_host
+            ),
             "VENTROS_DEPLOY_TASK_QUEUE": settings.task_queue,
             "COLUMNS": "140",
             "LINES": "40",
@@ -58,7 +60,7 @@ async def run_cli(
 
 
 async def run_in_pty(args: list[str], env: dict[str, str]) -> tuple[int, str]:
-    """Run the CLI with a pseudo-terminal as stdout; return exit code and screen text."""
+    """Run the CLI in a pseudo-terminal; return its exit code and screen text."""
     controller, terminal = pty.openpty()
     process = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -103,7 +105,7 @@ async def test_cli_follow_shows_live_table(
     namespace: str,
     tmp_path: Path,
 ) -> None:
-    """start --follow in a terminal draws the phase table live and ends with every phase succeeded."""
+    """start --follow in a terminal draws the live table, ending all succeeded."""
     env = cli_env(temporal_env, worker_settings)
     async with running_worker(temporal_env.client, worker_settings):
         code, screen = await run_in_pty(
@@ -152,7 +154,7 @@ async def test_cli_second_start_rejected(
     namespace: str,
     tmp_path: Path,
 ) -> None:
-    """A second start for a release whose deploy runs exits 3 naming the running workflow."""
+    """A second start for a running release exits 3 naming the running deploy."""
     env = cli_env(temporal_env, worker_settings)
     request = write_request(tmp_path, namespace)
     async with running_worker(temporal_env.client, worker_settings):

@@ -19,7 +19,9 @@ from tests.conftest import deploy_request, running_worker
 NAMESPACE_TYPE = well_known("v1", "Namespace")
 
 
-async def start(env: WorkflowEnvironment, settings: WorkerSettings, request: dict[str, Any]) -> WorkflowHandle[Any, Any]:
+async def start(
+    env: WorkflowEnvironment, settings: WorkerSettings, request: dict[str, Any]
+) -> WorkflowHandle[Any, Any]:
     return await env.client.start_workflow(
         "VentrosDeploy",
         request,
@@ -33,7 +35,10 @@ async def status_of(handle: WorkflowHandle[Any, Any]) -> DeployStatus:
 
 
 async def wait_for_phase_state(
-    handle: WorkflowHandle[Any, Any], phase: str, state: PhaseState, timeout_s: float = 90
+    handle: WorkflowHandle[Any, Any],
+    phase: str,
+    state: PhaseState,
+    timeout_s: float = 90,
 ) -> DeployStatus:
     deadline = asyncio.get_running_loop().time() + timeout_s
     while True:
@@ -42,12 +47,17 @@ async def wait_for_phase_state(
         if record.state is state:
             return status
         if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"phase {phase} never reached {state}: {status.model_dump_json(indent=1)}")
+            raise AssertionError(
+                f"phase {phase} never reached {state}: "
+                f"{status.model_dump_json(indent=1)}"
+            )
         await asyncio.sleep(0.3)
 
 
 def created_at(obj: dict[str, Any]) -> datetime.datetime:
-    return datetime.datetime.fromisoformat(obj["metadata"]["creationTimestamp"].replace("Z", "+00:00"))
+    return datetime.datetime.fromisoformat(
+        obj["metadata"]["creationTimestamp"].replace("Z", "+00:00")
+    )
 
 
 def ended(status: DeployStatus, phase: str) -> datetime.datetime:
@@ -63,9 +73,12 @@ def started(status: DeployStatus, phase: str) -> datetime.datetime:
 
 
 async def test_deploy_happy_path(
-    temporal_env: WorkflowEnvironment, worker_settings: WorkerSettings, kube: KubeClient, namespace: str
+    temporal_env: WorkflowEnvironment,
+    worker_settings: WorkerSettings,
+    kube: KubeClient,
+    namespace: str,
 ) -> None:
-    """A deploy brings every phase to succeeded and every object to ready, in dependency order."""
+    """A deploy makes every phase succeed and every object ready, in order."""
     async with running_worker(temporal_env.client, worker_settings):
         handle = await start(temporal_env, worker_settings, deploy_request(namespace))
         result = await handle.result()
@@ -73,14 +86,25 @@ async def test_deploy_happy_path(
     assert status.state == "succeeded"
     assert [r.state for r in status.phases] == [PhaseState.SUCCEEDED] * 7
 
-    pg = await kube.get(well_known("acid.zalan.do/v1", "postgresql"), "ventros-crm-db", namespace)
+    pg = await kube.get(
+        well_known("acid.zalan.do/v1", "postgresql"), "ventros-crm-db", namespace
+    )
     assert pg is not None
     assert pg["status"]["PostgresClusterStatus"] == "Running"
-    rabbit = await kube.get(well_known("rabbitmq.com/v1beta1", "RabbitmqCluster"), "ventros-crm-rabbitmq", namespace)
+    rabbit = await kube.get(
+        well_known("rabbitmq.com/v1beta1", "RabbitmqCluster"),
+        "ventros-crm-rabbitmq",
+        namespace,
+    )
     assert rabbit is not None
-    job = await kube.get(well_known("batch/v1", "Job"), "ventros-crm-migrate-1-0-0", namespace)
+    job = await kube.get(
+        well_known("batch/v1", "Job"), "ventros-crm-migrate-1-0-0", namespace
+    )
     assert job is not None
-    assert any(c["type"] == "Complete" and c["status"] == "True" for c in job["status"]["conditions"])
+    assert any(
+        c["type"] == "Complete" and c["status"] == "True"
+        for c in job["status"]["conditions"]
+    )
     app = await kube.get(well_known("apps/v1", "Deployment"), "ventros-crm", namespace)
     assert app is not None
     assert app["status"]["availableReplicas"] == 2
@@ -89,8 +113,12 @@ async def test_deploy_happy_path(
     # Deployment only after the Job completed.
     pg_ready_ms = int(pg["metadata"]["annotations"]["sim.ventros.io/ready-at"])
     assert created_at(job).timestamp() * 1000 >= pg_ready_ms - 1000
-    job_complete = next(c for c in job["status"]["conditions"] if c["type"] == "Complete")
-    completed = datetime.datetime.fromisoformat(job_complete["lastTransitionTime"].replace("Z", "+00:00"))
+    job_complete = next(
+        c for c in job["status"]["conditions"] if c["type"] == "Complete"
+    )
+    completed = datetime.datetime.fromisoformat(
+        job_complete["lastTransitionTime"].replace("Z", "+00:00")
+    )
     assert created_at(app) >= completed
     # PostgreSQL and RabbitMQ run at the same time, not one after the other.
     assert started(status, "messaging") < ended(status, "data")
@@ -98,15 +126,22 @@ async def test_deploy_happy_path(
 
 
 async def test_deploy_migration_failure_then_retry(
-    temporal_env: WorkflowEnvironment, worker_settings: WorkerSettings, kube: KubeClient, namespace: str
+    temporal_env: WorkflowEnvironment,
+    worker_settings: WorkerSettings,
+    kube: KubeClient,
+    namespace: str,
 ) -> None:
-    """A migration Job that hits its backoff limit leaves the deploy waiting; retry completes it."""
+    """A Job at its backoff limit leaves the deploy waiting; retry completes it."""
     await kube.merge_patch(
-        NAMESPACE_TYPE, namespace, {"metadata": {"annotations": {"sim.ventros.io/fail-jobs": "migrate"}}}
+        NAMESPACE_TYPE,
+        namespace,
+        {"metadata": {"annotations": {"sim.ventros.io/fail-jobs": "migrate"}}},
     )
     async with running_worker(temporal_env.client, worker_settings):
         handle = await start(temporal_env, worker_settings, deploy_request(namespace))
-        status = await wait_for_phase_state(handle, "migration", PhaseState.WAITING_FOR_RETRY)
+        status = await wait_for_phase_state(
+            handle, "migration", PhaseState.WAITING_FOR_RETRY
+        )
         migration = next(r for r in status.phases if r.phase.value == "migration")
         assert migration.error is not None
         assert "job/ventros-crm-migrate-1-0-0" in migration.error
@@ -118,7 +153,9 @@ async def test_deploy_migration_failure_then_retry(
 
         # Fix the cause, then retry: only the failed phase runs again.
         await kube.merge_patch(
-            NAMESPACE_TYPE, namespace, {"metadata": {"annotations": {"sim.ventros.io/fail-jobs": None}}}
+            NAMESPACE_TYPE,
+            namespace,
+            {"metadata": {"annotations": {"sim.ventros.io/fail-jobs": None}}},
         )
         retried = await handle.execute_update("retry", None, result_type=list[str])
         assert retried == ["migration"]
@@ -131,15 +168,26 @@ async def test_deploy_migration_failure_then_retry(
 
 
 async def test_deploy_abort_fails_workflow(
-    temporal_env: WorkflowEnvironment, worker_settings: WorkerSettings, kube: KubeClient, namespace: str
+    temporal_env: WorkflowEnvironment,
+    worker_settings: WorkerSettings,
+    kube: KubeClient,
+    namespace: str,
 ) -> None:
     """abort ends a deploy that waits for retry as failed, keeping what succeeded."""
     await kube.merge_patch(
-        NAMESPACE_TYPE, namespace, {"metadata": {"annotations": {"sim.ventros.io/postgres-outcome": "create-failed"}}}
+        NAMESPACE_TYPE,
+        namespace,
+        {
+            "metadata": {
+                "annotations": {"sim.ventros.io/postgres-outcome": "create-failed"}
+            }
+        },
     )
     async with running_worker(temporal_env.client, worker_settings):
         handle = await start(temporal_env, worker_settings, deploy_request(namespace))
-        status = await wait_for_phase_state(handle, "data", PhaseState.WAITING_FOR_RETRY)
+        status = await wait_for_phase_state(
+            handle, "data", PhaseState.WAITING_FOR_RETRY
+        )
         data = next(r for r in status.phases if r.phase.value == "data")
         assert data.error is not None
         assert "postgresql/ventros-crm-db" in data.error

@@ -145,7 +145,7 @@ async def test_workflow_retry_rejected_without_failure(
 async def test_workflow_rejects_invalid_request(
     temporal_env: WorkflowEnvironment, raw: Any, field: str
 ) -> None:
-    """Invalid input fails the workflow at once, non-retryable, naming the field; nothing runs."""
+    """Invalid input fails the workflow at once, naming the field; nothing runs."""
     queue, standins = f"tq-{uuid.uuid4().hex[:8]}", StandIns()
     async with worker(temporal_env, queue, standins):
         with pytest.raises(WorkflowFailureError) as failure:
@@ -158,7 +158,9 @@ async def test_workflow_rejects_invalid_request(
     assert sum(standins.applied.values()) == 0
 
 
-async def test_workflow_sets_phase_search_attribute(temporal_env: WorkflowEnvironment) -> None:
+async def test_workflow_sets_phase_search_attribute(
+    temporal_env: WorkflowEnvironment,
+) -> None:
     """With release and namespace attributes set at start, the workflow keeps
     VentrosPhase current, so the UI's list filters by release and phase."""
     queue, standins = f"tq-{uuid.uuid4().hex[:8]}", StandIns()
