@@ -36,7 +36,13 @@ from activities.kubeapi import (
 )
 from activities.waits import TRANSIENT_ERRORS, TerminalFailure, WaitTimeout, wait_ready
 from deployer import contracts
-from deployer.contracts import ApplyRequest, ApplyResult, ValidateResult, WaitRequest, WaitResult
+from deployer.contracts import (
+    ApplyRequest,
+    ApplyResult,
+    ValidateResult,
+    WaitRequest,
+    WaitResult,
+)
 from deployer.inputs import ChartRef, DeployRequest, InvalidRequestError, parse_request
 from deployer.phases import ObjectRef, Phase
 from deployer.settings import WorkerSettings, normalize_address
@@ -99,7 +105,8 @@ def translate_errors(func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R
             raise _non_retryable(contracts.PHASE_TIMEOUT, str(error)) from error
         except (KubeApiError, *TRANSIENT_ERRORS) as error:
             raise ApplicationError(
-                f"Kubernetes API request failed: {error}", type=contracts.KUBE_API_UNAVAILABLE
+                f"Kubernetes API request failed: {error}",
+                type=contracts.KUBE_API_UNAVAILABLE,
             ) from error
 
     return wrapper
@@ -128,7 +135,12 @@ def chart_values(request: DeployRequest, phases: list[Phase] | None) -> dict[str
 
 def ref_of(obj: JsonObject, namespace: str) -> ObjectRef:
     metadata = obj["metadata"]
-    namespaced = obj["kind"] not in ("CustomResourceDefinition", "Namespace", "ClusterRole", "ClusterRoleBinding")
+    namespaced = obj["kind"] not in (
+        "CustomResourceDefinition",
+        "Namespace",
+        "ClusterRole",
+        "ClusterRoleBinding",
+    )
     return ObjectRef(
         api_version=obj["apiVersion"],
         kind=obj["kind"],
@@ -153,13 +165,17 @@ class DeployActivities:
     async def kube(self, context: str | None) -> KubeClient:
         async with self._lock:
             if context not in self._clients:
-                kubeconfig = str(self.settings.kubeconfig) if self.settings.kubeconfig else None
+                kubeconfig = (
+                    str(self.settings.kubeconfig) if self.settings.kubeconfig else None
+                )
                 self._clients[context] = await KubeClient.connect(kubeconfig, context)
             return self._clients[context]
 
     def helm(self, context: str | None) -> Helm:
         kubeconfig = str(self.settings.kubeconfig) if self.settings.kubeconfig else None
-        return Helm(self.settings.helm, kubeconfig, context, Path(self.settings.chart_root))
+        return Helm(
+            self.settings.helm, kubeconfig, context, Path(self.settings.chart_root)
+        )
 
     def activities(self) -> list[Callable[..., Any]]:
         return [self.validate_request, self.apply_phase, self.wait_ready]
@@ -177,20 +193,40 @@ class DeployActivities:
         for chart in (request.chart, *self._operator_chart_paths(request)):
             if chart.path is not None:
                 helm.resolve_path(chart.path)
-        objects = await helm.template(request.release, request.namespace, request.chart, chart_values(request, None))
-        phases = {obj.get("metadata", {}).get("labels", {}).get(PHASE_LABEL) for obj in objects}
-        missing = {p.value for p in (Phase.DATA, Phase.MESSAGING, Phase.MIGRATION, Phase.APP)} - phases
+        objects = await helm.template(
+            request.release,
+            request.namespace,
+            request.chart,
+            chart_values(request, None),
+        )
+        phases = {
+            obj.get("metadata", {}).get("labels", {}).get(PHASE_LABEL)
+            for obj in objects
+        }
+        missing = {
+            p.value for p in (Phase.DATA, Phase.MESSAGING, Phase.MIGRATION, Phase.APP)
+        } - phases
         if missing:
             raise _non_retryable(
                 contracts.VALUES_REJECTED,
                 f"the chart renders no objects for phases {sorted(missing)}; check the chart "
                 f"({request.chart}) and that its objects carry the {PHASE_LABEL} label",
             )
-        return ValidateResult(chart=str(request.chart.path or request.chart.name), objects=len(objects))
+        return ValidateResult(
+            chart=str(request.chart.path or request.chart.name), objects=len(objects)
+        )
 
     def _operator_chart_paths(self, request: DeployRequest) -> list[ChartRef]:
         charts = request.operator_charts
-        return [c for c in (charts.postgres_operator, charts.rabbitmq_operator, charts.temporal) if c]
+        return [
+            c
+            for c in (
+                charts.postgres_operator,
+                charts.rabbitmq_operator,
+                charts.temporal,
+            )
+            if c
+        ]
 
     def _check_kube_context(self, context: str | None) -> None:
         if context is None:
@@ -213,7 +249,9 @@ class DeployActivities:
 
     def _check_app_temporal(self, request: DeployRequest) -> None:
         address = (request.values.get("temporal") or {}).get("address")
-        if address and normalize_address(str(address)) == normalize_address(self.settings.temporal_address):
+        if address and normalize_address(str(address)) == normalize_address(
+            self.settings.temporal_address
+        ):
             raise _non_retryable(
                 contracts.INVALID_REQUEST,
                 f"values.temporal.address {address} is the bootstrap Temporal that runs the deployer; "
@@ -228,8 +266,11 @@ class DeployActivities:
         """Apply one phase's objects and return what the wait must watch."""
         request, phase = job.request, job.phase
         structlog.contextvars.bind_contextvars(
-            release=request.release, namespace=request.namespace, phase=phase.value,
-            attempt=activity.info().attempt, workflow_id=activity.info().workflow_id,
+            release=request.release,
+            namespace=request.namespace,
+            phase=phase.value,
+            attempt=activity.info().attempt,
+            workflow_id=activity.info().workflow_id,
         )
         try:
             if phase is Phase.BASE:
@@ -242,12 +283,25 @@ class DeployActivities:
         finally:
             structlog.contextvars.clear_contextvars()
 
-    async def _render_phase(self, request: DeployRequest, phase: Phase) -> list[JsonObject]:
+    async def _render_phase(
+        self, request: DeployRequest, phase: Phase
+    ) -> list[JsonObject]:
         helm = self.helm(request.kube_context)
-        objects = await helm.template(request.release, request.namespace, request.chart, chart_values(request, [phase]))
-        return [o for o in objects if (o["metadata"].get("labels") or {}).get(PHASE_LABEL) == phase.value]
+        objects = await helm.template(
+            request.release,
+            request.namespace,
+            request.chart,
+            chart_values(request, [phase]),
+        )
+        return [
+            o
+            for o in objects
+            if (o["metadata"].get("labels") or {}).get(PHASE_LABEL) == phase.value
+        ]
 
-    async def _apply_objects(self, kube: KubeClient, objects: list[JsonObject], namespace: str) -> None:
+    async def _apply_objects(
+        self, kube: KubeClient, objects: list[JsonObject], namespace: str
+    ) -> None:
         for obj in objects:
             obj.setdefault("metadata", {})
             if obj["kind"] not in ("CustomResourceDefinition", "Namespace"):
@@ -267,16 +321,28 @@ class DeployActivities:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 4.0)
 
-    async def _apply_rendered(self, request: DeployRequest, phase: Phase) -> ApplyResult:
+    async def _apply_rendered(
+        self, request: DeployRequest, phase: Phase
+    ) -> ApplyResult:
         objects = await self._render_phase(request, phase)
         kube = await self.kube(request.kube_context)
         await self._apply_objects(kube, objects, request.namespace)
-        waits = [ref_of(o, request.namespace) for o in objects if o["kind"] in readiness.WAITED_KINDS]
+        waits = [
+            ref_of(o, request.namespace)
+            for o in objects
+            if o["kind"] in readiness.WAITED_KINDS
+        ]
         if phase is Phase.DATA:
             # The operator's StatefulSet, named after the cluster, holds the database pods.
             waits += [
-                ObjectRef(api_version="apps/v1", kind="StatefulSet", name=ref.name, namespace=ref.namespace)
-                for ref in waits if ref.kind == "postgresql"
+                ObjectRef(
+                    api_version="apps/v1",
+                    kind="StatefulSet",
+                    name=ref.name,
+                    namespace=ref.namespace,
+                )
+                for ref in waits
+                if ref.kind == "postgresql"
             ]
         log.info("phase applied", objects=len(objects))
         return ApplyResult(phase=phase, applied=len(objects), waits=waits)
@@ -290,7 +356,12 @@ class DeployActivities:
         if configured:
             return configured
         helm = self.helm(request.kube_context)
-        shown = yaml.safe_load(await helm.run(["show", "values", *helm.chart_args(request.chart)])) or {}
+        shown = (
+            yaml.safe_load(
+                await helm.run(["show", "values", *helm.chart_args(request.chart)])
+            )
+            or {}
+        )
         reference = (shown.get("dependencies") or {}).get(key) or {}
         return ChartRef.model_validate(reference)
 
@@ -301,50 +372,92 @@ class DeployActivities:
             (request.release, request.chart, chart_values(request, [Phase.BASE]))
         ]
         if request.install_operators:
-            for key, suffix in (("postgresOperator", "postgres-operator"), ("rabbitmqOperator", "rabbitmq-operator")):
-                releases.append((f"{request.release}-{suffix}", await self._dependency_chart(request, key), {}))
+            for key, suffix in (
+                ("postgresOperator", "postgres-operator"),
+                ("rabbitmqOperator", "rabbitmq-operator"),
+            ):
+                releases.append(
+                    (
+                        f"{request.release}-{suffix}",
+                        await self._dependency_chart(request, key),
+                        {},
+                    )
+                )
         for release, _, _ in releases:
             if note := await helm.recover_pending(release, request.namespace):
                 log.warning("recovered helm release", note=note)
                 notes.append(note)
         # The operators and our base objects do not depend on each other.
-        await asyncio.gather(*(
-            helm.upgrade_install(release, request.namespace, chart, values)
-            for release, chart, values in releases
-        ))
-        waits = [ObjectRef(api_version="apiextensions.k8s.io/v1", kind="CustomResourceDefinition", name=name)
-                 for name in OPERATOR_CRDS]
+        await asyncio.gather(
+            *(
+                helm.upgrade_install(release, request.namespace, chart, values)
+                for release, chart, values in releases
+            )
+        )
+        waits = [
+            ObjectRef(
+                api_version="apiextensions.k8s.io/v1",
+                kind="CustomResourceDefinition",
+                name=name,
+            )
+            for name in OPERATOR_CRDS
+        ]
         for release, _, _ in releases[1:]:
-            waits += [ref_of(o, request.namespace) for o in await helm.manifest(release, request.namespace)
-                      if o["kind"] in readiness.WAITED_KINDS]
-        return ApplyResult(phase=Phase.BASE, applied=len(releases), waits=waits, notes=notes)
+            waits += [
+                ref_of(o, request.namespace)
+                for o in await helm.manifest(release, request.namespace)
+                if o["kind"] in readiness.WAITED_KINDS
+            ]
+        return ApplyResult(
+            phase=Phase.BASE, applied=len(releases), waits=waits, notes=notes
+        )
 
     async def _apply_temporal(self, request: DeployRequest) -> ApplyResult:
         helm = self.helm(request.kube_context)
         data = await self._render_phase(request, Phase.DATA)
         clusters = [o["metadata"]["name"] for o in data if o["kind"] == "postgresql"]
         if not clusters:
-            raise _non_retryable(contracts.VALUES_REJECTED, "the chart renders no postgresql for Temporal to use")
+            raise _non_retryable(
+                contracts.VALUES_REJECTED,
+                "the chart renders no postgresql for Temporal to use",
+            )
         cluster = clusters[0]
 
         def sql(database: str) -> dict[str, Any]:
             return {
-                "host": cluster, "port": 5432, "database": database, "user": "temporal",
+                "host": cluster,
+                "port": 5432,
+                "database": database,
+                "user": "temporal",
                 "existingSecret": f"temporal.{cluster}.credentials.postgresql.acid.zalan.do",
                 "secretKey": "password",
             }
 
-        values = {"server": {"config": {"persistence": {
-            "default": {"driver": "sql", "sql": sql("temporal")},
-            "visibility": {"driver": "sql", "sql": sql("temporal_visibility")},
-        }}}}
+        values = {
+            "server": {
+                "config": {
+                    "persistence": {
+                        "default": {"driver": "sql", "sql": sql("temporal")},
+                        "visibility": {
+                            "driver": "sql",
+                            "sql": sql("temporal_visibility"),
+                        },
+                    }
+                }
+            }
+        }
         release = f"{request.release}-temporal"
         chart = await self._dependency_chart(request, "temporal")
         note = await helm.recover_pending(release, request.namespace)
         await helm.upgrade_install(release, request.namespace, chart, values)
-        waits = [ref_of(o, request.namespace) for o in await helm.manifest(release, request.namespace)
-                 if o["kind"] in readiness.WAITED_KINDS]
-        return ApplyResult(phase=Phase.TEMPORAL, applied=1, waits=waits, notes=[note] if note else [])
+        waits = [
+            ref_of(o, request.namespace)
+            for o in await helm.manifest(release, request.namespace)
+            if o["kind"] in readiness.WAITED_KINDS
+        ]
+        return ApplyResult(
+            phase=Phase.TEMPORAL, applied=1, waits=waits, notes=[note] if note else []
+        )
 
     async def _apply_migration(self, request: DeployRequest) -> ApplyResult:
         objects = await self._render_phase(request, Phase.MIGRATION)
@@ -359,39 +472,56 @@ class DeployActivities:
             existing = await kube.get(job_type, name, request.namespace)
             verdict = readiness.job(existing) if existing else None
             if verdict and verdict.ready:
-                notes.append(f"job/{name} already completed for this app version; not run again")
+                notes.append(
+                    f"job/{name} already completed for this app version; not run again"
+                )
                 continue
             if verdict and verdict.failure:
                 # A failed Job is replaced, never patched: its pod template is immutable.
-                await kube.delete(job_type, name, request.namespace, propagation="Foreground")
+                await kube.delete(
+                    job_type, name, request.namespace, propagation="Foreground"
+                )
                 await self._wait_gone(kube, job_type, name, request.namespace)
                 notes.append(f"replaced failed job/{name}")
                 existing = None
             if existing is None:
                 job["metadata"]["namespace"] = request.namespace
                 await kube.create(job_type, job, request.namespace)
-        await self._prune_migrations(kube, request, {j["metadata"]["name"] for j in jobs})
+        await self._prune_migrations(
+            kube, request, {j["metadata"]["name"] for j in jobs}
+        )
         waits = [ref_of(j, request.namespace) for j in jobs]
-        return ApplyResult(phase=Phase.MIGRATION, applied=len(jobs), waits=waits, notes=notes)
+        return ApplyResult(
+            phase=Phase.MIGRATION, applied=len(jobs), waits=waits, notes=notes
+        )
 
-    async def _wait_gone(self, kube: KubeClient, rtype: Any, name: str, namespace: str) -> None:
+    async def _wait_gone(
+        self, kube: KubeClient, rtype: Any, name: str, namespace: str
+    ) -> None:
         for _ in range(600):
             if await kube.get(rtype, name, namespace) is None:
                 return
             activity.heartbeat(f"waiting for {rtype.kind.lower()}/{name} to be deleted")
             await asyncio.sleep(0.2)
-        raise ApplicationError(f"{rtype.kind.lower()}/{name} was not deleted within 120 s", type=contracts.KUBE_API_UNAVAILABLE)
+        raise ApplicationError(
+            f"{rtype.kind.lower()}/{name} was not deleted within 120 s",
+            type=contracts.KUBE_API_UNAVAILABLE,
+        )
 
-    async def _prune_migrations(self, kube: KubeClient, request: DeployRequest, keep: set[str]) -> None:
+    async def _prune_migrations(
+        self, kube: KubeClient, request: DeployRequest, keep: set[str]
+    ) -> None:
         job_type = well_known("batch/v1", "Job")
-        selector = f"{PHASE_LABEL}=migration,app.kubernetes.io/instance={request.release}"
+        selector = (
+            f"{PHASE_LABEL}=migration,app.kubernetes.io/instance={request.release}"
+        )
         listing = await kube.list(job_type, request.namespace, label_selector=selector)
         old = sorted(
             (j for j in listing.get("items", []) if j["metadata"]["name"] not in keep),
             key=lambda j: j["metadata"]["creationTimestamp"],
             reverse=True,
         )
-        for job in old[MIGRATION_HISTORY - 1:]:
+        for job in old[MIGRATION_HISTORY - 1 :]:
             await kube.delete(job_type, job["metadata"]["name"], request.namespace)
 
     # -- wait -------------------------------------------------------------
@@ -422,12 +552,16 @@ class DeployActivities:
         except* WaitTimeout as timeouts:
             first = timeouts.exceptions[0]
             assert isinstance(first, WaitTimeout)
-            raise _non_retryable(contracts.PHASE_TIMEOUT, await self._timeout_message(kube, first)) from first
+            raise _non_retryable(
+                contracts.PHASE_TIMEOUT, await self._timeout_message(kube, first)
+            ) from first
         except* TerminalFailure as failures:
             first_failure = failures.exceptions[0]
             assert isinstance(first_failure, TerminalFailure)
-            raise _non_retryable(contracts.TERMINAL_FAILURE, self._failure_message(first_failure)) from first_failure
-        except* (KubeApiError, *TRANSIENT_ERRORS) as errors:  # type: ignore[misc]
+            raise _non_retryable(
+                contracts.TERMINAL_FAILURE, self._failure_message(first_failure)
+            ) from first_failure
+        except* (KubeApiError, *TRANSIENT_ERRORS) as errors:
             raise errors.exceptions[0] from None
         finally:
             beating.cancel()
@@ -438,15 +572,21 @@ class DeployActivities:
         ref = error.ref
         if ref.kind in ("Deployment", "StatefulSet") and ref.namespace:
             try:
-                obj = await kube.get(await kube.resource_type(ref.api_version, ref.kind), ref.name, ref.namespace)
-                selector = ((obj or {}).get("spec") or {}).get("selector", {}).get("matchLabels") or {}
+                obj = await kube.get(
+                    await kube.resource_type(ref.api_version, ref.kind),
+                    ref.name,
+                    ref.namespace,
+                )
+                selector = ((obj or {}).get("spec") or {}).get("selector", {}).get(
+                    "matchLabels"
+                ) or {}
                 if selector:
                     blocked = await describe_blocked_pods(kube, ref.namespace, selector)
                     if blocked:
                         message += ". Pods not ready: " + "; ".join(blocked)
             except (KubeApiError, *TRANSIENT_ERRORS):
                 message += ". (could not list its pods)"
-        return message + f". Check with: ventros-deploy status, then retry or abort"
+        return message + ". Check with: ventros-deploy status, then retry or abort"
 
     @staticmethod
     def _failure_message(error: TerminalFailure) -> str:

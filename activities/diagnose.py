@@ -23,7 +23,10 @@ def pod_blocker(pod: dict[str, Any]) -> str | None:
         if "terminated" in state and state["terminated"].get("exitCode") == 0:
             continue
         if "running" in state:
-            return f"pod {name}: init container {init['name']} is still running (waiting for its service)"
+            return (
+                f"pod {name}: init container {init['name']} is still running "
+                "(waiting for its service)"
+            )
         waiting = state.get("waiting") or {}
         terminated = state.get("terminated") or {}
         reason = waiting.get("reason") or terminated.get("reason") or "not started"
@@ -36,21 +39,31 @@ def pod_blocker(pod: dict[str, Any]) -> str | None:
         if waiting:
             restarts = container.get("restartCount", 0)
             return (
-                f"pod {name}: container {container['name']} is {waiting.get('reason', 'waiting')}"
+                f"pod {name}: container {container['name']} is "
+                f"{waiting.get('reason', 'waiting')}"
                 f" ({restarts} restarts)"
             )
         if "running" in state:
-            return f"pod {name}: container {container['name']} is running but not ready (readiness probe)"
+            return (
+                f"pod {name}: container {container['name']} is running but not "
+                "ready (readiness probe)"
+            )
         return f"pod {name}: container {container['name']} is not ready"
     if status.get("phase") == "Pending" and not pod["spec"].get("nodeName"):
         return f"pod {name}: not scheduled yet"
     return None
 
 
-async def describe_blocked_pods(kube: KubeClient, namespace: str, selector: dict[str, str]) -> list[str]:
+async def describe_blocked_pods(
+    kube: KubeClient, namespace: str, selector: dict[str, str]
+) -> list[str]:
     """Return one line per pod (at most MAX_PODS) that is not ready."""
-    label_selector = ",".join(f"{key}={value}" for key, value in sorted(selector.items()))
-    pods = await kube.list(well_known("v1", "Pod"), namespace, label_selector=label_selector)
+    label_selector = ",".join(
+        f"{key}={value}" for key, value in sorted(selector.items())
+    )
+    pods = await kube.list(
+        well_known("v1", "Pod"), namespace, label_selector=label_selector
+    )
     lines = [line for pod in pods.get("items", []) if (line := pod_blocker(pod))]
     extra = len(lines) - MAX_PODS
     return lines[:MAX_PODS] + ([f"... and {extra} more pods"] if extra > 0 else [])

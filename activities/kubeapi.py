@@ -137,13 +137,21 @@ WELL_KNOWN = {
     ("v1", "Secret"): ResourceType("v1", "Secret", "secrets", True),
     ("v1", "Service"): ResourceType("v1", "Service", "services", True),
     ("v1", "Event"): ResourceType("v1", "Event", "events", True),
-    ("v1", "PersistentVolume"): ResourceType("v1", "PersistentVolume", "persistentvolumes", False),
+    ("v1", "PersistentVolume"): ResourceType(
+        "v1", "PersistentVolume", "persistentvolumes", False
+    ),
     ("v1", "PersistentVolumeClaim"): ResourceType(
         "v1", "PersistentVolumeClaim", "persistentvolumeclaims", True
     ),
-    ("apps/v1", "Deployment"): ResourceType("apps/v1", "Deployment", "deployments", True),
-    ("apps/v1", "StatefulSet"): ResourceType("apps/v1", "StatefulSet", "statefulsets", True),
-    ("apps/v1", "ReplicaSet"): ResourceType("apps/v1", "ReplicaSet", "replicasets", True),
+    ("apps/v1", "Deployment"): ResourceType(
+        "apps/v1", "Deployment", "deployments", True
+    ),
+    ("apps/v1", "StatefulSet"): ResourceType(
+        "apps/v1", "StatefulSet", "statefulsets", True
+    ),
+    ("apps/v1", "ReplicaSet"): ResourceType(
+        "apps/v1", "ReplicaSet", "replicasets", True
+    ),
     ("batch/v1", "Job"): ResourceType("batch/v1", "Job", "jobs", True),
     ("apiextensions.k8s.io/v1", "CustomResourceDefinition"): ResourceType(
         "apiextensions.k8s.io/v1",
@@ -208,14 +216,19 @@ class KubeClient:
             return await self._api.call_api(
                 url_path,
                 method,
-                header_params={"Content-Type": content_type, "Accept": "application/json"},
+                header_params={
+                    "Content-Type": content_type,
+                    "Accept": "application/json",
+                },
                 body=body,
                 auth_settings=["BearerToken"],
                 _preload_content=False,
                 _request_timeout=timeout,
             )
         except ApiException as error:
-            raise api_error(error.status or 0, str(error.body or error.reason), f"{method} {path}") from None
+            raise api_error(
+                error.status or 0, str(error.body or error.reason), f"{method} {path}"
+            ) from None
 
     async def request(
         self,
@@ -239,7 +252,11 @@ class KubeClient:
 
     async def resource_type(self, api_version: str, kind: str) -> ResourceType:
         """Find where kind is served, through discovery; raise NoKindMatchError."""
-        if (api_version, kind) in WELL_KNOWN and api_version in ("v1", "apps/v1", "batch/v1"):
+        if (api_version, kind) in WELL_KNOWN and api_version in (
+            "v1",
+            "apps/v1",
+            "batch/v1",
+        ):
             return WELL_KNOWN[(api_version, kind)]
         kinds = self._discovery.get(api_version)
         if kinds is None or kind not in kinds:
@@ -292,7 +309,9 @@ class KubeClient:
             query["fieldSelector"] = field_selector
         return await self.request("GET", rtype.path(namespace), query=query)
 
-    async def create(self, rtype: ResourceType, obj: JsonObject, namespace: str | None = None) -> JsonObject:
+    async def create(
+        self, rtype: ResourceType, obj: JsonObject, namespace: str | None = None
+    ) -> JsonObject:
         return await self.request("POST", rtype.path(namespace), body=obj)
 
     async def merge_patch(
@@ -380,7 +399,9 @@ class KubeClient:
             query["labelSelector"] = label_selector
         path = rtype.path(namespace)
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=None)
-        response = await self._send("GET", path, query, None, "application/json", timeout)
+        response = await self._send(
+            "GET", path, query, None, "application/json", timeout
+        )
         idle = idle_timeout_s or timeout_s + 15
         try:
             if not 200 <= response.status < 300:
@@ -395,7 +416,11 @@ class KubeClient:
                 event = json.loads(line)
                 if event.get("type") == "ERROR":
                     status = event.get("object", {})
-                    raise api_error(int(status.get("code", 500)), json.dumps(status), f"watch {path}")
+                    raise api_error(
+                        int(status.get("code", 500)),
+                        json.dumps(status),
+                        f"watch {path}",
+                    )
                 yield event
         finally:
             response.close()
@@ -408,10 +433,13 @@ class WatchStalledError(Exception):
         super().__init__(f"watch {path} sent nothing for {idle_s:.0f} s; reconnecting")
 
 
-async def _load_api_client(kubeconfig: str | None, context: str | None) -> client.ApiClient:
+async def _load_api_client(
+    kubeconfig: str | None, context: str | None
+) -> client.ApiClient:
     configuration = client.Configuration()
     if kubeconfig is None and context is None and _in_cluster():
-        config.load_incluster_config(client_configuration=configuration)
+        # kubernetes_asyncio ships no type hints for this function.
+        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
     else:
         await config.load_kube_config(
             config_file=kubeconfig, context=context, client_configuration=configuration
@@ -422,4 +450,6 @@ async def _load_api_client(kubeconfig: str | None, context: str | None) -> clien
 def _in_cluster() -> bool:
     import os
 
-    return bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and not os.environ.get("KUBECONFIG")
+    return bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and not os.environ.get(
+        "KUBECONFIG"
+    )

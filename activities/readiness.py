@@ -31,12 +31,16 @@ class Readiness:
 
 
 def _conditions(obj: JsonObject) -> dict[str, JsonObject]:
-    return {c.get("type", ""): c for c in (obj.get("status") or {}).get("conditions") or []}
+    return {
+        c.get("type", ""): c for c in (obj.get("status") or {}).get("conditions") or []
+    }
 
 
 def _generation_caught_up(obj: JsonObject) -> bool:
     observed = (obj.get("status") or {}).get("observedGeneration")
-    return observed is not None and int(observed) >= int(obj["metadata"].get("generation", 0))
+    return observed is not None and int(observed) >= int(
+        obj["metadata"].get("generation", 0)
+    )
 
 
 def deployment(obj: JsonObject) -> Readiness:
@@ -48,9 +52,18 @@ def deployment(obj: JsonObject) -> Readiness:
     line = f"{available}/{desired} available, {updated} updated, {total} total"
     progressing = _conditions(obj).get("Progressing", {})
     if progressing.get("reason") == "ProgressDeadlineExceeded":
-        return Readiness(False, line, f"rollout stalled: {progressing.get('message', 'ProgressDeadlineExceeded')}")
+        return Readiness(
+            False,
+            line,
+            "rollout stalled: "
+            + progressing.get("message", "ProgressDeadlineExceeded"),
+        )
     if not _generation_caught_up(obj):
-        return Readiness(False, f"{line}; controller has not seen generation {obj['metadata'].get('generation')}")
+        return Readiness(
+            False,
+            f"{line}; controller has not seen generation "
+            f"{obj['metadata'].get('generation')}",
+        )
     ready = updated == desired and available == desired and total == desired
     return Readiness(ready, line)
 
@@ -71,11 +84,18 @@ def statefulset(obj: JsonObject) -> Readiness:
 def job(obj: JsonObject) -> Readiness:
     status = obj.get("status") or {}
     conditions = _conditions(obj)
-    line = f"{status.get('succeeded', 0)} succeeded, {status.get('failed', 0)} failed, {status.get('active', 0)} active"
+    line = (
+        f"{status.get('succeeded', 0)} succeeded, {status.get('failed', 0)} failed, "
+        f"{status.get('active', 0)} active"
+    )
     failed = conditions.get("Failed", {})
     if failed.get("status") == "True":
-        return Readiness(False, f"Failed ({failed.get('reason', '')}): {line}",
-                         f"Job failed: {failed.get('reason', 'Failed')}: {failed.get('message', '')}")
+        return Readiness(
+            False,
+            f"Failed ({failed.get('reason', '')}): {line}",
+            f"Job failed: {failed.get('reason', 'Failed')}: "
+            f"{failed.get('message', '')}",
+        )
     complete = conditions.get("Complete", {})
     if complete.get("status") == "True":
         return Readiness(True, f"Complete: {line}")
@@ -86,9 +106,15 @@ def postgresql(obj: JsonObject) -> Readiness:
     state = (obj.get("status") or {}).get("PostgresClusterStatus") or "no status yet"
     line = f"PostgresClusterStatus={state}"
     if state in PG_TERMINAL:
-        return Readiness(False, line, f"the operator reports {state}; check the operator's log and the manifest")
+        return Readiness(
+            False,
+            line,
+            f"the operator reports {state}; check the operator's log and the manifest",
+        )
     if state == PG_SYNC_FAILED:
-        return Readiness(False, line, "the operator reports SyncFailed", soft_failure=True)
+        return Readiness(
+            False, line, "the operator reports SyncFailed", soft_failure=True
+        )
     return Readiness(state == "Running", line)
 
 
@@ -96,13 +122,23 @@ def rabbitmq_cluster(obj: JsonObject) -> Readiness:
     conditions = _conditions(obj)
     observed = (obj.get("status") or {}).get("observedGeneration")
     generation = obj["metadata"].get("generation")
-    parts = [f"{name}={conditions.get(name, {}).get('status', 'missing')}" for name in RABBITMQ_CONDITIONS]
+    parts = [
+        f"{name}={conditions.get(name, {}).get('status', 'missing')}"
+        for name in RABBITMQ_CONDITIONS
+    ]
     line = ", ".join(parts) + f", observedGeneration={observed}/{generation}"
     reconcile = conditions.get("ReconcileSuccess", {})
     current = observed is not None and int(observed) >= int(generation or 0)
     if current and reconcile.get("status") == "False":
-        return Readiness(False, line, f"ReconcileSuccess is False: {reconcile.get('reason', '')} {reconcile.get('message', '')}".strip())
-    ready = current and all(conditions.get(name, {}).get("status") == "True" for name in RABBITMQ_CONDITIONS)
+        return Readiness(
+            False,
+            line,
+            "ReconcileSuccess is False: "
+            f"{reconcile.get('reason', '')} {reconcile.get('message', '')}".strip(),
+        )
+    ready = current and all(
+        conditions.get(name, {}).get("status") == "True" for name in RABBITMQ_CONDITIONS
+    )
     return Readiness(ready, line)
 
 

@@ -181,7 +181,8 @@ def phase_table(status: DeployStatus, live: dict[str, str] | None = None) -> Tab
 
 
 async def fetch_status(handle: WorkflowHandle[Any, Any]) -> DeployStatus:
-    return await handle.query("status", result_type=DeployStatus)
+    status: DeployStatus = await handle.query("status", result_type=DeployStatus)
+    return status
 
 
 async def live_statuses(

@@ -43,13 +43,16 @@ def tls_config(settings: TemporalSettings) -> TLSConfig | bool:
 
 
 def interceptors(settings: TemporalSettings) -> list[Interceptor]:
-    """Return the tracing interceptor when tracing is on (client and worker share it)."""
+    """Return the tracing interceptor when tracing is on; the worker shares it."""
     if settings.tracing == "off":
         return []
     try:
         from opentelemetry import trace
         from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+        from opentelemetry.sdk.trace.export import (
+            BatchSpanProcessor,
+            ConsoleSpanExporter,
+        )
         from temporalio.contrib.opentelemetry import TracingInterceptor
     except ImportError as error:
         raise RuntimeError(
