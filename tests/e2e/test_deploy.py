@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import json
 from typing import Any
 
 import pytest
@@ -14,7 +15,7 @@ from temporalio.testing import WorkflowEnvironment
 from activities.kubeapi import KubeClient, well_known
 from deployer.phases import DeployStatus, PhaseState
 from deployer.settings import WorkerSettings
-from tests.conftest import deploy_request, running_worker
+from tests.conftest import deploy_request, running_worker, temporal_cli
 
 NAMESPACE_TYPE = well_known("v1", "Namespace")
 
@@ -202,3 +203,41 @@ async def test_deploy_abort_fails_workflow(
     assert states["base"] is PhaseState.SUCCEEDED
     assert states["data"] is PhaseState.FAILED
     assert states["app"] is PhaseState.PENDING
+
+
+async def test_deploy_started_with_temporal_cli(
+    temporal_env: WorkflowEnvironment,
+    worker_settings: WorkerSettings,
+    kube: KubeClient,
+    namespace: str,
+) -> None:
+    """`temporal workflow start` with the same JSON input deploys the same way."""
+    request = deploy_request(namespace)
+    workflow_id = f"deploy-{namespace}-ventros-crm"
+    async with running_worker(temporal_env.client, worker_settings):
+        process = await asyncio.create_subprocess_exec(
+            temporal_cli(),
+            "workflow",
+            "start",
+            "--address",
+            temporal_env.client.service_client.config.target_host,
+            "--type",
+            "VentrosDeploy",
+            "--task-queue",
+            worker_settings.task_queue,
+            "--workflow-id",
+            workflow_id,
+            "--input",
+            json.dumps(request),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await process.communicate()
+        assert process.returncode == 0, err.decode()
+        handle = temporal_env.client.get_workflow_handle(workflow_id)
+        result = DeployStatus.model_validate(await handle.result())
+    assert result.state == "succeeded"
+    assert [r.state for r in result.phases] == [PhaseState.SUCCEEDED] * 7
+    app = await kube.get(well_known("apps/v1", "Deployment"), "ventros-crm", namespace)
+    assert app is not None
+    assert app["status"]["availableReplicas"] == 2
