@@ -232,7 +232,7 @@ async def test_deploy_started_with_temporal_cli(
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
-        out, err = await process.communicate()
+        _, err = await process.communicate()
         assert process.returncode == 0, err.decode()
         handle = temporal_env.client.get_workflow_handle(workflow_id)
         result = DeployStatus.model_validate(await handle.result())
