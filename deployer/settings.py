@@ -18,7 +18,11 @@ DEFAULT_TASK_QUEUE = "ventros-deploy"
 
 def normalize_address(address: str) -> str:
     """Return host:port in lowercase, with localhost spelled 127.0.0.1."""
-    host, _, port = address.strip().lower().rpartition(":")
+    text = address.strip().lower()
+    if text.endswith("]") or ":" not in text:
+        host, port = text, "7233"  # No port given: Temporal's default.
+    else:
+        host, _, port = text.rpartition(":")
     if host in ("localhost", "[::1]", "::1", "0.0.0.0"):
         host = "127.0.0.1"
     return f"{host}:{port or '7233'}"
