@@ -1,10 +1,11 @@
-"""ventros-deploy: start, follow, retry and abort deploys.
+"""ventros-deploy: start, follow, retry and abort deploys; roll back and destroy.
 
 Exit codes:
   0  success (the deploy succeeded, or the request was accepted)
   1  the deploy failed, was aborted, or a phase waits for retry
   2  invalid arguments or deploy request (nothing was started)
-  3  a deploy of this release is already running
+  3  a deploy of this release is already running; for rollback and destroy
+     also: the same rollback or destroy is already running
   4  no deploy with that workflow id
   5  the bootstrap Temporal cannot be reached
 """
@@ -17,6 +18,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,18 +28,33 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 from temporalio.api.enums.v1 import WorkflowExecutionStatus
-from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.client import (
+    Client,
+    WorkflowFailureError,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+)
 from temporalio.common import (
     SearchAttributePair,
     TypedSearchAttributes,
     WorkflowIDConflictPolicy,
     WorkflowIDReusePolicy,
 )
-from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from deployer.connect import connect
-from deployer.inputs import InvalidRequestError, parse_request, workflow_id_for
+from deployer.inputs import (
+    DeployRequest,
+    InvalidRequestError,
+    parse_request,
+    workflow_id_for,
+)
+from deployer.lifecycle import (
+    RollbackStatus,
+    parse_destroy_request,
+    parse_rollback_request,
+)
 from deployer.phases import (
     NAMESPACE_ATTRIBUTE,
     PHASE_ATTRIBUTE,
@@ -51,6 +68,8 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_RUNNING, EXIT_NOT_FOUND, EXIT_UNREACHABLE
     range(6)
 )
 WORKFLOW_TYPE = "VentrosDeploy"
+DESTROY_TYPE = "VentrosDestroy"
+ROLLBACK_TYPE = "VentrosRollback"
 FOLLOW_INTERVAL_S = 0.5
 STATE_STYLE = {
     "pending": "dim",
@@ -72,10 +91,17 @@ def parse_set(pairs: list[str]) -> dict[str, Any]:
     """Turn ["a.b=1", "c=x"] into {"a": {"b": 1}, "c": "x"} (values read as YAML scalars)."""
     values: dict[str, Any] = {}
     for pair in pairs:
+        # Messages name the key only: the value may be a secret.
         key, sep, raw = pair.partition("=")
-        if not sep or not key or any(not part for part in key.split(".")):
+        if not sep:
             raise CliError(
-                f"invalid --set {pair!r}: expected KEY=VALUE with a dotted KEY such as app.replicas=3",
+                "invalid --set without '=': expected KEY=VALUE such as app.replicas=3",
+                EXIT_USAGE,
+            )
+        if not key or any(not part for part in key.split(".")):
+            raise CliError(
+                f"invalid --set key {key!r}: expected KEY=VALUE with a dotted KEY "
+                "such as app.replicas=3, without empty parts",
                 EXIT_USAGE,
             )
         node = values
@@ -84,11 +110,34 @@ def parse_set(pairs: list[str]) -> dict[str, Any]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise CliError(
-                    f"invalid --set {pair!r}: {part} is already set to a scalar",
+                    f"invalid --set {key}: {part} is already set to a scalar",
                     EXIT_USAGE,
                 )
-        node[parts[-1]] = yaml.safe_load(raw) if raw else ""
+        try:
+            node[parts[-1]] = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError as error:
+            raise CliError(
+                f"invalid --set {key}: {describe_yaml_error(error)}; quote the value",
+                EXIT_USAGE,
+            ) from None
     return values
+
+
+def describe_yaml_error(error: yaml.YAMLError) -> str:
+    """Describe a YAML error by problem and position, without the offending line.
+
+    PyYAML's own message quotes the line, which may hold a secret value.
+    """
+    parts = []
+    for text, mark in (
+        (getattr(error, "context", None), getattr(error, "context_mark", None)),
+        (getattr(error, "problem", None), getattr(error, "problem_mark", None)),
+    ):
+        if text and mark:
+            parts.append(f"{text} at line {mark.line + 1}, column {mark.column + 1}")
+        elif text:
+            parts.append(str(text))
+    return ": ".join(parts) or "invalid YAML"
 
 
 def build_request(args: argparse.Namespace) -> dict[str, Any]:
@@ -104,9 +153,14 @@ def build_request(args: argparse.Namespace) -> dict[str, Any]:
     if args.values:
         try:
             loaded = yaml.safe_load(Path(args.values).read_text()) or {}
-        except (OSError, yaml.YAMLError) as error:
+        except OSError as error:
             raise CliError(
                 f"cannot read --values {args.values}: {error}", EXIT_USAGE
+            ) from None
+        except yaml.YAMLError as error:
+            raise CliError(
+                f"invalid YAML in --values {args.values}: {describe_yaml_error(error)}",
+                EXIT_USAGE,
             ) from None
         if not isinstance(loaded, dict):
             raise CliError(
@@ -386,6 +440,198 @@ def _print(
         console.print(text, highlight=False)
 
 
+# -- rollback and destroy -------------------------------------------------------
+
+
+async def deploy_request_of(client: Client, workflow_id: str) -> DeployRequest | None:
+    """Return the request of the newest deploy with this id; None when none ran."""
+    handle = client.get_workflow_handle(workflow_id)
+    try:
+        async for event in handle.fetch_history_events():
+            started = event.workflow_execution_started_event_attributes
+            if started.workflow_type.name != WORKFLOW_TYPE:
+                raise CliError(
+                    f"{workflow_id} is a {started.workflow_type.name} workflow; "
+                    "give the id of a deploy (deploy-<namespace>-<release>)",
+                    EXIT_USAGE,
+                )
+            inputs = await client.data_converter.decode(started.input.payloads)
+            return parse_request(inputs[0]) if inputs else None
+    except RPCError as error:
+        if error.status is RPCStatusCode.NOT_FOUND:
+            return None
+        raise
+    except InvalidRequestError:
+        return None  # A deploy that failed validation deployed nothing.
+    return None
+
+
+async def lifecycle_target(
+    client: Client, args: argparse.Namespace
+) -> tuple[str, str, DeployRequest | None]:
+    """Return the release, the namespace and their last deploy's request."""
+    if args.workflow_id:
+        deployed = await deploy_request_of(client, args.workflow_id)
+        if deployed is None:
+            raise CliError(
+                f"no deploy found with id {args.workflow_id}; give --release and "
+                "--namespace instead",
+                EXIT_NOT_FOUND,
+            )
+        return deployed.release, deployed.namespace, deployed
+    if args.release and args.namespace:
+        deployed = await deploy_request_of(
+            client, workflow_id_for(args.namespace, args.release)
+        )
+        return args.release, args.namespace, deployed
+    raise CliError(
+        "give the deploy's workflow id, or --release and --namespace", EXIT_USAGE
+    )
+
+
+async def refuse_while_deploying(client: Client, namespace: str, release: str) -> None:
+    workflow_id = workflow_id_for(namespace, release)
+    try:
+        running = await is_running(client.get_workflow_handle(workflow_id))
+    except RPCError as error:
+        if error.status is RPCStatusCode.NOT_FOUND:
+            return
+        raise
+    if running:
+        raise CliError(
+            f"a deploy of {release} in {namespace} is running: {workflow_id}. "
+            f"Let it finish, or stop it with `ventros-deploy abort {workflow_id}`",
+            EXIT_RUNNING,
+        )
+
+
+async def start_lifecycle(
+    client: Client,
+    settings: TemporalSettings,
+    workflow_type: str,
+    request: Any,
+) -> WorkflowHandle[Any, Any]:
+    """Start a rollback or destroy; one of each kind runs per release at a time."""
+    attributes = None
+    if settings.search_attributes:
+        attributes = TypedSearchAttributes(
+            [
+                SearchAttributePair(RELEASE_ATTRIBUTE, request.release),
+                SearchAttributePair(NAMESPACE_ATTRIBUTE, request.namespace),
+            ]
+        )
+    try:
+        return await client.start_workflow(
+            workflow_type,
+            request.model_dump(mode="json"),
+            id=request.workflow_id,
+            task_queue=settings.task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+            search_attributes=attributes,
+        )
+    except WorkflowAlreadyStartedError:
+        raise CliError(
+            f"{request.workflow_id} is already running. Follow it with "
+            f"`ventros-deploy watch {request.workflow_id}`",
+            EXIT_RUNNING,
+        ) from None
+
+
+async def cmd_rollback(
+    client: Client,
+    settings: TemporalSettings,
+    args: argparse.Namespace,
+    console: Console,
+) -> int:
+    release, namespace, deployed = await lifecycle_target(client, args)
+    await refuse_while_deploying(client, namespace, release)
+
+    # The last deploy's chart, context and app timeout are the defaults.
+    raw: dict[str, Any] = {"release": release, "namespace": namespace}
+    kube_context = args.kube_context or (deployed.kube_context if deployed else None)
+    if kube_context:
+        raw["kube_context"] = kube_context
+    if args.chart:
+        raw["chart"] = {"path": args.chart}
+    elif deployed:
+        raw["chart"] = deployed.chart.model_dump(exclude_none=True)
+    if args.to_version:
+        raw["to_version"] = args.to_version
+    timeout = args.timeout or (deployed.timeouts.app if deployed else None)
+    if timeout:
+        raw["timeout_s"] = timeout
+    try:
+        request = parse_rollback_request(raw)
+    except InvalidRequestError as error:
+        raise CliError(str(error), EXIT_USAGE) from None
+
+    handle = await start_lifecycle(client, settings, ROLLBACK_TYPE, request)
+    if not args.json:
+        console.print(f"started {handle.id}", highlight=False)
+    try:
+        status = RollbackStatus.model_validate(await handle.result())
+    except WorkflowFailureError as error:
+        cause = error.cause
+        message = cause.message if isinstance(cause, ApplicationError) else str(error)
+        raise CliError(f"rollback failed: {message}", EXIT_FAILED) from None
+
+    if args.json:
+        print(status.model_dump_json())
+        return EXIT_OK
+    for line in (status.message, status.migration_note):
+        if line:
+            console.print(line, highlight=False, soft_wrap=True)
+    return EXIT_OK
+
+
+async def cmd_destroy(
+    client: Client,
+    settings: TemporalSettings,
+    args: argparse.Namespace,
+    console: Console,
+) -> int:
+    release, namespace, deployed = await lifecycle_target(client, args)
+    await refuse_while_deploying(client, namespace, release)
+
+    raw: dict[str, Any] = {
+        "release": release,
+        "namespace": namespace,
+        "force": args.force,
+        "delete_data": args.delete_data,
+        "delete_namespace": args.delete_namespace,
+    }
+    kube_context = args.kube_context or (deployed.kube_context if deployed else None)
+    if kube_context:
+        raw["kube_context"] = kube_context
+    if args.drain_timeout:
+        raw["drain_timeout_s"] = args.drain_timeout
+    if args.namespace_timeout:
+        raw["namespace_timeout_s"] = args.namespace_timeout
+    try:
+        request = parse_destroy_request(raw)
+    except InvalidRequestError as error:
+        raise CliError(str(error), EXIT_USAGE) from None
+
+    handle = await start_lifecycle(client, settings, DESTROY_TYPE, request)
+    if not args.follow:
+        _print(
+            args,
+            console,
+            {"workflow_id": handle.id},
+            f"started {handle.id}; follow it with `ventros-deploy watch {handle.id}`",
+        )
+        return EXIT_OK
+
+    if not args.json:
+        console.print(f"started {handle.id}", highlight=False)
+    code = await follow(client, handle, args, console)
+    status = await fetch_status(handle)
+    if status.message and not args.json:
+        console.print(status.message, highlight=False, soft_wrap=True)
+    return code
+
+
 # -- entry point ----------------------------------------------------------------
 
 
@@ -457,7 +703,67 @@ def build_parser() -> argparse.ArgumentParser:
         default="aborted with ventros-deploy abort",
         help="reason recorded in the workflow",
     )
+    add_lifecycle_parsers(sub, with_id)
     return parser
+
+
+def add_lifecycle_parsers(
+    sub: Any, with_id: Callable[[argparse.ArgumentParser], None]
+) -> None:
+    rollback = sub.add_parser(
+        "rollback",
+        help="return the app and the base release to the previous app version; "
+        "database migrations are not undone",
+    )
+    with_id(rollback)
+    rollback.add_argument(
+        "--to-version", help="app version to return to (default: the previous one)"
+    )
+    rollback.add_argument(
+        "--chart", help="chart folder that renders the app (default: the deploy's)"
+    )
+    rollback.add_argument("--kube-context", help="context in the worker's kubeconfig")
+    rollback.add_argument(
+        "--timeout",
+        type=int,
+        help="seconds the rollout may take (default: the deploy's app timeout)",
+    )
+
+    destroy = sub.add_parser(
+        "destroy",
+        help="remove the release in reverse deploy order; keeps PostgreSQL "
+        "unless --delete-data",
+    )
+    with_id(destroy)
+    destroy.add_argument(
+        "--force",
+        action="store_true",
+        help="delete RabbitMQ without waiting for its queues to drain",
+    )
+    destroy.add_argument(
+        "--delete-data",
+        action="store_true",
+        help="also delete the postgresql resource and the Redis volumes",
+    )
+    destroy.add_argument(
+        "--delete-namespace",
+        action="store_true",
+        help="delete the namespace at the end (needs --delete-data)",
+    )
+    destroy.add_argument("--kube-context", help="context in the worker's kubeconfig")
+    destroy.add_argument(
+        "--drain-timeout",
+        type=int,
+        help="seconds to wait for the queues to drain (default 300)",
+    )
+    destroy.add_argument(
+        "--namespace-timeout",
+        type=int,
+        help="seconds to wait for the namespace to be deleted (default 300)",
+    )
+    destroy.add_argument(
+        "--follow", action="store_true", help="show a live table until it ends"
+    )
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -485,6 +791,10 @@ async def run(args: argparse.Namespace) -> int:
             return await cmd_watch(client, args, console)
         if args.command == "retry":
             return await cmd_retry(client, args, console)
+        if args.command == "rollback":
+            return await cmd_rollback(client, settings, args, console)
+        if args.command == "destroy":
+            return await cmd_destroy(client, settings, args, console)
         return await cmd_abort(client, args, console)
     except RPCError as error:
         if error.status is RPCStatusCode.NOT_FOUND:

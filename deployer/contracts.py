@@ -9,6 +9,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 from deployer.inputs import DeployRequest
+from deployer.lifecycle import DestroyRequest, RollbackRequest
 from deployer.phases import ObjectRef, Phase
 
 # Activity names, registered by the worker and called by the workflow.
@@ -74,3 +75,105 @@ class WaitRequest(BaseModel):
 class WaitResult(BaseModel):
     phase: Phase
     statuses: dict[str, str]
+
+
+# -- rollback and destroy -----------------------------------------------------
+
+# Activity names of VentrosRollback.
+PLAN_ROLLBACK = "plan_rollback"
+ROLL_BACK_APP = "roll_back_app"
+# Activity names of VentrosDestroy.
+TEARDOWN_PHASE = "teardown_phase"
+WAIT_DELETED = "wait_deleted"
+WAIT_DRAINED = "wait_drained"
+DELETE_NAMESPACE = "delete_namespace"
+
+# ApplicationError type names of rollback and destroy; none is retryable by
+# the activity retry policy.
+NOTHING_TO_ROLL_BACK = "NothingToRollBack"
+QUEUES_NOT_DRAINED = "QueuesNotDrained"
+NAMESPACE_STUCK = "NamespaceStuck"
+DELETION_TIMEOUT = "DeletionTimeout"
+
+# The key of the drain wait's heartbeat status, also the messaging step's
+# `waiting_on` entry, so `ventros-deploy status` shows the two together.
+DRAIN_KEY = "RabbitMQ queues"
+
+
+class SelectorRef(BaseModel):
+    """All objects of one kind that match a label selector, such as a phase's pods."""
+
+    api_version: str
+    kind: str
+    namespace: str
+    label_selector: str
+
+    def describe(self) -> str:
+        return (
+            f"{self.kind.lower()}s with {self.label_selector} "
+            f"in namespace {self.namespace}"
+        )
+
+
+class RollbackPlan(BaseModel):
+    """The versions and the helm revision a rollback goes back to."""
+
+    current_version: str
+    target_version: str
+    # The base release's revision that was deployed with target_version.
+    helm_revision: int
+    app: ObjectRef
+    # The migration Job of current_version, when it still exists.
+    migration_job: str | None = None
+
+
+class RollbackJob(BaseModel):
+    request: RollbackRequest
+    plan: RollbackPlan
+
+
+class TeardownRequest(BaseModel):
+    request: DestroyRequest
+    phase: Phase
+
+
+class TeardownResult(BaseModel):
+    phase: Phase
+    deleted: list[str] = Field(default_factory=list)
+    # Objects left in place on purpose, each with the reason.
+    kept: list[str] = Field(default_factory=list)
+    # What must be gone before the step counts as done.
+    gone: list[ObjectRef] = Field(default_factory=list)
+    groups: list[SelectorRef] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
+
+
+class GoneRequest(BaseModel):
+    phase: Phase
+    namespace: str
+    kube_context: str | None
+    refs: list[ObjectRef]
+    groups: list[SelectorRef]
+    timeout_s: int
+    deadline_epoch_s: float
+
+
+class DrainRequest(BaseModel):
+    release: str
+    namespace: str
+    kube_context: str | None
+    timeout_s: int
+    deadline_epoch_s: float
+
+
+class NamespaceRequest(BaseModel):
+    namespace: str
+    kube_context: str | None
+    timeout_s: int
+    deadline_epoch_s: float
+
+
+class StatusResult(BaseModel):
+    """The last status of each object or group that a wait watched."""
+
+    statuses: dict[str, str] = Field(default_factory=dict)

@@ -45,7 +45,8 @@ DEPENDENCIES: dict[Phase, tuple[Phase, ...]] = {
     ),
 }
 
-# Removal goes the other way round; see activities.destroy.
+# Removal goes the other way round: VentrosDestroy (workflows/destroy.py)
+# runs these steps one after another.
 TEARDOWN_ORDER: tuple[Phase, ...] = (
     Phase.APP,
     Phase.MIGRATION,

@@ -9,8 +9,9 @@ the app, and the settings reject a configuration where they are the same.
 from __future__ import annotations
 
 from pathlib import Path
+from string import Formatter
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_TASK_QUEUE = "ventros-deploy"
@@ -79,3 +80,19 @@ class WorkerSettings(TemporalSettings):
     graceful_shutdown_s: float = Field(20.0, ge=0, le=600)
     metrics_port: int | None = Field(None, ge=1, le=65535)
     log_format: str = Field("auto", pattern="^(auto|json|console)$")
+    # Base URL of a RabbitMQ cluster's management API, with {name} and
+    # {namespace} of the RabbitmqCluster; a destroy reads its queue depths there.
+    rabbitmq_management_url: str = "http://{name}.{namespace}.svc:15672"
+
+    @field_validator("rabbitmq_management_url")
+    @classmethod
+    def _management_url(cls, value: str) -> str:
+        parsed = Formatter().parse(value)
+        fields = {name for _, name, _, _ in parsed if name is not None}
+        scheme_ok = value.startswith(("http://", "https://"))
+        if not scheme_ok or not fields <= {"name", "namespace"}:
+            raise ValueError(
+                f"{value!r} must be an http:// or https:// URL whose only "
+                "placeholders are {name} and {namespace}"
+            )
+        return value

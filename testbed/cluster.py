@@ -122,6 +122,10 @@ class ClusterConfig:
         default_factory=lambda: _port_env("VENTROS_CLUSTER_APISERVER_PORT", 26443)
     )
     nodes: int = field(default_factory=lambda: _count_env("VENTROS_CLUSTER_NODES", 3))
+    # The simulator's stand-in for the RabbitMQ management API (queue depths).
+    rabbitmq_management_port: int = field(
+        default_factory=lambda: _port_env("VENTROS_CLUSTER_RABBITMQ_MGMT_PORT", 25672)
+    )
 
     @property
     def etcd_peer_port(self) -> int:
@@ -342,7 +346,7 @@ class LocalCluster:
             f"--service-account-key-file={pki / 'sa.pub'}",
             f"--service-account-signing-key-file={pki / 'sa.key'}",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-            "--service-cluster-ip-range=10.0.0.0/24",
+            "--service-cluster-ip-range=10.0.0.0/16",
             "--authorization-mode=RBAC",
             "--allow-privileged=true",
             "--profiling=false",
@@ -415,6 +419,8 @@ class LocalCluster:
                 str(self.config.cluster_dir / "simulator.kubeconfig"),
                 "--nodes",
                 str(self.config.nodes),
+                "--management-port",
+                str(self.config.rabbitmq_management_port),
             ],
             cwd=REPO_ROOT,
         )

@@ -25,6 +25,8 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 
+import aiohttp
+
 from activities.kubeapi import (
     ConflictError,
     GoneError,
@@ -36,6 +38,7 @@ from activities.kubeapi import (
     WatchStalledError,
     well_known,
 )
+from testbed.rabbitmq_management import ManagementApi
 
 log = logging.getLogger("simulator")
 
@@ -56,7 +59,7 @@ STEERING = {
         "seconds before a RabbitmqCluster's conditions turn True (default 1)"
     ),
     "rabbitmq-outcome": "ready (default) or reconcile-failed",
-    "rabbitmq-messages": "messages its queues report as held (default 0)",
+    "rabbitmq-messages": "messages its management API reports as queued (default 0)",
     "ready-at": "set by the simulator: Unix time in ms when it made the object ready",
 }
 NODE_CAPACITY = {
@@ -204,7 +207,8 @@ class Simulator:
                             await self._safe(handler, event["type"], obj)
             except (GoneError, WatchStalledError):
                 continue
-            except (TimeoutError, KubeApiError, OSError) as error:
+            except (TimeoutError, KubeApiError, OSError, aiohttp.ClientError) as error:
+                # aiohttp.ClientError: a stream cut off when the API server stops.
                 log.warning("watch %s failed: %s; retrying in 1 s", rtype.plural, error)
                 await asyncio.sleep(1)
 
@@ -939,11 +943,23 @@ def _statefulset(
     }
 
 
-async def _main(kubeconfig: str, nodes: int) -> None:
+async def _main(kubeconfig: str, nodes: int, management_port: int) -> None:
     kube = await KubeClient.connect(kubeconfig)
+    management = ManagementApi(kube)
     try:
+        if management_port:
+            try:
+                await management.start(management_port)
+            except OSError as error:
+                # The nodes and operators matter more than queue depths.
+                log.warning(
+                    "RabbitMQ management stand-in not started on port %d: %s",
+                    management_port,
+                    error,
+                )
         await Simulator(kube, nodes).run()
     finally:
+        await management.stop()
         await kube.close()
 
 
@@ -957,11 +973,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--nodes", type=int, default=3, help="number of Ready nodes to register"
     )
+    parser.add_argument(
+        "--management-port",
+        type=int,
+        default=0,
+        help="loopback port of the RabbitMQ management stand-in; 0 turns it off",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
-    asyncio.run(_main(args.kubeconfig, args.nodes))
+    asyncio.run(_main(args.kubeconfig, args.nodes, args.management_port))
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from activities.kubeapi import KubeClient, well_known
 from deployer.phases import NAMESPACE_ATTRIBUTE, PHASE_ATTRIBUTE, RELEASE_ATTRIBUTE
 from deployer.settings import WorkerSettings
 from testbed.cluster import LocalCluster, tool_path
-from workflows.deploy import VentrosDeploy
+from worker.main import WORKFLOWS, all_activities
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FIXTURE_CHARTS = "tests/fixtures/charts"
@@ -101,13 +101,13 @@ def worker_settings(cluster: LocalCluster) -> WorkerSettings:
 async def running_worker(
     client: Client, settings: WorkerSettings
 ) -> AsyncIterator[Worker]:
-    """Run the real workflow and activities on settings.task_queue."""
+    """Run the real workflows and activities on settings.task_queue."""
     activities = DeployActivities(settings)
     worker = Worker(
         client,
         task_queue=settings.task_queue,
-        workflows=[VentrosDeploy],
-        activities=activities.activities(),
+        workflows=WORKFLOWS,
+        activities=all_activities(activities),
     )
     async with worker:
         yield worker

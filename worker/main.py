@@ -1,7 +1,8 @@
 """The worker process: ``python -m worker`` or ``ventros-deploy-worker``.
 
-It polls the bootstrap Temporal's task queue for VentrosDeploy workflow and
-activity tasks. On SIGTERM or SIGINT it stops polling and gives running
+It polls the bootstrap Temporal's task queue for the tasks of the
+VentrosDeploy, VentrosDestroy and VentrosRollback workflows and their
+activities. On SIGTERM or SIGINT it stops polling and gives running
 activities a grace period before it exits; an activity cut off by the exit is
 retried by Temporal on another worker (its heartbeat timeout notices).
 """
@@ -11,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 import structlog
 from pydantic import ValidationError
@@ -20,23 +23,45 @@ from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
 from activities.deploy import DeployActivities
+from activities.drain import DrainActivities
+from activities.rollback import RollbackActivities
+from activities.teardown import TeardownActivities
 from deployer import logs
 from deployer.connect import connect
 from deployer.settings import WorkerSettings
 from workflows.deploy import VentrosDeploy
+from workflows.destroy import VentrosDestroy
+from workflows.rollback import VentrosRollback
 
 log = structlog.get_logger("ventros.worker")
 
+WORKFLOWS = [VentrosDeploy, VentrosDestroy, VentrosRollback]
 
-def build_worker(client: object, settings: WorkerSettings, activities: DeployActivities) -> Worker:
+
+def all_activities(activities: DeployActivities) -> list[Callable[..., Any]]:
+    """Return every activity the three workflows call.
+
+    The destroy and rollback activities share the deploy activities' clients.
+    """
+    return [
+        *activities.activities(),
+        *TeardownActivities(activities).activities(),
+        *DrainActivities(activities).activities(),
+        *RollbackActivities(activities).activities(),
+    ]
+
+
+def build_worker(
+    client: object, settings: WorkerSettings, activities: DeployActivities
+) -> Worker:
     from temporalio.client import Client
 
     assert isinstance(client, Client)
     return Worker(
         client,
         task_queue=settings.task_queue,
-        workflows=[VentrosDeploy],
-        activities=activities.activities(),
+        workflows=WORKFLOWS,
+        activities=all_activities(activities),
         max_concurrent_activities=settings.max_concurrent_activities,
         graceful_shutdown_timeout=timedelta(seconds=settings.graceful_shutdown_s),
     )
@@ -46,7 +71,13 @@ async def run(settings: WorkerSettings) -> None:
     if settings.metrics_port:
         # The SDK's Prometheus endpoint, on loopback only.
         Runtime.set_default(
-            Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=f"127.0.0.1:{settings.metrics_port}"))),
+            Runtime(
+                telemetry=TelemetryConfig(
+                    metrics=PrometheusConfig(
+                        bind_address=f"127.0.0.1:{settings.metrics_port}"
+                    )
+                )
+            ),
             error_if_already_set=False,
         )
     client = await connect(settings)

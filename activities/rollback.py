@@ -1,0 +1,283 @@
+"""The rollback activities: find the previous app version, then return to it.
+
+Every deploy upgrades the base helm release with the request's values and the
+app version as ``image.tag``, so each revision of that release records which
+version was deployed with which values. The running version is the image tag
+of the app Deployment's ``app`` container. A rollback rolls the base release
+back to the newest revision of the previous version, renders the app phase
+from that revision's values and applies it. Database migrations are never
+undone: the migration Job of the newer version stays applied.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities import readiness
+from activities.deploy import (
+    PHASE_LABEL,
+    DeployActivities,
+    deep_merge,
+    heartbeat_while_running,
+    ref_of,
+    translate_errors,
+)
+from activities.helm import Helm, HelmError
+from activities.kubeapi import JsonObject, KubeClient, well_known
+from activities.teardown import listed_ref, phase_selector
+from deployer import contracts
+from deployer.contracts import ApplyResult, RollbackJob, RollbackPlan
+from deployer.lifecycle import RollbackRequest
+from deployer.phases import Phase
+
+log = structlog.get_logger("ventros.rollback")
+
+APP_CONTAINER = "app"
+VERSION_ANNOTATION = "deploy.ventros.io/app-version"
+# Revisions in these states ran; failed or pending ones never did.
+RAN_STATES = ("deployed", "superseded")
+DEPLOYMENT = well_known("apps/v1", "Deployment")
+JOB = well_known("batch/v1", "Job")
+
+
+def _nothing_to_roll_back(message: str) -> ApplicationError:
+    return ApplicationError(
+        message, type=contracts.NOTHING_TO_ROLL_BACK, non_retryable=True
+    )
+
+
+def image_tag(deployment: JsonObject) -> str:
+    """Return the app version a Deployment runs: its app container's image tag."""
+    template = deployment["spec"]["template"]
+    containers = template["spec"]["containers"]
+    container = next(
+        (c for c in containers if c["name"] == APP_CONTAINER), containers[0]
+    )
+    image = str(container["image"])
+    name, _, tag = image.rpartition(":")
+    if name and "/" not in tag and "@" not in image:
+        return tag
+    # A digest or an image without a tag: the chart's version label.
+    labels = template["metadata"].get("labels") or {}
+    return str(labels.get("app.kubernetes.io/version", image))
+
+
+class RollbackActivities:
+    """The rollback's activities, sharing the deploy activities' clients."""
+
+    def __init__(self, deploy: DeployActivities) -> None:
+        self._deploy = deploy
+
+    def activities(self) -> list[Callable[..., Any]]:
+        return [self.plan_rollback, self.roll_back_app]
+
+    @activity.defn(name=contracts.PLAN_ROLLBACK)
+    @translate_errors
+    @heartbeat_while_running
+    async def plan_rollback(self, request: RollbackRequest) -> RollbackPlan:
+        """Find the running version, the one to return to and its helm revision."""
+        kube = await self._deploy.kube(request.kube_context)
+        helm = self._deploy.helm(request.kube_context)
+        app = await self._app_deployment(kube, request)
+        current = image_tag(app)
+        revisions = await self._revisions(helm, request)
+        target, revision = await self._target(helm, request, current, revisions)
+        plan = RollbackPlan(
+            current_version=current,
+            target_version=target,
+            helm_revision=revision,
+            app=listed_ref(app, "apps/v1", "Deployment", request.namespace),
+            migration_job=await self._migration_job(kube, request, current),
+        )
+        log.info(
+            "rollback planned",
+            release=request.release,
+            namespace=request.namespace,
+            current=current,
+            target=target,
+            helm_revision=revision,
+        )
+        return plan
+
+    async def _app_deployment(
+        self, kube: KubeClient, request: RollbackRequest
+    ) -> JsonObject:
+        listing = await kube.list(
+            DEPLOYMENT,
+            request.namespace,
+            label_selector=phase_selector(request.release, Phase.APP),
+        )
+        items: list[JsonObject] = sorted(
+            listing.get("items", []), key=lambda d: d["metadata"]["name"]
+        )
+        if not items:
+            raise _nothing_to_roll_back(
+                f"no app Deployment of release {request.release} in namespace "
+                f"{request.namespace}: nothing runs, so there is nothing to roll back"
+            )
+        return items[0]
+
+    async def _revisions(
+        self, helm: Helm, request: RollbackRequest
+    ) -> list[dict[str, Any]]:
+        """Return the base release's revisions that ran, newest first."""
+        # NOTE: helm keeps 10 revisions by default and every deploy adds one,
+        # even an unchanged one, so ten deploys after a version hide it here.
+        try:
+            history = await helm.history(request.release, request.namespace)
+        except HelmError as error:
+            if "not found" not in error.stderr:
+                raise
+            raise _nothing_to_roll_back(
+                f"helm release {request.release} is not installed in namespace "
+                f"{request.namespace}; deploy it first"
+            ) from error
+        ran = [entry for entry in history if entry.get("status") in RAN_STATES]
+        return sorted(ran, key=lambda entry: int(entry["revision"]), reverse=True)
+
+    async def _target(
+        self,
+        helm: Helm,
+        request: RollbackRequest,
+        current: str,
+        revisions: list[dict[str, Any]],
+    ) -> tuple[str, int]:
+        """Return the version to return to and the newest revision that deployed it.
+
+        Without to_version it is the newest version older than the running
+        one's newest revision and different from it.
+        """
+        if request.to_version == current:
+            raise _nothing_to_roll_back(
+                f"the app of {request.release} in namespace {request.namespace} "
+                f"already runs version {current}"
+            )
+        seen: list[str] = []
+        passed_current = request.to_version is not None
+        for entry in revisions:
+            revision = int(entry["revision"])
+            version = await self._version_of(helm, request, entry)
+            seen.append(f"{revision}: {version}")
+            if version == current:
+                passed_current = True
+                continue
+            wanted = request.to_version in (None, version)
+            if passed_current and wanted:
+                return version, revision
+        wanted_text = request.to_version or "an earlier app version"
+        raise _nothing_to_roll_back(
+            f"{wanted_text} is not in the history of helm release {request.release} "
+            f"in namespace {request.namespace} (revision: version, newest first: "
+            f"{'; '.join(seen) or 'none'}); the running version is {current}. "
+            "Helm keeps the last 10 revisions by default"
+        )
+
+    async def _version_of(
+        self, helm: Helm, request: RollbackRequest, entry: dict[str, Any]
+    ) -> str:
+        values = await self._values(helm, request, int(entry["revision"]))
+        tag = (values.get("image") or {}).get("tag")
+        return str(tag or entry.get("app_version") or "")
+
+    @staticmethod
+    async def _values(
+        helm: Helm, request: RollbackRequest, revision: int
+    ) -> dict[str, Any]:
+        """Return one revision's values; they may hold secrets, so never log them."""
+        out = await helm.run(
+            [
+                "get",
+                "values",
+                request.release,
+                f"--revision={revision}",
+                f"--namespace={request.namespace}",
+                "--output=json",
+            ]
+        )
+        values = json.loads(out or "null")
+        return values if isinstance(values, dict) else {}
+
+    @staticmethod
+    async def _migration_job(
+        kube: KubeClient, request: RollbackRequest, version: str
+    ) -> str | None:
+        listing = await kube.list(
+            JOB,
+            request.namespace,
+            label_selector=phase_selector(request.release, Phase.MIGRATION),
+        )
+        for job in listing.get("items", []):
+            annotations = job["metadata"].get("annotations") or {}
+            if annotations.get(VERSION_ANNOTATION) == version:
+                return str(job["metadata"]["name"])
+        return None
+
+    @activity.defn(name=contracts.ROLL_BACK_APP)
+    @translate_errors
+    @heartbeat_while_running
+    async def roll_back_app(self, job: RollbackJob) -> ApplyResult:
+        """Roll the base release back, then apply the app phase at the old version."""
+        request, plan = job.request, job.plan
+        helm = self._deploy.helm(request.kube_context)
+        kube = await self._deploy.kube(request.kube_context)
+        await helm.run(
+            [
+                "rollback",
+                request.release,
+                str(plan.helm_revision),
+                f"--namespace={request.namespace}",
+            ]
+        )
+
+        objects = await self._render_app(helm, request, plan)
+        for obj in objects:
+            obj["metadata"]["namespace"] = request.namespace
+            await kube.apply(obj)
+        log.info(
+            "app phase applied at the previous version",
+            release=request.release,
+            namespace=request.namespace,
+            version=plan.target_version,
+            objects=len(objects),
+        )
+        return ApplyResult(
+            phase=Phase.APP,
+            applied=len(objects),
+            waits=[
+                ref_of(obj, request.namespace)
+                for obj in objects
+                if obj["kind"] in readiness.WAITED_KINDS
+            ],
+            notes=[
+                f"rolled helm release {request.release} back to revision "
+                f"{plan.helm_revision}"
+            ],
+        )
+
+    async def _render_app(
+        self, helm: Helm, request: RollbackRequest, plan: RollbackPlan
+    ) -> list[JsonObject]:
+        """Render the app phase from the target revision's values and version."""
+        values = await self._values(helm, request, plan.helm_revision)
+        values.pop("deployer", None)
+        values = deep_merge(
+            values,
+            {
+                "deployer": {"phases": [Phase.APP.value]},
+                "image": {"tag": plan.target_version},
+            },
+        )
+        rendered = await helm.template(
+            request.release, request.namespace, request.chart, values
+        )
+        return [
+            obj
+            for obj in rendered
+            if (obj["metadata"].get("labels") or {}).get(PHASE_LABEL) == Phase.APP.value
+        ]

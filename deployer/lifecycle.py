@@ -1,0 +1,198 @@
+"""The inputs of VentrosDestroy and VentrosRollback, and their workflow ids.
+
+Like the deploy request, each is one JSON object that the workflow validates
+itself, so a bad input from ``temporal workflow start`` fails at once with a
+message that names the field. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from deployer.inputs import (
+    APP_VERSION,
+    DEFAULT_TIMEOUT_S,
+    DNS1123_LABEL,
+    KUBE_CONTEXT,
+    RELEASE_MAX,
+    TIMEOUT_MAX_S,
+    TIMEOUT_MIN_S,
+    ChartRef,
+    InvalidRequestError,
+    PhaseTimeouts,
+    describe_validation_error,
+)
+from deployer.phases import DeployStatus
+
+M = TypeVar("M", bound=BaseModel)
+
+# The drain wait may last as long as consumers need, so it allows more than
+# a phase timeout.
+DRAIN_TIMEOUT_MAX_S = 24 * 3600
+
+
+def destroy_workflow_id_for(namespace: str, release: str) -> str:
+    """Return the workflow id of a release's destroy: one at a time per release."""
+    return f"destroy-{namespace}-{release}"
+
+
+def rollback_workflow_id_for(namespace: str, release: str) -> str:
+    """Return the workflow id of a release's rollback: one at a time per release."""
+    return f"rollback-{namespace}-{release}"
+
+
+class ReleaseTarget(BaseModel):
+    """The release, namespace and kube context that a lifecycle request acts on."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    release: str = "ventros-crm"
+    namespace: str = "ventros-crm"
+    kube_context: str | None = None
+
+    @field_validator("release")
+    @classmethod
+    def _release(cls, value: str) -> str:
+        if len(value) > RELEASE_MAX or not DNS1123_LABEL.fullmatch(value):
+            raise ValueError(
+                f"must be a DNS-1123 label of at most {RELEASE_MAX} characters: "
+                "lowercase letters, digits and '-', starting and ending with a "
+                "letter or digit"
+            )
+        return value
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, value: str) -> str:
+        if len(value) > 63 or not DNS1123_LABEL.fullmatch(value):
+            raise ValueError(
+                "must be a DNS-1123 label of at most 63 characters: "
+                "lowercase letters, digits and '-', starting and ending with a "
+                "letter or digit"
+            )
+        return value
+
+    @field_validator("kube_context")
+    @classmethod
+    def _kube_context(cls, value: str | None) -> str | None:
+        if value is not None and not KUBE_CONTEXT.fullmatch(value):
+            raise ValueError(
+                "must be the name of a context in the worker's kubeconfig "
+                "(letters, digits, '_', '.', '@', ':', '/', '-'; not starting with '-')"
+            )
+        return value
+
+
+class DestroyRequest(ReleaseTarget):
+    """The input of VentrosDestroy: what to remove and what to keep."""
+
+    # Delete the RabbitMQ cluster without waiting for its queues to drain.
+    force: bool = False
+    # Delete the postgresql resource and the Redis volumes too.
+    delete_data: bool = False
+    # Delete the namespace at the end, with everything left in it.
+    delete_namespace: bool = False
+    # Seconds each removal step may take before it waits for retry.
+    timeouts: PhaseTimeouts = PhaseTimeouts()
+    drain_timeout_s: int = Field(
+        DEFAULT_TIMEOUT_S, ge=TIMEOUT_MIN_S, le=DRAIN_TIMEOUT_MAX_S
+    )
+    namespace_timeout_s: int = Field(
+        DEFAULT_TIMEOUT_S, ge=TIMEOUT_MIN_S, le=TIMEOUT_MAX_S
+    )
+
+    @model_validator(mode="after")
+    def _namespace_needs_data(self) -> DestroyRequest:
+        if self.delete_namespace and not self.delete_data:
+            raise ValueError(
+                "delete_namespace also deletes the PostgreSQL data in the namespace: "
+                "set delete_data too, or keep the namespace"
+            )
+        return self
+
+    @property
+    def workflow_id(self) -> str:
+        return destroy_workflow_id_for(self.namespace, self.release)
+
+
+class RollbackRequest(ReleaseTarget):
+    """The input of VentrosRollback."""
+
+    # The chart that renders the app phase; the deploy's chart.
+    chart: ChartRef = ChartRef(path="chart")
+    # The app version to return to; None means the one before the running one.
+    to_version: str | None = None
+    timeout_s: int = Field(DEFAULT_TIMEOUT_S, ge=TIMEOUT_MIN_S, le=TIMEOUT_MAX_S)
+
+    @field_validator("to_version")
+    @classmethod
+    def _to_version(cls, value: str | None) -> str | None:
+        if value is not None and not APP_VERSION.fullmatch(value):
+            raise ValueError(
+                "must be an image tag: letters, digits, '_', '.' and '-', "
+                "at most 128 characters, not starting with '.' or '-'"
+            )
+        return value
+
+    @property
+    def workflow_id(self) -> str:
+        return rollback_workflow_id_for(self.namespace, self.release)
+
+
+class DestroyStatus(DeployStatus):
+    """The destroy as its `status` query returns it.
+
+    It has the deploy status's shape, so `ventros-deploy status` and `watch`
+    show both, plus the objects that the destroy kept.
+    """
+
+    app_version: str = ""
+    kept: list[str] = Field(default_factory=list)
+
+
+class RollbackStatus(BaseModel):
+    """The rollback as its `status` query and its result return it."""
+
+    workflow_id: str
+    release: str
+    namespace: str
+    state: str
+    from_version: str | None = None
+    to_version: str | None = None
+    helm_revision: int | None = None
+    migration_note: str | None = None
+    message: str | None = None
+
+
+def parse_destroy_request(raw: Any) -> DestroyRequest:
+    """Validate raw JSON into a DestroyRequest; raise InvalidRequestError."""
+    return _validate(DestroyRequest, raw, "destroy")
+
+
+def parse_rollback_request(raw: Any) -> RollbackRequest:
+    """Validate raw JSON into a RollbackRequest; raise InvalidRequestError."""
+    return _validate(RollbackRequest, raw, "rollback")
+
+
+def _validate(model: type[M], raw: Any, what: str) -> M:
+    if not isinstance(raw, dict):
+        raise InvalidRequestError(
+            f"the {what} request must be a JSON object, got {type(raw).__name__}; "
+            'pass for example {"release": "ventros-crm", "namespace": "ventros-crm"}'
+        )
+    try:
+        return model.model_validate(raw)
+    except ValidationError as error:
+        message = describe_validation_error(error)
+        raise InvalidRequestError(
+            message.replace("invalid deploy request", f"invalid {what} request", 1)
+        ) from None

@@ -1,0 +1,393 @@
+"""Destroy removes a release in reverse deploy order. RabbitMQ goes only once
+the app is gone and its queues are empty, or with --force. PostgreSQL goes
+only with --delete-data. A namespace that stays Terminating is reported with
+its conditions."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from temporalio.client import WorkflowFailureError, WorkflowHandle
+from temporalio.testing import WorkflowEnvironment
+
+from activities.helm import Helm
+from activities.kubeapi import KubeClient, ResourceType, well_known
+from client.cli import live_statuses
+from deployer import contracts
+from deployer.lifecycle import DestroyStatus
+from deployer.phases import TEARDOWN_ORDER, PhaseState
+from deployer.settings import WorkerSettings
+from tests.conftest import REPO_ROOT, running_worker
+from tests.lifecycle.conftest import (
+    DEPLOYMENT,
+    JOB,
+    MESSAGES,
+    NAMESPACE,
+    POSTGRESQL,
+    RABBITMQ,
+    RELEASE,
+    annotate,
+    cli_env,
+    deploy,
+    record,
+    run_cli,
+    start_destroy,
+    wait_for_step,
+)
+
+POD = well_known("v1", "Pod")
+STATEFULSET = well_known("apps/v1", "StatefulSet")
+CONFIGMAP = ResourceType("v1", "ConfigMap", "configmaps", True)
+HOLD_FINALIZER = "example.test/hold"
+
+
+@dataclass
+class Deletion:
+    kind: str
+    name: str
+    labels: dict[str, str]
+    revision: int
+
+
+@dataclass
+class DeletionRecorder:
+    """Keep each DELETED event of some kinds in one namespace.
+
+    With a single etcd, the resourceVersion of a DELETED event is the etcd
+    revision of the deletion, so it orders deletions of different kinds on
+    one clock. Kubernetes calls resourceVersion opaque; this test relies on
+    the test bed's one etcd.
+    """
+
+    kube: KubeClient
+    namespace: str
+    deletions: list[Deletion] = field(default_factory=list)
+
+    @asynccontextmanager
+    async def recording(self, kinds: list[ResourceType]) -> AsyncIterator[None]:
+        tasks = []
+        for rtype in kinds:
+            listing = await self.kube.list(rtype, self.namespace)
+            version = listing["metadata"]["resourceVersion"]
+            tasks.append(asyncio.create_task(self._watch(rtype, version)))
+        try:
+            yield
+            await asyncio.sleep(1.0)  # Let the last events arrive.
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _watch(self, rtype: ResourceType, version: str) -> None:
+        async for event in self.kube.watch(
+            rtype, self.namespace, resource_version=version, timeout_s=600
+        ):
+            if event["type"] != "DELETED":
+                continue
+            metadata = event["object"]["metadata"]
+            self.deletions.append(
+                Deletion(
+                    kind=rtype.kind,
+                    name=metadata["name"],
+                    labels=metadata.get("labels") or {},
+                    revision=int(metadata["resourceVersion"]),
+                )
+            )
+
+    def revisions(self, kind: str, name: str, exact: bool = False) -> list[int]:
+        """Return the revisions of deletions of kind whose name starts with name."""
+        found = [
+            d.revision
+            for d in self.deletions
+            if d.kind == kind and (d.name == name if exact else d.name.startswith(name))
+        ]
+        assert found, f"no {kind} named {name} was deleted: {self.deletions}"
+        return found
+
+    def app_pods(self) -> list[int]:
+        found = [
+            d.revision
+            for d in self.deletions
+            if d.kind == "Pod" and d.labels.get("deploy.ventros.io/phase") == "app"
+        ]
+        assert found, f"no app pod was deleted: {self.deletions}"
+        return found
+
+
+async def destroy_status(handle: WorkflowHandle[Any, Any]) -> DestroyStatus:
+    return DestroyStatus.model_validate(await handle.result())
+
+
+async def helm_releases(settings: WorkerSettings, namespace: str) -> list[str]:
+    helm = Helm(settings.helm, str(settings.kubeconfig), None, REPO_ROOT)
+    out = await helm.run(["list", f"--namespace={namespace}", "--output=json"])
+    return sorted(entry["name"] for entry in json.loads(out))
+
+
+async def drain_status(env: WorkflowEnvironment, handle: Any, text: str) -> str:
+    """Poll the drain wait's heartbeat until its status contains text."""
+    status = ""
+    for _ in range(100):
+        statuses = await live_statuses(env.client, handle)
+        status = statuses.get(contracts.DRAIN_KEY, "")
+        if text in status:
+            return status
+        await asyncio.sleep(0.3)
+    raise AssertionError(f"the drain status never contained {text!r}: {status!r}")
+
+
+async def test_destroy_reverse_order(
+    temporal_env: WorkflowEnvironment,
+    lifecycle_settings: WorkerSettings,
+    kube: KubeClient,
+    namespace: str,
+) -> None:
+    """destroy --delete-data removes app, migration, Temporal, Redis, RabbitMQ,
+    PostgreSQL and base in that order, deleting RabbitMQ only after the last
+    app pod is gone, and leaves no release behind."""
+    recorder = DeletionRecorder(kube, namespace)
+    kinds = [DEPLOYMENT, POD, JOB, STATEFULSET, RABBITMQ, POSTGRESQL, CONFIGMAP]
+    async with running_worker(temporal_env.client, lifecycle_settings):
+        await deploy(temporal_env, lifecycle_settings, namespace, "1.0.0")
+        async with recorder.recording(kinds):
+            handle = await start_destroy(
+                temporal_env, lifecycle_settings, namespace, delete_data=True
+            )
+            status = await destroy_status(handle)
+    assert status.state == "succeeded"
+    assert [r.phase for r in status.phases] == list(TEARDOWN_ORDER)
+    for step in status.phases:
+        assert step.state is PhaseState.SUCCEEDED, step.phase
+
+    app = max(recorder.revisions("Deployment", RELEASE, exact=True))
+    app = max([app, *recorder.app_pods()])
+    migration = recorder.revisions("Job", f"{RELEASE}-migrate-")
+    temporal = recorder.revisions("Deployment", f"{RELEASE}-temporal")
+    redis = recorder.revisions("StatefulSet", f"{RELEASE}-redis")
+    rabbitmq = recorder.revisions("RabbitmqCluster", f"{RELEASE}-rabbitmq")
+    postgresql = recorder.revisions("postgresql", f"{RELEASE}-db")
+    base = recorder.revisions("ConfigMap", f"{RELEASE}-config")
+    assert max(recorder.app_pods()) < min(rabbitmq)
+    assert app < min(migration)
+    assert max(migration) < min(temporal)
+    assert max(temporal) < min(redis)
+    assert max(redis) < min(rabbitmq)
+    assert max(rabbitmq) < min(postgresql)
+    assert max(postgresql) < min(base)
+
+    assert await helm_releases(lifecycle_settings, namespace) == []
+    for rtype in (DEPLOYMENT, STATEFULSET, JOB, RABBITMQ, POSTGRESQL):
+        listing = await kube.list(rtype, namespace)
+        assert listing["items"] == [], rtype.kind
+
+
+async def test_destroy_waits_for_queues(
+    temporal_env: WorkflowEnvironment,
+    lifecycle_settings: WorkerSettings,
+    kube: KubeClient,
+    namespace: str,
+) -> None:
+    """With 5 messages queued the messaging step keeps running and reports the
+    count; once the queues are empty it deletes the RabbitMQ cluster."""
+    rabbit = f"{RELEASE}-rabbitmq"
+    async with running_worker(temporal_env.client, lifecycle_settings):
+        await deploy(temporal_env, lifecycle_settings, namespace, "1.0.0")
+        await annotate(kube, RABBITMQ, rabbit, namespace, {MESSAGES: "5"})
+        handle = await start_destroy(
+            temporal_env,
+            lifecycle_settings,
+            namespace,
+            delete_data=True,
+            drain_timeout_s=120,
+        )
+        await wait_for_step(handle, "messaging", PhaseState.RUNNING)
+        waiting = await drain_status(temporal_env, handle, "5 messages")
+        held = await kube.get(RABBITMQ, rabbit, namespace)
+        still_running = await handle.query("status", result_type=DestroyStatus)
+
+        await annotate(kube, RABBITMQ, rabbit, namespace, {MESSAGES: "0"})
+        status = await destroy_status(handle)
+    print(f"drain status while waiting: {waiting}")
+    assert f"rabbitmqcluster/{rabbit}: 5 messages in 1 queue (" in waiting
+    assert held is not None
+    assert record(still_running, "messaging").state is PhaseState.RUNNING
+    assert record(still_running, "messaging").waiting_on == [contracts.DRAIN_KEY]
+    assert status.state == "succeeded"
+    messaging = record(status, "messaging")
+    assert messaging.last_status is not None
+    assert "0 messages" in messaging.last_status
+    assert await kube.get(RABBITMQ, rabbit, namespace) is None
+
+
+async def test_destroy_force_skips_drain(
+    temporal_env: WorkflowEnvironment,
+    lifecycle_settings: WorkerSettings,
+    kube: KubeClient,
+    namespace: str,
+) -> None:
+    """`ventros-deploy destroy ID --force` deletes RabbitMQ with 5 messages
+    still queued, without a drain wait."""
+    rabbit = f"{RELEASE}-rabbitmq"
+    async with running_worker(temporal_env.client, lifecycle_settings):
+        await deploy(temporal_env, lifecycle_settings, namespace, "1.0.0")
+        await annotate(kube, RABBITMQ, rabbit, namespace, {MESSAGES: "5"})
+        result = await run_cli(
+            [
+                "destroy",
+                f"deploy-{namespace}-{RELEASE}",
+                "--force",
+                "--delete-data",
+                "--follow",
+                "--json",
+            ],
+            cli_env(temporal_env, lifecycle_settings),
+        )
+    print(result.stdout, result.stderr)
+    assert result.returncode == 0
+    status = DestroyStatus.model_validate(json.loads(result.stdout.splitlines()[-1]))
+    assert status.workflow_id == f"destroy-{namespace}-{RELEASE}"
+    assert status.state == "succeeded"
+    messaging = record(status, "messaging")
+    assert messaging.last_status is not None
+    assert "drain check skipped: force is set" in messaging.last_status
+    assert await kube.get(RABBITMQ, rabbit, namespace) is None
+
+
+async def test_destroy_keeps_data_unless_asked(
+    temporal_env: WorkflowEnvironment,
+    lifecycle_settings: WorkerSettings,
+    kube: KubeClient,
+    namespace: str,
+) -> None:
+    """Without --delete-data the postgresql and its operator stay, and the
+    result names the command that deletes them. A second destroy with the
+    option deletes them."""
+    database = f"{RELEASE}-db"
+    async with running_worker(temporal_env.client, lifecycle_settings):
+        await deploy(temporal_env, lifecycle_settings, namespace, "1.0.0")
+        kept = await destroy_status(
+            await start_destroy(temporal_env, lifecycle_settings, namespace)
+        )
+        pg_kept = await kube.get(POSTGRESQL, database, namespace)
+        releases_kept = await helm_releases(lifecycle_settings, namespace)
+        deleted = await destroy_status(
+            await start_destroy(
+                temporal_env, lifecycle_settings, namespace, delete_data=True
+            )
+        )
+    print(kept.message)
+    assert kept.state == "succeeded"
+    assert pg_kept is not None
+    assert releases_kept == [f"{RELEASE}-postgres-operator"]
+    assert kept.message is not None
+    assert f"postgresql/{database}" in kept.message
+    assert "--delete-data" in kept.message
+    assert any(line.startswith(f"postgresql/{database}") for line in kept.kept)
+    assert any(line.startswith("persistentvolumeclaim/data-") for line in kept.kept)
+    assert await kube.get(DEPLOYMENT, RELEASE, namespace) is None
+    assert await kube.get(RABBITMQ, f"{RELEASE}-rabbitmq", namespace) is None
+
+    assert deleted.state == "succeeded"
+    assert deleted.kept == []
+    assert await kube.get(POSTGRESQL, database, namespace) is None
+    assert await helm_releases(lifecycle_settings, namespace) == []
+
+
+async def test_destroy_unreachable_management_api(
+    temporal_env: WorkflowEnvironment,
+    lifecycle_settings: WorkerSettings,
+    kube: KubeClient,
+    namespace: str,
+) -> None:
+    """When the management API cannot be reached, the drain wait reports it
+    until its timeout. Then the step fails with an error that suggests --force."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    settings = lifecycle_settings.model_copy(
+        update={
+            "rabbitmq_management_url": f"http://127.0.0.1:{closed_port}"
+            "/api/namespaces/{namespace}/{name}"
+        }
+    )
+    async with running_worker(temporal_env.client, settings):
+        await deploy(temporal_env, settings, namespace, "1.0.0")
+        handle = await start_destroy(
+            temporal_env, settings, namespace, drain_timeout_s=10
+        )
+        waiting = await drain_status(temporal_env, handle, "management API unreachable")
+        status = await wait_for_step(
+            handle, "messaging", PhaseState.WAITING_FOR_RETRY, timeout_s=60
+        )
+        await handle.execute_update("abort", "test ends", result_type=str)
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+    print(waiting)
+    messaging = record(status, "messaging")
+    assert messaging.error_type == contracts.QUEUES_NOT_DRAINED
+    assert messaging.error is not None
+    assert "management API unreachable" in messaging.error
+    assert "--force" in messaging.error
+    assert await kube.get(RABBITMQ, f"{RELEASE}-rabbitmq", namespace) is not None
+
+
+async def test_destroy_stuck_namespace(
+    temporal_env: WorkflowEnvironment,
+    lifecycle_settings: WorkerSettings,
+    kube: KubeClient,
+) -> None:
+    """A namespace held by an object's finalizer stays Terminating; the base
+    step fails naming its conditions, and retry finishes once it is released."""
+    namespace = f"t-{uuid.uuid4().hex[:10]}"
+    await kube.create(
+        NAMESPACE,
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
+    )
+    held = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "held", "finalizers": [HOLD_FINALIZER]},
+    }
+    await kube.create(CONFIGMAP, held, namespace)
+    try:
+        async with running_worker(temporal_env.client, lifecycle_settings):
+            handle = await start_destroy(
+                temporal_env,
+                lifecycle_settings,
+                namespace,
+                delete_data=True,
+                delete_namespace=True,
+                namespace_timeout_s=45,
+            )
+            stuck = await wait_for_step(
+                handle, "base", PhaseState.WAITING_FOR_RETRY, timeout_s=120
+            )
+            await kube.merge_patch(
+                CONFIGMAP, "held", {"metadata": {"finalizers": None}}, namespace
+            )
+            await handle.execute_update("retry", "base", result_type=list[str])
+            status = await destroy_status(handle)
+    finally:
+        # Never leave a namespace stuck in the shared cluster.
+        if await kube.get(CONFIGMAP, "held", namespace) is not None:
+            await kube.merge_patch(
+                CONFIGMAP, "held", {"metadata": {"finalizers": None}}, namespace
+            )
+        await kube.delete(NAMESPACE, namespace)
+    base = record(stuck, "base")
+    print(base.error)
+    assert base.error_type == contracts.NAMESPACE_STUCK
+    assert base.error is not None
+    assert f"namespace {namespace} still exists after 45 s: Terminating" in base.error
+    assert "NamespaceFinalizersRemaining" in base.error
+    assert HOLD_FINALIZER in base.error
+    assert status.state == "succeeded"
+    assert await kube.get(NAMESPACE, namespace) is None

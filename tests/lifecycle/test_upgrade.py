@@ -1,0 +1,176 @@
+"""Upgrades. A new app version runs its migration once and rolls the app out,
+while phases whose objects did not change pass at their first readiness check.
+A deploy with nothing changed changes nothing. Old migration Jobs are pruned."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from temporalio.testing import WorkflowEnvironment
+
+from activities.deploy import MIGRATION_HISTORY
+from activities.kubeapi import JsonObject, KubeClient, well_known
+from deployer.phases import PHASE_ORDER, DeployStatus, PhaseState
+from deployer.settings import WorkerSettings
+from tests.conftest import running_worker
+from tests.lifecycle.conftest import (
+    DEPLOYMENT,
+    JOB,
+    POSTGRESQL,
+    RABBITMQ,
+    RELEASE,
+    app_image_tag,
+    deploy,
+    record,
+)
+
+STATEFULSET = well_known("apps/v1", "StatefulSet")
+REPLICASET = well_known("apps/v1", "ReplicaSet")
+READY_AT = "sim.ventros.io/ready-at"
+MIGRATION_SELECTOR = (
+    f"deploy.ventros.io/phase=migration,app.kubernetes.io/instance={RELEASE}"
+)
+
+
+async def get(kube: KubeClient, rtype: Any, name: str, namespace: str) -> JsonObject:
+    obj = await kube.get(rtype, name, namespace)
+    assert obj is not None, f"{rtype.kind}/{name} in {namespace} is missing"
+    return obj
+
+
+async def unchanged_objects(kube: KubeClient, namespace: str) -> dict[str, Any]:
+    """Return what a deploy of the same objects must leave as it was.
+
+    The generation changes only on a spec change, and the simulated
+    operators write ready-at only when they reconcile.
+    """
+    pg = await get(kube, POSTGRESQL, f"{RELEASE}-db", namespace)
+    rabbit = await get(kube, RABBITMQ, f"{RELEASE}-rabbitmq", namespace)
+    redis = await get(kube, STATEFULSET, f"{RELEASE}-redis", namespace)
+    deployments = await kube.list(DEPLOYMENT, namespace)
+    snapshot: dict[str, Any] = {
+        "postgresql generation": pg["metadata"]["generation"],
+        "postgresql ready-at": pg["metadata"]["annotations"][READY_AT],
+        "rabbitmq generation": rabbit["metadata"]["generation"],
+        "rabbitmq ready-at": rabbit["metadata"]["annotations"][READY_AT],
+        "redis generation": redis["metadata"]["generation"],
+    }
+    for item in deployments["items"]:
+        name = item["metadata"]["name"]
+        if name != RELEASE:  # The app Deployment changes in an upgrade.
+            snapshot[f"deployment/{name} generation"] = item["metadata"]["generation"]
+    return snapshot
+
+
+def print_durations(title: str, status: DeployStatus) -> None:
+    durations = ", ".join(
+        f"{r.phase.value} {r.duration_s:.1f} s" for r in status.phases
+    )
+    print(f"{title}: {durations}")
+
+
+async def migration_jobs(kube: KubeClient, namespace: str) -> list[JsonObject]:
+    listing = await kube.list(JOB, namespace, label_selector=MIGRATION_SELECTOR)
+    return [
+        job for job in listing["items"] if not job["metadata"].get("deletionTimestamp")
+    ]
+
+
+async def test_upgrade_new_version(
+    temporal_env: WorkflowEnvironment,
+    lifecycle_settings: WorkerSettings,
+    kube: KubeClient,
+    namespace: str,
+) -> None:
+    """A new app version runs its own migration Job once and rolls the app out.
+    Every other phase passes in one attempt without changing its objects."""
+    async with running_worker(temporal_env.client, lifecycle_settings):
+        await deploy(temporal_env, lifecycle_settings, namespace, "1.0.0")
+        app_before = await get(kube, DEPLOYMENT, RELEASE, namespace)
+        before = await unchanged_objects(kube, namespace)
+        status = await deploy(temporal_env, lifecycle_settings, namespace, "1.1.0")
+    print_durations("upgrade 1.0.0 -> 1.1.0", status)
+    assert status.state == "succeeded"
+    for phase in PHASE_ORDER:
+        assert record(status, phase.value).attempts == 1, phase
+    assert await unchanged_objects(kube, namespace) == before
+
+    new_job = await get(kube, JOB, f"{RELEASE}-migrate-1-1-0", namespace)
+    assert new_job["status"].get("succeeded") == 1
+    assert new_job["status"].get("failed", 0) == 0
+    old_job = await kube.get(JOB, f"{RELEASE}-migrate-1-0-0", namespace)
+    assert old_job is not None
+
+    app = await get(kube, DEPLOYMENT, RELEASE, namespace)
+    assert app_image_tag(app) == "1.1.0"
+    assert app["metadata"]["generation"] > app_before["metadata"]["generation"]
+    assert app["status"]["observedGeneration"] == app["metadata"]["generation"]
+    assert app["status"]["updatedReplicas"] == 2
+    assert app["status"]["availableReplicas"] == 2
+    replica_sets = await kube.list(
+        REPLICASET,
+        namespace,
+        label_selector=f"app.kubernetes.io/instance={RELEASE},"
+        "app.kubernetes.io/component=app",
+    )
+    by_revision = {
+        rs["metadata"]["annotations"]["deployment.kubernetes.io/revision"]: rs
+        for rs in replica_sets["items"]
+    }
+    assert sorted(by_revision) == ["1", "2"]
+    assert app_image_tag(by_revision["2"]) == "1.1.0"
+    assert by_revision["1"]["spec"]["replicas"] == 0
+
+
+async def test_redeploy_unchanged(
+    temporal_env: WorkflowEnvironment,
+    lifecycle_settings: WorkerSettings,
+    kube: KubeClient,
+    namespace: str,
+) -> None:
+    """Deploying the same version again changes nothing: one attempt per phase,
+    the same migration Job and the same app Deployment generation."""
+    async with running_worker(temporal_env.client, lifecycle_settings):
+        await deploy(temporal_env, lifecycle_settings, namespace, "1.0.0")
+        job_before = await get(kube, JOB, f"{RELEASE}-migrate-1-0-0", namespace)
+        app_before = await get(kube, DEPLOYMENT, RELEASE, namespace)
+        before = await unchanged_objects(kube, namespace)
+        started = time.monotonic()
+        status = await deploy(temporal_env, lifecycle_settings, namespace, "1.0.0")
+        elapsed = time.monotonic() - started
+    print(f"unchanged redeploy took {elapsed:.1f} s")
+    print_durations("unchanged redeploy", status)
+    assert status.state == "succeeded"
+    for phase in PHASE_ORDER:
+        assert record(status, phase.value).state is PhaseState.SUCCEEDED, phase
+        assert record(status, phase.value).attempts == 1, phase
+    job_after = await get(kube, JOB, f"{RELEASE}-migrate-1-0-0", namespace)
+    assert job_after["metadata"]["uid"] == job_before["metadata"]["uid"]
+    app_after = await get(kube, DEPLOYMENT, RELEASE, namespace)
+    assert app_after["metadata"]["generation"] == app_before["metadata"]["generation"]
+    assert await unchanged_objects(kube, namespace) == before
+
+
+async def test_migration_history_pruned(
+    temporal_env: WorkflowEnvironment,
+    lifecycle_settings: WorkerSettings,
+    kube: KubeClient,
+    namespace: str,
+) -> None:
+    """After four versions the current migration Job and the two before it
+    remain, and the oldest one is deleted."""
+    versions = ["1.0.0", "1.1.0", "1.2.0", "1.3.0"]
+    async with running_worker(temporal_env.client, lifecycle_settings):
+        for version in versions:
+            status = await deploy(temporal_env, lifecycle_settings, namespace, version)
+            assert status.state == "succeeded", version
+    names = sorted(
+        job["metadata"]["name"] for job in await migration_jobs(kube, namespace)
+    )
+    assert len(names) == MIGRATION_HISTORY
+    assert names == [
+        f"{RELEASE}-migrate-1-1-0",
+        f"{RELEASE}-migrate-1-2-0",
+        f"{RELEASE}-migrate-1-3-0",
+    ]

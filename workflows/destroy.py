@@ -1,0 +1,410 @@
+"""VentrosDestroy: remove a release in the reverse order of its deploy.
+
+The steps run one after another: app (and its pods), migration Jobs,
+Temporal, Redis, RabbitMQ, PostgreSQL, base. RabbitMQ is deleted only once
+the app is gone and its queues hold no messages, unless the request sets
+``force``. PostgreSQL (and Redis's volumes) are deleted only with
+``delete_data``; otherwise the result lists them as kept. A failed step
+waits for ``retry`` or ``abort``, like a deploy phase, and keeps what the
+steps before it removed.
+
+This module is deterministic: no I/O, no clocks but workflow.now(), and no
+Kubernetes imports.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any, NoReturn
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from deployer import contracts
+    from deployer.contracts import (
+        DrainRequest,
+        GoneRequest,
+        NamespaceRequest,
+        StatusResult,
+        TeardownRequest,
+        TeardownResult,
+    )
+    from deployer.inputs import InvalidRequestError
+    from deployer.lifecycle import (
+        DestroyRequest,
+        DestroyStatus,
+        parse_destroy_request,
+    )
+    from deployer.phases import TEARDOWN_ORDER, Phase, PhaseRecord, PhaseState
+
+WORKFLOW_TYPE = "VentrosDestroy"
+ABORTED = "Aborted"
+
+REMOVE_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=20),
+    maximum_attempts=6,
+)
+# Waits retry until their schedule-to-close timeout, so that a crashed worker
+# or an API outage does not fail the step; only the step's deadline does.
+WAIT_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=10),
+)
+REMOVE_TIMEOUT = timedelta(minutes=6)
+HEARTBEAT_TIMEOUT = timedelta(seconds=20)
+WAIT_MARGIN = timedelta(seconds=60)
+STEP_NAMES = {
+    Phase.APP: "the app",
+    Phase.MIGRATION: "the migration Jobs",
+    Phase.TEMPORAL: "the app's Temporal",
+    Phase.CACHE: "Redis",
+    Phase.MESSAGING: "RabbitMQ",
+    Phase.DATA: "PostgreSQL",
+    Phase.BASE: "the base release and the operators",
+}
+
+
+@workflow.defn(name=WORKFLOW_TYPE)
+class VentrosDestroy:
+    """Remove one release of the Ventros CRM stack from one namespace."""
+
+    def __init__(self) -> None:
+        self._records = {phase: PhaseRecord(phase=phase) for phase in TEARDOWN_ORDER}
+        self._retry_requested: set[Phase] = set()
+        self._abort_reason: str | None = None
+        self._request: DestroyRequest | None = None
+        self._state = "validating"
+        self._message: str | None = None
+        self._kept: list[str] = []
+
+    @workflow.run
+    async def run(self, raw: Any) -> dict[str, Any]:
+        # raw is typed Any for the same reason as in VentrosDeploy: any JSON
+        # must reach parse_destroy_request, which names the invalid field.
+        try:
+            request = parse_destroy_request(raw)
+        except InvalidRequestError as error:
+            self._state = "invalid"
+            raise ApplicationError(
+                str(error), type=contracts.INVALID_REQUEST, non_retryable=True
+            ) from None
+        self._request = request
+        self._state = "running"
+        self._publish()
+        for phase in TEARDOWN_ORDER:
+            if not await self._run_step(request, phase):
+                self._raise_aborted(request)
+        self._state = "succeeded"
+        self._message = self._summary(request)
+        self._publish()
+        return self.status().model_dump(mode="json")
+
+    def _raise_aborted(self, request: DestroyRequest) -> NoReturn:
+        self._state = "aborted"
+        self._publish()
+        raise ApplicationError(
+            f"destroy of {request.release} in {request.namespace} aborted: "
+            f"{self._abort_reason}. What the finished steps removed stays removed",
+            type=ABORTED,
+            non_retryable=True,
+        )
+
+    def _summary(self, request: DestroyRequest) -> str:
+        removed = f"removed {request.release} from namespace {request.namespace}"
+        if request.delete_namespace:
+            removed += ", and the namespace"
+        if not self._kept:
+            return removed
+        summary = f"{removed}. Kept: " + "; ".join(self._kept)
+        if request.delete_data:
+            return summary
+        return (
+            f"{summary}. To delete the data too, run `ventros-deploy destroy "
+            f"--release {request.release} --namespace {request.namespace} "
+            "--delete-data`"
+        )
+
+    # -- steps --------------------------------------------------------------
+
+    async def _run_step(self, request: DestroyRequest, phase: Phase) -> bool:
+        """Run one removal step until it succeeds; False when the destroy is aborted."""
+        record = self._records[phase]
+        while True:
+            self._start_attempt(record)
+            try:
+                await self._remove(request, phase, record)
+                return True
+            except ActivityError as error:
+                self._fail_attempt(record, error)
+            await workflow.wait_condition(
+                lambda: phase in self._retry_requested or self._abort_reason is not None
+            )
+            if self._abort_reason is not None:
+                record.state = PhaseState.FAILED
+                self._publish()
+                return False
+            self._retry_requested.discard(phase)
+
+    async def _remove(
+        self, request: DestroyRequest, phase: Phase, record: PhaseRecord
+    ) -> None:
+        """Delete one phase's objects, then wait until they are gone."""
+        timeout_s = request.timeouts.for_phase(phase)
+        deadline = workflow.now().timestamp() + timeout_s
+        drain_line = ""
+        if phase is Phase.MESSAGING:
+            drain_line = await self._drain(request, record)
+
+        removed = await workflow.execute_activity(
+            contracts.TEARDOWN_PHASE,
+            TeardownRequest(request=request, phase=phase),
+            result_type=TeardownResult,
+            start_to_close_timeout=REMOVE_TIMEOUT,
+            heartbeat_timeout=HEARTBEAT_TIMEOUT,
+            retry_policy=REMOVE_RETRY,
+            summary=f"{phase.value}: delete {STEP_NAMES[phase]}",
+        )
+        self._keep(removed.kept)
+        record.waiting_on = [ref.describe() for ref in removed.gone] + [
+            group.describe() for group in removed.groups
+        ]
+        record.last_status = "; ".join(
+            line for line in (drain_line, self._removed_line(removed)) if line
+        )
+        self._publish()
+
+        await workflow.execute_activity(
+            contracts.WAIT_DELETED,
+            GoneRequest(
+                phase=phase,
+                namespace=request.namespace,
+                kube_context=request.kube_context,
+                refs=removed.gone,
+                groups=removed.groups,
+                timeout_s=timeout_s,
+                deadline_epoch_s=deadline,
+            ),
+            result_type=StatusResult,
+            start_to_close_timeout=timedelta(seconds=timeout_s) + WAIT_MARGIN,
+            schedule_to_close_timeout=timedelta(seconds=timeout_s) + 2 * WAIT_MARGIN,
+            heartbeat_timeout=HEARTBEAT_TIMEOUT,
+            retry_policy=WAIT_RETRY,
+            summary=f"{phase.value}: wait until {STEP_NAMES[phase]} is gone",
+        )
+        if phase is Phase.BASE and request.delete_namespace:
+            await self._delete_namespace(request, record)
+
+        record.state = PhaseState.SUCCEEDED
+        self._end_attempt(record)
+        workflow.logger.info(
+            "removal step succeeded",
+            extra={"phase": phase.value, "attempt": record.attempts},
+        )
+
+    async def _drain(self, request: DestroyRequest, record: PhaseRecord) -> str:
+        """Wait until the app is gone and the queues are empty, unless forced.
+
+        Return one line on the outcome for the step's last status.
+        """
+        if request.force:
+            return "drain check skipped: force is set"
+        record.waiting_on = [contracts.DRAIN_KEY]
+        record.last_status = "waiting for the queues to drain"
+        self._publish()
+        timeout = timedelta(seconds=request.drain_timeout_s)
+        drained: StatusResult = await workflow.execute_activity(
+            contracts.WAIT_DRAINED,
+            DrainRequest(
+                release=request.release,
+                namespace=request.namespace,
+                kube_context=request.kube_context,
+                timeout_s=request.drain_timeout_s,
+                deadline_epoch_s=workflow.now().timestamp() + request.drain_timeout_s,
+            ),
+            result_type=StatusResult,
+            start_to_close_timeout=timeout + WAIT_MARGIN,
+            schedule_to_close_timeout=timeout + 2 * WAIT_MARGIN,
+            heartbeat_timeout=HEARTBEAT_TIMEOUT,
+            retry_policy=WAIT_RETRY,
+            summary="messaging: wait until the app is gone and the queues are empty",
+        )
+        return "drained: " + drained.statuses.get(contracts.DRAIN_KEY, "")
+
+    async def _delete_namespace(
+        self, request: DestroyRequest, record: PhaseRecord
+    ) -> None:
+        record.waiting_on = [f"namespace/{request.namespace}"]
+        self._publish()
+        await workflow.execute_activity(
+            contracts.DELETE_NAMESPACE,
+            NamespaceRequest(
+                namespace=request.namespace,
+                kube_context=request.kube_context,
+                timeout_s=request.namespace_timeout_s,
+                deadline_epoch_s=workflow.now().timestamp()
+                + request.namespace_timeout_s,
+            ),
+            result_type=StatusResult,
+            start_to_close_timeout=timedelta(seconds=request.namespace_timeout_s)
+            + WAIT_MARGIN,
+            schedule_to_close_timeout=timedelta(seconds=request.namespace_timeout_s)
+            + 2 * WAIT_MARGIN,
+            heartbeat_timeout=HEARTBEAT_TIMEOUT,
+            retry_policy=WAIT_RETRY,
+            summary=f"base: delete namespace {request.namespace}",
+        )
+
+    def _keep(self, kept: list[str]) -> None:
+        for line in kept:
+            if line not in self._kept:
+                self._kept.append(line)
+
+    @staticmethod
+    def _removed_line(removed: TeardownResult) -> str:
+        parts = []
+        if removed.deleted:
+            parts.append("deleted " + ", ".join(removed.deleted))
+        if removed.kept:
+            parts.append("kept " + "; ".join(removed.kept))
+        parts += removed.notes
+        return "; ".join(parts) or "nothing to delete"
+
+    def _start_attempt(self, record: PhaseRecord) -> None:
+        record.state = PhaseState.RUNNING
+        record.attempts += 1
+        record.started_at = workflow.now().isoformat()
+        record.ended_at = None
+        record.duration_s = None
+        record.error = None
+        record.error_type = None
+        workflow.logger.info(
+            "removal step started",
+            extra={"phase": record.phase.value, "attempt": record.attempts},
+        )
+        self._publish()
+
+    def _end_attempt(self, record: PhaseRecord) -> None:
+        ended = workflow.now()
+        record.ended_at = ended.isoformat()
+        if record.started_at:
+            started = ended.fromisoformat(record.started_at)
+            record.duration_s = round((ended - started).total_seconds(), 3)
+        self._publish()
+
+    def _fail_attempt(self, record: PhaseRecord, error: ActivityError) -> None:
+        cause = error.cause
+        record.state = PhaseState.WAITING_FOR_RETRY
+        record.error = cause_message(error)
+        record.error_type = (
+            cause.type if isinstance(cause, ApplicationError) else type(cause).__name__
+        )
+        self._end_attempt(record)
+        workflow.logger.warning(
+            "removal step failed; waiting for retry or abort",
+            extra={
+                "phase": record.phase.value,
+                "attempt": record.attempts,
+                "error_type": record.error_type,
+            },
+        )
+
+    # -- queries and updates ------------------------------------------------
+
+    @workflow.query(name="status")
+    def status(self) -> DestroyStatus:
+        request = self._request
+        return DestroyStatus(
+            workflow_id=workflow.info().workflow_id,
+            release=request.release if request else "",
+            namespace=request.namespace if request else "",
+            state=self._state,
+            phases=[self._records[p] for p in TEARDOWN_ORDER],
+            message=self._message,
+            kept=list(self._kept),
+        )
+
+    @workflow.update(name="retry")
+    def retry(self, phase: str | None = None) -> list[str]:
+        """Run the failed step again; return its phase name."""
+        chosen = self._failed_steps(phase)
+        self._retry_requested.update(chosen)
+        return [p.value for p in chosen]
+
+    @retry.validator
+    def _validate_retry(self, phase: str | None = None) -> None:
+        self._failed_steps(phase)
+
+    @workflow.update(name="abort")
+    def abort(self, reason: str = "aborted by request") -> str:
+        """End the destroy as failed; what was removed stays removed."""
+        self._abort_reason = reason[:500] or "aborted by request"
+        return self._state
+
+    @workflow.signal(name="retry-signal")
+    def retry_signal(self, phase: str | None = None) -> None:
+        try:
+            self._retry_requested.update(self._failed_steps(phase))
+        except ApplicationError as error:
+            workflow.logger.warning(
+                "retry signal ignored", extra={"reason": error.message}
+            )
+
+    @workflow.signal(name="abort-signal")
+    def abort_signal(self, reason: str = "aborted by signal") -> None:
+        self._abort_reason = reason[:500] or "aborted by signal"
+
+    def _failed_steps(self, phase: str | None) -> list[Phase]:
+        waiting = [
+            p
+            for p in TEARDOWN_ORDER
+            if self._records[p].state is PhaseState.WAITING_FOR_RETRY
+        ]
+        if phase is not None:
+            if phase not in {p.value for p in Phase}:
+                raise ApplicationError(
+                    f"unknown phase {phase!r}; phases are "
+                    + ", ".join(p.value for p in TEARDOWN_ORDER)
+                )
+            waiting = [p for p in waiting if p.value == phase]
+        if not waiting:
+            raise ApplicationError(
+                f"no step{' ' + phase if phase else ''} of this destroy is waiting "
+                "for retry; check `ventros-deploy status` for what runs now"
+            )
+        return waiting
+
+    # -- UI -------------------------------------------------------------------
+
+    def _publish(self) -> None:
+        """Show the step table as the workflow's current details in the UI."""
+        rows = [
+            "| phase | state | attempts | duration | waiting on | last status |",
+            "|---|---|---|---|---|---|",
+        ]
+        for phase in TEARDOWN_ORDER:
+            r = self._records[phase]
+            duration = f"{r.duration_s:.1f} s" if r.duration_s is not None else ""
+            detail = r.error or r.last_status or ""
+            rows.append(
+                f"| {phase.value} | {r.state.value} | {r.attempts} | {duration} | "
+                f"{', '.join(r.waiting_on)[:120]} | {detail[:200].replace('|', '/')} |"
+            )
+        header = f"**destroy {self._state}**" + (
+            f": {self._message}" if self._message else ""
+        )
+        workflow.set_current_details(header + "\n\n" + "\n".join(rows))
+
+
+def cause_message(error: ActivityError) -> str:
+    """Return the message of the innermost cause of an activity's failure."""
+    cause = error.cause
+    while isinstance(cause, ActivityError) and cause.cause is not None:
+        cause = cause.cause
+    if isinstance(cause, ApplicationError):
+        return cause.message
+    return str(cause or error)

@@ -1,0 +1,185 @@
+"""VentrosRollback: return the app to its previous version.
+
+It runs three activities. The plan finds the running version, the one
+before it, and the base helm release's revision that deployed that one. The
+rollback runs helm rollback on the base release, then applies the app phase
+at the old version. The wait follows the rollout. Database migrations are not
+undone, and the result states which migration stays applied.
+Any failure fails the workflow with the activity's message: a rollback is
+short, and running it again repeats the plan with what then runs.
+
+This module is deterministic: no I/O, no clocks but workflow.now(), and no
+Kubernetes imports.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from deployer import contracts
+    from deployer.contracts import (
+        ApplyResult,
+        RollbackJob,
+        RollbackPlan,
+        WaitRequest,
+        WaitResult,
+    )
+    from deployer.inputs import InvalidRequestError
+    from deployer.lifecycle import (
+        RollbackRequest,
+        RollbackStatus,
+        parse_rollback_request,
+    )
+    from deployer.phases import Phase
+
+from workflows.destroy import cause_message
+
+WORKFLOW_TYPE = "VentrosRollback"
+ROLLBACK_FAILED = "RollbackFailed"
+
+ACTIVITY_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=20),
+    maximum_attempts=5,
+)
+WAIT_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=10),
+)
+ACTIVITY_TIMEOUT = timedelta(minutes=6)
+HEARTBEAT_TIMEOUT = timedelta(seconds=20)
+WAIT_MARGIN = timedelta(seconds=60)
+
+
+def migration_note(plan: RollbackPlan) -> str:
+    """Return the sentence that names the migration that stays applied."""
+    if plan.migration_job:
+        return (
+            "database migrations are not undone: migration "
+            f"{plan.migration_job} for {plan.current_version} stays applied"
+        )
+    return (
+        "database migrations are not undone: the migrations of "
+        f"{plan.current_version} stay applied"
+    )
+
+
+@workflow.defn(name=WORKFLOW_TYPE)
+class VentrosRollback:
+    """Roll one release's app and base helm release back to the previous version."""
+
+    def __init__(self) -> None:
+        self._request: RollbackRequest | None = None
+        self._plan: RollbackPlan | None = None
+        self._state = "validating"
+        self._message: str | None = None
+
+    @workflow.run
+    async def run(self, raw: Any) -> dict[str, Any]:
+        try:
+            request = parse_rollback_request(raw)
+        except InvalidRequestError as error:
+            self._state = "invalid"
+            raise ApplicationError(
+                str(error), type=contracts.INVALID_REQUEST, non_retryable=True
+            ) from None
+        self._request = request
+        try:
+            await self._roll_back(request)
+        except ActivityError as error:
+            self._state = "failed"
+            self._message = cause_message(error)
+            self._publish()
+            raise ApplicationError(
+                self._message, type=ROLLBACK_FAILED, non_retryable=True
+            ) from None
+        self._state = "succeeded"
+        self._publish()
+        return self.status().model_dump(mode="json")
+
+    async def _roll_back(self, request: RollbackRequest) -> None:
+        self._state = "planning"
+        self._publish()
+        plan = await workflow.execute_activity(
+            contracts.PLAN_ROLLBACK,
+            request,
+            result_type=RollbackPlan,
+            start_to_close_timeout=ACTIVITY_TIMEOUT,
+            heartbeat_timeout=HEARTBEAT_TIMEOUT,
+            retry_policy=ACTIVITY_RETRY,
+            summary=f"find the version before the running one of {request.release}",
+        )
+        self._plan = plan
+
+        self._state = "rolling back"
+        self._publish()
+        deadline = workflow.now().timestamp() + request.timeout_s
+        applied = await workflow.execute_activity(
+            contracts.ROLL_BACK_APP,
+            RollbackJob(request=request, plan=plan),
+            result_type=ApplyResult,
+            start_to_close_timeout=ACTIVITY_TIMEOUT,
+            heartbeat_timeout=HEARTBEAT_TIMEOUT,
+            retry_policy=ACTIVITY_RETRY,
+            summary=(
+                f"roll back to {plan.target_version}: helm revision "
+                f"{plan.helm_revision}, then the app phase"
+            ),
+        )
+
+        self._state = "waiting for the rollout"
+        self._publish()
+        await workflow.execute_activity(
+            contracts.WAIT_READY,
+            WaitRequest(
+                phase=Phase.APP,
+                namespace=request.namespace,
+                kube_context=request.kube_context,
+                refs=applied.waits,
+                timeout_s=request.timeout_s,
+                deadline_epoch_s=deadline,
+            ),
+            result_type=WaitResult,
+            start_to_close_timeout=timedelta(seconds=request.timeout_s) + WAIT_MARGIN,
+            schedule_to_close_timeout=timedelta(seconds=request.timeout_s)
+            + 2 * WAIT_MARGIN,
+            heartbeat_timeout=HEARTBEAT_TIMEOUT,
+            retry_policy=WAIT_RETRY,
+            summary=f"app: wait for the rollout of {plan.target_version}",
+        )
+        self._message = (
+            f"rolled {request.release} in namespace {request.namespace} back from "
+            f"{plan.current_version} to {plan.target_version} (helm release "
+            f"{request.release} back to revision {plan.helm_revision})"
+        )
+
+    @workflow.query(name="status")
+    def status(self) -> RollbackStatus:
+        request, plan = self._request, self._plan
+        return RollbackStatus(
+            workflow_id=workflow.info().workflow_id,
+            release=request.release if request else "",
+            namespace=request.namespace if request else "",
+            state=self._state,
+            from_version=plan.current_version if plan else None,
+            to_version=plan.target_version if plan else None,
+            helm_revision=plan.helm_revision if plan else None,
+            migration_note=migration_note(plan) if plan else None,
+            message=self._message,
+        )
+
+    def _publish(self) -> None:
+        status = self.status()
+        lines = [f"**rollback {status.state}**"]
+        if status.from_version:
+            lines.append(f"from {status.from_version} to {status.to_version}")
+        lines += [line for line in (status.message, status.migration_note) if line]
+        workflow.set_current_details("\n\n".join(lines))
