@@ -52,6 +52,7 @@ from deployer.inputs import (
 )
 from deployer.lifecycle import (
     RollbackStatus,
+    destroy_workflow_id_for,
     parse_destroy_request,
     parse_rollback_request,
 )
@@ -88,7 +89,7 @@ class CliError(Exception):
 
 
 def parse_set(pairs: list[str]) -> dict[str, Any]:
-    """Turn ["a.b=1", "c=x"] into {"a": {"b": 1}, "c": "x"} (values read as YAML scalars)."""
+    """Turn ["a.b=1", "c=x"] into {"a": {"b": 1}, "c": "x"}, reading YAML scalars."""
     values: dict[str, Any] = {}
     for pair in pairs:
         # Messages name the key only: the value may be a secret.
@@ -270,6 +271,24 @@ async def is_running(handle: WorkflowHandle[Any, Any]) -> bool:
 # -- commands -----------------------------------------------------------------
 
 
+async def refuse_during_destroy(client: Client, namespace: str, release: str) -> None:
+    """Raise CliError when a destroy of the same release is running."""
+    destroy_id = destroy_workflow_id_for(namespace, release)
+    try:
+        running = await is_running(client.get_workflow_handle(destroy_id))
+    except RPCError as error:
+        if error.status is RPCStatusCode.NOT_FOUND:
+            return
+        raise
+    if running:
+        raise CliError(
+            f"{destroy_id} is removing {release} in {namespace}; wait for it "
+            f"(`ventros-deploy destroy --release {release} --namespace {namespace}` "
+            "shows it) or abort it before deploying again",
+            EXIT_RUNNING,
+        )
+
+
 async def cmd_start(
     client: Client,
     settings: TemporalSettings,
@@ -281,6 +300,7 @@ async def cmd_start(
         request = parse_request(raw)
     except InvalidRequestError as error:
         raise CliError(str(error), EXIT_USAGE) from None
+    await refuse_during_destroy(client, request.namespace, request.release)
     try:
         handle = await client.start_workflow(
             WORKFLOW_TYPE,
@@ -295,8 +315,9 @@ async def cmd_start(
         )
     except WorkflowAlreadyStartedError:
         raise CliError(
-            f"a deploy of {request.release} in {request.namespace} is already running: "
-            f"{request.workflow_id}. Follow it with `ventros-deploy watch {request.workflow_id}`",
+            f"a deploy of {request.release} in {request.namespace} is already "
+            f"running: {request.workflow_id}. Follow it with "
+            f"`ventros-deploy watch {request.workflow_id}`",
             EXIT_RUNNING,
         ) from None
     if args.json and not args.follow:
@@ -638,7 +659,7 @@ async def cmd_destroy(
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ventros-deploy",
-        description="Deploy the Ventros CRM stack with the VentrosDeploy Temporal workflow.",
+        description="Deploy the Ventros CRM stack with the VentrosDeploy workflow.",
         epilog=__doc__.split("\n\n", 1)[1] if __doc__ else None,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -778,7 +799,8 @@ async def run(args: argparse.Namespace) -> int:
         client = await connect(settings)
     except RuntimeError as error:
         raise CliError(
-            f"cannot reach the bootstrap Temporal at {settings.temporal_address}: {error}. "
+            "cannot reach the bootstrap Temporal at "
+            f"{settings.temporal_address}: {error}. "
             "Start it (make demo starts one) or set VENTROS_DEPLOY_TEMPORAL_ADDRESS",
             EXIT_UNREACHABLE,
         ) from None

@@ -25,6 +25,7 @@ from deployer import contracts
 from deployer.lifecycle import DestroyStatus
 from deployer.phases import TEARDOWN_ORDER, PhaseState
 from deployer.settings import WorkerSettings
+from tests.cli.test_cli import cli_env, run_cli
 from tests.conftest import REPO_ROOT, running_worker
 from tests.lifecycle.conftest import (
     DEPLOYMENT,
@@ -212,12 +213,19 @@ async def test_destroy_waits_for_queues(
         waiting = await drain_status(temporal_env, handle, "5 messages")
         held = await kube.get(RABBITMQ, rabbit, namespace)
         still_running = await handle.query("status", result_type=DestroyStatus)
+        # A deploy of the same release is refused while the destroy runs.
+        refused = await run_cli(
+            ["start", "--release", RELEASE, "--namespace", namespace],
+            cli_env(temporal_env, lifecycle_settings),
+        )
 
         await annotate(kube, RABBITMQ, rabbit, namespace, {MESSAGES: "0"})
         status = await destroy_status(handle)
     print(f"drain status while waiting: {waiting}")
     assert f"rabbitmqcluster/{rabbit}: 5 messages in 1 queue (" in waiting
     assert held is not None
+    assert refused.returncode == 3
+    assert f"destroy-{namespace}-{RELEASE} is removing" in refused.stderr
     assert record(still_running, "messaging").state is PhaseState.RUNNING
     assert record(still_running, "messaging").waiting_on == [contracts.DRAIN_KEY]
     assert status.state == "succeeded"
