@@ -25,7 +25,6 @@ from deployer import contracts
 from deployer.lifecycle import DestroyStatus
 from deployer.phases import TEARDOWN_ORDER, PhaseState
 from deployer.settings import WorkerSettings
-from tests.cli.test_cli import cli_env, run_cli
 from tests.conftest import REPO_ROOT, running_worker
 from tests.lifecycle.conftest import (
     DEPLOYMENT,
