@@ -82,6 +82,13 @@ def translate_errors(func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R
                     contracts.VALUES_REJECTED,
                     f"the chart rejected the values: {error.stderr}. Fix the named value and start again",
                 ) from error
+            if error.forbidden:
+                # Retrying cannot grant a permission, so the phase fails at once.
+                raise _non_retryable(
+                    contracts.FORBIDDEN,
+                    f"forbidden: {error}. Grant the deployer's identity this verb "
+                    "and resource (see deploy/rbac.yaml)",
+                ) from error
             raise ApplicationError(str(error), type=contracts.HELM_FAILED) from error
         except InvalidError as error:
             raise _non_retryable(
@@ -108,6 +115,31 @@ def translate_errors(func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R
                 f"Kubernetes API request failed: {error}",
                 type=contracts.KUBE_API_UNAVAILABLE,
             ) from error
+
+    return wrapper
+
+
+def heartbeat_while_running(
+    func: Callable[P, Awaitable[R]],
+) -> Callable[P, Awaitable[R]]:
+    """Heartbeat every HEARTBEAT_EVERY_S while func runs.
+
+    The workflow gives these activities a heartbeat timeout, so the server
+    retries an attempt whose worker died within that timeout.
+    """
+
+    async def beat() -> None:
+        while True:
+            activity.heartbeat()
+            await asyncio.sleep(HEARTBEAT_EVERY_S)
+
+    @functools.wraps(func)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        beating = asyncio.create_task(beat())
+        try:
+            return await func(*args, **kwargs)
+        finally:
+            beating.cancel()
 
     return wrapper
 
@@ -184,6 +216,7 @@ class DeployActivities:
 
     @activity.defn(name=contracts.VALIDATE_REQUEST)
     @translate_errors
+    @heartbeat_while_running
     async def validate_request(self, raw: dict[str, Any]) -> ValidateResult:
         """Check everything that can be checked before anything is applied."""
         request = parse_request(raw)
@@ -262,6 +295,7 @@ class DeployActivities:
 
     @activity.defn(name=contracts.APPLY_PHASE)
     @translate_errors
+    @heartbeat_while_running
     async def apply_phase(self, job: ApplyRequest) -> ApplyResult:
         """Apply one phase's objects and return what the wait must watch."""
         request, phase = job.request, job.phase
@@ -383,15 +417,23 @@ class DeployActivities:
                         {},
                     )
                 )
-        for release, _, _ in releases:
+
+        async def install(
+            release: str, chart: ChartRef, values: dict[str, Any], operator: bool
+        ) -> list[JsonObject]:
             if note := await helm.recover_pending(release, request.namespace):
                 log.warning("recovered helm release", note=note)
                 notes.append(note)
-        # The operators and our base objects do not depend on each other.
-        await asyncio.gather(
+            return await helm.upgrade_install(
+                release, request.namespace, chart, values, manifest=operator
+            )
+
+        # The operators and our base objects do not depend on each other, so
+        # each release is recovered and upgraded at the same time as the others.
+        manifests = await asyncio.gather(
             *(
-                helm.upgrade_install(release, request.namespace, chart, values)
-                for release, chart, values in releases
+                install(release, chart, values, index > 0)
+                for index, (release, chart, values) in enumerate(releases)
             )
         )
         waits = [
@@ -402,19 +444,25 @@ class DeployActivities:
             )
             for name in OPERATOR_CRDS
         ]
-        for release, _, _ in releases[1:]:
-            waits += [
-                ref_of(o, request.namespace)
-                for o in await helm.manifest(release, request.namespace)
-                if o["kind"] in readiness.WAITED_KINDS
-            ]
+        waits += [
+            ref_of(o, request.namespace)
+            for objects in manifests
+            for o in objects
+            if o["kind"] in readiness.WAITED_KINDS
+        ]
         return ApplyResult(
             phase=Phase.BASE, applied=len(releases), waits=waits, notes=notes
         )
 
     async def _apply_temporal(self, request: DeployRequest) -> ApplyResult:
         helm = self.helm(request.kube_context)
-        data = await self._render_phase(request, Phase.DATA)
+        release = f"{request.release}-temporal"
+        # Three independent helm calls, run at the same time.
+        data, chart, note = await asyncio.gather(
+            self._render_phase(request, Phase.DATA),
+            self._dependency_chart(request, "temporal"),
+            helm.recover_pending(release, request.namespace),
+        )
         clusters = [o["metadata"]["name"] for o in data if o["kind"] == "postgresql"]
         if not clusters:
             raise _non_retryable(
@@ -446,13 +494,12 @@ class DeployActivities:
                 }
             }
         }
-        release = f"{request.release}-temporal"
-        chart = await self._dependency_chart(request, "temporal")
-        note = await helm.recover_pending(release, request.namespace)
-        await helm.upgrade_install(release, request.namespace, chart, values)
+        objects = await helm.upgrade_install(
+            release, request.namespace, chart, values, manifest=True
+        )
         waits = [
             ref_of(o, request.namespace)
-            for o in await helm.manifest(release, request.namespace)
+            for o in objects
             if o["kind"] in readiness.WAITED_KINDS
         ]
         return ApplyResult(

@@ -15,13 +15,17 @@ from typing import Any
 
 import structlog
 
-SECRET_KEY = re.compile(r"(pass(word)?|secret|token|key|credential|auth)", re.IGNORECASE)
+SECRET_KEY = re.compile(
+    r"(pass(word)?|secret|token|key|credential|auth)", re.IGNORECASE
+)
 MASK = "***"
 
 
 def _mask(value: Any) -> Any:
     if isinstance(value, dict):
-        return {k: MASK if SECRET_KEY.search(str(k)) else _mask(v) for k, v in value.items()}
+        return {
+            k: MASK if SECRET_KEY.search(str(k)) else _mask(v) for k, v in value.items()
+        }
     if isinstance(value, list | tuple):
         return [_mask(v) for v in value]
     return value
@@ -41,9 +45,13 @@ def redact_secrets(
 
 def configure(log_format: str = "auto", level: int = logging.INFO) -> None:
     """Configure structlog and the standard library's logging (the SDK logs there)."""
-    render_json = log_format == "json" or (log_format == "auto" and not sys.stderr.isatty())
+    render_json = log_format == "json" or (
+        log_format == "auto" and not sys.stderr.isatty()
+    )
     renderer: Any = (
-        structlog.processors.JSONRenderer() if render_json else structlog.dev.ConsoleRenderer()
+        structlog.processors.JSONRenderer()
+        if render_json
+        else structlog.dev.ConsoleRenderer()
     )
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -61,8 +69,13 @@ def configure(log_format: str = "auto", level: int = logging.INFO) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder()],
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            # ExtraAdder runs before redact_secrets, so that fields passed with
+            # the standard library's extra= are masked too.
+            foreign_pre_chain=[structlog.stdlib.ExtraAdder(), *shared],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                renderer,
+            ],
         )
     )
     root = logging.getLogger()
