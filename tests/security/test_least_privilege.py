@@ -27,6 +27,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.kubeapi import ForbiddenError, JsonObject, KubeClient, well_known
 from deployer import contracts
+from deployer.lifecycle import destroy_workflow_id_for, rollback_workflow_id_for
 from deployer.phases import DeployStatus, PhaseRecord, PhaseState
 from deployer.settings import WorkerSettings
 from testbed.cluster import LocalCluster
@@ -220,7 +221,8 @@ async def test_deploy_with_rbac_succeeds(
     cluster: LocalCluster,
     namespace: str,
 ) -> None:
-    """A whole deploy, then an upgrade, succeed with only the rights in rbac.yaml."""
+    """A deploy, an upgrade, a rollback and a destroy all succeed with only the
+    rights in rbac.yaml."""
     audit_log = cluster.config.log_dir / "audit.log"
     audit_start = audit_log.stat().st_size
     settings = as_deployer(worker_settings, deployer_identity)
@@ -230,8 +232,24 @@ async def test_deploy_with_rbac_succeeds(
         upgrade = deploy_request(namespace, app_version="1.0.1")
         second = await start(temporal_env, settings, upgrade)
         upgraded = await result_or_status(second)
+        target = {"release": "ventros-crm", "namespace": namespace}
+        rolled_back = await temporal_env.client.execute_workflow(
+            "VentrosRollback",
+            target,
+            id=rollback_workflow_id_for(namespace, "ventros-crm"),
+            task_queue=settings.task_queue,
+        )
+        destroyed = await temporal_env.client.execute_workflow(
+            "VentrosDestroy",
+            {**target, "force": True, "delete_data": True},
+            id=destroy_workflow_id_for(namespace, "ventros-crm"),
+            task_queue=settings.task_queue,
+        )
     assert installed.state == "succeeded", installed.model_dump_json()
     assert upgraded.state == "succeeded", upgraded.model_dump_json()
+    assert rolled_back["state"] == "succeeded"
+    assert rolled_back["to_version"] == "1.0.0"
+    assert destroyed["state"] == "succeeded"
 
     # The API server's audit log (writes only) shows who wrote the objects,
     # and that no write was denied: helm can recover from some denied writes
