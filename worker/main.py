@@ -10,6 +10,7 @@ retried by Temporal on another worker (its heartbeat timeout notices).
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -26,7 +27,7 @@ from activities.deploy import DeployActivities
 from activities.drain import DrainActivities
 from activities.rollback import RollbackActivities
 from activities.teardown import TeardownActivities
-from deployer import logs
+from deployer import codec, logs
 from deployer.connect import connect
 from deployer.settings import WorkerSettings
 from workflows.deploy import VentrosDeploy
@@ -93,6 +94,12 @@ async def run(settings: WorkerSettings) -> None:
         namespace=settings.temporal_namespace,
         task_queue=settings.task_queue,
     )
+    if settings.codec_keys_file is None and codec.KEYS_ENV_VAR not in os.environ:
+        log.warning(
+            "payload encryption is off: workflow history and the UI store deploy "
+            "requests, including secret values in them, in plaintext; set "
+            "VENTROS_DEPLOY_CODEC_KEYS_FILE (python -m deployer.codec generate PATH)"
+        )
     async with worker:
         await stop.wait()
         log.info("worker stopping", grace_period_s=settings.graceful_shutdown_s)
