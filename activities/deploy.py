@@ -80,7 +80,8 @@ def translate_errors(func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R
             if error.schema_rejected or "execution error" in error.stderr:
                 raise _non_retryable(
                     contracts.VALUES_REJECTED,
-                    f"the chart rejected the values: {error.stderr}. Fix the named value and start again",
+                    f"the chart rejected the values: {error.stderr}. Fix the named "
+                    "value and start again",
                 ) from error
             if error.forbidden:
                 # Retrying cannot grant a permission, so the phase fails at once.
@@ -93,18 +94,21 @@ def translate_errors(func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R
         except InvalidError as error:
             raise _non_retryable(
                 contracts.OBJECT_INVALID,
-                f"the API server rejected an object as invalid: {error}. Fix the chart or values",
+                f"the API server rejected an object as invalid: {error}. Fix the "
+                "chart or values",
             ) from error
         except ForbiddenError as error:
             raise _non_retryable(
                 contracts.FORBIDDEN,
-                f"forbidden: {error.message}. Grant the deployer's identity this verb and resource "
+                f"forbidden: {error.message}. Grant the deployer's identity this "
+                "verb and resource "
                 "(see deploy/rbac.yaml)",
             ) from error
         except UnauthorizedError as error:
             raise _non_retryable(
                 contracts.UNAUTHORIZED,
-                f"the API server rejected the credentials even after reloading the kubeconfig: {error}",
+                "the API server rejected the credentials even after reloading the "
+                f"kubeconfig: {error}",
             ) from error
         except TerminalFailure as error:
             raise _non_retryable(contracts.TERMINAL_FAILURE, str(error)) from error
@@ -242,7 +246,8 @@ class DeployActivities:
         if missing:
             raise _non_retryable(
                 contracts.VALUES_REJECTED,
-                f"the chart renders no objects for phases {sorted(missing)}; check the chart "
+                f"the chart renders no objects for phases {sorted(missing)}; check "
+                "the chart "
                 f"({request.chart}) and that its objects carry the {PHASE_LABEL} label",
             )
         return ValidateResult(
@@ -270,7 +275,8 @@ class DeployActivities:
         except OSError as error:
             raise _non_retryable(
                 contracts.KUBE_CONTEXT_NOT_FOUND,
-                f"cannot read the worker's kubeconfig {path}: {error.strerror}; set VENTROS_DEPLOY_KUBECONFIG",
+                f"cannot read the worker's kubeconfig {path}: {error.strerror}; "
+                "set VENTROS_DEPLOY_KUBECONFIG",
             ) from error
         names = [c.get("name") for c in config.get("contexts") or []]
         if context not in names:
@@ -287,8 +293,10 @@ class DeployActivities:
         ):
             raise _non_retryable(
                 contracts.INVALID_REQUEST,
-                f"values.temporal.address {address} is the bootstrap Temporal that runs the deployer; "
-                "the app needs its own Temporal (leave it empty for the in-cluster one)",
+                f"values.temporal.address {address} is the bootstrap Temporal that "
+                "runs the deployer; "
+                "the app needs its own Temporal (leave it empty for the "
+                "in-cluster one)",
             )
 
     # -- apply ------------------------------------------------------------
@@ -367,7 +375,8 @@ class DeployActivities:
             if o["kind"] in readiness.WAITED_KINDS
         ]
         if phase is Phase.DATA:
-            # The operator's StatefulSet, named after the cluster, holds the database pods.
+            # The operator's StatefulSet, named after the cluster, holds the database
+            # pods.
             waits += [
                 ObjectRef(
                     api_version="apps/v1",
@@ -477,7 +486,9 @@ class DeployActivities:
                 "port": 5432,
                 "database": database,
                 "user": "temporal",
-                "existingSecret": f"temporal.{cluster}.credentials.postgresql.acid.zalan.do",
+                "existingSecret": (
+                    f"temporal.{cluster}.credentials.postgresql.acid.zalan.do"
+                ),
                 "secretKey": "password",
             }
 
@@ -524,7 +535,8 @@ class DeployActivities:
                 )
                 continue
             if verdict and verdict.failure:
-                # A failed Job is replaced, never patched: its pod template is immutable.
+                # A failed Job is replaced, never patched: its pod template is
+                # immutable.
                 await kube.delete(
                     job_type, name, request.namespace, propagation="Foreground"
                 )
@@ -638,9 +650,13 @@ class DeployActivities:
     @staticmethod
     def _failure_message(error: TerminalFailure) -> str:
         hints = {
-            "Job": "read the Job's pod logs and events, fix the cause, then run `ventros-deploy retry`",
-            "postgresql": "check the postgres-operator's log and the postgresql manifest, then retry",
-            "RabbitmqCluster": "check the RabbitMQ operator's log and the cluster's events, then retry",
-            "Deployment": "check the new ReplicaSet's pods (`ventros-deploy status`), fix the image or config, then retry",
+            "Job": "read the Job's pod logs and events, fix the cause, then run "
+            "`ventros-deploy retry`",
+            "postgresql": "check the postgres-operator's log and the postgresql "
+            "manifest, then retry",
+            "RabbitmqCluster": "check the RabbitMQ operator's log and the "
+            "cluster's events, then retry",
+            "Deployment": "check the new ReplicaSet's pods (`ventros-deploy "
+            "status`), fix the image or config, then retry",
         }
         return f"{error}. {hints.get(error.ref.kind, 'fix the cause, then retry')}"

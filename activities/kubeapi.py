@@ -209,7 +209,7 @@ class KubeClient:
         query: dict[str, str] | None,
         body: Any,
         content_type: str,
-        timeout: aiohttp.ClientTimeout | float | None,
+        timeout: aiohttp.ClientTimeout | float | None,  # noqa: ASYNC109 - HTTP timeout
     ) -> Any:
         url_path = path + ("?" + urlencode(query) if query else "")
         try:
@@ -238,7 +238,7 @@ class KubeClient:
         query: dict[str, str] | None = None,
         body: Any = None,
         content_type: str = "application/json",
-        timeout: float = 30.0,
+        timeout: float = 30.0,  # noqa: ASYNC109 - per-request HTTP timeout
     ) -> JsonObject:
         """Send one request and return the decoded JSON body; raise KubeApiError."""
         response = await self._send(method, path, query, body, content_type, timeout)

@@ -44,7 +44,7 @@ SECRET_FIELDS = ("values",)
 
 
 class ChartRef(BaseModel):
-    """A chart: a local path (inside the worker's chart root) or a repository reference."""
+    """A chart: a path inside the worker's chart root, or a repository reference."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -83,11 +83,13 @@ class ChartRef(BaseModel):
 def _check_chart_path(path: str) -> None:
     if not path or path.startswith(("-", "/")) or "\\" in path:
         raise ValueError(
-            "path must be relative to the worker's chart root and must not start with '-' or '/'"
+            "path must be relative to the worker's chart root and must not start "
+            "with '-' or '/'"
         )
     if any(part in ("..", "") for part in path.split("/")) and path != ".":
         raise ValueError(
-            "path must not contain '..' or empty parts: charts must stay inside the chart root"
+            "path must not contain '..' or empty parts: charts must stay inside "
+            "the chart root"
         )
     if not re.fullmatch(r"^[A-Za-z0-9_./-]+$", path) or len(path) > 255:
         raise ValueError(
@@ -144,7 +146,8 @@ class DeployRequest(BaseModel):
         if len(value) > RELEASE_MAX or not DNS1123_LABEL.fullmatch(value):
             raise ValueError(
                 f"must be a DNS-1123 label of at most {RELEASE_MAX} characters: "
-                "lowercase letters, digits and '-', starting and ending with a letter or digit"
+                "lowercase letters, digits and '-', starting and ending with a "
+                "letter or digit"
             )
         return value
 
@@ -154,7 +157,8 @@ class DeployRequest(BaseModel):
         if len(value) > 63 or not DNS1123_LABEL.fullmatch(value):
             raise ValueError(
                 "must be a DNS-1123 label of at most 63 characters: "
-                "lowercase letters, digits and '-', starting and ending with a letter or digit"
+                "lowercase letters, digits and '-', starting and ending with a "
+                "letter or digit"
             )
         return value
 

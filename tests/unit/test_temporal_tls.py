@@ -100,7 +100,7 @@ async def test_tls_mutual_deploy_completes(
 async def test_tls_without_client_cert_rejected(
     temporal_env: WorkflowEnvironment, pki: Path
 ) -> None:
-    """Without a client certificate the server's mTLS handshake rejects the connection."""
+    """Without a client certificate the mTLS handshake rejects the connection."""
     upstream = temporal_env.client.service_client.config.target_host
     async with tls_terminator(pki, upstream) as address:
         settings = TemporalSettings(
@@ -129,6 +129,6 @@ async def test_tls_untrusted_server_rejected(
 
 
 def test_tls_cert_without_key_rejected(pki: Path) -> None:
-    """A client certificate without its key is a settings error naming both variables."""
+    """A certificate without its key is a settings error naming both variables."""
     with pytest.raises(ValueError, match="VENTROS_DEPLOY_TEMPORAL_TLS_KEY"):
         TemporalSettings(temporal_tls_cert=pki / "admin.crt")

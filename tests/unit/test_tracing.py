@@ -37,10 +37,16 @@ async def test_tracing_records_workflow_and_activity_spans(
     client = Client(**config)
     queue = f"tq-{uuid.uuid4().hex[:8]}"
     async with Worker(
-        client, task_queue=queue, workflows=[VentrosDeploy], activities=StandIns().activities()
+        client,
+        task_queue=queue,
+        workflows=[VentrosDeploy],
+        activities=StandIns().activities(),
     ):
         await client.execute_workflow(
-            "VentrosDeploy", {"namespace": "traced"}, id=f"wf-{uuid.uuid4().hex[:8]}", task_queue=queue
+            "VentrosDeploy",
+            {"namespace": "traced"},
+            id=f"wf-{uuid.uuid4().hex[:8]}",
+            task_queue=queue,
         )
     names = {span.name for span in exporter.get_finished_spans()}
     assert "StartWorkflow:VentrosDeploy" in names
