@@ -24,9 +24,9 @@ import yaml
 from deployer.inputs import ChartRef
 
 STDERR_CAP = 2000
-# libyaml's C parser and emitter when PyYAML was built with it. The pure-Python
-# ones took about a tenth of the worker's CPU time with 20 deploys at once,
-# mostly parsing `helm template` output.
+# libyaml's C parser and emitter when PyYAML was built with it. In a py-spy
+# profile of the worker running 20 deploys at once, the pure-Python parser
+# took 11 % of the samples, mostly on `helm template` output.
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 SAFE_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 PENDING_STATES = ("pending-install", "pending-upgrade", "pending-rollback")

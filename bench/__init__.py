@@ -1,0 +1,1 @@
+"""The benchmark of our deploy against the Helm-hooks deploy (`make bench`)."""
