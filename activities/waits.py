@@ -91,7 +91,11 @@ async def wait_ready(
         if verdict.soft_failure:
             soft_failure_since = soft_failure_since or time.monotonic()
             if time.monotonic() - soft_failure_since > SYNC_FAILED_GRACE_S:
-                raise TerminalFailure(ref, verdict.status, f"{verdict.failure} for more than {SYNC_FAILED_GRACE_S:.0f} s")
+                raise TerminalFailure(
+                    ref,
+                    verdict.status,
+                    f"{verdict.failure} for more than {SYNC_FAILED_GRACE_S:.0f} s",
+                )
         else:
             soft_failure_since = None
         return verdict.ready
@@ -112,9 +116,17 @@ async def wait_ready(
                 obj = await kube.get(rtype, ref.name, ref.namespace)
                 if judge(obj):
                     return last
-                version = obj["metadata"]["resourceVersion"] if obj else (
-                    await kube.list(rtype, ref.namespace, field_selector=f"metadata.name={ref.name}")
-                )["metadata"]["resourceVersion"]
+                version = (
+                    obj["metadata"]["resourceVersion"]
+                    if obj
+                    else (
+                        await kube.list(
+                            rtype,
+                            ref.namespace,
+                            field_selector=f"metadata.name={ref.name}",
+                        )
+                    )["metadata"]["resourceVersion"]
+                )
                 attempt = 0
                 while True:
                     async for event in kube.watch(
@@ -128,7 +140,9 @@ async def wait_ready(
                         version = event["object"]["metadata"]["resourceVersion"]
                         if event["type"] == "BOOKMARK":
                             continue
-                        if judge(None if event["type"] == "DELETED" else event["object"]):
+                        if judge(
+                            None if event["type"] == "DELETED" else event["object"]
+                        ):
                             return last
         except TimeoutError:
             continue  # The deadline check at the top raises WaitTimeout.
@@ -143,7 +157,10 @@ async def wait_ready(
             if reloaded:
                 raise
             reloaded = True
-            log.warning("credentials rejected; reloading the kubeconfig once", object=ref.describe())
+            log.warning(
+                "credentials rejected; reloading the kubeconfig once",
+                object=ref.describe(),
+            )
             await kube.reload_credentials()
         except KubeApiError as error:
             if error.status < 500 and error.status != 429:

@@ -64,6 +64,9 @@ WAIT_RETRY = RetryPolicy(
 )
 APPLY_TIMEOUT = timedelta(minutes=6)
 WAIT_HEARTBEAT_TIMEOUT = timedelta(seconds=20)
+# Validate and apply heartbeat too: without it, an attempt on a worker that
+# crashed is only retried after its start-to-close timeout (2 and 6 minutes).
+APPLY_HEARTBEAT_TIMEOUT = timedelta(seconds=20)
 WAIT_MARGIN = timedelta(seconds=60)
 
 
@@ -119,6 +122,7 @@ class VentrosDeploy:
                 request.model_dump(mode="json"),
                 result_type=ValidateResult,
                 start_to_close_timeout=timedelta(minutes=2),
+                heartbeat_timeout=APPLY_HEARTBEAT_TIMEOUT,
                 retry_policy=VALIDATE_RETRY,
                 summary=(
                     f"validate the request for {request.release} in {request.namespace}"
@@ -181,6 +185,7 @@ class VentrosDeploy:
             ApplyRequest(request=request, phase=phase),
             result_type=ApplyResult,
             start_to_close_timeout=APPLY_TIMEOUT,
+            heartbeat_timeout=APPLY_HEARTBEAT_TIMEOUT,
             retry_policy=APPLY_RETRY,
             summary=f"{phase.value}: apply the {phase.value} objects",
         )
