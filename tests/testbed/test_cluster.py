@@ -21,8 +21,6 @@ import pytest
 from testbed.cluster import COMPONENTS, ClusterConfig, ClusterError, LocalCluster
 
 # Ports for the separate cluster, away from the shared one (23790, 26443).
-SEPARATE_ETCD_PORT = 33790
-SEPARATE_APISERVER_PORT = 36443
 ETCD_PEER_OFFSET = 10
 
 
@@ -163,19 +161,16 @@ def test_separate_cluster_up_down(
 
     Prints the time of up() with warm binaries, as a measurement, not a check.
     """
-    for port in (
-        SEPARATE_ETCD_PORT,
-        SEPARATE_ETCD_PORT + ETCD_PEER_OFFSET,
-        SEPARATE_APISERVER_PORT,
-    ):
-        assert port_free(port), (
-            f"port 127.0.0.1:{port} is in use; free it for this test"
-        )
+    etcd_port, apiserver_port = free_ports()
+    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as probe:
+        probe.bind(("127.0.0.1", 0))
+        management_port = int(probe.getsockname()[1])
     config = ClusterConfig(
         state_dir=tmp_path / "state",
-        etcd_port=SEPARATE_ETCD_PORT,
-        apiserver_port=SEPARATE_APISERVER_PORT,
+        etcd_port=etcd_port,
+        apiserver_port=apiserver_port,
         nodes=3,
+        rabbitmq_management_port=management_port,
     )
     local = LocalCluster(config)
     try:
@@ -200,5 +195,5 @@ def test_separate_cluster_up_down(
         assert not running(pid), f"{name} (pid {pid}) still runs after down()"
     assert not config.cluster_dir.exists()
     assert not config.kubeconfig.exists()
-    for port in (SEPARATE_ETCD_PORT, SEPARATE_APISERVER_PORT):
+    for port in (etcd_port, apiserver_port):
         assert port_free(port), f"port {port} is still in use after down()"
