@@ -69,6 +69,11 @@ def build_worker(
 
 
 async def run(settings: WorkerSettings) -> None:
+    # Signals first: a stop requested while connecting still ends cleanly.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
     if settings.metrics_port:
         # The SDK's Prometheus endpoint, on loopback only.
         Runtime.set_default(
@@ -84,10 +89,6 @@ async def run(settings: WorkerSettings) -> None:
     client = await connect(settings)
     activities = DeployActivities(settings)
     worker = build_worker(client, settings, activities)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
     log.info(
         "worker started",
         temporal_address=settings.temporal_address,

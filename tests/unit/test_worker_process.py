@@ -1,0 +1,68 @@
+"""The worker as a process: Prometheus metrics on loopback, and SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+import urllib.request
+import uuid
+
+from temporalio.testing import WorkflowEnvironment
+
+from tests.conftest import REPO_ROOT
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def scrape(port: int) -> str:
+    url = f"http://127.0.0.1:{port}/metrics"
+    with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - loopback
+        return str(response.read().decode())
+
+
+async def test_worker_metrics_and_sigterm(temporal_env: WorkflowEnvironment) -> None:
+    """With a metrics port set the worker serves SDK metrics on loopback, and on
+    SIGTERM it logs its stop and exits 0."""
+    port = free_port()
+    env = dict(
+        os.environ,
+        VENTROS_DEPLOY_TEMPORAL_ADDRESS=temporal_env.client.service_client.config.target_host,
+        VENTROS_DEPLOY_TASK_QUEUE=f"tq-{uuid.uuid4().hex[:8]}",
+        VENTROS_DEPLOY_METRICS_PORT=str(port),
+        VENTROS_DEPLOY_LOG_FORMAT="json",
+        VENTROS_DEPLOY_GRACEFUL_SHUTDOWN_S="1",
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "worker",
+        env=env,
+        cwd=REPO_ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    metrics = ""
+    for _ in range(100):
+        try:
+            metrics = await asyncio.to_thread(scrape, port)
+        except OSError:
+            await asyncio.sleep(0.1)
+            continue
+        if "temporal_" in metrics:
+            break
+        await asyncio.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    _, err = await asyncio.wait_for(process.communicate(), 30)
+    logs = err.decode()
+    assert "temporal_" in metrics
+    assert process.returncode == 0, logs[-2000:]
+    assert '"event": "worker stopping"' in logs
+    assert '"event": "worker stopped"' in logs
+    assert "payload encryption is off" in logs
