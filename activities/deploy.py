@@ -148,6 +148,18 @@ def heartbeat_while_running(
     return wrapper
 
 
+def bind_log_context(release: str, namespace: str, phase: str) -> None:
+    """Bind release, namespace, phase, attempt and workflow id to log lines."""
+    info = activity.info()
+    structlog.contextvars.bind_contextvars(
+        release=release,
+        namespace=namespace,
+        phase=phase,
+        attempt=info.attempt,
+        workflow_id=info.workflow_id,
+    )
+
+
 def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     merged = copy.deepcopy(base)
     for key, value in override.items():
@@ -307,13 +319,7 @@ class DeployActivities:
     async def apply_phase(self, job: ApplyRequest) -> ApplyResult:
         """Apply one phase's objects and return what the wait must watch."""
         request, phase = job.request, job.phase
-        structlog.contextvars.bind_contextvars(
-            release=request.release,
-            namespace=request.namespace,
-            phase=phase.value,
-            attempt=activity.info().attempt,
-            workflow_id=activity.info().workflow_id,
-        )
+        bind_log_context(request.release, request.namespace, phase.value)
         try:
             if phase is Phase.BASE:
                 return await self._apply_base(request)
@@ -323,7 +329,7 @@ class DeployActivities:
                 return await self._apply_migration(request)
             return await self._apply_rendered(request, phase)
         finally:
-            structlog.contextvars.clear_contextvars()
+            structlog.contextvars.clear_contextvars()  # Bound above, per attempt.
 
     async def _render_phase(
         self, request: DeployRequest, phase: Phase

@@ -22,6 +22,7 @@ from temporalio.exceptions import ApplicationError
 from activities.deploy import (
     PHASE_LABEL,
     DeployActivities,
+    bind_log_context,
     heartbeat_while_running,
     ref_of,
     translate_errors,
@@ -110,13 +111,7 @@ class TeardownActivities:
     async def teardown_phase(self, job: TeardownRequest) -> TeardownResult:
         """Delete one phase's objects and return what must be gone afterwards."""
         request, phase = job.request, job.phase
-        structlog.contextvars.bind_contextvars(
-            release=request.release,
-            namespace=request.namespace,
-            phase=phase.value,
-            attempt=activity.info().attempt,
-            workflow_id=activity.info().workflow_id,
-        )
+        bind_log_context(request.release, request.namespace, phase.value)
         try:
             if phase is Phase.TEMPORAL:
                 result = TeardownResult(phase=phase)
@@ -132,7 +127,7 @@ class TeardownActivities:
             )
             return result
         finally:
-            structlog.contextvars.clear_contextvars()
+            structlog.contextvars.clear_contextvars()  # Bound above, per attempt.
 
     async def _delete_labelled(
         self, request: DestroyRequest, phase: Phase
