@@ -218,10 +218,15 @@ def up() -> int:
         f"Temporal UI:  http://127.0.0.1:{UI_PORT}/namespaces/default/workflows/{workflow_id}"
     )
     print(
-        "  payloads are encrypted. The web UI cannot send the codec server's"
-        " bearer token,"
+        "  payloads are encrypted. To decode them in the UI, log in to the codec"
+        " server once:"
     )
-    print("  so it shows ciphertext; decode them with the CLI (docs/codec.md):")
+    token_path = STATE / "codec-token"
+    print(f"  http://127.0.0.1:{CODEC_PORT}/login (token in {token_path}),")
+    print(
+        "  then in the UI's codec settings enable 'Include cross-origin credentials'."
+    )
+    print("  Or decode them with the CLI (docs/codec.md):")
     print(
         f"  temporal workflow show -w {workflow_id} "
         f"--address 127.0.0.1:{TEMPORAL_PORT} \\"

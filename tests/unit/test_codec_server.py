@@ -25,6 +25,7 @@ from deployer.codec import KEYS_ENV_VAR, EncryptionCodec, KeyRing
 from deployer.codec_server import (
     ALLOWED_HEADERS,
     MAX_BODY_BYTES,
+    SESSION_COOKIE,
     TOKEN_ENV_VAR,
     TokenError,
     build_app,
@@ -42,10 +43,14 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @asynccontextmanager
-async def _serve(key_ring: KeyRing) -> AsyncIterator[TestClient[Any, Any]]:
+async def _serve(
+    key_ring: KeyRing, session_seconds: int = 3600
+) -> AsyncIterator[TestClient[Any, Any]]:
     # TestServer listens on an ephemeral port on 127.0.0.1.
-    app = build_app(key_ring, TOKEN, UI_ORIGIN)
-    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+    app = build_app(key_ring, TOKEN, UI_ORIGIN, session_seconds)
+    # DummyCookieJar stores nothing, so a test sends exactly the cookies it names.
+    server = TestServer(app, host="127.0.0.1")
+    async with TestClient(server, cookie_jar=aiohttp.DummyCookieJar()) as client:
         yield client
 
 
@@ -534,3 +539,315 @@ async def test_decrypt_failure_logged() -> None:
     assert logs[0]["event"] == "payload decryption failed"
     assert logs[0]["namespace"] == "ns-1"
     assert "not in the key ring" in logs[0]["error"]
+
+
+def _own_origin(client: TestClient[Any, Any]) -> str:
+    return f"http://127.0.0.1:{client.port}"
+
+
+async def _login(
+    client: TestClient[Any, Any], token: str = TOKEN
+) -> aiohttp.ClientResponse:
+    # Redirects stay unfollowed so the test reads the Set-Cookie of the POST itself.
+    return await client.post(
+        "/login",
+        data={"token": token},
+        headers={"Origin": _own_origin(client)},
+        allow_redirects=False,
+    )
+
+
+def _session_id(response: aiohttp.ClientResponse) -> str:
+    return response.cookies[SESSION_COOKIE].value
+
+
+async def _decode_with_cookie(
+    client: TestClient[Any, Any], session_id: str, body: str, origin: str = UI_ORIGIN
+) -> aiohttp.ClientResponse:
+    # The header is set by hand, so the client's cookie jar plays no part.
+    return await client.post(
+        "/decode",
+        data=body,
+        headers={"Origin": origin, "Cookie": f"{SESSION_COOKIE}={session_id}"},
+    )
+
+
+@pytest.mark.asyncio
+async def test_login_form_headers() -> None:
+    """GET /login serves a form that no page may frame and that loads nothing."""
+    async with _serve(KeyRing.generate()) as client:
+        response = await client.get("/login")
+        text = await response.text()
+
+    csp = response.headers["Content-Security-Policy"]
+    assert response.status == 200
+    assert response.content_type == "text/html"
+    assert "default-src 'none'" in csp
+    assert "frame-ancestors 'none'" in csp
+    assert "form-action 'self'" in csp
+    assert response.headers["X-Frame-Options"] == "DENY"
+    assert response.headers["Cache-Control"] == "no-store"
+    # "no-referrer" would make browsers post the form with "Origin: null".
+    assert response.headers["Referrer-Policy"] == "same-origin"
+    assert 'name="token"' in text
+    assert 'type="password"' in text
+    assert "Set-Cookie" not in response.headers
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    "token",
+    ["wrong-token-0123456789abcdef", TOKEN[:-1], TOKEN + "x", ""],
+    ids=["wrong", "prefix", "longer", "empty"],
+)
+async def test_login_wrong_token_401(token: str) -> None:
+    """A wrong token gets a 401 page, no cookie, and a log line without the token."""
+    async with _serve(KeyRing.generate()) as client:
+        with structlog.testing.capture_logs() as logs:
+            response = await _login(client, token)
+            text = await response.text()
+
+    assert response.status == 401
+    assert "Set-Cookie" not in response.headers
+    assert "Invalid token" in text
+    assert response.headers["X-Frame-Options"] == "DENY"
+    assert logs[0]["event"] == "login rejected"
+    assert logs[0]["reason"] == "invalid token"
+    assert TOKEN not in repr(logs)
+
+
+@pytest.mark.asyncio
+async def test_login_missing_field_401() -> None:
+    """A login POST without the token field is rejected like a wrong token."""
+    async with _serve(KeyRing.generate()) as client:
+        response = await client.post(
+            "/login",
+            data={"other": TOKEN},
+            headers={"Origin": _own_origin(client)},
+            allow_redirects=False,
+        )
+
+    assert response.status == 401
+    assert "Set-Cookie" not in response.headers
+
+
+@pytest.mark.asyncio
+async def test_login_failures_logged_once_per_interval() -> None:
+    """Repeated failed logins produce one warning per interval with a count."""
+    async with _serve(KeyRing.generate()) as client:
+        with structlog.testing.capture_logs() as logs:
+            for _ in range(3):
+                response = await _login(client, "wrong-token-0123456789abcdef")
+                assert response.status == 401
+
+    warnings = [entry for entry in logs if entry["log_level"] == "warning"]
+    assert len(warnings) == 1
+
+
+@pytest.mark.asyncio
+async def test_login_sets_session_cookie() -> None:
+    """The right token sets an HttpOnly, SameSite=Strict cookie without the token."""
+    async with _serve(KeyRing.generate(), session_seconds=7200) as client:
+        with structlog.testing.capture_logs() as logs:
+            response = await _login(client)
+
+    cookie = response.cookies[SESSION_COOKIE]
+    assert response.status == 303
+    assert response.headers["Location"] == "/login"
+    assert cookie["httponly"] is True
+    assert cookie["samesite"] == "Strict"
+    assert cookie["path"] == "/"
+    assert cookie["max-age"] == "7200"
+    # Plain HTTP: a Secure cookie would never come back.
+    assert not cookie["secure"]
+    assert TOKEN not in cookie.value
+    assert len(cookie.value) >= 43
+    assert logs[0]["event"] == "codec login succeeded"
+    assert cookie.value not in repr(logs)
+
+
+@pytest.mark.asyncio
+async def test_login_ids_differ() -> None:
+    """Each login gets its own random session id."""
+    async with _serve(KeyRing.generate()) as client:
+        first = _session_id(await _login(client))
+        second = _session_id(await _login(client))
+
+    assert first != second
+
+
+@pytest.mark.asyncio
+async def test_login_page_shows_session() -> None:
+    """GET /login with a live session shows the status page with a logout form."""
+    async with _serve(KeyRing.generate()) as client:
+        session_id = _session_id(await _login(client))
+        response = await client.get(
+            "/login", headers={"Cookie": f"{SESSION_COOKIE}={session_id}"}
+        )
+        text = await response.text()
+
+    assert response.status == 200
+    assert "Logged in" in text
+    assert 'action="/logout"' in text
+    assert UI_ORIGIN in text
+
+
+@pytest.mark.asyncio
+async def test_decode_with_session_cookie() -> None:
+    """The UI origin decodes with the session cookie alone and gets CORS headers."""
+    key_ring = KeyRing.generate()
+    body = _to_json(await _encrypted_payloads(key_ring))
+
+    async with _serve(key_ring) as client:
+        session_id = _session_id(await _login(client))
+        response = await _decode_with_cookie(client, session_id, body)
+        text = await response.text()
+
+    assert response.status == 200
+    assert _from_json(text) == _plain_payloads()
+    assert response.headers["Access-Control-Allow-Origin"] == UI_ORIGIN
+    assert response.headers["Access-Control-Allow-Credentials"] == "true"
+
+
+@pytest.mark.asyncio
+async def test_encode_with_session_cookie() -> None:
+    """POST /encode accepts the session cookie from the UI origin too."""
+    async with _serve(KeyRing.generate()) as client:
+        session_id = _session_id(await _login(client))
+        response = await client.post(
+            "/encode",
+            data=_to_json(_plain_payloads()),
+            headers={"Origin": UI_ORIGIN, "Cookie": f"{SESSION_COOKIE}={session_id}"},
+        )
+
+    assert response.status == 200
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    "origin",
+    [OTHER_ORIGIN, "null", None],
+    ids=["same-site-other-port", "null", "no-origin"],
+)
+async def test_session_cookie_other_origin_401(origin: str | None) -> None:
+    """A session cookie counts only on requests from the UI origin.
+
+    SameSite ignores ports, so another server on 127.0.0.1 gets the cookie sent
+    along by the browser, and the origin check is what keeps it out.
+    """
+    async with _serve(KeyRing.generate()) as client:
+        session_id = _session_id(await _login(client))
+        headers = {"Cookie": f"{SESSION_COOKIE}={session_id}"}
+        if origin is not None:
+            headers["Origin"] = origin
+        response = await client.post("/decode", data="{}", headers=headers)
+
+    assert response.status == 401
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    "session_id",
+    ["forged-session-id-0123456789abcdefghijklmnop", TOKEN, ""],
+    ids=["forged", "token-as-cookie", "empty"],
+)
+async def test_decode_forged_cookie_401(session_id: str) -> None:
+    """A cookie value that the server never issued is rejected."""
+    async with _serve(KeyRing.generate()) as client:
+        await _login(client)
+        response = await _decode_with_cookie(client, session_id, "{}")
+
+    assert response.status == 401
+    assert response.headers["Access-Control-Allow-Origin"] == UI_ORIGIN
+
+
+@pytest.mark.asyncio
+async def test_decode_expired_cookie_401() -> None:
+    """A session stops working once its lifetime has passed."""
+    async with _serve(KeyRing.generate(), session_seconds=1) as client:
+        session_id = _session_id(await _login(client))
+        before = await _decode_with_cookie(client, session_id, "{}")
+        await asyncio.sleep(1.2)
+        after = await _decode_with_cookie(client, session_id, "{}")
+
+    assert before.status == 200
+    assert after.status == 401
+
+
+@pytest.mark.asyncio
+async def test_session_lost_on_restart() -> None:
+    """Sessions live in one server's memory, so another instance rejects them."""
+    key_ring = KeyRing.generate()
+    async with _serve(key_ring) as client:
+        session_id = _session_id(await _login(client))
+
+    async with _serve(key_ring) as restarted:
+        response = await _decode_with_cookie(restarted, session_id, "{}")
+
+    assert response.status == 401
+
+
+@pytest.mark.asyncio
+async def test_logout_ends_session() -> None:
+    """POST /logout ends the session on the server and clears the cookie."""
+    async with _serve(KeyRing.generate()) as client:
+        session_id = _session_id(await _login(client))
+        logout = await client.post(
+            "/logout",
+            headers={
+                "Origin": _own_origin(client),
+                "Cookie": f"{SESSION_COOKIE}={session_id}",
+            },
+            allow_redirects=False,
+        )
+        after = await _decode_with_cookie(client, session_id, "{}")
+
+    cleared = logout.cookies[SESSION_COOKIE]
+    assert logout.status == 303
+    assert cleared.value == ""
+    assert cleared["max-age"] == "0"
+    assert after.status == 401
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(
+    "origin",
+    [UI_ORIGIN, "http://evil.example", "null", None],
+    ids=["ui-origin", "foreign", "null", "no-origin"],
+)
+@pytest.mark.parametrize("path", ["/login", "/logout"])
+async def test_login_post_cross_origin_403(path: str, origin: str | None) -> None:
+    """POST /login and /logout accept only the server's own origin (CSRF check)."""
+    async with _serve(KeyRing.generate()) as client:
+        headers = {} if origin is None else {"Origin": origin}
+        with structlog.testing.capture_logs() as logs:
+            response = await client.post(
+                path, data={"token": TOKEN}, headers=headers, allow_redirects=False
+            )
+
+    assert response.status == 403
+    assert "Set-Cookie" not in response.headers
+    assert "Access-Control-Allow-Origin" not in response.headers
+    assert logs[0]["reason"] == "cross-origin POST"
+
+
+@pytest.mark.asyncio
+async def test_logout_cross_origin_keeps_session() -> None:
+    """A rejected cross-origin logout leaves the session working."""
+    async with _serve(KeyRing.generate()) as client:
+        session_id = _session_id(await _login(client))
+        await client.post(
+            "/logout",
+            headers={
+                "Origin": "http://evil.example",
+                "Cookie": f"{SESSION_COOKIE}={session_id}",
+            },
+        )
+        response = await _decode_with_cookie(client, session_id, "{}")
+
+    assert response.status == 200
+
+
+def test_build_app_rejects_zero_session() -> None:
+    with pytest.raises(ValueError, match="session lifetime is 0 s"):
+        build_app(KeyRing.generate(), TOKEN, UI_ORIGIN, session_seconds=0)
