@@ -88,7 +88,17 @@ class Helm:
         )
         try:
             stdout, stderr = await asyncio.wait_for(process.communicate(), timeout_s)
-        except (TimeoutError, asyncio.CancelledError):
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+            # A HelmError, so that the activity reports a helm failure and not
+            # a Kubernetes API one (TimeoutError counts as a transient API error).
+            raise HelmError(
+                " ".join(args[:2]),
+                process.returncode or -1,
+                f"timed out after {timeout_s:.0f} s and was killed",
+            ) from None
+        except asyncio.CancelledError:
             process.kill()
             await process.wait()
             raise
