@@ -170,6 +170,9 @@ class LocalCluster:
             self._ensure_missing_started()
             return self.kubeconfig
         self._refuse_other_ports()
+        if self._wait_for_starting_cluster():
+            self._ensure_missing_started()
+            return self.kubeconfig
         self.down(quiet=True)
         binaries = {name: tool_path(name) for name in ("etcd", *COMPONENTS[1:])}
         tool_path("kubectl")
@@ -190,6 +193,26 @@ class LocalCluster:
         self._start_simulator()
         self._wait_for_nodes()
         return self.kubeconfig
+
+    def _wait_for_starting_cluster(self) -> bool:
+        """Wait for a cluster whose etcd or API server process is alive.
+
+        Another command may be starting it, or the machine may be slow; tearing
+        it down would wipe the work of everyone using it. Returns True once it
+        is healthy, False when none of those processes runs.
+        """
+        if not any(self.processes.running(n) for n in ("etcd", "kube-apiserver")):
+            return False
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.is_healthy():
+                return True
+            time.sleep(0.5)
+        raise ClusterError(
+            f"the cluster's processes in {self.config.cluster_dir} run, but the API "
+            f"server was not ready within {STARTUP_TIMEOUT_S:.0f} s; see the logs in "
+            f"{self.config.log_dir}, or run `make cluster-down` and start again"
+        )
 
     def _refuse_other_ports(self) -> None:
         """Raise when processes of this state folder still run on other ports.
