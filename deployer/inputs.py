@@ -43,6 +43,38 @@ DEFAULT_TIMEOUT_S = 300
 SECRET_FIELDS = ("values",)
 
 
+def check_release(value: str) -> str:
+    """Return a valid release name; raise ValueError saying what is allowed."""
+    if len(value) > RELEASE_MAX or not DNS1123_LABEL.fullmatch(value):
+        raise ValueError(
+            f"must be a DNS-1123 label of at most {RELEASE_MAX} characters: "
+            "lowercase letters, digits and '-', starting and ending with a "
+            "letter or digit"
+        )
+    return value
+
+
+def check_namespace(value: str) -> str:
+    """Return a valid namespace name; raise ValueError saying what is allowed."""
+    if len(value) > 63 or not DNS1123_LABEL.fullmatch(value):
+        raise ValueError(
+            "must be a DNS-1123 label of at most 63 characters: "
+            "lowercase letters, digits and '-', starting and ending with a "
+            "letter or digit"
+        )
+    return value
+
+
+def check_kube_context(value: str | None) -> str | None:
+    """Return a kube context name that cannot pass as a kubectl or helm option."""
+    if value is not None and not KUBE_CONTEXT.fullmatch(value):
+        raise ValueError(
+            "must be the name of a context in the worker's kubeconfig "
+            "(letters, digits, '_', '.', '@', ':', '/', '-'; not starting with '-')"
+        )
+    return value
+
+
 class ChartRef(BaseModel):
     """A chart: a path inside the worker's chart root, or a repository reference."""
 
@@ -143,24 +175,12 @@ class DeployRequest(BaseModel):
     @field_validator("release")
     @classmethod
     def _release(cls, value: str) -> str:
-        if len(value) > RELEASE_MAX or not DNS1123_LABEL.fullmatch(value):
-            raise ValueError(
-                f"must be a DNS-1123 label of at most {RELEASE_MAX} characters: "
-                "lowercase letters, digits and '-', starting and ending with a "
-                "letter or digit"
-            )
-        return value
+        return check_release(value)
 
     @field_validator("namespace")
     @classmethod
     def _namespace(cls, value: str) -> str:
-        if len(value) > 63 or not DNS1123_LABEL.fullmatch(value):
-            raise ValueError(
-                "must be a DNS-1123 label of at most 63 characters: "
-                "lowercase letters, digits and '-', starting and ending with a "
-                "letter or digit"
-            )
-        return value
+        return check_namespace(value)
 
     @field_validator("app_version")
     @classmethod
@@ -175,12 +195,7 @@ class DeployRequest(BaseModel):
     @field_validator("kube_context")
     @classmethod
     def _kube_context(cls, value: str | None) -> str | None:
-        if value is not None and not KUBE_CONTEXT.fullmatch(value):
-            raise ValueError(
-                "must be the name of a context in the worker's kubeconfig "
-                "(letters, digits, '_', '.', '@', ':', '/', '-'; not starting with '-')"
-            )
-        return value
+        return check_kube_context(value)
 
     @field_validator("values")
     @classmethod

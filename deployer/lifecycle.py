@@ -21,14 +21,14 @@ from pydantic import (
 from deployer.inputs import (
     APP_VERSION,
     DEFAULT_TIMEOUT_S,
-    DNS1123_LABEL,
-    KUBE_CONTEXT,
-    RELEASE_MAX,
     TIMEOUT_MAX_S,
     TIMEOUT_MIN_S,
     ChartRef,
     InvalidRequestError,
     PhaseTimeouts,
+    check_kube_context,
+    check_namespace,
+    check_release,
     describe_validation_error,
 )
 from deployer.phases import DeployStatus
@@ -62,34 +62,17 @@ class ReleaseTarget(BaseModel):
     @field_validator("release")
     @classmethod
     def _release(cls, value: str) -> str:
-        if len(value) > RELEASE_MAX or not DNS1123_LABEL.fullmatch(value):
-            raise ValueError(
-                f"must be a DNS-1123 label of at most {RELEASE_MAX} characters: "
-                "lowercase letters, digits and '-', starting and ending with a "
-                "letter or digit"
-            )
-        return value
+        return check_release(value)
 
     @field_validator("namespace")
     @classmethod
     def _namespace(cls, value: str) -> str:
-        if len(value) > 63 or not DNS1123_LABEL.fullmatch(value):
-            raise ValueError(
-                "must be a DNS-1123 label of at most 63 characters: "
-                "lowercase letters, digits and '-', starting and ending with a "
-                "letter or digit"
-            )
-        return value
+        return check_namespace(value)
 
     @field_validator("kube_context")
     @classmethod
     def _kube_context(cls, value: str | None) -> str | None:
-        if value is not None and not KUBE_CONTEXT.fullmatch(value):
-            raise ValueError(
-                "must be the name of a context in the worker's kubeconfig "
-                "(letters, digits, '_', '.', '@', ':', '/', '-'; not starting with '-')"
-            )
-        return value
+        return check_kube_context(value)
 
 
 class DestroyRequest(ReleaseTarget):
