@@ -381,7 +381,7 @@ class DeployActivities:
             if o["kind"] in readiness.WAITED_KINDS
         ]
         if phase is Phase.DATA:
-            # The operator's StatefulSet, named after the cluster, holds the database
+            # The operator's StatefulSet, named after the cluster, runs the database
             # pods.
             waits += [
                 ObjectRef(

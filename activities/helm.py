@@ -114,7 +114,10 @@ class Helm:
         """Return the chart argument(s) for install, upgrade and template."""
         if chart.path is not None:
             return [str(self.resolve_path(chart.path))]
-        assert chart.repository and chart.name and chart.version
+        # ChartRef's validator guarantees all three when path is None.
+        assert chart.repository is not None
+        assert chart.name is not None
+        assert chart.version is not None
         if chart.repository.startswith("oci://"):
             return [
                 f"{chart.repository.rstrip('/')}/{chart.name}",

@@ -100,7 +100,7 @@ def api_error(status: int, body: str, what: str) -> KubeApiError:
 
 @dataclass(frozen=True)
 class ResourceType:
-    """Where the API serves one kind: group/version, plural and scope."""
+    """The API location of one kind: group/version, plural and scope."""
 
     api_version: str
     kind: str

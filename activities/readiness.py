@@ -2,7 +2,7 @@
 
 Pure functions of the object's JSON, one per kind, so they are tested with
 tables of realistic objects. ``status`` is one short line that people see in
-the UI and in errors: it never holds spec or data fields.
+the UI and in errors: it never contains spec or data fields.
 """
 
 from __future__ import annotations

@@ -367,7 +367,7 @@ class TeardownActivities:
 
 
 def deleting_status(obj: JsonObject) -> str:
-    """Return one line on an object that still exists: deleting, and what holds it."""
+    """Return one line on an object that still exists: deleting, and its finalizers."""
     metadata = obj.get("metadata") or {}
     if not metadata.get("deletionTimestamp"):
         return "still exists"

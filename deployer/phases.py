@@ -81,7 +81,7 @@ class ObjectRef(BaseModel):
 
 
 class PhaseRecord(BaseModel):
-    """What happened to one phase; the `status` query returns these."""
+    """The record of one phase, as the `status` query returns it."""
 
     phase: Phase
     state: PhaseState = PhaseState.PENDING
@@ -109,7 +109,7 @@ class DeployStatus(BaseModel):
 
 
 # Custom search attributes, so the UI's workflow list filters by release and
-# phase. The client sets release and namespace at start only when told to
+# phase. The client sets release and namespace at start only when configured to
 # (they must be registered on the server); the workflow then keeps the phase
 # attribute current, and does nothing when they were not set.
 RELEASE_ATTRIBUTE = SearchAttributeKey.for_keyword("VentrosRelease")

@@ -2,8 +2,8 @@
 
 Every setting is ``VENTROS_DEPLOY_<NAME>``, for example
 ``VENTROS_DEPLOY_TEMPORAL_ADDRESS``. The bootstrap Temporal configured here
-runs the deployer; it must never be the Temporal the deployer installs for
-the app, and the settings reject a configuration where they are the same.
+runs the deployer. It must never be the Temporal the deployer installs for
+the app, so the settings reject a configuration where the two are the same.
 """
 
 from __future__ import annotations

@@ -5,9 +5,9 @@ accounts), kube-controller-manager and kube-scheduler, built from source by
 ``tools/build.sh``. Nodes, kubelets and operators are simulated by
 ``testbed.simulator``, which runs as one more process of the cluster.
 
-Every process is started in its own session so that it outlives the command
-that started it; their pids are kept in ``.local/cluster/pids.json`` so that
-``down`` can stop exactly what ``up`` started.
+Every process is started in its own session, so it outlives the command that
+started it. Their pids are kept in ``.local/cluster/pids.json``, so ``down``
+can stop exactly what ``up`` started.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ STARTUP_TIMEOUT_S = 60.0
 
 
 class ClusterError(RuntimeError):
-    """The local cluster cannot start or stop; the message says what to do."""
+    """The local cluster cannot start or stop; the message names the fix."""
 
 
 def _versions() -> dict[str, str]:
@@ -112,7 +112,7 @@ def _count_env(name: str, default: int) -> int:
 
 @dataclass
 class ClusterConfig:
-    """Where the cluster keeps its state and which loopback ports it uses."""
+    """The cluster's state folder and its loopback ports."""
 
     state_dir: Path = field(default_factory=lambda: REPO_ROOT / ".local")
     etcd_port: int = field(
@@ -249,7 +249,7 @@ class LocalCluster:
             print(f"stopped {stopped} processes and removed {self.config.cluster_dir}")
 
     def is_healthy(self) -> bool:
-        """Tell whether the API server answers /readyz with the admin identity."""
+        """Return whether /readyz returns ok for the admin identity."""
         if not (self.config.pki_dir / "admin.crt").exists():
             return False
         try:

@@ -88,7 +88,7 @@ def _wait_http(url: str, what: str, timeout_s: float = 60.0) -> None:
             with urllib.request.urlopen(url, timeout=2):
                 return
         except urllib.error.HTTPError:
-            return  # It answers, which is all this checks.
+            return  # Any HTTP response means the server is up.
         except (OSError, urllib.error.URLError):
             time.sleep(0.3)
     raise ClusterError(f"timed out after {timeout_s:.0f} s waiting for {what} at {url}")

@@ -3,8 +3,8 @@
 It polls the bootstrap Temporal's task queue for the tasks of the
 VentrosDeploy, VentrosDestroy and VentrosRollback workflows and their
 activities. On SIGTERM or SIGINT it stops polling and gives running
-activities a grace period before it exits; an activity cut off by the exit is
-retried by Temporal on another worker (its heartbeat timeout notices).
+activities a grace period before it exits. Temporal retries an activity cut off
+by the exit on another worker once its heartbeat timeout passes.
 """
 
 from __future__ import annotations

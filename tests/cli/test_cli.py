@@ -198,7 +198,7 @@ async def test_cli_bad_set_exit_2(
 
 
 async def test_cli_unreachable_temporal_exit_5(worker_settings: WorkerSettings) -> None:
-    """A bootstrap Temporal that does not answer gives exit 5 naming the address."""
+    """An unreachable bootstrap Temporal gives exit 5 naming the address."""
     env = dict(os.environ, VENTROS_DEPLOY_TEMPORAL_ADDRESS="127.0.0.1:9")
     result = await run_cli(["status", "deploy-x-y"], env)
     assert result.returncode == 5

@@ -109,7 +109,8 @@ def test_readiness_postgresql(
     }
     verdict = readiness.evaluate(obj)
     assert verdict.ready is ready
-    assert (verdict.failure is not None and not verdict.soft_failure) is terminal
+    hard_failure = verdict.failure is not None and not verdict.soft_failure
+    assert hard_failure is terminal
     assert verdict.soft_failure is soft
 
 

@@ -1,7 +1,7 @@
 """TLS and mutual TLS from the worker and client to the bootstrap Temporal.
 
 `temporal server start-dev` has no TLS options, so a small TLS terminator on
-loopback stands in front of the dev server: it requires a client certificate
+loopback runs in front of the dev server: it requires a client certificate
 signed by the test CA, speaks HTTP/2 (ALPN h2) and forwards the decrypted
 gRPC stream to the dev server. The client side under test is the project's
 own connect() with certificate files from settings.
