@@ -80,6 +80,13 @@ PVC = well_known("v1", "PersistentVolumeClaim")
 STATEFULSET = well_known("apps/v1", "StatefulSet")
 POSTGRESQL = well_known("acid.zalan.do/v1", "postgresql")
 RABBITMQ = well_known("rabbitmq.com/v1beta1", "RabbitmqCluster")
+ENDPOINT_SLICE = ResourceType(
+    "discovery.k8s.io/v1", "EndpointSlice", "endpointslices", True
+)
+# How often a kubelet tries again to start a container whose Secret is missing.
+SECRET_RETRY_S = 1.0
+# The chart's wait-for-<service> script sleeps 2 s between its `nc -z` tries.
+WAIT_POLL_S = 2.0
 
 
 def _now() -> str:
@@ -326,6 +333,8 @@ class Simulator:
         metadata = pod["metadata"]
         name, namespace = metadata["name"], metadata["namespace"]
         try:
+            if not plan.startswith("hold:") and not await self._start_conditions(pod):
+                return
             if plan.startswith("hold:"):
                 await self._write_pod_status(pod, self._held_status(pod, plan[5:]))
             elif plan.startswith("crash:"):
@@ -349,6 +358,83 @@ class Simulator:
         except (KubeApiError, OSError) as error:
             log.warning("pod %s/%s: status update failed: %s", namespace, name, error)
             self.handled_pods.pop(metadata["uid"], None)
+
+    # A kubelet starts no container before every Secret the pod reads exists,
+    # and the chart's wait-for-<service> init containers loop on `nc -z` until
+    # their Service accepts connections. On a real cluster both hold back pods
+    # that start too early, and hook-ordered installs depend on that.
+
+    async def _start_conditions(self, pod: JsonObject) -> bool:
+        """Wait until a real node would start the pod; return False if it failed."""
+        namespace = pod["metadata"]["namespace"]
+        reported = ""
+        while missing := await self._missing_secrets(pod):
+            if missing != reported:
+                await self._write_pod_status(
+                    pod, self._config_error_status(pod, missing)
+                )
+                reported = missing
+            await asyncio.sleep(SECRET_RETRY_S)
+        for container in pod["spec"].get("initContainers", []):
+            target = _wait_target(container)
+            if target is None:
+                continue
+            host, port, limit = target
+            deadline = time.monotonic() + limit
+            held_reported = False
+            while not await self._accepts_connections(namespace, host, port):
+                if not held_reported:
+                    await self._write_pod_status(
+                        pod, self._held_status(pod, container["name"])
+                    )
+                    held_reported = True
+                if time.monotonic() + WAIT_POLL_S > deadline:
+                    if pod["spec"].get("restartPolicy") == "Never":
+                        await self._write_pod_status(
+                            pod, self._init_failed_status(pod, container["name"])
+                        )
+                        return False
+                    # The kubelet restarts the init container, which waits again.
+                    deadline = time.monotonic() + limit
+                await asyncio.sleep(WAIT_POLL_S)
+        return True
+
+    async def _missing_secrets(self, pod: JsonObject) -> str:
+        for secret in _required_secrets(pod):
+            if (
+                await self.kube.get(SECRET, secret, pod["metadata"]["namespace"])
+                is None
+            ):
+                return secret
+        return ""
+
+    async def _accepts_connections(self, namespace: str, host: str, port: int) -> bool:
+        """Tell whether `nc -z host port` would connect from a pod in namespace."""
+        parts = host.split(".")
+        if len(parts) > 1:
+            if len(parts) > 2 and parts[2] != "svc":
+                return True  # Not a cluster name: outside the simulation.
+            if parts[1] not in self.namespaces:
+                return True
+            namespace = parts[1]
+        service = await self.kube.get(SERVICE, parts[0], namespace)
+        if service is None:
+            return False
+        spec = service.get("spec") or {}
+        if spec.get("type") == "ExternalName":
+            return True
+        if not any(p.get("port") == port for p in spec.get("ports") or []):
+            return False
+        slices = await self.kube.list(
+            ENDPOINT_SLICE,
+            namespace,
+            label_selector=f"kubernetes.io/service-name={parts[0]}",
+        )
+        return any(
+            (endpoint.get("conditions") or {}).get("ready", True)
+            for item in slices.get("items", [])
+            for endpoint in item.get("endpoints") or []
+        )
 
     async def _write_pod_status(self, pod: JsonObject, status: JsonObject) -> None:
         metadata = pod["metadata"]
@@ -508,6 +594,40 @@ class Simulator:
             }
             for c in pod["spec"]["containers"]
         ]
+        return status
+
+    def _config_error_status(self, pod: JsonObject, secret: str) -> JsonObject:
+        status = self._held_status(pod, "")
+        if pod["spec"].get("initContainers"):
+            status["initContainerStatuses"][0]["state"] = {
+                "waiting": {
+                    "reason": "CreateContainerConfigError",
+                    "message": f'secret "{secret}" not found',
+                }
+            }
+        else:
+            for container_status in status["containerStatuses"]:
+                container_status["state"] = {
+                    "waiting": {
+                        "reason": "CreateContainerConfigError",
+                        "message": f'secret "{secret}" not found',
+                    }
+                }
+        return status
+
+    def _init_failed_status(self, pod: JsonObject, failed: str) -> JsonObject:
+        status = self._held_status(pod, failed)
+        status["phase"] = "Failed"
+        for init_status in status["initContainerStatuses"]:
+            if init_status["name"] == failed:
+                init_status["state"] = {
+                    "terminated": {
+                        "exitCode": 1,
+                        "reason": "Error",
+                        "startedAt": _now(),
+                        "finishedAt": _ago(900),
+                    }
+                }
         return status
 
     def _crash_status(self, pod: JsonObject, crashing: list[str]) -> JsonObject:
@@ -693,17 +813,22 @@ class Simulator:
                 owner,
             )
         replicas = int(spec.get("numberOfInstances", 1))
-        await self._apply_owned(
-            _statefulset(
-                name,
-                namespace,
-                replicas,
-                labels,
-                owner,
-                "ghcr.io/zalando/spilo-16:simulated",
-                5432,
-            )
+        database = _statefulset(
+            name,
+            namespace,
+            replicas,
+            labels,
+            owner,
+            "ghcr.io/zalando/spilo-16:simulated",
+            5432,
         )
+        # Patroni labels the leader pod. Every simulated pod plays the leader,
+        # so the Service above gets an endpoint once a pod is ready.
+        database["spec"]["template"]["metadata"]["labels"] = {
+            **labels,
+            "spilo-role": "master",
+        }
+        await self._apply_owned(database)
 
     async def on_rabbitmq(self, kind: str, cluster: JsonObject) -> None:
         if kind == "DELETED":
@@ -891,6 +1016,38 @@ class Simulator:
             except (NotFoundError, KubeApiError):
                 await asyncio.sleep(1)
         await self.run_watch(rtype, handler)
+
+
+def _required_secrets(pod: JsonObject) -> list[str]:
+    """Return the Secrets a kubelet needs before it starts the pod's containers."""
+    spec = pod["spec"]
+    names: list[str] = []
+    for container in [*spec.get("initContainers", []), *spec["containers"]]:
+        for env in container.get("env") or []:
+            ref = (env.get("valueFrom") or {}).get("secretKeyRef")
+            if ref and not ref.get("optional"):
+                names.append(ref["name"])
+        for source in container.get("envFrom") or []:
+            ref = source.get("secretRef")
+            if ref and not ref.get("optional"):
+                names.append(ref["name"])
+    for volume in spec.get("volumes") or []:
+        ref = volume.get("secret")
+        if ref and not ref.get("optional"):
+            names.append(ref["secretName"])
+    return list(dict.fromkeys(names))
+
+
+def _wait_target(container: JsonObject) -> tuple[str, int, float] | None:
+    """Return the host, port and time limit of a wait-for-<service> container."""
+    env = {e["name"]: e.get("value") for e in container.get("env") or []}
+    host, port = env.get("WAIT_HOST"), env.get("WAIT_PORT")
+    if not host or not port:
+        return None
+    try:
+        return host, int(port), float(env.get("WAIT_SECONDS") or 300)
+    except ValueError:
+        return None
 
 
 def _owner(obj: JsonObject) -> JsonObject:

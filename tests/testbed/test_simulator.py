@@ -711,3 +711,127 @@ async def test_held_pod_released(kube: KubeClient, namespace: str) -> None:
     assert pod["status"]["phase"] == "Running"
     init = container_status(pod, "initContainerStatuses", "wait-for-x")
     assert init["state"]["terminated"]["exitCode"] == 0
+
+
+def wait_container(name: str, host: str, port: int, seconds: int = 300) -> JsonObject:
+    """An init container shaped like the chart's wait-for-<service> containers."""
+    env = {"WAIT_HOST": host, "WAIT_PORT": str(port), "WAIT_SECONDS": str(seconds)}
+    return {
+        "name": name,
+        "image": IMAGE,
+        "env": [{"name": key, "value": value} for key, value in env.items()],
+    }
+
+
+def is_ready(pod: JsonObject) -> bool:
+    return condition(pod, "Ready").get("status") == "True"
+
+
+async def test_pod_waits_for_secret(kube: KubeClient, namespace: str) -> None:
+    """A pod reading a missing Secret stays Pending until the Secret exists."""
+    await wait_default_service_account(kube, namespace)
+    manifest = pod_manifest("reader", {}, [], ["main"])
+    manifest["spec"]["containers"][0]["env"] = [
+        {
+            "name": "PASSWORD",
+            "valueFrom": {"secretKeyRef": {"name": "later", "key": "password"}},
+        }
+    ]
+    await kube.create(POD, manifest, namespace)
+
+    def config_error(pod: JsonObject) -> bool:
+        waiting = container_status(pod, "containerStatuses", "main").get("state", {})
+        return "waiting" in waiting
+
+    pod = await wait_object(
+        kube, POD, "reader", namespace, config_error, "to report its container"
+    )
+    waiting = container_status(pod, "containerStatuses", "main")["state"]["waiting"]
+    assert waiting["reason"] == "CreateContainerConfigError"
+    assert waiting["message"] == 'secret "later" not found'
+    await asyncio.sleep(1.5)
+    pod = await kube.get(POD, "reader", namespace)
+    assert pod is not None
+    assert pod["status"]["phase"] == "Pending"
+
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "later"},
+        "data": {"password": base64.b64encode(b"x").decode()},
+    }
+    await kube.create(SECRET, secret, namespace)
+    pod = await wait_object(kube, POD, "reader", namespace, is_ready, "to be Ready")
+    assert pod["status"]["phase"] == "Running"
+
+
+async def test_optional_secret_not_waited(kube: KubeClient, namespace: str) -> None:
+    """An optional Secret reference does not keep the pod from starting."""
+    await wait_default_service_account(kube, namespace)
+    manifest = pod_manifest("optional", {}, [], ["main"])
+    manifest["spec"]["containers"][0]["envFrom"] = [
+        {"secretRef": {"name": "never", "optional": True}}
+    ]
+    await kube.create(POD, manifest, namespace)
+    await wait_object(kube, POD, "optional", namespace, is_ready, "to be Ready")
+
+
+async def test_wait_for_init_container_waits_for_endpoints(
+    kube: KubeClient, namespace: str
+) -> None:
+    """A wait-for init container runs until its Service has a ready endpoint."""
+    await wait_default_service_account(kube, namespace)
+    manifest = pod_manifest("client", {}, [], ["main"])
+    manifest["spec"]["initContainers"] = [
+        wait_container("wait-for-outside", "db.example.org", 5432),
+        wait_container("wait-for-db", "db", 5432),
+    ]
+    await kube.create(POD, manifest, namespace)
+
+    def waiting_for_db(pod: JsonObject) -> bool:
+        init = container_status(pod, "initContainerStatuses", "wait-for-db")
+        return "running" in init.get("state", {})
+
+    pod = await wait_object(
+        kube, POD, "client", namespace, waiting_for_db, "to wait for db"
+    )
+    outside = container_status(pod, "initContainerStatuses", "wait-for-outside")
+    assert outside["state"]["terminated"]["exitCode"] == 0
+    assert condition(pod, "Initialized")["status"] == "False"
+
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "db"},
+        "spec": {"selector": {"app": "db"}, "ports": [{"port": 5432}]},
+    }
+    await kube.create(SERVICE, service, namespace)
+    await asyncio.sleep(2.5)  # The Service without endpoints: still waiting.
+    pod = await kube.get(POD, "client", namespace)
+    assert pod is not None
+    assert waiting_for_db(pod)
+
+    server = pod_manifest("db-0", {}, [], ["postgres"])
+    server["metadata"]["labels"] = {"app": "db"}
+    await kube.create(POD, server, namespace)
+    pod = await wait_object(kube, POD, "client", namespace, is_ready, "to be Ready")
+    init = container_status(pod, "initContainerStatuses", "wait-for-db")
+    assert init["state"]["terminated"]["exitCode"] == 0
+
+
+async def test_wait_for_init_container_gives_up(
+    kube: KubeClient, namespace: str
+) -> None:
+    """A Job pod fails when its wait-for init container times out (exit 1)."""
+    await wait_default_service_account(kube, namespace)
+    job = job_manifest("migrate", backoff_limit=0)
+    job["spec"]["template"]["spec"]["initContainers"] = [
+        wait_container("wait-for-postgres", "missing-db", 5432, seconds=1)
+    ]
+    await kube.create(JOB, job, namespace)
+    finished = await wait_object(kube, JOB, "migrate", namespace, job_finished, "end")
+    assert condition(finished, "Failed")["status"] == "True"
+    pods = await kube.list(POD, namespace, label_selector="job-name=migrate")
+    [pod] = pods["items"]
+    init = container_status(pod, "initContainerStatuses", "wait-for-postgres")
+    assert init["state"]["terminated"]["exitCode"] == 1
