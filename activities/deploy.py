@@ -23,7 +23,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities import readiness
 from activities.diagnose import describe_blocked_pods
-from activities.helm import ChartNotFoundError, Helm, HelmError
+from activities.helm import ChartNotFoundError, Helm, HelmError, RenderCache
 from activities.kubeapi import (
     ForbiddenError,
     InvalidError,
@@ -204,6 +204,8 @@ class DeployActivities:
         self.settings = settings
         self._clients: dict[str | None, KubeClient] = {}
         self._lock = asyncio.Lock()
+        # Renders and chart values, shared by the phases of a deploy.
+        self.renders = RenderCache()
 
     async def close(self) -> None:
         for kube in self._clients.values():
@@ -242,12 +244,7 @@ class DeployActivities:
         for chart in (request.chart, *self._operator_chart_paths(request)):
             if chart.path is not None:
                 helm.resolve_path(chart.path)
-        objects = await helm.template(
-            request.release,
-            request.namespace,
-            request.chart,
-            chart_values(request, None),
-        )
+        objects = await self._render_all(request)
         phases = {
             obj.get("metadata", {}).get("labels", {}).get(PHASE_LABEL)
             for obj in objects
@@ -331,16 +328,25 @@ class DeployActivities:
         finally:
             structlog.contextvars.clear_contextvars()  # Bound above, per attempt.
 
+    async def _render_all(self, request: DeployRequest) -> list[JsonObject]:
+        """Render every phase of the chart, or take the render validation made."""
+        helm = self.helm(request.kube_context)
+        values = chart_values(request, None)
+        key = helm.cache_key(
+            "template", request.release, request.namespace, values, chart=request.chart
+        )
+        objects: list[JsonObject] = await self.renders.get(
+            key,
+            lambda: helm.template(
+                request.release, request.namespace, request.chart, values
+            ),
+        )
+        return objects
+
     async def _render_phase(
         self, request: DeployRequest, phase: Phase
     ) -> list[JsonObject]:
-        helm = self.helm(request.kube_context)
-        objects = await helm.template(
-            request.release,
-            request.namespace,
-            request.chart,
-            chart_values(request, [phase]),
-        )
+        objects = await self._render_all(request)
         return [
             o
             for o in objects
@@ -405,12 +411,11 @@ class DeployActivities:
         if configured:
             return configured
         helm = self.helm(request.kube_context)
-        shown = (
-            yaml.safe_load(
-                await helm.run(["show", "values", *helm.chart_args(request.chart)])
-            )
-            or {}
+        text: str = await self.renders.get(
+            helm.cache_key("show values", chart=request.chart),
+            lambda: helm.run(["show", "values", *helm.chart_args(request.chart)]),
         )
+        shown = yaml.safe_load(text) or {}
         reference = (shown.get("dependencies") or {}).get(key) or {}
         return ChartRef.model_validate(reference)
 
@@ -436,12 +441,13 @@ class DeployActivities:
         async def install(
             release: str, chart: ChartRef, values: dict[str, Any], operator: bool
         ) -> list[JsonObject]:
-            if note := await helm.recover_pending(release, request.namespace):
-                log.warning("recovered helm release", note=note)
-                notes.append(note)
-            return await helm.upgrade_install(
+            objects, note = await helm.apply_release(
                 release, request.namespace, chart, values, manifest=operator
             )
+            if note:
+                log.warning("recovered helm release", note=note)
+                notes.append(note)
+            return objects
 
         # The operators and our base objects do not depend on each other, so
         # each release is recovered and upgraded at the same time as the others.
@@ -472,11 +478,9 @@ class DeployActivities:
     async def _apply_temporal(self, request: DeployRequest) -> ApplyResult:
         helm = self.helm(request.kube_context)
         release = f"{request.release}-temporal"
-        # Three independent helm calls, run at the same time.
-        data, chart, note = await asyncio.gather(
+        data, chart = await asyncio.gather(
             self._render_phase(request, Phase.DATA),
             self._dependency_chart(request, "temporal"),
-            helm.recover_pending(release, request.namespace),
         )
         clusters = [o["metadata"]["name"] for o in data if o["kind"] == "postgresql"]
         if not clusters:
@@ -511,9 +515,11 @@ class DeployActivities:
                 }
             }
         }
-        objects = await helm.upgrade_install(
+        objects, note = await helm.apply_release(
             release, request.namespace, chart, values, manifest=True
         )
+        if note:
+            log.warning("recovered helm release", note=note)
         waits = [
             ref_of(o, request.namespace)
             for o in objects

@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
+import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +36,10 @@ SAFE_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 PENDING_STATES = ("pending-install", "pending-upgrade", "pending-rollback")
 
 
+RENDER_CACHE_ENTRIES = 64
+RENDER_CACHE_TTL_S = 900.0
+
+
 class HelmError(Exception):
     """helm exited non-zero; the message has its arguments and stderr."""
 
@@ -47,6 +55,13 @@ class HelmError(Exception):
     def schema_rejected(self) -> bool:
         """Tell whether the chart's values.schema.json rejected the values."""
         return "values don't meet the specifications of the schema" in self.stderr
+
+    @property
+    def pending(self) -> bool:
+        """Tell whether the release is left pending by an earlier helm run."""
+        return "another operation (install/upgrade/rollback) is in progress" in (
+            self.stderr
+        )
 
     @property
     def forbidden(self) -> bool:
@@ -141,6 +156,31 @@ class Helm:
             )
         return path
 
+    def cache_key(self, *parts: Any, chart: ChartRef) -> str:
+        """Return a key for what helm makes of chart and parts.
+
+        A path chart is named by the digest of its files, so an edited chart
+        gets a new key. A repository chart is named by its reference: a
+        published version does not change.
+        """
+        digest = hashlib.sha256()
+        if chart.path is not None:
+            root = self.resolve_path(chart.path)
+            for folder, dirs, files in os.walk(root):
+                dirs.sort()
+                for name in sorted(files):
+                    path = Path(folder, name)
+                    digest.update(str(path.relative_to(root)).encode() + b"\0")
+                    digest.update(path.read_bytes() + b"\0")
+        else:
+            digest.update(chart.model_dump_json().encode())
+        digest.update(
+            json.dumps(
+                [self.kube_context, *parts], sort_keys=True, default=str
+            ).encode()
+        )
+        return digest.hexdigest()
+
     async def template(
         self, release: str, namespace: str, chart: ChartRef, values: dict[str, Any]
     ) -> list[dict[str, Any]]:
@@ -198,6 +238,34 @@ class Helm:
             if isinstance(doc, dict) and doc.get("kind")
         ]
 
+    async def apply_release(
+        self,
+        release: str,
+        namespace: str,
+        chart: ChartRef,
+        values: dict[str, Any],
+        manifest: bool = False,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Upgrade or install the release, recovering it when helm reports it pending.
+
+        Return the objects (with manifest) and a note of any recovery. helm
+        rejects an upgrade of a pending release before it changes anything,
+        so the recovery runs only after that error. A `helm status` before
+        every upgrade would cost one more helm process each time.
+        """
+        try:
+            return await self.upgrade_install(
+                release, namespace, chart, values, manifest=manifest
+            ), None
+        except HelmError as error:
+            if not error.pending:
+                raise
+        note = await self.recover_pending(release, namespace)
+        objects = await self.upgrade_install(
+            release, namespace, chart, values, manifest=manifest
+        )
+        return objects, note
+
     async def status(self, release: str, namespace: str) -> str | None:
         """Return the release's status (deployed, pending-install, ...) or None."""
         try:
@@ -251,6 +319,66 @@ class Helm:
             ["rollback", release, revision, f"--namespace={namespace}", "--wait"]
         )
         return f"rolled release {release} back to revision {revision}, left {state}"
+
+
+class RenderCache:
+    """A cache of helm output by key, kept in the worker's memory.
+
+    Every phase of a deploy renders the same chart with the same values, and
+    one `helm template` costs about 0.1 s of CPU. Callers build keys with
+    Helm.cache_key, so changed files or values render again. Entries expire
+    after ttl_s, at most max_entries are kept, and each caller gets its own
+    copy. Callers that request the same key at once share one helm run.
+    """
+
+    def __init__(
+        self, max_entries: int = RENDER_CACHE_ENTRIES, ttl_s: float = RENDER_CACHE_TTL_S
+    ) -> None:
+        self.max_entries = max_entries
+        self.ttl_s = ttl_s
+        self._entries: OrderedDict[str, tuple[float, Any]] = OrderedDict()
+        self._running: dict[str, asyncio.Future[Any]] = {}
+        self.misses = 0
+
+    async def get(self, key: str, make: Callable[[], Awaitable[Any]]) -> Any:
+        while True:
+            entry = self._entries.get(key)
+            if entry and time.monotonic() - entry[0] < self.ttl_s:
+                self._entries.move_to_end(key)
+                return copy.deepcopy(entry[1])
+            running = self._running.get(key)
+            if running is None:
+                return copy.deepcopy(await self._make(key, make))
+            try:
+                await asyncio.shield(running)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+                # The task running helm was cancelled, not this caller, so the
+                # loop runs helm again.
+
+    async def _make(self, key: str, make: Callable[[], Awaitable[Any]]) -> Any:
+        running = asyncio.get_running_loop().create_future()
+        self._running[key] = running
+        self.misses += 1
+        try:
+            value = await make()
+        except asyncio.CancelledError:
+            running.cancel()
+            raise
+        except Exception as error:
+            running.set_exception(error)
+            # Mark the exception retrieved, because no caller may be waiting.
+            running.exception()
+            raise
+        finally:
+            self._running.pop(key, None)
+        running.set_result(value)
+        self._entries[key] = (time.monotonic(), value)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+        return value
 
 
 def load_documents(text: str) -> Iterator[Any]:

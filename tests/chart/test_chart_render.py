@@ -827,3 +827,52 @@ def test_fixture_temporal_requires_host(helm_env: dict[str, str]) -> None:
     """Without PostgreSQL settings the temporal stand-in fails naming the key."""
     error = render_error(helm_env, [], chart=FIXTURE_CHARTS_DIR / "temporal")
     assert "server.config.persistence.default.sql.host" in error
+
+
+def without_random_values(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Objects with the values helm generates at random on every render blanked."""
+    for obj in objects:
+        if obj["kind"] == "Secret":
+            obj["data"] = dict.fromkeys(obj.get("data") or {}, "")
+    return sorted(objects, key=lambda o: (o["kind"], o["metadata"]["name"]))
+
+
+# The temporal phase installs Temporal's own chart; ours renders nothing for it.
+@pytest.mark.parametrize("phase", sorted(PHASES - {"temporal"}))
+def test_phase_objects_equal_in_full_render(
+    helm_env: dict[str, str], phase: str
+) -> None:
+    """A phase's objects do not depend on which other phases render.
+
+    The deployer renders the chart once per deploy and takes each phase's
+    objects from that render, so they must equal a render of that phase alone.
+    """
+    full = [o for o in render(helm_env) if labels_of(o).get(PHASE_LABEL) == phase]
+    alone = render(helm_env, [f"deployer.phases={{{phase}}}"])
+    assert alone, f"phase {phase} renders nothing on its own"
+    assert {labels_of(o).get(PHASE_LABEL) for o in alone} == {phase}
+    assert without_random_values(full) == without_random_values(alone)
+
+
+def test_fixture_temporal_legacy_hooks(helm_env: dict[str, str]) -> None:
+    """legacyHookWeight turns every stand-in Temporal object into a weighted hook."""
+    hooked = render(
+        helm_env,
+        [*TEMPORAL_POSTGRES_VALUES, "legacyHookWeight=0"],
+        chart=FIXTURE_CHARTS_DIR / "temporal",
+        release="ventros-crm-temporal",
+    )
+    assert len(hooked) == 9
+    for obj in hooked:
+        annotations = obj["metadata"].get("annotations") or {}
+        assert annotations.get("helm.sh/hook") == "post-install,post-upgrade", obj
+        assert annotations.get("helm.sh/hook-weight") == "0", obj
+
+
+def test_fixture_temporal_no_hooks_by_default(
+    temporal_render: list[dict[str, Any]],
+) -> None:
+    """Without legacyHookWeight the stand-in renders plain release objects."""
+    assert all("annotations" not in obj["metadata"] for obj in temporal_render), [
+        obj["metadata"] for obj in temporal_render
+    ]
