@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +26,16 @@ def print_report(results: dict[str, Any]) -> None:
     print(f"delays (s): {delays}")
     path = " -> ".join(str(phase) for phase in critical["phases"])
     print(f"critical path: {critical['seconds']:.2f} s ({path})")
+    if "with_job_sync_s" in critical:
+        print(
+            "critical path with the Job controller's 1 s sync: "
+            f"{critical['with_job_sync_s']:.2f} s"
+        )
     print(f"ours, wall:                 {_spread(ours, 'wall_s').show(' s')}")
     print(f"ours, all objects ready:    {_spread(ours, 'all_ready_s').show(' s')}")
     print(f"helm install, wall:         {_spread(helm, 'wall_s').show(' s')}")
     print(f"helm, all objects ready:    {_spread(helm, 'all_ready_s').show(' s')}")
+    _print_ratios(ours, helm, critical)
     print(f"ours, unchanged re-deploy:  {_spread(ours, 'redeploy_s').show(' s')}")
     print(f"ours, first workflow task:  {_spread(ours, 'first_task_s').show(' s')}")
     print(f"history events per deploy:  {_spread(ours, 'history_events').show('', 0)}")
@@ -60,7 +67,23 @@ def print_report(results: dict[str, Any]) -> None:
             for name, seconds in sorted(scale["cpu_s"].items(), key=lambda i: -i[1])
             if seconds >= 0.5
         )
-        print(f"  CPU seconds in {scale['elapsed_s']:.0f} s on 2 cores: {cpu}")
+        cores = os.cpu_count() or 1
+        print(f"  CPU seconds in {scale['elapsed_s']:.0f} s on {cores} cores: {cpu}")
+
+
+def _print_ratios(
+    ours: list[dict[str, Any]], helm: list[dict[str, Any]], critical: dict[str, Any]
+) -> None:
+    ours_s = _spread(ours, "wall_s").median
+    pairs = [
+        ("helm install, wall", _spread(helm, "wall_s").median),
+        ("helm, all objects ready", _spread(helm, "all_ready_s").median),
+        ("critical path", critical["seconds"]),
+    ]
+    if "with_job_sync_s" in critical:
+        pairs.append(("critical path with Job sync", critical["with_job_sync_s"]))
+    ratios = ", ".join(f"/ {name} {ours_s / value:.2f}" for name, value in pairs)
+    print(f"ours (median wall) {ratios}")
 
 
 def _print_writes(ours: list[dict[str, Any]], helm: list[dict[str, Any]]) -> None:

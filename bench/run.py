@@ -340,7 +340,12 @@ async def run_bench(args: argparse.Namespace, cluster: LocalCluster) -> dict[str
     bench.results["worker_peak_rss_mb"] = bench.sampler.peak_mb
     bench.results["delays_s"] = DELAYS_S
     total, path = scenario.critical_path(DELAYS_S)
-    bench.results["critical_path"] = {"seconds": total, "phases": path}
+    with_jobs, _ = scenario.critical_path(DELAYS_S, scenario.JOB_SYNC_S)
+    bench.results["critical_path"] = {
+        "seconds": total,
+        "phases": path,
+        "with_job_sync_s": with_jobs,
+    }
     (state / "results.json").write_text(json.dumps(bench.results, indent=2))
     write_plot(bench.results, state / "timeline.png")
     print(f"bench: raw results in {state / 'results.json'}")
