@@ -34,7 +34,12 @@ from activities.kubeapi import (
     UnauthorizedError,
     well_known,
 )
-from activities.waits import TRANSIENT_ERRORS, TerminalFailure, WaitTimeout, wait_ready
+from activities.waits import (
+    TRANSIENT_ERRORS,
+    TerminalFailure,
+    WaitTimeout,
+    wait_object_ready,
+)
 from deployer import contracts
 from deployer.contracts import (
     ApplyRequest,
@@ -619,7 +624,7 @@ class DeployActivities:
         try:
             async with asyncio.TaskGroup() as group:
                 for ref in job.refs:
-                    group.create_task(wait_ready(kube, ref, deadline, on_status))
+                    group.create_task(wait_object_ready(kube, ref, deadline, on_status))
         except* WaitTimeout as timeouts:
             first = timeouts.exceptions[0]
             assert isinstance(first, WaitTimeout)

@@ -25,6 +25,7 @@ from activities.kubeapi import (
     NoKindMatchError,
     UnauthorizedError,
     WatchStalledError,
+    well_known,
 )
 from deployer.phases import ObjectRef
 
@@ -37,6 +38,9 @@ WATCH_IDLE_S = 65.0
 SYNC_FAILED_GRACE_S = 60.0
 RETRY_DELAYS_S = (0.2, 0.5, 1.0, 2.0, 4.0)
 TRANSIENT_ERRORS = (OSError, aiohttp.ClientError, asyncio.TimeoutError)
+JOB = well_known("batch/v1", "Job")
+POD = well_known("v1", "Pod")
+JOB_FAILED_CONDITIONS = ("Failed", "FailureTarget")
 
 
 class TerminalFailure(Exception):
@@ -172,3 +176,99 @@ async def wait_ready(
             last = f"API server unreachable ({error.__class__.__name__}); retrying"
             on_status(ref, last)
             await pause()
+
+
+async def wait_object_ready(
+    kube: KubeClient, ref: ObjectRef, deadline: float, on_status: StatusCallback
+) -> str:
+    """Wait for ref like wait_ready, and end a Job's wait once its pods succeeded.
+
+    The Job controller of Kubernetes v1.36.3 syncs a Job at most once a second
+    after its pods change (SyncJobBatchPeriod), so the Complete condition comes
+    up to 1 s after the last pod succeeded. A Job whose pods have all
+    succeeded, with no failure condition and no deadline that could still
+    pass, turns Complete at the next sync, so the wait ends there. Failures
+    and timeouts still come from the Job itself.
+    """
+    if (ref.api_version, ref.kind) != ("batch/v1", "Job"):
+        return await wait_ready(kube, ref, deadline, on_status)
+    by_condition = asyncio.create_task(wait_ready(kube, ref, deadline, on_status))
+    by_pods = asyncio.create_task(job_pods_succeeded(kube, ref))
+    try:
+        await asyncio.wait({by_condition, by_pods}, return_when=asyncio.FIRST_COMPLETED)
+        if not by_condition.done() and (line := by_pods.result()):
+            on_status(ref, line)
+            return line
+        return await by_condition
+    finally:
+        for task in (by_condition, by_pods):
+            task.cancel()
+        await asyncio.gather(by_condition, by_pods, return_exceptions=True)
+
+
+async def job_pods_succeeded(kube: KubeClient, ref: ObjectRef) -> str | None:
+    """Return a status line once the Job's pods have all succeeded.
+
+    Return None for a Job the pods cannot judge: Indexed, suspended, with an
+    activeDeadlineSeconds, or failed. API errors restart the watch after a
+    pause, because the wait on the Job itself reports them.
+    """
+    while True:
+        try:
+            job = await kube.get(JOB, ref.name, ref.namespace)
+            if job is None:
+                await asyncio.sleep(RETRY_DELAYS_S[1])
+                continue
+            spec = job.get("spec") or {}
+            if (
+                spec.get("completionMode", "NonIndexed") != "NonIndexed"
+                or spec.get("suspend")
+                or spec.get("activeDeadlineSeconds")
+            ):
+                return None
+            completions = int(spec.get("completions") or 1)
+            selector = f"batch.kubernetes.io/controller-uid={job['metadata']['uid']}"
+            listing = await kube.list(POD, ref.namespace, label_selector=selector)
+            succeeded = {
+                pod["metadata"]["name"]
+                for pod in listing.get("items", [])
+                if (pod.get("status") or {}).get("phase") == "Succeeded"
+            }
+            version = listing["metadata"]["resourceVersion"]
+            while len(succeeded) < completions:
+                async for event in kube.watch(
+                    POD,
+                    ref.namespace,
+                    resource_version=version,
+                    label_selector=selector,
+                    timeout_s=WATCH_TIMEOUT_S,
+                    idle_timeout_s=WATCH_IDLE_S,
+                ):
+                    pod = event["object"]
+                    version = pod["metadata"]["resourceVersion"]
+                    phase = (pod.get("status") or {}).get("phase")
+                    if event["type"] != "BOOKMARK" and phase == "Succeeded":
+                        succeeded.add(pod["metadata"]["name"])
+                        if len(succeeded) >= completions:
+                            break
+            return await _confirm_job(kube, ref, len(succeeded), completions)
+        except (GoneError, WatchStalledError):
+            continue
+        except (KubeApiError, *TRANSIENT_ERRORS):
+            await asyncio.sleep(RETRY_DELAYS_S[-1])
+
+
+async def _confirm_job(
+    kube: KubeClient, ref: ObjectRef, succeeded: int, completions: int
+) -> str | None:
+    job = await kube.get(JOB, ref.name, ref.namespace)
+    conditions = (job or {}).get("status", {}).get("conditions") or []
+    if job is None or any(
+        c.get("type") in JOB_FAILED_CONDITIONS and c.get("status") == "True"
+        for c in conditions
+    ):
+        return None
+    return (
+        f"Complete: {succeeded} of {completions} pods succeeded "
+        "(the Job's Complete condition follows within 1 s)"
+    )

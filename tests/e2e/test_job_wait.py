@@ -1,0 +1,120 @@
+"""Waits on Jobs against the real API server and Job controller.
+
+A wait ends when the Job's pods have succeeded, before the Job controller
+writes the Complete condition (it syncs at most once a second). Jobs that the
+pods cannot judge, and failed Jobs, still go by the Job's own status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import pytest
+
+from activities.kubeapi import JsonObject, KubeClient, ResourceType, well_known
+from activities.waits import TerminalFailure, wait_object_ready
+from deployer.phases import ObjectRef
+
+JOB = well_known("batch/v1", "Job")
+SERVICE_ACCOUNT = ResourceType("v1", "ServiceAccount", "serviceaccounts", True)
+STEER = "sim.ventros.io/"
+IMAGE = "registry.example.test/migrate:1.0"
+WAIT_S = 60.0
+
+
+def job_manifest(
+    name: str, spec: dict[str, Any], annotations: dict[str, str]
+) -> JsonObject:
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name},
+        "spec": {
+            "backoffLimit": 0,
+            **spec,
+            "template": {
+                "metadata": {"annotations": annotations},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [{"name": "main", "image": IMAGE}],
+                },
+            },
+        },
+    }
+
+
+async def wait_default_service_account(kube: KubeClient, namespace: str) -> None:
+    # Pod admission rejects the Job's pods until the namespace has this account.
+    for _ in range(100):
+        if await kube.get(SERVICE_ACCOUNT, "default", namespace):
+            return
+        await asyncio.sleep(0.1)
+    pytest.fail(f"namespace {namespace} got no default ServiceAccount in 10 s")
+
+
+def condition_true(job: JsonObject | None, kind: str) -> bool:
+    conditions = ((job or {}).get("status") or {}).get("conditions") or []
+    return any(c["type"] == kind and c["status"] == "True" for c in conditions)
+
+
+async def run_job(
+    kube: KubeClient,
+    namespace: str,
+    spec: dict[str, Any],
+    annotations: dict[str, str],
+) -> tuple[str, list[str]]:
+    """Create a Job, wait for it; return the wait's line and the statuses seen."""
+    await wait_default_service_account(kube, namespace)
+    name = f"job-{uuid.uuid4().hex[:6]}"
+    await kube.create(JOB, job_manifest(name, spec, annotations), namespace)
+    ref = ObjectRef(api_version="batch/v1", kind="Job", name=name, namespace=namespace)
+    seen: list[str] = []
+    line = await wait_object_ready(
+        kube, ref, time.monotonic() + WAIT_S, lambda _, status: seen.append(status)
+    )
+    return line, seen
+
+
+async def test_job_wait_ends_on_pods(kube: KubeClient, namespace: str) -> None:
+    line, seen = await run_job(kube, namespace, {}, {STEER + "job-duration": "1.5"})
+    assert line.startswith("Complete: 1 of 1 pods succeeded")
+    assert seen[-1] == line
+    [job] = (await kube.list(JOB, namespace))["items"]
+    assert not condition_true(job, "Complete")
+    for _ in range(30):
+        await asyncio.sleep(0.1)
+        job = await kube.get(JOB, job["metadata"]["name"], namespace)
+        if condition_true(job, "Complete"):
+            break
+    assert condition_true(job, "Complete")
+
+
+async def test_job_wait_counts_completions(kube: KubeClient, namespace: str) -> None:
+    line, _ = await run_job(
+        kube,
+        namespace,
+        {"completions": 3, "parallelism": 2},
+        {STEER + "job-duration": "0.5"},
+    )
+    assert line.startswith("Complete: 3 of 3 pods succeeded")
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [{"activeDeadlineSeconds": 600}, {"completionMode": "Indexed", "completions": 1}],
+    ids=["deadline", "indexed"],
+)
+async def test_job_wait_uses_condition(
+    kube: KubeClient, namespace: str, spec: dict[str, Any]
+) -> None:
+    line, _ = await run_job(kube, namespace, spec, {STEER + "job-duration": "0.5"})
+    assert line.startswith("Complete: 1 succeeded, 0 failed")
+
+
+async def test_failed_job_still_fails(kube: KubeClient, namespace: str) -> None:
+    with pytest.raises(TerminalFailure) as failure:
+        await run_job(kube, namespace, {}, {STEER + "job-outcome": "fail"})
+    assert "BackoffLimitExceeded" in failure.value.reason
