@@ -38,7 +38,9 @@ WATCHED = (
     ("batch/v1", "Job"),
     ("acid.zalan.do/v1", "postgresql"),
     ("rabbitmq.com/v1beta1", "RabbitmqCluster"),
+    ("v1", "Pod"),
 )
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 # The identity of the admin kubeconfig, which the worker and helm both use.
 DEPLOYER_USER = "kubernetes-admin"
 
@@ -77,6 +79,9 @@ class ReadinessRecorder:
     kube: KubeClient
     namespace: str
     objects: dict[tuple[str, str], ObjectTimes] = field(default_factory=dict)
+    # Job name -> names of its pods seen Succeeded, and its spec.completions.
+    job_pods_done: dict[str, set[str]] = field(default_factory=dict)
+    job_completions: dict[str, int] = field(default_factory=dict)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _listed: list[asyncio.Event] = field(default_factory=list)
 
@@ -97,6 +102,12 @@ class ReadinessRecorder:
 
     def observe(self, obj: JsonObject, now: float) -> None:
         metadata = obj["metadata"]
+        if obj["kind"] == "Pod":
+            self._observe_job_pod(obj, now)
+            return
+        if obj["kind"] == "Job":
+            spec = obj.get("spec") or {}
+            self.job_completions[metadata["name"]] = int(spec.get("completions") or 1)
         key = (obj["kind"], metadata["name"])
         times = self.objects.get(key)
         if times is None:
@@ -113,6 +124,24 @@ class ReadinessRecorder:
             times.ready, times.ready_source = int(stamp) / 1000.0, "ready-at"
         else:
             times.ready, times.ready_source = now, "watch"
+
+    def _observe_job_pod(self, pod: JsonObject, now: float) -> None:
+        """Mark a Job ready when its pods have succeeded, before its condition.
+
+        The Job controller writes Complete up to 1 s after the pods end, and
+        the deployer's wait ends on the pods, so the work being done is the
+        moment that counts for detection.
+        """
+        job = (pod["metadata"].get("labels") or {}).get(JOB_NAME_LABEL)
+        if not job or (pod.get("status") or {}).get("phase") != "Succeeded":
+            return
+        done = self.job_pods_done.setdefault(job, set())
+        done.add(pod["metadata"]["name"])
+        times = self.objects.get(("Job", job))
+        if times is None or times.ready is not None:
+            return
+        if len(done) >= self.job_completions.get(job, 1):
+            times.ready, times.ready_source = now, "pods"
 
     async def _watch(self, api_version: str, kind: str, listed: asyncio.Event) -> None:
         while True:
