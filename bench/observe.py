@@ -3,7 +3,7 @@
 - ReadinessRecorder watches one namespace and stores, per object, when it was
   first seen and when it first became ready.
 - RssSampler samples one process's resident memory every 100 ms.
-- AuditLog counts the write requests that the API server's audit log records.
+- AuditLog counts the deployer's requests in the API server's audit log.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import ipaddress
 import json
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,8 +42,10 @@ WATCHED = (
     ("v1", "Pod"),
 )
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
-# The identity of the admin kubeconfig, which the worker and helm both use.
-DEPLOYER_USER = "kubernetes-admin"
+# The identity of the cluster's deployer kubeconfig, which the benchmark's
+# worker and helm use. The audit policy logs every request of this user.
+DEPLOYER_USER = "ventros-deployer"
+WRITE_VERBS = ("create", "update", "patch", "delete", "deletecollection")
 
 
 @dataclass
@@ -265,6 +268,36 @@ class AuditLog:
     def offset(self) -> int:
         return self.path.stat().st_size if self.path.exists() else 0
 
+    def count_requests(self, since: int) -> dict[str, dict[str, int]]:
+        """Return the deployer's requests since the offset, by verb and user agent.
+
+        Every request of DEPLOYER_USER counts once (by audit ID), reads, lists,
+        watches and discovery included, so no other deploy may run meanwhile.
+        """
+        seen: dict[str, tuple[str, str]] = {}
+        for entry in self._entries(since):
+            if entry.get("user", {}).get("username") != DEPLOYER_USER:
+                continue
+            agent = str(entry.get("userAgent", "")).split("/")[0] or "unknown"
+            seen[str(entry.get("auditID"))] = (str(entry.get("verb")), agent)
+        verbs: dict[str, int] = {}
+        agents: dict[str, int] = {}
+        for verb, agent in seen.values():
+            verbs[verb] = verbs.get(verb, 0) + 1
+            agents[agent] = agents.get(agent, 0) + 1
+        return {"verbs": verbs, "agents": agents}
+
+    def _entries(self, since: int) -> Iterator[JsonObject]:
+        if not self.path.exists():
+            return
+        start = since if self.path.stat().st_size >= since else 0
+        with self.path.open("rb") as handle:
+            handle.seek(start)
+            for line in handle:
+                entry = _audit_entry(line)
+                if entry is not None:
+                    yield entry
+
     def count_writes(self, namespace: str, since: int) -> dict[str, int]:
         """Return the deployer's writes in namespace since the offset, by user agent.
 
@@ -272,24 +305,18 @@ class AuditLog:
         deletes them. A log rotated since the offset is read from its start.
         """
         counts: dict[str, int] = {}
-        if not self.path.exists():
-            return counts
-        start = since if self.path.stat().st_size >= since else 0
-        with self.path.open("rb") as handle:
-            handle.seek(start)
-            for line in handle:
-                entry = _audit_entry(line)
-                if entry is None or entry.get("user", {}).get("username") != (
-                    DEPLOYER_USER
-                ):
-                    continue
-                ref = entry.get("objectRef") or {}
-                if ref.get("namespace") != namespace or ref.get("resource") == (
-                    "namespaces"
-                ):
-                    continue
-                agent = str(entry.get("userAgent", "")).split("/")[0] or "unknown"
-                counts[agent] = counts.get(agent, 0) + 1
+        for entry in self._entries(since):
+            if entry.get("user", {}).get("username") != DEPLOYER_USER:
+                continue
+            if entry.get("verb") not in WRITE_VERBS:
+                continue
+            ref = entry.get("objectRef") or {}
+            if ref.get("namespace") != namespace or ref.get("resource") == (
+                "namespaces"
+            ):
+                continue
+            agent = str(entry.get("userAgent", "")).split("/")[0] or "unknown"
+            counts[agent] = counts.get(agent, 0) + 1
         return counts
 
 

@@ -49,6 +49,7 @@ def print_report(results: dict[str, Any]) -> None:
     )
     print(f"worker peak RSS, one deploy: {_spread(ours, 'rss_mb').show(' MiB', 0)}")
     _print_writes(ours, helm)
+    _print_requests(ours, helm)
     _print_detections(ours)
     _print_phases(ours)
     _print_helm_waits(helm)
@@ -99,6 +100,26 @@ def _print_writes(ours: list[dict[str, Any]], helm: list[dict[str, Any]]) -> Non
         )
         print(
             f"API writes per deploy, {name}: {Spread.of(totals).show('', 0)} [{split}]"
+        )
+
+
+def _print_requests(ours: list[dict[str, Any]], helm: list[dict[str, Any]]) -> None:
+    for name, runs in (("ours", ours), ("helm", helm)):
+        counted = [run["api_requests"] for run in runs if "api_requests" in run]
+        if not counted:
+            continue
+        totals = [sum(c["verbs"].values()) for c in counted]
+        verbs: dict[str, int] = {}
+        for requests in counted:
+            for verb, count in requests["verbs"].items():
+                verbs[verb] = verbs.get(verb, 0) + count
+        split = ", ".join(
+            f"{verb} {count / len(counted):.0f}"
+            for verb, count in sorted(verbs.items(), key=lambda item: -item[1])
+        )
+        print(
+            f"API requests per deploy, {name}: {Spread.of(totals).show('', 0)} "
+            f"[{split}]"
         )
 
 

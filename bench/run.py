@@ -32,6 +32,7 @@ from bench.analysis import (
 )
 from bench.legacy_helm import prepare_chart, run_install
 from bench.observe import (
+    DEPLOYER_USER,
     AuditLog,
     ReadinessRecorder,
     RssSampler,
@@ -158,6 +159,7 @@ class Bench:
             task_queue = self.services.task_queue
             run = await run_deploy(self.client, task_queue, request, DEPLOY_TIMEOUT_S)
             writes = self.audit.count_writes(namespace, offset)
+            requests = self.audit.count_requests(offset)
             again = await run_deploy(self.client, task_queue, request, DEPLOY_TIMEOUT_S)
             await asyncio.sleep(0.3)  # Let the recorder see the last events.
             service_ips = await cluster_ips(self.kube, namespace)
@@ -173,6 +175,7 @@ class Bench:
                 "redeploy_history_events": again.history_events,
                 "largest_payload_bytes": run.largest_payload_bytes,
                 "api_writes": writes,
+                "api_requests": requests,
                 "rss_mb": self.sampler.take_window_mb(),
                 "phases": phase_windows(run),
                 "redeploy_phases": phase_windows(again),
@@ -195,15 +198,17 @@ class Bench:
                 self.chart,
                 namespace,
                 self.values_file,
-                self.cluster.kubeconfig,
+                self.cluster.config.deployer_kubeconfig,
                 scenario.RELEASE,
             )
+            requests = self.audit.count_requests(offset)
             ready = await _settled(recorder, run.started)
             return {
                 "namespace": namespace,
                 "wall_s": run.wall_s,
                 "all_ready_s": ready,
                 "api_writes": self.audit.count_writes(namespace, offset),
+                "api_requests": requests,
                 "helm_waits": [
                     {
                         "label": wait.label,
@@ -398,6 +403,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def check_audited_identity(cluster: LocalCluster) -> None:
+    """Raise BenchError unless the cluster audits every deployer request."""
+    policy = cluster.config.cluster_dir / "audit-policy.yaml"
+    if not cluster.config.deployer_kubeconfig.exists() or DEPLOYER_USER not in (
+        policy.read_text() if policy.exists() else ""
+    ):
+        raise BenchError(
+            f"the local cluster has no audited {DEPLOYER_USER} identity "
+            f"({cluster.config.deployer_kubeconfig}): it was started by an older "
+            "version of testbed/cluster.py. Restart it with `make cluster-down "
+            "cluster-up` when nobody else uses it"
+        )
+
+
 def ensure_cluster(cluster: LocalCluster) -> bool:
     """Make sure the shared cluster runs; return True when this call started it.
 
@@ -427,6 +446,7 @@ def main(argv: list[str] | None = None) -> int:
     started_cluster = False
     try:
         started_cluster = ensure_cluster(cluster)
+        check_audited_identity(cluster)
         results = asyncio.run(run_bench(args, cluster))
     except (BenchError, ClusterError) as error:
         print(f"bench: failed: {error}", file=sys.stderr)

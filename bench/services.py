@@ -112,7 +112,11 @@ class Services:
             {
                 "VENTROS_DEPLOY_TEMPORAL_ADDRESS": self.address,
                 "VENTROS_DEPLOY_TASK_QUEUE": self.task_queue,
-                "VENTROS_DEPLOY_KUBECONFIG": str(LocalCluster().kubeconfig),
+                # Every request of this identity is audited, so the benchmark
+                # can count the worker's requests per deploy.
+                "VENTROS_DEPLOY_KUBECONFIG": str(
+                    LocalCluster().config.deployer_kubeconfig
+                ),
                 "VENTROS_DEPLOY_HELM": str(tool_path("helm")),
                 "VENTROS_DEPLOY_CHART_ROOT": str(REPO_ROOT),
                 "VENTROS_DEPLOY_CODEC_KEYS_FILE": str(self.keys_file),

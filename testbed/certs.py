@@ -1,9 +1,10 @@
 """Certificates and keys for the local control plane.
 
 One self-signed CA signs the API server's serving certificate and a client
-certificate per identity (the admin, the controller-manager, the scheduler and
-the simulator). The service-account signing key is a separate RSA key pair.
-Files are written with mode 0600 because they hold private keys.
+certificate per identity (the admin, the controller-manager, the scheduler,
+the simulator, and the deployer that the benchmark runs). The service-account
+signing key is a separate RSA key pair. Files are written with mode 0600
+because they hold private keys.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ CLIENT_IDENTITIES = (
     ClientIdentity("controller-manager", "system:kube-controller-manager"),
     ClientIdentity("scheduler", "system:kube-scheduler"),
     ClientIdentity("simulator", "ventros-simulator", ("system:masters",)),
+    # The benchmark's worker and helm: the audit policy logs every request of
+    # this user, so each deploy's API requests can be counted.
+    ClientIdentity("deployer", "ventros-deployer", ("system:masters",)),
 )
 
 
@@ -80,12 +84,27 @@ def generate(directory: Path) -> None:
     """Write ca, apiserver, client and service-account key files into directory.
 
     Existing files are kept, so a restarted cluster keeps trusting the tokens
-    and kubeconfigs it issued before.
+    and kubeconfigs it issued before. An identity added since the files were
+    written gets its certificate from the existing CA.
     """
+    ca_name = _name("ventros-local-ca")
     if (directory / "ca.crt").exists():
+        ca_key = serialization.load_pem_private_key(
+            (directory / "ca.key").read_bytes(), password=None
+        )
+        assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+        for identity in CLIENT_IDENTITIES:
+            if not (directory / f"{identity.file_stem}.crt").exists():
+                _issue(
+                    directory,
+                    ca_key,
+                    ca_name,
+                    identity.file_stem,
+                    _name(identity.user, identity.groups),
+                    server=False,
+                )
         return
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = _name("ventros-local-ca")
     ca_cert = (
         _builder(ca_name, ca_name)
         .public_key(ca_key.public_key())
@@ -107,42 +126,10 @@ def generate(directory: Path) -> None:
         .sign(ca_key, hashes.SHA256())
     )
 
-    def issue(stem: str, subject: x509.Name, server: bool) -> None:
-        key = ec.generate_private_key(ec.SECP256R1())
-        builder = _builder(subject, ca_name).public_key(key.public_key())
-        usage = (
-            ExtendedKeyUsageOID.SERVER_AUTH
-            if server
-            else ExtendedKeyUsageOID.CLIENT_AUTH
-        )
-        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        if server:
-            names: list[x509.GeneralName] = [
-                x509.DNSName(dns)
-                for dns in (
-                    "localhost",
-                    "kubernetes",
-                    "kubernetes.default",
-                    "kubernetes.default.svc",
-                    "kubernetes.default.svc.cluster.local",
-                )
-            ]
-            names += [
-                x509.IPAddress(ipaddress.ip_address(ip))
-                for ip in ("127.0.0.1", SERVICE_IP)
-            ]
-            builder = builder.add_extension(
-                x509.SubjectAlternativeName(names), critical=False
-            )
-        cert = builder.sign(ca_key, hashes.SHA256())
-        _write_private(directory / f"{stem}.key", _key_pem(key))
-        (directory / f"{stem}.crt").write_bytes(
-            cert.public_bytes(serialization.Encoding.PEM)
-        )
-
-    issue("apiserver", _name("kube-apiserver"), server=True)
+    _issue(directory, ca_key, ca_name, "apiserver", _name("kube-apiserver"), True)
     for identity in CLIENT_IDENTITIES:
-        issue(identity.file_stem, _name(identity.user, identity.groups), server=False)
+        subject = _name(identity.user, identity.groups)
+        _issue(directory, ca_key, ca_name, identity.file_stem, subject, server=False)
 
     sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     _write_private(directory / "sa.key", _key_pem(sa_key))
@@ -155,3 +142,42 @@ def generate(directory: Path) -> None:
     _write_private(directory / "ca.key", _key_pem(ca_key))
     # ca.crt last: its presence marks the set as complete.
     (directory / "ca.crt").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+
+
+def _issue(
+    directory: Path,
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca_name: x509.Name,
+    stem: str,
+    subject: x509.Name,
+    server: bool,
+) -> None:
+    """Write stem.key and stem.crt, a certificate for subject signed by the CA."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    builder = _builder(subject, ca_name).public_key(key.public_key())
+    usage = (
+        ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+    )
+    builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+    if server:
+        names: list[x509.GeneralName] = [
+            x509.DNSName(dns)
+            for dns in (
+                "localhost",
+                "kubernetes",
+                "kubernetes.default",
+                "kubernetes.default.svc",
+                "kubernetes.default.svc.cluster.local",
+            )
+        ]
+        names += [
+            x509.IPAddress(ipaddress.ip_address(ip)) for ip in ("127.0.0.1", SERVICE_IP)
+        ]
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName(names), critical=False
+        )
+    cert = builder.sign(ca_key, hashes.SHA256())
+    _write_private(directory / f"{stem}.key", _key_pem(key))
+    (directory / f"{stem}.crt").write_bytes(
+        cert.public_bytes(serialization.Encoding.PEM)
+    )

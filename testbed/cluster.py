@@ -148,6 +148,11 @@ class ClusterConfig:
         return self.state_dir / "kubeconfig"
 
     @property
+    def deployer_kubeconfig(self) -> Path:
+        """The kubeconfig of user ventros-deployer, whose every request is audited."""
+        return self.cluster_dir / "deployer.kubeconfig"
+
+    @property
     def server(self) -> str:
         return f"https://127.0.0.1:{self.apiserver_port}"
 
@@ -380,12 +385,14 @@ class LocalCluster:
         ]
 
     def _audit_policy(self) -> Path:
-        # Metadata-level audit of write requests only: enough to count API
-        # writes per deploy without logging request bodies (which hold secrets).
+        # Metadata level, so no request body (which may hold secrets) is logged.
+        # It logs every request of ventros-deployer, which the benchmark counts
+        # per deploy, and the writes of everyone else.
         policy = self.config.cluster_dir / "audit-policy.yaml"
         policy.write_text(
             "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\n"
-            "rules:\n- level: Metadata\n  verbs: [create, update, patch, delete]\n"
+            "rules:\n- level: Metadata\n  users: [ventros-deployer]\n"
+            "- level: Metadata\n  verbs: [create, update, patch, delete]\n"
             "- level: None\n"
         )
         return policy
@@ -480,6 +487,7 @@ class LocalCluster:
             / "controller-manager.kubeconfig",
             "scheduler": self.config.cluster_dir / "scheduler.kubeconfig",
             "simulator": self.config.cluster_dir / "simulator.kubeconfig",
+            "deployer": self.config.deployer_kubeconfig,
         }
         for stem, path in targets.items():
             user = f"{stem}@ventros-local"
