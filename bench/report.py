@@ -87,40 +87,32 @@ def _print_ratios(
     print(f"ours (median wall) {ratios}")
 
 
+def _print_counts(title: str, counts: list[dict[str, int]]) -> None:
+    """Print the spread of per-deploy totals and the mean of each key."""
+    if not counts:
+        return
+    totals = [float(sum(count.values())) for count in counts]
+    summed: dict[str, int] = {}
+    for count in counts:
+        for key, value in count.items():
+            summed[key] = summed.get(key, 0) + value
+    split = ", ".join(
+        f"{key} {value / len(counts):.0f}"
+        for key, value in sorted(summed.items(), key=lambda item: -item[1])
+    )
+    print(f"{title}: {Spread.of(totals).show('', 0)} [{split}]")
+
+
 def _print_writes(ours: list[dict[str, Any]], helm: list[dict[str, Any]]) -> None:
     for name, runs in (("ours", ours), ("helm", helm)):
-        totals = [sum(run["api_writes"].values()) for run in runs]
-        agents: dict[str, int] = {}
-        for run in runs:
-            for agent, count in run["api_writes"].items():
-                agents[agent] = agents.get(agent, 0) + count
-        split = ", ".join(
-            f"{agent}: {count / len(runs):.0f}"
-            for agent, count in sorted(agents.items())
-        )
-        print(
-            f"API writes per deploy, {name}: {Spread.of(totals).show('', 0)} [{split}]"
-        )
+        writes = [run["api_writes"] for run in runs]
+        _print_counts(f"API writes per deploy, {name}", writes)
 
 
 def _print_requests(ours: list[dict[str, Any]], helm: list[dict[str, Any]]) -> None:
     for name, runs in (("ours", ours), ("helm", helm)):
-        counted = [run["api_requests"] for run in runs if "api_requests" in run]
-        if not counted:
-            continue
-        totals = [sum(c["verbs"].values()) for c in counted]
-        verbs: dict[str, int] = {}
-        for requests in counted:
-            for verb, count in requests["verbs"].items():
-                verbs[verb] = verbs.get(verb, 0) + count
-        split = ", ".join(
-            f"{verb} {count / len(counted):.0f}"
-            for verb, count in sorted(verbs.items(), key=lambda item: -item[1])
-        )
-        print(
-            f"API requests per deploy, {name}: {Spread.of(totals).show('', 0)} "
-            f"[{split}]"
-        )
+        verbs = [run["api_requests"]["verbs"] for run in runs if "api_requests" in run]
+        _print_counts(f"API requests per deploy, {name}", verbs)
 
 
 def _print_detections(ours: list[dict[str, Any]]) -> None:
