@@ -196,9 +196,17 @@ async def wait_object_ready(
     by_pods = asyncio.create_task(job_pods_succeeded(kube, ref))
     try:
         await asyncio.wait({by_condition, by_pods}, return_when=asyncio.FIRST_COMPLETED)
-        if not by_condition.done() and (line := by_pods.result()):
-            on_status(ref, line)
-            return line
+        if not by_condition.done():
+            error = by_pods.exception()
+            if error is not None:
+                log.warning(
+                    "watching the Job's pods failed; waiting for its condition",
+                    object=ref.describe(),
+                    error=repr(error),
+                )
+            elif line := by_pods.result():
+                on_status(ref, line)
+                return line
         return await by_condition
     finally:
         for task in (by_condition, by_pods):

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from activities import waits
 from activities.kubeapi import JsonObject, KubeClient, ResourceType, well_known
 from activities.waits import TerminalFailure, wait_object_ready
 from deployer.phases import ObjectRef
@@ -118,3 +119,16 @@ async def test_failed_job_still_fails(kube: KubeClient, namespace: str) -> None:
     with pytest.raises(TerminalFailure) as failure:
         await run_job(kube, namespace, {}, {STEER + "job-outcome": "fail"})
     assert "BackoffLimitExceeded" in failure.value.reason
+
+
+async def test_pod_watch_failure_falls_back(
+    kube: KubeClient, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A broken pod watch leaves the wait to the Job's own condition."""
+
+    async def broken(kube: KubeClient, ref: ObjectRef) -> str | None:
+        raise ValueError("malformed pod list")
+
+    monkeypatch.setattr(waits, "job_pods_succeeded", broken)
+    line, _ = await run_job(kube, namespace, {}, {STEER + "job-duration": "0.5"})
+    assert line.startswith("Complete: 1 succeeded, 0 failed")
