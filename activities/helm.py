@@ -166,7 +166,9 @@ class Helm:
         digest = hashlib.sha256()
         if chart.path is not None:
             root = self.resolve_path(chart.path)
-            for folder, dirs, files in os.walk(root):
+            # helm follows links to folders (a linked subchart), so the
+            # digest follows them too.
+            for folder, dirs, files in os.walk(root, followlinks=True):
                 dirs.sort()
                 for name in sorted(files):
                     path = Path(folder, name)
@@ -364,13 +366,14 @@ class RenderCache:
         self.misses += 1
         try:
             value = await make()
-        except asyncio.CancelledError:
-            running.cancel()
-            raise
         except Exception as error:
             running.set_exception(error)
             # Mark the exception retrieved, because no caller may be waiting.
             running.exception()
+            raise
+        except BaseException:
+            # Cancelled (or the process is exiting): waiters run helm themselves.
+            running.cancel()
             raise
         finally:
             self._running.pop(key, None)

@@ -215,11 +215,14 @@ async def wait_object_ready(
 
 
 async def job_pods_succeeded(kube: KubeClient, ref: ObjectRef) -> str | None:
-    """Return a status line once the Job's pods have all succeeded.
+    """Return a status line once the Job's pods show it has succeeded.
 
-    Return None for a Job the pods cannot judge: Indexed, suspended, with an
-    activeDeadlineSeconds, or failed. API errors restart the watch after a
-    pause, because the wait on the Job itself reports them.
+    That is: spec.completions pods Succeeded, every other pod ended (none
+    pending or running), and no more failed pods than backoffLimit allows.
+    Return None for a Job the pods cannot judge (Indexed, suspended, with
+    activeDeadlineSeconds, a podFailurePolicy or no completions) or one that
+    failed: the wait on the Job itself then decides. API errors restart the
+    watch after a pause, because that wait reports them.
     """
     while True:
         try:
@@ -227,23 +230,14 @@ async def job_pods_succeeded(kube: KubeClient, ref: ObjectRef) -> str | None:
             if job is None:
                 await asyncio.sleep(RETRY_DELAYS_S[1])
                 continue
-            spec = job.get("spec") or {}
-            if (
-                spec.get("completionMode", "NonIndexed") != "NonIndexed"
-                or spec.get("suspend")
-                or spec.get("activeDeadlineSeconds")
-            ):
+            if not _pods_can_judge(job):
                 return None
-            completions = int(spec.get("completions") or 1)
-            selector = f"batch.kubernetes.io/controller-uid={job['metadata']['uid']}"
+            uid = job["metadata"]["uid"]
+            selector = f"batch.kubernetes.io/controller-uid={uid}"
             listing = await kube.list(POD, ref.namespace, label_selector=selector)
-            succeeded = {
-                pod["metadata"]["name"]
-                for pod in listing.get("items", [])
-                if (pod.get("status") or {}).get("phase") == "Succeeded"
-            }
+            pods = {p["metadata"]["name"]: p for p in listing.get("items", [])}
             version = listing["metadata"]["resourceVersion"]
-            while len(succeeded) < completions:
+            while not _pods_done(job, pods):
                 async for event in kube.watch(
                     POD,
                     ref.namespace,
@@ -254,29 +248,57 @@ async def job_pods_succeeded(kube: KubeClient, ref: ObjectRef) -> str | None:
                 ):
                     pod = event["object"]
                     version = pod["metadata"]["resourceVersion"]
-                    phase = (pod.get("status") or {}).get("phase")
-                    if event["type"] != "BOOKMARK" and phase == "Succeeded":
-                        succeeded.add(pod["metadata"]["name"])
-                        if len(succeeded) >= completions:
-                            break
-            return await _confirm_job(kube, ref, len(succeeded), completions)
+                    if event["type"] == "BOOKMARK":
+                        continue
+                    if event["type"] == "DELETED":
+                        pods.pop(pod["metadata"]["name"], None)
+                    else:
+                        pods[pod["metadata"]["name"]] = pod
+                    if _pods_done(job, pods):
+                        break
+            return await _confirm_job(kube, ref, uid, job)
         except (GoneError, WatchStalledError):
             continue
         except (KubeApiError, *TRANSIENT_ERRORS):
             await asyncio.sleep(RETRY_DELAYS_S[-1])
 
 
+def _pods_can_judge(job: JsonObject) -> bool:
+    spec = job.get("spec") or {}
+    return (
+        spec.get("completionMode", "NonIndexed") == "NonIndexed"
+        and not spec.get("suspend")
+        and not spec.get("activeDeadlineSeconds")
+        and not spec.get("podFailurePolicy")
+        and spec.get("completions") is not None
+    )
+
+
+def _pods_done(job: JsonObject, pods: dict[str, JsonObject]) -> bool:
+    spec = job.get("spec") or {}
+    phases = [(p.get("status") or {}).get("phase") for p in pods.values()]
+    return (
+        all(phase in ("Succeeded", "Failed") for phase in phases)
+        and phases.count("Succeeded") >= int(spec["completions"])
+        and phases.count("Failed") <= int(spec.get("backoffLimit", 6))
+    )
+
+
 async def _confirm_job(
-    kube: KubeClient, ref: ObjectRef, succeeded: int, completions: int
+    kube: KubeClient, ref: ObjectRef, uid: str, seen: JsonObject
 ) -> str | None:
+    """Return the status line if the Job is still the one judged and not failed."""
     job = await kube.get(JOB, ref.name, ref.namespace)
-    conditions = (job or {}).get("status", {}).get("conditions") or []
-    if job is None or any(
+    if job is None or job["metadata"]["uid"] != uid or not _pods_can_judge(job):
+        return None
+    conditions = (job.get("status") or {}).get("conditions") or []
+    if any(
         c.get("type") in JOB_FAILED_CONDITIONS and c.get("status") == "True"
         for c in conditions
     ):
         return None
+    completions = int((seen.get("spec") or {})["completions"])
     return (
-        f"Complete: {succeeded} of {completions} pods succeeded "
+        f"Complete: {completions} of {completions} pods succeeded "
         "(the Job's Complete condition follows within 1 s)"
     )

@@ -68,7 +68,8 @@ def print_report(results: dict[str, Any]) -> None:
             for name, seconds in sorted(scale["cpu_s"].items(), key=lambda i: -i[1])
             if seconds >= 0.5
         )
-        cores = os.cpu_count() or 1
+        # The machine that ran the benchmark; older results lack it.
+        cores = results.get("cpu_count") or os.cpu_count() or 1
         print(f"  CPU seconds in {scale['elapsed_s']:.0f} s on {cores} cores: {cpu}")
 
 

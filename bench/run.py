@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 import uuid
@@ -344,6 +345,7 @@ async def run_bench(args: argparse.Namespace, cluster: LocalCluster) -> dict[str
     assert bench.sampler is not None
     bench.results["worker_peak_rss_mb"] = bench.sampler.peak_mb
     bench.results["delays_s"] = DELAYS_S
+    bench.results["cpu_count"] = os.cpu_count()
     total, path = scenario.critical_path(DELAYS_S)
     with_jobs, _ = scenario.critical_path(DELAYS_S, scenario.JOB_SYNC_S)
     bench.results["critical_path"] = {

@@ -19,6 +19,7 @@ import asyncio
 import base64
 import contextlib
 import datetime
+import ipaddress
 import logging
 import re
 import secrets
@@ -355,9 +356,24 @@ class Simulator:
             pass
         except asyncio.CancelledError:
             raise
-        except (KubeApiError, OSError) as error:
+        except (KubeApiError, OSError, aiohttp.ClientError) as error:
             log.warning("pod %s/%s: status update failed: %s", namespace, name, error)
             self.handled_pods.pop(metadata["uid"], None)
+            if self.pod_tasks.get(metadata["uid"]) is asyncio.current_task():
+                del self.pod_tasks[metadata["uid"]]  # So on_pod cannot cancel it.
+            # Nothing else replays the pod before its next event, which may
+            # never come while it waits for a Secret or a Service.
+            await asyncio.sleep(1.0)
+            fresh = await self._get_pod_quietly(name, namespace)
+            if fresh is not None:
+                await self.on_pod("MODIFIED", fresh)
+
+    async def _get_pod_quietly(self, name: str, namespace: str) -> JsonObject | None:
+        try:
+            return await self.kube.get(POD, name, namespace)
+        except (KubeApiError, OSError, aiohttp.ClientError) as error:
+            log.warning("pod %s/%s: read failed: %s", namespace, name, error)
+            return None
 
     # A kubelet starts no container before every Secret the pod reads exists,
     # and the chart's wait-for-<service> init containers loop on `nc -z` until
@@ -388,7 +404,7 @@ class Simulator:
                         pod, self._held_status(pod, container["name"])
                     )
                     held_reported = True
-                if time.monotonic() + WAIT_POLL_S > deadline:
+                if time.monotonic() >= deadline:
                     if pod["spec"].get("restartPolicy") == "Never":
                         await self._write_pod_status(
                             pod, self._init_failed_status(pod, container["name"])
@@ -410,14 +426,11 @@ class Simulator:
 
     async def _accepts_connections(self, namespace: str, host: str, port: int) -> bool:
         """Tell whether `nc -z host port` would connect from a pod in namespace."""
-        parts = host.split(".")
-        if len(parts) > 1:
-            if len(parts) > 2 and parts[2] != "svc":
-                return True  # Not a cluster name: outside the simulation.
-            if parts[1] not in self.namespaces:
-                return True
-            namespace = parts[1]
-        service = await self.kube.get(SERVICE, parts[0], namespace)
+        name = _cluster_service(host, namespace, set(self.namespaces))
+        if name is None:
+            return True  # Not a cluster name: outside the simulation.
+        service_name, namespace = name
+        service = await self.kube.get(SERVICE, service_name, namespace)
         if service is None:
             return False
         spec = service.get("spec") or {}
@@ -428,7 +441,7 @@ class Simulator:
         slices = await self.kube.list(
             ENDPOINT_SLICE,
             namespace,
-            label_selector=f"kubernetes.io/service-name={parts[0]}",
+            label_selector=f"kubernetes.io/service-name={service_name}",
         )
         return any(
             (endpoint.get("conditions") or {}).get("ready", True)
@@ -597,8 +610,9 @@ class Simulator:
         return status
 
     def _config_error_status(self, pod: JsonObject, secret: str) -> JsonObject:
-        status = self._held_status(pod, "")
-        if pod["spec"].get("initContainers"):
+        init_names = [c["name"] for c in pod["spec"].get("initContainers", [])]
+        status = self._held_status(pod, init_names[0] if init_names else "")
+        if init_names:
             status["initContainerStatuses"][0]["state"] = {
                 "waiting": {
                     "reason": "CreateContainerConfigError",
@@ -1036,6 +1050,32 @@ def _required_secrets(pod: JsonObject) -> list[str]:
         if ref and not ref.get("optional"):
             names.append(ref["secretName"])
     return list(dict.fromkeys(names))
+
+
+def _cluster_service(
+    host: str, namespace: str, namespaces: set[str]
+) -> tuple[str, str] | None:
+    """Return the Service and namespace that host names in the cluster, if any.
+
+    Forms: name, name.ns, name.ns.svc..., and pod.name.ns.svc... (a
+    StatefulSet pod's own name, judged by its Service). An IP address, another
+    domain, or a namespace that does not exist is outside the cluster.
+    """
+    host = host.rstrip(".")
+    with contextlib.suppress(ValueError):
+        ipaddress.ip_address(host.strip("[]"))
+        return None
+    parts = host.split(".")
+    if len(parts) == 1:
+        return parts[0], namespace
+    if "svc" in parts[2:]:
+        index = parts.index("svc", 2)
+        service, namespace = parts[index - 2], parts[index - 1]
+    elif len(parts) == 2:
+        service, namespace = parts
+    else:
+        return None
+    return (service, namespace) if namespace in namespaces else None
 
 
 def _wait_target(container: JsonObject) -> tuple[str, int, float] | None:

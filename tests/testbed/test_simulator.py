@@ -27,6 +27,7 @@ from activities.kubeapi import (
     well_known,
 )
 from testbed.cluster import LocalCluster, tool_path
+from testbed.simulator import _cluster_service
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FIXTURE_CHARTS = REPO_ROOT / "tests" / "fixtures" / "charts"
@@ -750,9 +751,9 @@ async def test_pod_waits_for_secret(kube: KubeClient, namespace: str) -> None:
     assert waiting["reason"] == "CreateContainerConfigError"
     assert waiting["message"] == 'secret "later" not found'
     await asyncio.sleep(1.5)
-    pod = await kube.get(POD, "reader", namespace)
-    assert pod is not None
-    assert pod["status"]["phase"] == "Pending"
+    later = await kube.get(POD, "reader", namespace)
+    assert later is not None
+    assert later["status"]["phase"] == "Pending"
 
     secret = {
         "apiVersion": "v1",
@@ -807,9 +808,9 @@ async def test_wait_for_init_container_waits_for_endpoints(
     }
     await kube.create(SERVICE, service, namespace)
     await asyncio.sleep(2.5)  # The Service without endpoints: still waiting.
-    pod = await kube.get(POD, "client", namespace)
-    assert pod is not None
-    assert waiting_for_db(pod)
+    later = await kube.get(POD, "client", namespace)
+    assert later is not None
+    assert waiting_for_db(later)
 
     server = pod_manifest("db-0", {}, [], ["postgres"])
     server["metadata"]["labels"] = {"app": "db"}
@@ -835,3 +836,21 @@ async def test_wait_for_init_container_gives_up(
     [pod] = pods["items"]
     init = container_status(pod, "initContainerStatuses", "wait-for-postgres")
     assert init["state"]["terminated"]["exitCode"] == 1
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        ("db", ("db", "app")),
+        ("db.app", ("db", "app")),
+        ("db.app.svc.cluster.local.", ("db", "app")),
+        ("db-0.db.other.svc.cluster.local", ("db", "other")),
+        ("db.missing.svc", None),
+        ("db.example.org", None),
+        ("10.0.0.5", None),
+        ("[fd00::1]", None),
+    ],
+)
+def test_wait_host_names(host: str, expected: tuple[str, str] | None) -> None:
+    """Hosts of wait-for containers map to a cluster Service, or to outside."""
+    assert _cluster_service(host, "app", {"app", "other"}) == expected
