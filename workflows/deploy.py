@@ -20,6 +20,8 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
+from workflows.control import PhaseControl
+
 with workflow.unsafe.imports_passed_through():
     from deployer import contracts
     from deployer.contracts import (
@@ -71,10 +73,12 @@ WAIT_MARGIN = timedelta(seconds=60)
 
 
 @workflow.defn(name=WORKFLOW_TYPE)
-class VentrosDeploy:
+class VentrosDeploy(PhaseControl):
     """Deploy one release of the Ventros CRM stack into one namespace."""
 
     def __init__(self) -> None:
+        self._order = tuple(PHASE_ORDER)
+        self._noun = "deploy"
         self._records = {phase: PhaseRecord(phase=phase) for phase in PHASE_ORDER}
         self._retry_requested: set[Phase] = set()
         self._abort_reason: str | None = None
@@ -272,56 +276,6 @@ class VentrosDeploy:
             phases=[self._records[p] for p in PHASE_ORDER],
             message=self._message,
         )
-
-    @workflow.update(name="retry")
-    def retry(self, phase: str | None = None) -> list[str]:
-        """Run the failed phase (or every failed phase) again; return their names."""
-        chosen = self._failed_phases(phase)
-        self._retry_requested.update(chosen)
-        return [p.value for p in chosen]
-
-    @retry.validator
-    def _validate_retry(self, phase: str | None = None) -> None:
-        self._failed_phases(phase)
-
-    @workflow.update(name="abort")
-    def abort(self, reason: str = "aborted by request") -> str:
-        """End the deploy as failed; phases that succeeded stay applied."""
-        self._abort_reason = reason[:500] or "aborted by request"
-        return self._state
-
-    @workflow.signal(name="retry-signal")
-    def retry_signal(self, phase: str | None = None) -> None:
-        try:
-            self._retry_requested.update(self._failed_phases(phase))
-        except ApplicationError as error:
-            workflow.logger.warning(
-                "retry signal ignored", extra={"reason": error.message}
-            )
-
-    @workflow.signal(name="abort-signal")
-    def abort_signal(self, reason: str = "aborted by signal") -> None:
-        self._abort_reason = reason[:500] or "aborted by signal"
-
-    def _failed_phases(self, phase: str | None) -> list[Phase]:
-        waiting = [
-            p
-            for p in PHASE_ORDER
-            if self._records[p].state is PhaseState.WAITING_FOR_RETRY
-        ]
-        if phase is not None:
-            if phase not in {p.value for p in Phase}:
-                raise ApplicationError(
-                    f"unknown phase {phase!r}; phases are "
-                    f"{', '.join(p.value for p in Phase)}"
-                )
-            waiting = [p for p in waiting if p.value == phase]
-        if not waiting:
-            raise ApplicationError(
-                f"no phase{' ' + phase if phase else ''} is waiting for retry; "
-                "check `ventros-deploy status` for what runs now"
-            )
-        return waiting
 
     # -- UI -----------------------------------------------------------------
 

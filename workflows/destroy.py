@@ -21,6 +21,8 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
+from workflows.control import PhaseControl
+
 with workflow.unsafe.imports_passed_through():
     from deployer import contracts
     from deployer.contracts import (
@@ -70,10 +72,12 @@ STEP_NAMES = {
 
 
 @workflow.defn(name=WORKFLOW_TYPE)
-class VentrosDestroy:
+class VentrosDestroy(PhaseControl):
     """Remove one release of the Ventros CRM stack from one namespace."""
 
     def __init__(self) -> None:
+        self._order = tuple(TEARDOWN_ORDER)
+        self._noun = "destroy"
         self._records = {phase: PhaseRecord(phase=phase) for phase in TEARDOWN_ORDER}
         self._retry_requested: set[Phase] = set()
         self._abort_reason: str | None = None
@@ -327,56 +331,6 @@ class VentrosDestroy:
             message=self._message,
             kept=list(self._kept),
         )
-
-    @workflow.update(name="retry")
-    def retry(self, phase: str | None = None) -> list[str]:
-        """Run the failed step again; return its phase name."""
-        chosen = self._failed_steps(phase)
-        self._retry_requested.update(chosen)
-        return [p.value for p in chosen]
-
-    @retry.validator
-    def _validate_retry(self, phase: str | None = None) -> None:
-        self._failed_steps(phase)
-
-    @workflow.update(name="abort")
-    def abort(self, reason: str = "aborted by request") -> str:
-        """End the destroy as failed; what was removed stays removed."""
-        self._abort_reason = reason[:500] or "aborted by request"
-        return self._state
-
-    @workflow.signal(name="retry-signal")
-    def retry_signal(self, phase: str | None = None) -> None:
-        try:
-            self._retry_requested.update(self._failed_steps(phase))
-        except ApplicationError as error:
-            workflow.logger.warning(
-                "retry signal ignored", extra={"reason": error.message}
-            )
-
-    @workflow.signal(name="abort-signal")
-    def abort_signal(self, reason: str = "aborted by signal") -> None:
-        self._abort_reason = reason[:500] or "aborted by signal"
-
-    def _failed_steps(self, phase: str | None) -> list[Phase]:
-        waiting = [
-            p
-            for p in TEARDOWN_ORDER
-            if self._records[p].state is PhaseState.WAITING_FOR_RETRY
-        ]
-        if phase is not None:
-            if phase not in {p.value for p in Phase}:
-                raise ApplicationError(
-                    f"unknown phase {phase!r}; phases are "
-                    + ", ".join(p.value for p in TEARDOWN_ORDER)
-                )
-            waiting = [p for p in waiting if p.value == phase]
-        if not waiting:
-            raise ApplicationError(
-                f"no step{' ' + phase if phase else ''} of this destroy is waiting "
-                "for retry; check `ventros-deploy status` for what runs now"
-            )
-        return waiting
 
     # -- UI -------------------------------------------------------------------
 
