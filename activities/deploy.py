@@ -420,8 +420,8 @@ class DeployActivities:
             helm.cache_key("show values", chart=request.chart),
             lambda: helm.run(["show", "values", *helm.chart_args(request.chart)]),
         )
-        shown = yaml.safe_load(text) or {}
-        reference = (shown.get("dependencies") or {}).get(key) or {}
+        defaults = yaml.safe_load(text) or {}
+        reference = (defaults.get("dependencies") or {}).get(key) or {}
         return ChartRef.model_validate(reference)
 
     async def _apply_base(self, request: DeployRequest) -> ApplyResult:

@@ -1,8 +1,8 @@
 """Retry and abort handlers shared by the workflows that run phases in order.
 
 VentrosDeploy and VentrosDestroy stop a failed phase in WAITING_FOR_RETRY and
-take the same retry and abort requests, as updates (with an answer) and as
-signals (for clients that cannot send updates). The handlers live here once;
+take the same retry and abort requests, as updates (which return a result)
+and as signals (for clients that cannot send updates). The handlers live here once;
 each workflow class sets the attributes they read. No I/O and no Kubernetes
 imports, like the rest of workflows/.
 """
