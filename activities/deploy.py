@@ -25,6 +25,7 @@ from activities import readiness
 from activities.diagnose import describe_blocked_pods
 from activities.helm import ChartNotFoundError, Helm, HelmError, RenderCache
 from activities.kubeapi import (
+    ConflictError,
     ForbiddenError,
     InvalidError,
     JsonObject,
@@ -454,6 +455,7 @@ class DeployActivities:
                 notes.append(note)
             return objects
 
+        await self._ensure_namespace(request)
         # The operators and our base objects do not depend on each other, so
         # each release is recovered and upgraded at the same time as the others.
         manifests = await asyncio.gather(
@@ -479,6 +481,33 @@ class DeployActivities:
         return ApplyResult(
             phase=Phase.BASE, applied=len(releases), waits=waits, notes=notes
         )
+
+    async def _ensure_namespace(self, request: DeployRequest) -> None:
+        """Create the target namespace when it does not exist yet.
+
+        This replaces helm's --create-namespace, with which each first install
+        of the three base releases checked the Namespace against the cluster's
+        OpenAPI document before applying it (in an audit-log trace, about
+        0.08 s between helm's OpenAPI request and its Namespace patch). An
+        existing namespace is only read, so the identity of deploy/rbac.yaml,
+        which may not create namespaces, needs only get.
+        """
+        kube = await self.kube(request.kube_context)
+        namespaces = well_known("v1", "Namespace")
+        if await kube.get(namespaces, request.namespace) is not None:
+            return
+        name = request.namespace
+        namespace = {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            # The label helm's --create-namespace set, for selectors that use it.
+            "metadata": {"name": name, "labels": {"name": name}},
+        }
+        try:
+            await kube.create(namespaces, namespace)
+        except ConflictError:
+            return  # Created by someone else since the read: it exists, as wanted.
+        log.info("namespace created", namespace=name)
 
     async def _apply_temporal(self, request: DeployRequest) -> ApplyResult:
         helm = self.helm(request.kube_context)

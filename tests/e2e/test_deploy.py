@@ -4,15 +4,19 @@ server, and the local control plane with its simulated operators."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import json
+import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import pytest_asyncio
 from temporalio.client import WorkflowFailureError, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
-from activities.kubeapi import KubeClient, well_known
+from activities.kubeapi import KubeClient, NotFoundError, well_known
 from deployer.phases import DeployStatus, PhaseState
 from deployer.settings import WorkerSettings
 from tests.conftest import deploy_request, running_worker, temporal_cli
@@ -223,13 +227,28 @@ async def test_deploy_abort_fails_workflow(
     assert states["app"] is PhaseState.PENDING
 
 
+@pytest_asyncio.fixture
+async def new_namespace(kube: KubeClient) -> AsyncIterator[str]:
+    """A namespace name that does not exist yet; deleted after the test."""
+    name = f"t-new-{uuid.uuid4().hex[:10]}"
+    yield name
+    with contextlib.suppress(NotFoundError):
+        await kube.delete(NAMESPACE_TYPE, name)
+
+
 async def test_deploy_started_with_temporal_cli(
     temporal_env: WorkflowEnvironment,
     worker_settings: WorkerSettings,
     kube: KubeClient,
-    namespace: str,
+    new_namespace: str,
 ) -> None:
-    """`temporal workflow start` with the same JSON input deploys the same way."""
+    """`temporal workflow start` with the same JSON input deploys the same way.
+
+    The target namespace does not exist before: the base phase creates it,
+    with the `name` label that helm's --create-namespace used to set.
+    """
+    namespace = new_namespace
+    assert await kube.get(NAMESPACE_TYPE, namespace) is None
     request = deploy_request(namespace)
     workflow_id = f"deploy-{namespace}-ventros-crm"
     async with running_worker(temporal_env.client, worker_settings):
@@ -259,3 +278,6 @@ async def test_deploy_started_with_temporal_cli(
     app = await kube.get(well_known("apps/v1", "Deployment"), "ventros-crm", namespace)
     assert app is not None
     assert app["status"]["availableReplicas"] == 2
+    created = await kube.get(NAMESPACE_TYPE, namespace)
+    assert created is not None
+    assert created["metadata"]["labels"]["name"] == namespace
