@@ -7,6 +7,7 @@ workflow tests, its own task queue, so tests do not see each other's work.
 
 from __future__ import annotations
 
+import os
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -16,7 +17,7 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
@@ -31,6 +32,8 @@ from worker.main import WORKFLOWS, all_activities
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FIXTURE_CHARTS = "tests/fixtures/charts"
 TEMPORAL_CLI = REPO_ROOT / ".venv" / "bin" / "temporal"
+HISTORIES = REPO_ROOT / "tests" / "workflow" / "histories"
+RECORD_HISTORY = "VENTROS_RECORD_HISTORY"
 
 
 def temporal_cli() -> str:
@@ -144,3 +147,17 @@ def deploy_request(namespace: str, **overrides: Any) -> dict[str, Any]:
     }
     request.update(overrides)
     return request
+
+
+async def keep_history(handle: WorkflowHandle[Any, Any], name: str) -> None:
+    """Save the workflow's history for the replay tests when recording.
+
+    With VENTROS_RECORD_HISTORY=1 the history goes to
+    tests/workflow/histories/<name>.json; otherwise nothing happens. Record
+    again only for an intended change that is versioned with patched().
+    """
+    if os.environ.get(RECORD_HISTORY) != "1":
+        return
+    history = await handle.fetch_history()
+    HISTORIES.mkdir(exist_ok=True)
+    (HISTORIES / f"{name}.json").write_text(history.to_json())

@@ -25,7 +25,7 @@ from deployer import contracts
 from deployer.lifecycle import DestroyStatus
 from deployer.phases import TEARDOWN_ORDER, PhaseState
 from deployer.settings import WorkerSettings
-from tests.conftest import REPO_ROOT, running_worker
+from tests.conftest import REPO_ROOT, keep_history, running_worker
 from tests.lifecycle.conftest import (
     DEPLOYMENT,
     JOB,
@@ -220,6 +220,7 @@ async def test_destroy_waits_for_queues(
 
         await annotate(kube, RABBITMQ, rabbit, namespace, {MESSAGES: "0"})
         status = await destroy_status(handle)
+        await keep_history(handle, "destroy_with_drain")
     print(f"drain status while waiting: {waiting}")
     assert f"rabbitmqcluster/{rabbit}: 5 messages in 1 queue (" in waiting
     assert held is not None

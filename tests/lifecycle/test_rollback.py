@@ -9,9 +9,9 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.helm import Helm
 from activities.kubeapi import KubeClient
-from deployer.lifecycle import RollbackStatus
+from deployer.lifecycle import RollbackStatus, rollback_workflow_id_for
 from deployer.settings import WorkerSettings
-from tests.conftest import REPO_ROOT, running_worker
+from tests.conftest import REPO_ROOT, keep_history, running_worker
 from tests.lifecycle.conftest import (
     DEPLOYMENT,
     JOB,
@@ -53,6 +53,12 @@ async def test_rollback_previous_version(
         again = await run_cli(
             ["rollback", f"deploy-{namespace}-{RELEASE}", "--json"],
             cli_env(temporal_env, lifecycle_settings),
+        )
+        await keep_history(
+            temporal_env.client.get_workflow_handle(
+                rollback_workflow_id_for(namespace, RELEASE)
+            ),
+            "rollback",
         )
     print(result.stdout, result.stderr)
     assert result.returncode == 0

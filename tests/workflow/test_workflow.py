@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import uuid
 from pathlib import Path
 from typing import Any
@@ -19,15 +20,17 @@ from temporalio.client import (
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
-from temporalio.worker import Replayer, Worker
+from temporalio.worker import Replayer, Worker, WorkflowReplayResult
 
 from client.cli import start_attributes
 from deployer.phases import DeployStatus, Phase, PhaseState
 from deployer.settings import TemporalSettings
+from tests.conftest import HISTORIES, RECORD_HISTORY
 from tests.workflow.standins import StandIns
+from worker.main import WORKFLOWS
 from workflows.deploy import VentrosDeploy
 
-HISTORY_FILE = Path(__file__).parent / "histories" / "deploy_with_retry.json"
+HISTORY_FILE = HISTORIES / "deploy_with_retry.json"
 
 
 def request(namespace: str = "ns") -> dict[str, Any]:
@@ -202,9 +205,7 @@ async def test_workflow_replays_recorded_history() -> None:
     """The recorded history (deploy, data failure, retry update) replays without
     nondeterminism. Regenerate it only for an intended, versioned change:
     VENTROS_RECORD_HISTORY=1 python -m pytest -k replays."""
-    import os
-
-    if os.environ.get("VENTROS_RECORD_HISTORY") == "1":
+    if os.environ.get(RECORD_HISTORY) == "1":
         env = await WorkflowEnvironment.start_local(
             dev_server_existing_path=str(
                 Path(__file__).parents[2] / ".venv" / "bin" / "temporal"
@@ -216,14 +217,37 @@ async def test_workflow_replays_recorded_history() -> None:
             HISTORY_FILE.write_text(await record_history(env))
         finally:
             await env.shutdown()
-    assert HISTORY_FILE.exists(), (
-        f"missing {HISTORY_FILE}; record it with VENTROS_RECORD_HISTORY=1"
-    )
-    history = WorkflowHistory.from_json(
-        "deploy-with-retry", json.loads(HISTORY_FILE.read_text())
-    )
-    replayer = Replayer(
-        workflows=[VentrosDeploy], data_converter=pydantic_data_converter
-    )
-    result = await replayer.replay_workflow(history)
+    result = await replay(HISTORY_FILE)
     assert result.replay_failure is None
+
+
+# Histories of real runs against the local cluster, saved by the lifecycle tests
+# named here when they run with VENTROS_RECORD_HISTORY=1.
+LIFECYCLE_HISTORIES = {
+    "destroy_with_drain": "tests/lifecycle/test_destroy.py::"
+    "test_destroy_waits_for_queues",
+    "rollback": "tests/lifecycle/test_rollback.py::test_rollback_previous_version",
+}
+
+
+@pytest.mark.parametrize("name", sorted(LIFECYCLE_HISTORIES))
+async def test_lifecycle_history_replays(name: str) -> None:
+    """A recorded destroy that waited for its queues to drain, or a recorded
+    rollback (the second of two under one id), replays without nondeterminism."""
+    path = HISTORIES / f"{name}.json"
+    assert path.exists(), (
+        f"missing {path}; record it with VENTROS_RECORD_HISTORY=1 python -m "
+        f"pytest {LIFECYCLE_HISTORIES[name]}"
+    )
+    result = await replay(path)
+    assert result.replay_failure is None
+
+
+def load_history(path: Path) -> WorkflowHistory:
+    return WorkflowHistory.from_json(path.stem, json.loads(path.read_text()))
+
+
+async def replay(path: Path) -> WorkflowReplayResult:
+    """Replay the history in path with every workflow the worker runs."""
+    replayer = Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter)
+    return await replayer.replay_workflow(load_history(path))
