@@ -25,6 +25,7 @@ import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import aiohttp
 
@@ -383,13 +384,12 @@ class Simulator:
     async def _start_conditions(self, pod: JsonObject) -> bool:
         """Wait until a real node would start the pod; return False if it failed."""
         namespace = pod["metadata"]["namespace"]
-        reported = ""
-        while missing := await self._missing_secrets(pod):
-            if missing != reported:
-                await self._write_pod_status(
-                    pod, self._config_error_status(pod, missing)
-                )
-                reported = missing
+        reported: SecretHold | None = None
+        while hold := await self._secret_hold(pod):
+            if hold != reported:
+                log.info("pod %s/%s: %s", namespace, pod["metadata"]["name"], hold)
+                await self._write_pod_status(pod, self._secret_hold_status(pod, hold))
+                reported = hold
             await asyncio.sleep(SECRET_RETRY_S)
         for container in pod["spec"].get("initContainers", []):
             target = _wait_target(container)
@@ -415,14 +415,23 @@ class Simulator:
                 await asyncio.sleep(WAIT_POLL_S)
         return True
 
-    async def _missing_secrets(self, pod: JsonObject) -> str:
-        for secret in _required_secrets(pod):
-            if (
-                await self.kube.get(SECRET, secret, pod["metadata"]["namespace"])
-                is None
-            ):
-                return secret
-        return ""
+    async def _secret_hold(self, pod: JsonObject) -> SecretHold | None:
+        """Return why a kubelet would not start the pod yet, or None.
+
+        Volumes come first: a kubelet mounts them before it creates any
+        container, so a volume problem shows as ContainerCreating. Then each
+        container's environment, checked when the kubelet creates it.
+        """
+        namespace = pod["metadata"]["namespace"]
+        found: dict[str, JsonObject | None] = {}
+        uses = sorted(_secret_uses(pod), key=lambda use: not use.volume)
+        for use in uses:
+            if use.name not in found:
+                found[use.name] = await self.kube.get(SECRET, use.name, namespace)
+            hold = use.hold(found[use.name], namespace)
+            if hold is not None:
+                return hold
+        return None
 
     async def _accepts_connections(self, namespace: str, host: str, port: int) -> bool:
         """Tell whether `nc -z host port` would connect from a pod in namespace."""
@@ -609,24 +618,20 @@ class Simulator:
         ]
         return status
 
-    def _config_error_status(self, pod: JsonObject, secret: str) -> JsonObject:
+    def _secret_hold_status(self, pod: JsonObject, hold: SecretHold) -> JsonObject:
         init_names = [c["name"] for c in pod["spec"].get("initContainers", [])]
         status = self._held_status(pod, init_names[0] if init_names else "")
+        waiting: JsonObject = {"reason": hold.reason}
+        if hold.message:
+            waiting["message"] = hold.message
         if init_names:
-            status["initContainerStatuses"][0]["state"] = {
-                "waiting": {
-                    "reason": "CreateContainerConfigError",
-                    "message": f'secret "{secret}" not found',
-                }
-            }
+            # With a volume that cannot be mounted, no init container starts:
+            # the kubelet reports them PodInitializing, like the containers.
+            state = waiting if hold.volume is None else {"reason": "PodInitializing"}
+            status["initContainerStatuses"][0]["state"] = {"waiting": state}
         else:
             for container_status in status["containerStatuses"]:
-                container_status["state"] = {
-                    "waiting": {
-                        "reason": "CreateContainerConfigError",
-                        "message": f'secret "{secret}" not found',
-                    }
-                }
+                container_status["state"] = {"waiting": waiting}
         return status
 
     def _init_failed_status(self, pod: JsonObject, failed: str) -> JsonObject:
@@ -1032,24 +1037,84 @@ class Simulator:
         await self.run_watch(rtype, handler)
 
 
-def _required_secrets(pod: JsonObject) -> list[str]:
-    """Return the Secrets a kubelet needs before it starts the pod's containers."""
+@dataclass(frozen=True)
+class SecretHold:
+    """The reason a kubelet keeps a pod from starting for a Secret."""
+
+    reason: str
+    message: str | None
+    volume: str | None  # The volume that cannot be mounted, if that is the cause.
+
+    def __str__(self) -> str:
+        where = f"volume {self.volume}: " if self.volume else ""
+        return f"{self.reason}: {where}{self.message or 'waiting for its Secret'}"
+
+
+@dataclass(frozen=True)
+class SecretUse:
+    """A Secret that a pod needs, the keys it reads, and the volume, if mounted."""
+
+    name: str
+    keys: tuple[str, ...]
+    volume: str | None
+
+    def hold(self, secret: JsonObject | None, namespace: str) -> SecretHold | None:
+        """Return the hold this use causes with secret as it is now, or None."""
+        if self.volume is not None:
+            # The kubelet reports a failed mount only as an event (FailedMount),
+            # so the container status has the reason and no message.
+            if secret is None or self._missing_key(secret):
+                return SecretHold("ContainerCreating", None, self.volume)
+            return None
+        if secret is None:
+            return SecretHold(
+                "CreateContainerConfigError", f'secret "{self.name}" not found', None
+            )
+        key = self._missing_key(secret)
+        if key:
+            return SecretHold(
+                "CreateContainerConfigError",
+                f"couldn't find key {key} in Secret {namespace}/{self.name}",
+                None,
+            )
+        return None
+
+    def _missing_key(self, secret: JsonObject) -> str:
+        present = {*(secret.get("data") or {}), *(secret.get("stringData") or {})}
+        return next((key for key in self.keys if key not in present), "")
+
+
+def _secret_uses(pod: JsonObject) -> list[SecretUse]:
+    """Return the Secrets a kubelet needs before it starts the pod's containers.
+
+    Optional references are left out: the kubelet starts the pod without them.
+    """
     spec = pod["spec"]
-    names: list[str] = []
+    uses: list[SecretUse] = []
     for container in [*spec.get("initContainers", []), *spec["containers"]]:
         for env in container.get("env") or []:
             ref = (env.get("valueFrom") or {}).get("secretKeyRef")
             if ref and not ref.get("optional"):
-                names.append(ref["name"])
+                uses.append(SecretUse(ref["name"], (ref["key"],), None))
         for source in container.get("envFrom") or []:
             ref = source.get("secretRef")
             if ref and not ref.get("optional"):
-                names.append(ref["name"])
+                uses.append(SecretUse(ref["name"], (), None))
     for volume in spec.get("volumes") or []:
-        ref = volume.get("secret")
-        if ref and not ref.get("optional"):
-            names.append(ref["secretName"])
-    return list(dict.fromkeys(names))
+        sources = [volume["secret"]] if volume.get("secret") else []
+        sources += [
+            source["secret"]
+            for source in (volume.get("projected") or {}).get("sources") or []
+            if source.get("secret")
+        ]
+        for ref in sources:
+            if ref.get("optional"):
+                continue
+            keys = tuple(item["key"] for item in ref.get("items") or [])
+            # A secret volume names its Secret secretName, a projected one name.
+            name = ref.get("secretName") or ref["name"]
+            uses.append(SecretUse(name, keys, volume["name"]))
+    return uses
 
 
 def _cluster_service(

@@ -728,26 +728,49 @@ def is_ready(pod: JsonObject) -> bool:
     return condition(pod, "Ready").get("status") == "True"
 
 
-async def test_pod_waits_for_secret(kube: KubeClient, namespace: str) -> None:
-    """A pod reading a missing Secret stays Pending until the Secret exists."""
+def secret_object(name: str, **values: str) -> JsonObject:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name},
+        "data": secret_data(**values),
+    }
+
+
+def secret_data(**values: str) -> JsonObject:
+    return {
+        key: base64.b64encode(value.encode()).decode() for key, value in values.items()
+    }
+
+
+async def start_password_reader(
+    kube: KubeClient, namespace: str, name: str, secret: str
+) -> JsonObject:
+    """Create a pod that reads PASSWORD from secret; return its first waiting state."""
     await wait_default_service_account(kube, namespace)
-    manifest = pod_manifest("reader", {}, [], ["main"])
+    manifest = pod_manifest(name, {}, [], ["main"])
     manifest["spec"]["containers"][0]["env"] = [
         {
             "name": "PASSWORD",
-            "valueFrom": {"secretKeyRef": {"name": "later", "key": "password"}},
+            "valueFrom": {"secretKeyRef": {"name": secret, "key": "password"}},
         }
     ]
     await kube.create(POD, manifest, namespace)
 
-    def config_error(pod: JsonObject) -> bool:
-        waiting = container_status(pod, "containerStatuses", "main").get("state", {})
-        return "waiting" in waiting
+    def waiting(pod: JsonObject) -> bool:
+        state = container_status(pod, "containerStatuses", "main").get("state", {})
+        return "waiting" in state
 
     pod = await wait_object(
-        kube, POD, "reader", namespace, config_error, "to report its container"
+        kube, POD, name, namespace, waiting, "to report its container"
     )
-    waiting = container_status(pod, "containerStatuses", "main")["state"]["waiting"]
+    state: JsonObject = container_status(pod, "containerStatuses", "main")["state"]
+    return state["waiting"]
+
+
+async def test_pod_waits_for_secret(kube: KubeClient, namespace: str) -> None:
+    """A pod reading a missing Secret stays Pending until the Secret exists."""
+    waiting = await start_password_reader(kube, namespace, "reader", "later")
     assert waiting["reason"] == "CreateContainerConfigError"
     assert waiting["message"] == 'secret "later" not found'
     await asyncio.sleep(1.5)
@@ -755,14 +778,58 @@ async def test_pod_waits_for_secret(kube: KubeClient, namespace: str) -> None:
     assert later is not None
     assert later["status"]["phase"] == "Pending"
 
-    secret = {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": {"name": "later"},
-        "data": {"password": base64.b64encode(b"x").decode()},
-    }
-    await kube.create(SECRET, secret, namespace)
+    await kube.create(SECRET, secret_object("later", password="x"), namespace)
     pod = await wait_object(kube, POD, "reader", namespace, is_ready, "to be Ready")
+    assert pod["status"]["phase"] == "Running"
+
+
+async def test_pod_waits_for_secret_key(kube: KubeClient, namespace: str) -> None:
+    """A pod reading a key its Secret lacks stays Pending until the key exists."""
+    await kube.create(SECRET, secret_object("partial", username="u"), namespace)
+    waiting = await start_password_reader(kube, namespace, "key-reader", "partial")
+    assert waiting["reason"] == "CreateContainerConfigError"
+    assert waiting["message"] == (
+        f"couldn't find key password in Secret {namespace}/partial"
+    )
+
+    patch = {"data": secret_data(password="p")}
+    await kube.merge_patch(SECRET, "partial", patch, namespace)
+    pod = await wait_object(kube, POD, "key-reader", namespace, is_ready, "Ready")
+    assert pod["status"]["phase"] == "Running"
+
+
+@pytest.mark.parametrize("kind", ["secret", "projected"])
+async def test_pod_waits_for_secret_volume(
+    kube: KubeClient, namespace: str, kind: str
+) -> None:
+    """A pod mounting a missing Secret shows ContainerCreating until it exists,
+    and a mounted key it lacks keeps it Pending the same way."""
+    await wait_default_service_account(kube, namespace)
+    reference: JsonObject = {"items": [{"key": "tls.crt", "path": "tls.crt"}]}
+    if kind == "secret":
+        volume = {"name": "certs", "secret": {"secretName": "certs", **reference}}
+    else:
+        sources = [{"secret": {"name": "certs", **reference}}]
+        volume = {"name": "certs", "projected": {"sources": sources}}
+    manifest = pod_manifest("mounter", {}, [], ["main"])
+    manifest["spec"]["volumes"] = [volume]
+    await kube.create(POD, manifest, namespace)
+
+    def creating(pod: JsonObject) -> bool:
+        state = container_status(pod, "containerStatuses", "main").get("state", {})
+        return state.get("waiting", {}).get("reason") == "ContainerCreating"
+
+    await wait_object(kube, POD, "mounter", namespace, creating, "ContainerCreating")
+    await kube.create(SECRET, secret_object("certs", **{"tls.key": "k"}), namespace)
+    await asyncio.sleep(1.5)
+    pod = await kube.get(POD, "mounter", namespace)
+    assert pod is not None
+    assert creating(pod), "the pod started without the mounted key tls.crt"
+    assert pod["status"]["phase"] == "Pending"
+
+    patch = {"data": secret_data(**{"tls.crt": "c"})}
+    await kube.merge_patch(SECRET, "certs", patch, namespace)
+    pod = await wait_object(kube, POD, "mounter", namespace, is_ready, "Ready")
     assert pod["status"]["phase"] == "Running"
 
 
