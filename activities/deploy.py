@@ -23,7 +23,13 @@ from temporalio.exceptions import ApplicationError
 
 from activities import readiness
 from activities.diagnose import describe_blocked_pods
-from activities.helm import ChartNotFoundError, Helm, HelmError, RenderCache
+from activities.helm import (
+    ChartNotFoundError,
+    Helm,
+    HelmError,
+    InvalidRenderError,
+    RenderCache,
+)
 from activities.kubeapi import (
     ConflictError,
     ForbiddenError,
@@ -82,6 +88,12 @@ def translate_errors(func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R
             raise _non_retryable(contracts.INVALID_REQUEST, str(error)) from error
         except ChartNotFoundError as error:
             raise _non_retryable(contracts.CHART_NOT_FOUND, str(error)) from error
+        except InvalidRenderError as error:
+            raise _non_retryable(
+                contracts.VALUES_REJECTED,
+                f"the chart rendered a document that cannot be applied: {error}. "
+                "Fix the template, or the value it renders from",
+            ) from error
         except HelmError as error:
             if error.schema_rejected or "execution error" in error.stderr:
                 raise _non_retryable(
@@ -490,7 +502,9 @@ class DeployActivities:
         OpenAPI document before applying it (in an audit-log trace, about
         0.08 s between helm's OpenAPI request and its Namespace patch). An
         existing namespace is only read, so the identity of deploy/rbac.yaml,
-        which may not create namespaces, needs only get.
+        which may not create namespaces, needs only get. Unlike helm, this
+        does not add the `name` label to a namespace that exists; the API
+        server's kubernetes.io/metadata.name label is on every namespace.
         """
         kube = await self.kube(request.kube_context)
         namespaces = well_known("v1", "Namespace")

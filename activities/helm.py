@@ -15,6 +15,7 @@ import copy
 import hashlib
 import json
 import os
+import re
 import tempfile
 import time
 from collections import OrderedDict
@@ -72,6 +73,10 @@ class HelmError(Exception):
 
 class ChartNotFoundError(Exception):
     """A chart path does not exist inside the chart root."""
+
+
+class InvalidRenderError(Exception):
+    """The chart rendered a document that cannot be applied as one object."""
 
 
 @dataclass(frozen=True)
@@ -198,11 +203,7 @@ class Helm:
                     "--skip-tests",
                 ]
             )
-        return [
-            doc
-            for doc in load_documents(out)
-            if isinstance(doc, dict) and doc.get("kind")
-        ]
+        return rendered_objects(out)
 
     async def upgrade_install(
         self,
@@ -229,12 +230,14 @@ class Helm:
             # (DeployActivities._ensure_namespace), and helm validated that
             # one Namespace against the cluster's OpenAPI document each time.
             #
-            # helm v4 applies server-side with fieldValidation=Strict, so the
-            # API server rejects unknown fields and wrong types. helm's own
-            # OpenAPI pass caught neither before the first object was applied
-            # (tests/e2e/test_helm_upgrade.py), and it parsed the cluster's
-            # OpenAPI documents on every run: 0.08 CPU-s of 0.22 per upgrade of
-            # the Temporal chart (mean of 12 runs each way on this test bed).
+            # No OpenAPI pass either. Releases that helm v4 installs are
+            # applied server-side with fieldValidation=Strict, so the API
+            # server rejects unknown fields and wrong types, and helm's pass
+            # let those through (tests/e2e/test_helm_upgrade.py). What it did
+            # reject before applying anything, a document without apiVersion
+            # or a List with a bad item, rendered_objects rejects in
+            # validate_request for our chart. Skipping the pass cut an upgrade
+            # of the Temporal chart from 0.22 to 0.12 CPU-s (docs/benchmarks.md).
             "--disable-openapi-validation",
         ]
         if manifest:
@@ -392,6 +395,60 @@ class RenderCache:
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
         return value
+
+
+SOURCE_LINE = re.compile(r"^# Source: (\S+)", re.MULTILINE)
+DOCUMENT_START = re.compile(r"^---[ \t]*$", re.MULTILINE)
+
+
+def rendered_objects(text: str) -> list[dict[str, Any]]:
+    """Return the objects of a rendered manifest; raise InvalidRenderError.
+
+    Each document must be one object with apiVersion, kind and metadata.name:
+    the phases apply objects one by one, and helm without its OpenAPI pass
+    would apply the objects before a bad one. Messages name the template and
+    the problem, never the document's content, which may hold secret values.
+    """
+    objects: list[dict[str, Any]] = []
+    source = "the rendered chart"
+    for chunk in DOCUMENT_START.split(text):
+        found = SOURCE_LINE.search(chunk)
+        if found:
+            source = found.group(1)
+        try:
+            documents = list(load_documents(chunk))
+        except yaml.YAMLError as error:
+            problem = getattr(error, "problem", None) or "cannot be parsed"
+            mark = getattr(error, "problem_mark", None)
+            where = f" (line {mark.line + 1} of the document)" if mark else ""
+            raise InvalidRenderError(
+                f"{source}: not valid YAML: {problem}{where}"
+            ) from None
+        for document in documents:
+            if document is None:
+                continue
+            problem = object_problem(document)
+            if problem:
+                raise InvalidRenderError(f"{source}: {problem}")
+            objects.append(document)
+    return objects
+
+
+def object_problem(document: Any) -> str:
+    """Return why document is not one applicable object, or an empty string."""
+    if not isinstance(document, dict):
+        return f"renders a YAML {type(document).__name__}, not an object"
+    for field in ("apiVersion", "kind"):
+        value = document.get(field)
+        if not isinstance(value, str) or not value:
+            return f"renders an object without {field}"
+    kind = document["kind"]
+    if kind.endswith("List") and "items" in document:
+        return f"renders a {kind}; render each item as a document of its own"
+    metadata = document.get("metadata")
+    if not isinstance(metadata, dict) or not metadata.get("name"):
+        return f"renders a {kind} without metadata.name"
+    return ""
 
 
 def load_documents(text: str) -> Iterator[Any]:

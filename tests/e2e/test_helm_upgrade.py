@@ -104,12 +104,14 @@ async def test_invalid_object_rejected_by_server(
 ) -> None:
     """The API server, not helm's OpenAPI pass, rejects an invalid object.
 
-    upgrade_install turns helm's client-side OpenAPI validation off. This pins
-    why that loses nothing: with it on, helm v4 still applies the objects
-    before the bad one, and the server's strict field validation names the
-    field either way. Should a helm version start rejecting the chart before
-    applying anything, the case with validation on fails here, and the flag
-    must be reconsidered.
+    upgrade_install turns helm's client-side OpenAPI validation off. For an
+    unknown field or a wrong type in an object of its own, that loses nothing:
+    with the pass on, helm v4 still applies the objects before the bad one,
+    and the server names the field either way. Should a helm version start
+    rejecting these before applying anything, the case with the pass on fails
+    here, and the flag must be reconsidered. What the pass did reject first (a
+    List with a bad item, a document without apiVersion) validate_request
+    rejects instead (tests/security/test_bad_input.py).
     """
     chart = tmp_path / "bad"
     (chart / "templates").mkdir(parents=True)

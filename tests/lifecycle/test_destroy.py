@@ -220,7 +220,6 @@ async def test_destroy_waits_for_queues(
 
         await annotate(kube, RABBITMQ, rabbit, namespace, {MESSAGES: "0"})
         status = await destroy_status(handle)
-        await keep_history(handle, "destroy_with_drain")
     print(f"drain status while waiting: {waiting}")
     assert f"rabbitmqcluster/{rabbit}: 5 messages in 1 queue (" in waiting
     assert held is not None
@@ -233,6 +232,7 @@ async def test_destroy_waits_for_queues(
     assert messaging.last_status is not None
     assert "0 messages" in messaging.last_status
     assert await kube.get(RABBITMQ, rabbit, namespace) is None
+    await keep_history(handle, "destroy_with_drain")
 
 
 async def test_destroy_force_skips_drain(

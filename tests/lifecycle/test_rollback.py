@@ -54,12 +54,6 @@ async def test_rollback_previous_version(
             ["rollback", f"deploy-{namespace}-{RELEASE}", "--json"],
             cli_env(temporal_env, lifecycle_settings),
         )
-        await keep_history(
-            temporal_env.client.get_workflow_handle(
-                rollback_workflow_id_for(namespace, RELEASE)
-            ),
-            "rollback",
-        )
     print(result.stdout, result.stderr)
     assert result.returncode == 0
     assert "from 1.1.0 to 1.0.0" in result.stdout
@@ -84,6 +78,10 @@ async def test_rollback_previous_version(
     final = await kube.get(DEPLOYMENT, RELEASE, namespace)
     assert final is not None
     assert app_image_tag(final) == "1.1.0"
+    handle = temporal_env.client.get_workflow_handle(
+        rollback_workflow_id_for(namespace, RELEASE)
+    )
+    await keep_history(handle, "rollback")
 
 
 async def test_rollback_without_history(

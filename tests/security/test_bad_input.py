@@ -13,9 +13,11 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,7 +33,7 @@ from deployer import contracts
 from deployer.inputs import DeployRequest, InvalidRequestError, parse_request
 from deployer.settings import WorkerSettings
 from testbed.cluster import LocalCluster, tool_path
-from tests.conftest import REPO_ROOT, deploy_request, running_worker
+from tests.conftest import FIXTURE_CHARTS, REPO_ROOT, deploy_request, running_worker
 
 # -- layer 1: parse_request -----------------------------------------------------
 
@@ -830,3 +832,49 @@ def test_fixture_charts_exist() -> None:
         assert (REPO_ROOT / path / "Chart.yaml").is_file(), path
     for path in ("tests", "tests/fixtures"):
         assert not (REPO_ROOT / path / "Chart.yaml").exists(), path
+
+
+# Documents that helm's OpenAPI pass rejected before applying anything, and
+# that helm without it (as upgrade_install runs it) applies partly.
+BAD_TEMPLATES = {
+    "list-with-bad-item": """\
+apiVersion: v1
+kind: List
+items:
+- apiVersion: v1
+  kind: ServiceAccount
+  metadata: {name: extra}
+  automountToken: false
+""",
+    "no-api-version": "kind: ConfigMap\nmetadata: {name: extra}\ndata: {a: b}\n",
+}
+
+
+@pytest.mark.parametrize("template", sorted(BAD_TEMPLATES))
+async def test_bad_render_rejected_before_apply(
+    temporal_env: WorkflowEnvironment,
+    worker_settings: WorkerSettings,
+    kube: KubeClient,
+    namespace: str,
+    tmp_path: Path,
+    template: str,
+) -> None:
+    """A chart that renders a List, or an object without apiVersion, fails in
+    validate_request with the template's name, and nothing is applied."""
+    shutil.copytree(REPO_ROOT / "chart", tmp_path / "chart")
+    shutil.copytree(REPO_ROOT / FIXTURE_CHARTS, tmp_path / FIXTURE_CHARTS)
+    bad = tmp_path / "chart" / "templates" / "zz-bad.yaml"
+    bad.write_text(BAD_TEMPLATES[template])
+    settings = worker_settings.model_copy(update={"chart_root": tmp_path})
+    case = BadCase(template, deploy_request, REJECTED, "zz-bad.yaml", "Fix the")
+    async with running_worker(temporal_env.client, settings):
+        outcome = await run_bad_case(temporal_env, settings.task_queue, namespace, case)
+
+    error = outcome.error
+    assert isinstance(error, ApplicationError), repr(error)
+    assert error.type == REJECTED
+    assert error.non_retryable
+    assert "ventros-crm/templates/zz-bad.yaml: renders " in error.message
+    assert "Fix the template, or the value it renders from" in error.message
+    assert outcome.activity_attempts == 1
+    assert await namespace_objects(kube, namespace) == []

@@ -1,0 +1,89 @@
+"""Checks on a rendered manifest before any phase applies it.
+
+upgrade_install runs helm without its OpenAPI pass, which used to reject a
+document without apiVersion, or a List with a bad item, before applying
+anything. rendered_objects rejects those in validate_request instead.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from activities.helm import InvalidRenderError, rendered_objects
+
+GOOD = """\
+---
+# Source: ventros-crm/templates/configmap.yaml
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: first
+data:
+  a: b
+"""
+
+
+def manifest(document: str, source: str = "ventros-crm/templates/bad.yaml") -> str:
+    return f"{GOOD}---\n# Source: {source}\n{document}"
+
+
+def test_rendered_objects_good_manifest() -> None:
+    objects = rendered_objects(GOOD + "---\n# Source: x.yaml\n# only a comment\n")
+    assert objects == [
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {"name": "first"},
+            "data": {"a": "b"},
+        }
+    ]
+
+
+def test_rendered_objects_several_per_template() -> None:
+    """A template that renders two documents gives two objects."""
+    second = "kind: ConfigMap\napiVersion: v1\nmetadata: {name: second}\n"
+    text = manifest(f"{second}---\n{second.replace('second', 'third')}")
+    names = [o["metadata"]["name"] for o in rendered_objects(text)]
+    assert names == ["first", "second", "third"]
+
+
+@pytest.mark.parametrize(
+    ("document", "problem"),
+    [
+        (
+            "kind: ConfigMap\nmetadata: {name: x}\n",
+            "renders an object without apiVersion",
+        ),
+        ("apiVersion: v1\nmetadata: {name: x}\n", "renders an object without kind"),
+        ("apiVersion: v1\nkind: ConfigMap\n", "renders a ConfigMap without metadata"),
+        (
+            "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: ConfigMap\n",
+            "renders a List; render each item as a document of its own",
+        ),
+        ("- a\n- b\n", "renders a YAML list, not an object"),
+        ("just text\n", "renders a YAML str, not an object"),
+    ],
+    ids=["no-api-version", "no-kind", "no-name", "list", "yaml-list", "scalar"],
+)
+def test_rendered_objects_rejects_document(document: str, problem: str) -> None:
+    with pytest.raises(InvalidRenderError) as caught:
+        rendered_objects(manifest(document))
+    message = str(caught.value)
+    assert message.startswith("ventros-crm/templates/bad.yaml: ")
+    assert problem in message
+
+
+def test_rendered_objects_invalid_yaml_hides_content() -> None:
+    """A parse error names the template and line, not the text, which may be a
+    rendered secret value."""
+    document = (
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\n"
+        'stringData:\n  password: "s3cret\n\tleak: x\n'
+    )
+    with pytest.raises(InvalidRenderError) as caught:
+        rendered_objects(manifest(document, "ventros-crm/templates/secret.yaml"))
+    message = str(caught.value)
+    assert message.startswith("ventros-crm/templates/secret.yaml: not valid YAML: ")
+    assert "line " in message
+    assert "s3cret" not in message
+    assert "leak" not in message
