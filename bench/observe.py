@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil  # type: ignore[import-untyped]  # psutil ships no type hints
 
@@ -240,6 +241,60 @@ async def service_ip_range(kube: KubeClient) -> tuple[int, str]:
     # The network and broadcast addresses of each range are never allocated.
     size = sum(ipaddress.ip_network(c).num_addresses - 2 for c in cidrs)
     return size, ", ".join(cidrs)
+
+
+class MachineCpu:
+    """Measures how busy the whole machine is, sampled each second in a thread.
+
+    Per-process CPU seconds leave out the benchmark itself, short-lived
+    processes other than the worker's helm runs, and the kernel. The whole
+    machine's counters show whether a run used every core.
+    """
+
+    BUSY = ("user", "nice", "system", "irq", "softirq")
+    SATURATED = 0.9
+
+    def __init__(self, interval_s: float = 1.0) -> None:
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self._fractions: list[float] = []
+        self.usage: dict[str, float] = {}
+        self._first = psutil.cpu_times()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> MachineCpu:
+        self._first = psutil.cpu_times()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+        self.usage = self._usage(self._first, psutil.cpu_times())
+        fractions = self._fractions or [0.0]
+        self.usage["saturated_share"] = sum(
+            f >= self.SATURATED for f in fractions
+        ) / len(fractions)
+
+    def _run(self) -> None:
+        last = psutil.cpu_times()
+        while not self._stop.wait(self._interval_s):
+            now = psutil.cpu_times()
+            usage = self._usage(last, now)
+            total = usage["busy_s"] + usage["idle_s"] + usage["steal_s"]
+            self._fractions.append(usage["busy_s"] / total if total else 0.0)
+            last = now
+
+    @classmethod
+    def _usage(cls, before: Any, after: Any) -> dict[str, float]:
+        def spent(*fields: str) -> float:
+            return sum(getattr(after, f, 0.0) - getattr(before, f, 0.0) for f in fields)
+
+        return {
+            "busy_s": spent(*cls.BUSY),
+            "idle_s": spent("idle", "iowait"),
+            "steal_s": spent("steal"),
+        }
 
 
 def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:

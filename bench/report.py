@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.analysis import Spread, percentile
+from bench.observe import MachineCpu
 from deployer.phases import PHASE_ORDER
 
 PHASES = [phase.value for phase in PHASE_ORDER]
@@ -71,6 +72,15 @@ def print_report(results: dict[str, Any]) -> None:
         # The machine that ran the benchmark; older results lack it.
         cores = results.get("cpu_count") or os.cpu_count() or 1
         print(f"  CPU seconds in {scale['elapsed_s']:.0f} s on {cores} cores: {cpu}")
+        machine = scale.get("machine_cpu")  # Older results lack it.
+        if machine:
+            capacity = machine["busy_s"] + machine["idle_s"] + machine["steal_s"]
+            print(
+                f"  whole machine: busy {machine['busy_s']:.0f} of "
+                f"{capacity:.0f} CPU-s ({machine['busy_s'] / capacity:.0%}), "
+                f"steal {machine['steal_s']:.1f} s; seconds at least "
+                f"{MachineCpu.SATURATED:.0%} busy: {machine['saturated_share']:.0%}"
+            )
 
 
 def _print_ratios(

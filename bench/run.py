@@ -35,6 +35,7 @@ from bench.legacy_helm import prepare_chart, run_install
 from bench.observe import (
     DEPLOYER_USER,
     AuditLog,
+    MachineCpu,
     ReadinessRecorder,
     RssSampler,
     cluster_ips,
@@ -253,18 +254,19 @@ class Bench:
             self.sampler.take_window_mb()
             cpu_before = cpu_seconds(self.process_ids())
             started = time.time()
-            outcomes = await asyncio.gather(
-                *(
-                    run_deploy(
-                        self.client,
-                        self.services.task_queue,
-                        scenario.deploy_request(name, DELAYS_S),
-                        SCALE_TIMEOUT_S,
-                    )
-                    for name in names
-                ),
-                return_exceptions=True,
-            )
+            with MachineCpu() as machine:
+                outcomes = await asyncio.gather(
+                    *(
+                        run_deploy(
+                            self.client,
+                            self.services.task_queue,
+                            scenario.deploy_request(name, DELAYS_S),
+                            SCALE_TIMEOUT_S,
+                        )
+                        for name in names
+                    ),
+                    return_exceptions=True,
+                )
             ended = time.time()
             cpu_after = cpu_seconds(self.process_ids())
             runs = [o for o in outcomes if not isinstance(o, BaseException)]
@@ -283,6 +285,7 @@ class Bench:
                     if name in cpu_before
                 },
                 "elapsed_s": ended - started,
+                "machine_cpu": machine.usage,
             }
         finally:
             await self.delete_namespaces(names)
