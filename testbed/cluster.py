@@ -417,9 +417,16 @@ class LocalCluster:
                 f"--cluster-signing-cert-file={pki / 'ca.crt'}",
                 f"--cluster-signing-key-file={pki / 'ca.key'}",
                 f"--controllers={controllers}",
-                # Faster reaction for tests and demos than the production defaults.
+                # Faster reaction for tests and demos than the production
+                # defaults, and client rate limits high enough that 50 deploys
+                # at once wait on the CPU, not on the controllers (see
+                # docs/testbed.md).
                 "--concurrent-deployment-syncs=10",
                 "--concurrent-job-syncs=10",
+                "--concurrent-statefulset-syncs=10",
+                "--concurrent-replicaset-syncs=10",
+                "--kube-api-qps=100",
+                "--kube-api-burst=200",
             ],
         )
 

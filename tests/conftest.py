@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, closing
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,8 @@ FIXTURE_CHARTS = "tests/fixtures/charts"
 TEMPORAL_CLI = REPO_ROOT / ".venv" / "bin" / "temporal"
 HISTORIES = REPO_ROOT / "tests" / "workflow" / "histories"
 RECORD_HISTORY = "VENTROS_RECORD_HISTORY"
+# etcd listens for peers on its client port + 10 (testbed.cluster).
+ETCD_PEER_OFFSET = 10
 
 
 def temporal_cli() -> str:
@@ -161,3 +164,28 @@ async def keep_history(handle: WorkflowHandle[Any, Any], name: str) -> None:
     history = await handle.fetch_history()
     HISTORIES.mkdir(exist_ok=True)
     (HISTORIES / f"{name}.json").write_text(history.to_json())
+
+
+def port_free(port: int) -> bool:
+    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_ports() -> tuple[int, int]:
+    """Return an etcd port whose peer port is free too, and an API server port."""
+    while True:
+        with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as probe:
+            probe.bind(("127.0.0.1", 0))
+            etcd = int(probe.getsockname()[1])
+        with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as probe:
+            probe.bind(("127.0.0.1", 0))
+            apiserver = int(probe.getsockname()[1])
+        ports = (etcd, etcd + ETCD_PEER_OFFSET, apiserver)
+        distinct = etcd + ETCD_PEER_OFFSET < 65536 and len(set(ports)) == 3
+        if distinct and all(port_free(port) for port in ports):
+            return etcd, apiserver

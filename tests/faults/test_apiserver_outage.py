@@ -31,7 +31,7 @@ from activities.waits import TRANSIENT_ERRORS
 from deployer.inputs import workflow_id_for
 from deployer.phases import PhaseState
 from testbed.cluster import ClusterConfig, LocalCluster
-from tests.conftest import deploy_request
+from tests.conftest import deploy_request, free_ports
 from tests.faults.conftest import WorkerFactory, dev_server_address
 from tests.faults.harness import (
     deploy_status,
@@ -40,9 +40,6 @@ from tests.faults.harness import (
     wait_for_activity,
 )
 
-# Loopback ports of the separate cluster (the etcd peer port is etcd + 10).
-ETCD_PORT = 43790
-APISERVER_PORT = 46443
 NAMESPACE = well_known("v1", "Namespace")
 PHASE_TIMEOUT_S = 240
 # Covers the deploy's first seconds, stopping the API server (up to 10 s) and
@@ -57,10 +54,13 @@ def own_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalClust
     state = tmp_path_factory.mktemp("outage-cluster") / "state"
     # The simulator's RabbitMQ management stand-in gets a port of its own too,
     # so that it does not take the shared cluster's.
+    # Ports the kernel picks as free: a fixed port in the ephemeral range can
+    # be taken as the source port of some client connection.
+    etcd_port, apiserver_port = free_ports()
     config = ClusterConfig(
         state_dir=state,
-        etcd_port=ETCD_PORT,
-        apiserver_port=APISERVER_PORT,
+        etcd_port=etcd_port,
+        apiserver_port=apiserver_port,
         nodes=3,
         rabbitmq_management_port=free_port(),
     )

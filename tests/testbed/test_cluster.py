@@ -19,9 +19,7 @@ import psutil
 import pytest
 
 from testbed.cluster import COMPONENTS, ClusterConfig, ClusterError, LocalCluster
-
-# Ports for the separate cluster, away from the shared one (23790, 26443).
-ETCD_PEER_OFFSET = 10
+from tests.conftest import ETCD_PEER_OFFSET, free_ports, port_free
 
 
 def read_pids(config: ClusterConfig) -> dict[str, int]:
@@ -39,31 +37,6 @@ def running(pid: int) -> bool:
         return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
         return False
-
-
-def port_free(port: int) -> bool:
-    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_ports() -> tuple[int, int]:
-    """Return an etcd port whose peer port is free too, and an API server port."""
-    while True:
-        with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as probe:
-            probe.bind(("127.0.0.1", 0))
-            etcd = int(probe.getsockname()[1])
-        with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as probe:
-            probe.bind(("127.0.0.1", 0))
-            apiserver = int(probe.getsockname()[1])
-        ports = (etcd, etcd + ETCD_PEER_OFFSET, apiserver)
-        distinct = etcd + ETCD_PEER_OFFSET < 65536 and len(set(ports)) == 3
-        if distinct and all(port_free(port) for port in ports):
-            return etcd, apiserver
 
 
 def assert_logs_dial_loopback(local: LocalCluster) -> None:
