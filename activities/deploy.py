@@ -520,7 +520,7 @@ class DeployActivities:
         try:
             await kube.create(namespaces, namespace)
         except ConflictError:
-            return  # Created by someone else since the read: it exists, as wanted.
+            return  # Another client created it after the read, so it exists.
         log.info("namespace created", namespace=name)
 
     async def _apply_temporal(self, request: DeployRequest) -> ApplyResult:

@@ -244,7 +244,7 @@ async def service_ip_range(kube: KubeClient) -> tuple[int, str]:
 
 
 class MachineCpu:
-    """Measures how busy the whole machine is, sampled each second in a thread.
+    """A sampler of how busy the whole machine is, read each second in a thread.
 
     Per-process CPU seconds leave out the benchmark itself, short-lived
     processes other than the worker's helm runs, and the kernel. The whole

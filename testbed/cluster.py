@@ -88,6 +88,21 @@ def tool_path(name: str) -> Path:
     return path
 
 
+# etcd listens for its peers on its client port + 10.
+ETCD_PEER_OFFSET = 10
+
+
+def port_free(port: int) -> bool:
+    """Tell whether a listener could bind 127.0.0.1:port now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def _port_env(name: str, default: int) -> int:
     raw = os.environ.get(name, str(default))
     try:
@@ -129,7 +144,7 @@ class ClusterConfig:
 
     @property
     def etcd_peer_port(self) -> int:
-        return self.etcd_port + 10
+        return self.etcd_port + ETCD_PEER_OFFSET
 
     @property
     def cluster_dir(self) -> Path:
@@ -318,16 +333,12 @@ class LocalCluster:
             ),
             ("VENTROS_CLUSTER_APISERVER_PORT", self.config.apiserver_port),
         ):
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                try:
-                    probe.bind(("127.0.0.1", port))
-                except OSError:
-                    raise ClusterError(
-                        f"port 127.0.0.1:{port} is already in use. Stop what listens "
-                        f"there (`ss -ltnp 'sport = :{port}'` shows it), run "
-                        f"`make cluster-down`, or choose another port with {variable}."
-                    ) from None
+            if not port_free(port):
+                raise ClusterError(
+                    f"port 127.0.0.1:{port} is already in use. Stop what listens "
+                    f"there (`ss -ltnp 'sport = :{port}'` shows it), run "
+                    f"`make cluster-down`, or choose another port with {variable}."
+                )
 
     # -- components -------------------------------------------------------
 

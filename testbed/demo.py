@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -23,7 +22,13 @@ import urllib.request
 from pathlib import Path
 
 from deployer import codec
-from testbed.cluster import REPO_ROOT, ClusterError, LocalCluster, tool_path
+from testbed.cluster import (
+    REPO_ROOT,
+    ClusterError,
+    LocalCluster,
+    port_free,
+    tool_path,
+)
 from testbed.processes import ProcessGroup
 
 STATE = REPO_ROOT / ".local" / "demo"
@@ -71,16 +76,6 @@ def worker_env() -> dict[str, str]:
     return env
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def _wait_http(url: str, what: str, timeout_s: float = 60.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -101,7 +96,7 @@ def start_temporal(group: ProcessGroup) -> None:
         (TEMPORAL_PORT, "VENTROS_DEMO_TEMPORAL_PORT"),
         (UI_PORT, "VENTROS_DEMO_UI_PORT"),
     ):
-        if not _port_free(port):
+        if not port_free(port):
             raise ClusterError(
                 f"port 127.0.0.1:{port} is already in use; stop what listens there "
                 f"(`make demo-down` if it is an earlier demo) or set {variable}"

@@ -625,8 +625,9 @@ class Simulator:
         if hold.message:
             waiting["message"] = hold.message
         if init_names:
-            # With a volume that cannot be mounted, no init container starts:
-            # the kubelet reports them PodInitializing, like the containers.
+            # With a volume that cannot be mounted, no init container starts,
+            # so they wait as PodInitializing, like the containers. NOTE: not
+            # checked against a real kubelet here, which may word it differently.
             state = waiting if hold.volume is None else {"reason": "PodInitializing"}
             status["initContainerStatuses"][0]["state"] = {"waiting": state}
         else:

@@ -27,7 +27,7 @@ from activities.deploy import DeployActivities
 from activities.kubeapi import KubeClient, well_known
 from deployer.phases import NAMESPACE_ATTRIBUTE, PHASE_ATTRIBUTE, RELEASE_ATTRIBUTE
 from deployer.settings import WorkerSettings
-from testbed.cluster import LocalCluster, tool_path
+from testbed.cluster import ETCD_PEER_OFFSET, LocalCluster, port_free, tool_path
 from worker.main import WORKFLOWS, all_activities
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -35,8 +35,6 @@ FIXTURE_CHARTS = "tests/fixtures/charts"
 TEMPORAL_CLI = REPO_ROOT / ".venv" / "bin" / "temporal"
 HISTORIES = REPO_ROOT / "tests" / "workflow" / "histories"
 RECORD_HISTORY = "VENTROS_RECORD_HISTORY"
-# etcd listens for peers on its client port + 10 (testbed.cluster).
-ETCD_PEER_OFFSET = 10
 
 
 def temporal_cli() -> str:
@@ -156,24 +154,14 @@ async def keep_history(handle: WorkflowHandle[Any, Any], name: str) -> None:
     """Save the workflow's history for the replay tests when recording.
 
     With VENTROS_RECORD_HISTORY=1 the history goes to
-    tests/workflow/histories/<name>.json; otherwise nothing happens. Record
-    again only for an intended change that is versioned with patched().
+    tests/workflow/histories/<name>.json; otherwise nothing happens. To keep
+    an older history for the replay tests, rename its file before recording.
     """
     if os.environ.get(RECORD_HISTORY) != "1":
         return
     history = await handle.fetch_history()
     HISTORIES.mkdir(exist_ok=True)
     (HISTORIES / f"{name}.json").write_text(history.to_json())
-
-
-def port_free(port: int) -> bool:
-    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def free_ports() -> tuple[int, int]:

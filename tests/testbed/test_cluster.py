@@ -18,8 +18,15 @@ from pathlib import Path
 import psutil
 import pytest
 
-from testbed.cluster import COMPONENTS, ClusterConfig, ClusterError, LocalCluster
-from tests.conftest import ETCD_PEER_OFFSET, free_ports, port_free
+from testbed.cluster import (
+    COMPONENTS,
+    ETCD_PEER_OFFSET,
+    ClusterConfig,
+    ClusterError,
+    LocalCluster,
+    port_free,
+)
+from tests.conftest import free_ports
 
 
 def read_pids(config: ClusterConfig) -> dict[str, int]:

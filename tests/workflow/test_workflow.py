@@ -244,8 +244,8 @@ def test_recorded_histories_present() -> None:
     "path", sorted(HISTORIES.glob("*.json")), ids=lambda path: path.stem
 )
 async def test_every_history_replays(path: Path) -> None:
-    """Each recorded history, older versions kept next to the newest included,
-    replays without nondeterminism."""
+    """Each recorded history replays without nondeterminism, including older
+    versions kept next to the newest."""
     result = await replay(path)
     assert result.replay_failure is None
 
