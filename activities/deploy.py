@@ -199,6 +199,64 @@ def chart_values(request: DeployRequest, phases: list[Phase] | None) -> dict[str
     return deep_merge(request.values, ours)
 
 
+# Charts that the Temporal chart (0.x) bundles. Its defaults enable Cassandra,
+# Elasticsearch, Prometheus and Grafana. The stack keeps both stores, visibility
+# included, on its own PostgreSQL, so none of them is installed.
+TEMPORAL_BUNDLED = (
+    "cassandra",
+    "mysql",
+    "postgresql",
+    "elasticsearch",
+    "prometheus",
+    "grafana",
+)
+
+
+def temporal_chart_values(cluster: str) -> dict[str, Any]:
+    """Return the values for the Temporal chart, with both stores on cluster.
+
+    cluster names the postgresql object of the data phase. The postgres-operator
+    creates the temporal and temporal_visibility databases, owned by the role
+    temporal, and that role's password in a Secret whose name it derives from
+    the cluster. So the chart's schema Job must not create the databases: the
+    role may not, and they exist. The chart's SQL driver defaults to MySQL.
+
+    NOTE: these keys follow the upstream chart's 0.x templates, read but not
+    installed here. Later versions of that chart moved the stores under
+    server.config.persistence.datastores, so a newer chart needs new values.
+    """
+    secret = f"temporal.{cluster}.credentials.postgresql.acid.zalan.do"
+
+    def store(database: str) -> dict[str, Any]:
+        return {
+            "driver": "sql",
+            "sql": {
+                "driver": "postgres12",
+                "host": cluster,
+                "port": 5432,
+                "database": database,
+                "user": "temporal",
+                "existingSecret": secret,
+                "secretKey": "password",
+            },
+        }
+
+    values: dict[str, Any] = {
+        "server": {
+            "config": {
+                "persistence": {
+                    "default": store("temporal"),
+                    "visibility": store("temporal_visibility"),
+                }
+            }
+        },
+        "schema": {"createDatabase": {"enabled": False}},
+    }
+    for name in TEMPORAL_BUNDLED:
+        values[name] = {"enabled": False}
+    return values
+
+
 def ref_of(obj: JsonObject, namespace: str) -> ObjectRef:
     metadata = obj["metadata"]
     namespaced = obj["kind"] not in (
@@ -536,33 +594,7 @@ class DeployActivities:
                 contracts.VALUES_REJECTED,
                 "the chart renders no postgresql for Temporal to use",
             )
-        cluster = clusters[0]
-
-        def sql(database: str) -> dict[str, Any]:
-            return {
-                "host": cluster,
-                "port": 5432,
-                "database": database,
-                "user": "temporal",
-                "existingSecret": (
-                    f"temporal.{cluster}.credentials.postgresql.acid.zalan.do"
-                ),
-                "secretKey": "password",
-            }
-
-        values = {
-            "server": {
-                "config": {
-                    "persistence": {
-                        "default": {"driver": "sql", "sql": sql("temporal")},
-                        "visibility": {
-                            "driver": "sql",
-                            "sql": sql("temporal_visibility"),
-                        },
-                    }
-                }
-            }
-        }
+        values = temporal_chart_values(clusters[0])
         objects, note = await helm.apply_release(
             release, request.namespace, chart, values, manifest=True
         )

@@ -177,3 +177,15 @@ def free_ports() -> tuple[int, int]:
         distinct = etcd + ETCD_PEER_OFFSET < 65536 and len(set(ports)) == 3
         if distinct and all(port_free(port) for port in ports):
             return etcd, apiserver
+
+
+def helm_set_values(values: dict[str, Any], prefix: str = "") -> list[str]:
+    """Flatten values into helm --set arguments ("a.b=1"), for scalars only."""
+    flat: list[str] = []
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat += helm_set_values(value, f"{prefix}{key}.")
+        else:
+            text = str(value).lower() if isinstance(value, bool) else str(value)
+            flat.append(f"{prefix}{key}={text}")
+    return flat

@@ -16,6 +16,9 @@ from typing import Any
 import pytest
 import yaml
 
+from activities.deploy import deep_merge, temporal_chart_values
+from tests.conftest import helm_set_values
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHART_DIR = REPO_ROOT / "chart"
 FIXTURE_CHARTS_DIR = REPO_ROOT / "tests" / "fixtures" / "charts"
@@ -60,16 +63,9 @@ LEGACY_HOOKS = [
     ("Service", "ventros-crm", "10"),
 ]
 
-# Values that point the temporal stand-in at the chart's PostgreSQL cluster.
+# The values the deployer gives the Temporal chart for the chart's PostgreSQL.
 TEMPORAL_CREDENTIALS = "temporal.ventros-crm-db.credentials.postgresql.acid.zalan.do"
-TEMPORAL_POSTGRES_VALUES = [
-    f"server.config.persistence.{store}.sql.{key}={value}"
-    for store in ("default", "visibility")
-    for key, value in (
-        ("host", "ventros-crm-db"),
-        ("existingSecret", TEMPORAL_CREDENTIALS),
-    )
-]
+TEMPORAL_POSTGRES_VALUES = helm_set_values(temporal_chart_values("ventros-crm-db"))
 
 
 def helm_binary() -> Path:
@@ -824,9 +820,73 @@ def test_fixture_temporal_fullname(helm_env: dict[str, str]) -> None:
 
 
 def test_fixture_temporal_requires_host(helm_env: dict[str, str]) -> None:
-    """Without PostgreSQL settings the temporal stand-in fails naming the key."""
-    error = render_error(helm_env, [], chart=FIXTURE_CHARTS_DIR / "temporal")
-    assert "server.config.persistence.default.sql.host" in error
+    """Without a PostgreSQL host the temporal stand-in fails naming the key."""
+    values = [
+        v for v in TEMPORAL_POSTGRES_VALUES if not v.startswith(DEFAULT_STORE + "host=")
+    ]
+    error = render_error(helm_env, values, chart=FIXTURE_CHARTS_DIR / "temporal")
+    assert "server.config.persistence.default.sql.host is required" in error
+
+
+DEFAULT_STORE = "server.config.persistence.default.sql."
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("elasticsearch.enabled=true", "elasticsearch.enabled is true"),
+        ("cassandra.enabled=true", "cassandra.enabled is true"),
+        ("grafana.enabled=true", "grafana.enabled is true"),
+        (
+            "server.config.persistence.visibility.driver=cassandra",
+            'server.config.persistence.visibility.driver is "cassandra"',
+        ),
+        (DEFAULT_STORE + "driver=mysql8", 'default.sql.driver is "mysql8"'),
+        ("schema.createDatabase.enabled=true", "schema.createDatabase.enabled is true"),
+    ],
+)
+def test_fixture_temporal_rejects_upstream_defaults(
+    helm_env: dict[str, str], override: str, message: str
+) -> None:
+    """The stand-in fails where the real chart, left at a default, would not run.
+
+    The upstream chart enables Cassandra, Elasticsearch, Prometheus and Grafana,
+    defaults its SQL driver to MySQL, and creates the databases. Each of those
+    on its own fails the render with a message naming the key and the fix.
+    """
+    values = [*TEMPORAL_POSTGRES_VALUES, override]
+    error = render_error(helm_env, values, chart=FIXTURE_CHARTS_DIR / "temporal")
+    assert message in error
+    assert "set " in error.split(message, 1)[1]
+
+
+def test_fixture_temporal_defaults_are_upstream(helm_env: dict[str, str]) -> None:
+    """With only host and Secret, the stand-in fails on the first default."""
+    values = [
+        f"server.config.persistence.{store}.sql.{key}={value}"
+        for store in ("default", "visibility")
+        for key, value in (
+            ("host", "ventros-crm-db"),
+            ("existingSecret", TEMPORAL_CREDENTIALS),
+        )
+    ]
+    error = render_error(helm_env, values, chart=FIXTURE_CHARTS_DIR / "temporal")
+    assert "cassandra.enabled is true" in error
+
+
+def test_legacy_bench_temporal_values_match_deployer() -> None:
+    """The Helm-hooks benchmark installs Temporal with the deployer's values."""
+    fixture = yaml.safe_load(
+        (FIXTURE_CHARTS_DIR / "temporal" / "values.yaml").read_text()
+    )
+    legacy = yaml.safe_load(
+        (REPO_ROOT / "bench" / "legacy" / "values.yaml").read_text()
+    )
+    legacy_temporal = dict(legacy["temporal"])
+    legacy_temporal.pop("legacyHookWeight")
+    ours = deep_merge(fixture, temporal_chart_values("ventros-crm-db"))
+    theirs = deep_merge(fixture, legacy_temporal)
+    assert theirs == ours
 
 
 def without_random_values(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -19,24 +19,29 @@ import time
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
+from activities.deploy import temporal_chart_values
 from activities.helm import Helm, HelmError
 from activities.kubeapi import KubeClient, well_known
 from deployer.inputs import ChartRef, workflow_id_for
 from deployer.phases import DeployStatus, PhaseState
 from deployer.settings import WorkerSettings
 from testbed.cluster import LocalCluster, tool_path
-from tests.conftest import FIXTURE_CHARTS, REPO_ROOT, deploy_request, running_worker
+from tests.conftest import (
+    FIXTURE_CHARTS,
+    REPO_ROOT,
+    deploy_request,
+    helm_set_values,
+    running_worker,
+)
 from tests.faults.harness import activity_runs
 
 OPERATOR_RELEASE = "ventros-crm-postgres-operator"
 OPERATOR_CHART = f"{FIXTURE_CHARTS}/postgres-operator"
 TEMPORAL_RELEASE = "ventros-crm-temporal"
 TEMPORAL_CHART = f"{FIXTURE_CHARTS}/temporal"
-# The stand-in Temporal chart requires a PostgreSQL host and Secret per store.
+# The values the deployer gives the Temporal chart, which the stand-in requires.
 TEMPORAL_VALUES = [
-    f"--set=server.config.persistence.{store}.sql.{key}=ventros-crm-db"
-    for store in ("default", "visibility")
-    for key in ("host", "existingSecret")
+    f"--set={flag}" for flag in helm_set_values(temporal_chart_values("ventros-crm-db"))
 ]
 NAMESPACE = well_known("v1", "Namespace")
 SECRET = well_known("v1", "Secret")
