@@ -101,6 +101,15 @@ def translate_errors(func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R
                     f"the chart rejected the values: {error.stderr}. Fix the named "
                     "value and start again",
                 ) from error
+            if error.owned_elsewhere:
+                # helm will not adopt the object however often it tries.
+                raise _non_retryable(
+                    contracts.OWNED_ELSEWHERE,
+                    f"an object of this release already exists outside it: "
+                    f"{error.stderr}. Delete or rename that object, or, for the "
+                    "operators' cluster-wide objects, deploy with "
+                    "install_operators: false",
+                ) from error
             if error.forbidden:
                 # Retrying cannot grant a permission, so the phase fails at once.
                 raise _non_retryable(

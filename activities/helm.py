@@ -65,6 +65,15 @@ class HelmError(Exception):
         )
 
     @property
+    def owned_elsewhere(self) -> bool:
+        """Tell whether an object to apply exists outside this release.
+
+        helm refuses to adopt an object that lacks its release's ownership
+        labels and annotations, or that carries another release's.
+        """
+        return "cannot be imported into the current release" in self.stderr
+
+    @property
     def forbidden(self) -> bool:
         """Tell whether the API server's RBAC denied one of helm's requests."""
         # The Kubernetes authorizer's message: `... is forbidden: User "x" cannot`.

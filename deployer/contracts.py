@@ -38,6 +38,10 @@ NON_RETRYABLE_TYPES = (
     PHASE_TIMEOUT,
     UNAUTHORIZED,
 )
+# Raised with non_retryable set by the activity. It is not in
+# NON_RETRYABLE_TYPES because that tuple is part of the retry policy of the
+# activities that running workflows have already scheduled.
+OWNED_ELSEWHERE = "OwnedElsewhere"
 # Retried with backoff by the activity retry policy.
 HELM_FAILED = "HelmFailed"
 KUBE_API_UNAVAILABLE = "KubeApiUnavailable"

@@ -16,12 +16,13 @@ import pytest_asyncio
 from temporalio.client import WorkflowFailureError, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
-from activities.kubeapi import KubeClient, NotFoundError, well_known
+from activities.kubeapi import KubeClient, NotFoundError, ResourceType, well_known
 from deployer.phases import DeployStatus, PhaseState
 from deployer.settings import WorkerSettings
 from tests.conftest import deploy_request, running_worker, temporal_cli
 
 NAMESPACE_TYPE = well_known("v1", "Namespace")
+CONFIG_MAP = ResourceType("v1", "ConfigMap", "configmaps", True)
 
 
 async def start(
@@ -281,3 +282,41 @@ async def test_deploy_started_with_temporal_cli(
     created = await kube.get(NAMESPACE_TYPE, namespace)
     assert created is not None
     assert created["metadata"]["labels"]["name"] == namespace
+
+
+async def test_deploy_object_owned_elsewhere(
+    temporal_env: WorkflowEnvironment,
+    worker_settings: WorkerSettings,
+    kube: KubeClient,
+    namespace: str,
+) -> None:
+    """An object helm may not adopt fails the base phase once, naming it.
+
+    The ConfigMap exists before the first deploy, without helm's ownership
+    metadata, as when another tool or another release created it. Retrying
+    cannot change that, so the phase waits for the user after one attempt.
+    """
+    config_map = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "ventros-crm-config", "namespace": namespace},
+        "data": {"owner": "someone else"},
+    }
+    await kube.create(CONFIG_MAP, config_map, namespace)
+    async with running_worker(temporal_env.client, worker_settings):
+        handle = await start(temporal_env, worker_settings, deploy_request(namespace))
+        status = await wait_for_phase_state(
+            handle, "base", PhaseState.WAITING_FOR_RETRY
+        )
+        base = next(r for r in status.phases if r.phase.value == "base")
+        assert base.error_type == "OwnedElsewhere"
+        assert base.attempts == 1
+        assert base.error is not None
+        assert 'ConfigMap "ventros-crm-config"' in base.error
+        assert "install_operators: false" in base.error
+        await handle.execute_update("abort", "test done", result_type=str)
+        with contextlib.suppress(WorkflowFailureError):
+            await handle.result()
+    untouched = await kube.get(CONFIG_MAP, "ventros-crm-config", namespace)
+    assert untouched is not None
+    assert untouched["data"] == {"owner": "someone else"}
