@@ -76,6 +76,7 @@ POD = well_known("v1", "Pod")
 NAMESPACE = well_known("v1", "Namespace")
 NODE = well_known("v1", "Node")
 SECRET = well_known("v1", "Secret")
+EVENT = well_known("v1", "Event")
 SERVICE = well_known("v1", "Service")
 PV = well_known("v1", "PersistentVolume")
 PVC = well_known("v1", "PersistentVolumeClaim")
@@ -389,6 +390,8 @@ class Simulator:
             if hold != reported:
                 log.info("pod %s/%s: %s", namespace, pod["metadata"]["name"], hold)
                 await self._write_pod_status(pod, self._secret_hold_status(pod, hold))
+                if hold.event:
+                    await self._write_warning(pod, "FailedMount", hold.event)
                 reported = hold
             await asyncio.sleep(SECRET_RETRY_S)
         for container in pod["spec"].get("initContainers", []):
@@ -457,6 +460,46 @@ class Simulator:
             for item in slices.get("items", [])
             for endpoint in item.get("endpoints") or []
         )
+
+    async def _write_warning(self, pod: JsonObject, reason: str, message: str) -> None:
+        """Record a Warning event about pod, as its node's kubelet would.
+
+        A kubelet repeats such an event with a growing count while the cause
+        lasts; the simulator writes it once each time the cause changes.
+        """
+        metadata = pod["metadata"]
+        node = pod["spec"].get("nodeName", "")
+        now = _now()
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {
+                "generateName": f"{metadata['name']}.",
+                "namespace": metadata["namespace"],
+            },
+            "involvedObject": {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "name": metadata["name"],
+                "namespace": metadata["namespace"],
+                "uid": metadata["uid"],
+            },
+            "type": "Warning",
+            "reason": reason,
+            "message": message,
+            "source": {"component": "kubelet", "host": node},
+            "reportingComponent": "kubelet",
+            "reportingInstance": node,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            await self.kube.create(EVENT, event, metadata["namespace"])
+        except (KubeApiError, OSError, aiohttp.ClientError) as error:
+            log.warning(
+                "pod %s: event %s not written: %s", metadata["name"], reason, error
+            )
 
     async def _write_pod_status(self, pod: JsonObject, status: JsonObject) -> None:
         metadata = pod["metadata"]
@@ -1045,6 +1088,8 @@ class SecretHold:
     reason: str
     message: str | None
     volume: str | None  # The volume that cannot be mounted, if that is the cause.
+    # The kubelet's FailedMount event message for that volume.
+    event: str | None = None
 
     def __str__(self) -> str:
         where = f"volume {self.volume}: " if self.volume else ""
@@ -1064,9 +1109,14 @@ class SecretUse:
         if self.volume is not None:
             # The kubelet reports a failed mount only as an event (FailedMount),
             # so the container status has the reason and no message.
-            if secret is None or self._missing_key(secret):
-                return SecretHold("ContainerCreating", None, self.volume)
-            return None
+            failed = f'MountVolume.SetUp failed for volume "{self.volume}" : '
+            if secret is None:
+                event = f'{failed}secret "{self.name}" not found'
+            elif key := self._missing_key(secret):
+                event = f"{failed}references non-existent secret key: {key}"
+            else:
+                return None
+            return SecretHold("ContainerCreating", None, self.volume, event)
         if secret is None:
             return SecretHold(
                 "CreateContainerConfigError", f'secret "{self.name}" not found', None

@@ -39,6 +39,7 @@ STEER = "sim.ventros.io/"
 NAMESPACE = well_known("v1", "Namespace")
 POD = well_known("v1", "Pod")
 SECRET = well_known("v1", "Secret")
+EVENT = well_known("v1", "Event")
 SERVICE = well_known("v1", "Service")
 SERVICE_ACCOUNT = ResourceType("v1", "ServiceAccount", "serviceaccounts", True)
 DEPLOYMENT = well_known("apps/v1", "Deployment")
@@ -820,8 +821,14 @@ async def test_pod_waits_for_secret_volume(
         return state.get("waiting", {}).get("reason") == "ContainerCreating"
 
     await wait_object(kube, POD, "mounter", namespace, creating, "ContainerCreating")
+    mount_failed = 'MountVolume.SetUp failed for volume "certs" : '
+    assert await failed_mounts(kube, namespace, "mounter", 1) == [
+        mount_failed + 'secret "certs" not found'
+    ]
     await kube.create(SECRET, secret_object("certs", **{"tls.key": "k"}), namespace)
-    await asyncio.sleep(1.5)
+    assert (await failed_mounts(kube, namespace, "mounter", 2))[1] == (
+        mount_failed + "references non-existent secret key: tls.crt"
+    )
     pod = await kube.get(POD, "mounter", namespace)
     assert pod is not None
     assert creating(pod), "the pod started without the mounted key tls.crt"
@@ -831,6 +838,26 @@ async def test_pod_waits_for_secret_volume(
     await kube.merge_patch(SECRET, "certs", patch, namespace)
     pod = await wait_object(kube, POD, "mounter", namespace, is_ready, "Ready")
     assert pod["status"]["phase"] == "Running"
+
+
+async def failed_mounts(
+    kube: KubeClient, namespace: str, pod: str, count: int
+) -> list[str]:
+    """Return the messages of the pod's FailedMount events once there are count."""
+    selector = f"involvedObject.name={pod},reason=FailedMount"
+    messages: list[str] = []
+    for _ in range(50):
+        events = await kube.list(EVENT, namespace, field_selector=selector)
+        items = sorted(
+            events["items"], key=lambda e: int(e["metadata"]["resourceVersion"])
+        )
+        messages = [e["message"] for e in items]
+        if len(messages) >= count:
+            assert all(e["type"] == "Warning" for e in items)
+            assert all(e["source"]["component"] == "kubelet" for e in items)
+            return messages
+        await asyncio.sleep(0.1)
+    pytest.fail(f"pod {pod}: {count} FailedMount events expected, got {messages}")
 
 
 async def test_optional_secret_not_waited(kube: KubeClient, namespace: str) -> None:

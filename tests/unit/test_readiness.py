@@ -225,3 +225,29 @@ def test_pod_blocker_ready_pod() -> None:
     """A ready pod has no blocker."""
     ready = pod([], [{"name": "app", "ready": True, "state": {"running": {}}}])
     assert pod_blocker(ready) is None
+
+
+def test_pod_blocker_quotes_config_error() -> None:
+    """CreateContainerConfigError's message, which names a key, is quoted."""
+    waiting = {
+        "reason": "CreateContainerConfigError",
+        "message": "couldn't find key password in Secret ns/db",
+    }
+    config_error = pod([{"name": "wait-for-db", "state": {"waiting": waiting}}], [])
+    assert pod_blocker(config_error) == (
+        "pod app-1: init container wait-for-db is CreateContainerConfigError: "
+        "couldn't find key password in Secret ns/db"
+    )
+
+
+def test_pod_blocker_omits_other_messages() -> None:
+    """Other waiting messages may hold a container's arguments and are left out."""
+    waiting = {
+        "reason": "RunContainerError",
+        "message": 'exec: "--password=hunter2": executable file not found',
+    }
+    failing = pod([], [{"name": "app", "ready": False, "state": {"waiting": waiting}}])
+    assert (
+        pod_blocker(failing)
+        == "pod app-1: container app is RunContainerError (0 restarts)"
+    )
