@@ -112,10 +112,21 @@ def translate_errors(func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R
                 ) from error
             if error.forbidden:
                 # Retrying cannot grant a permission, so the phase fails at once.
+                fix = (
+                    "Grant the deployer's identity this verb and resource (see "
+                    "deploy/rbac.yaml)"
+                )
+                if '"clusterroles"' in error.stderr or (
+                    '"clusterrolebindings"' in error.stderr
+                ):
+                    fix = (
+                        "The operator charts create ClusterRoles, which "
+                        "deploy/rbac.yaml does not allow: install the operators "
+                        "once with an administrator's rights and deploy with "
+                        "install_operators: false"
+                    )
                 raise _non_retryable(
-                    contracts.FORBIDDEN,
-                    f"forbidden: {error}. Grant the deployer's identity this verb "
-                    "and resource (see deploy/rbac.yaml)",
+                    contracts.FORBIDDEN, f"forbidden: {error}. {fix}"
                 ) from error
             raise ApplicationError(str(error), type=contracts.HELM_FAILED) from error
         except InvalidError as error:

@@ -64,6 +64,13 @@ def print_report(results: dict[str, Any]) -> None:
             f"worker peak RSS {scale['rss_mb']:.0f} MiB, "
             f"workflow task retries {scale['task_retries']}"
         )
+        single = scale.get("single_s")  # Older results lack it.
+        if single:
+            print(
+                f"  beside one shared copy of the operators; one release alone the "
+                f"same way: median {single['median']:.2f} s (min {single['low']:.2f},"
+                f" max {single['high']:.2f}, {single['count']} runs)"
+            )
         cpu = ", ".join(
             f"{name} {seconds:.0f}"
             for name, seconds in sorted(scale["cpu_s"].items(), key=lambda i: -i[1])

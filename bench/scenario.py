@@ -71,11 +71,14 @@ def chart_values(delays: dict[str, float]) -> dict[str, Any]:
     }
 
 
-def deploy_request(namespace: str, delays: dict[str, float]) -> dict[str, Any]:
+def deploy_request(
+    namespace: str, delays: dict[str, float], install_operators: bool = True
+) -> dict[str, Any]:
     """Return the VentrosDeploy request, with the stand-in charts."""
     return {
         "release": RELEASE,
         "namespace": namespace,
+        "install_operators": install_operators,
         "chart": {"path": "chart"},
         "app_version": APP_VERSION,
         "operator_charts": {

@@ -24,10 +24,13 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.deploy import DeployActivities
+from activities.helm import Helm
 from activities.kubeapi import KubeClient, well_known
 from deployer.phases import NAMESPACE_ATTRIBUTE, PHASE_ATTRIBUTE, RELEASE_ATTRIBUTE
 from deployer.settings import WorkerSettings
 from testbed.cluster import ETCD_PEER_OFFSET, LocalCluster, port_free, tool_path
+from testbed.leftovers import delete_release_leftovers
+from testbed.operators import install_shared_operators, uninstall_shared_operators
 from worker.main import WORKFLOWS, all_activities
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -75,6 +78,7 @@ async def namespace(kube: KubeClient) -> AsyncIterator[str]:
     )
     yield name
     await kube.delete(ns_type, name)
+    await delete_release_leftovers(kube, name)
 
 
 @pytest_asyncio.fixture(scope="session")
@@ -189,3 +193,25 @@ def helm_set_values(values: dict[str, Any], prefix: str = "") -> list[str]:
             text = str(value).lower() if isinstance(value, bool) else str(value)
             flat.append(f"{prefix}{key}={text}")
     return flat
+
+
+@pytest_asyncio.fixture
+async def shared_operators(
+    cluster: LocalCluster, kube: KubeClient
+) -> AsyncIterator[str]:
+    """The operator stand-ins installed once, by the admin, in their own namespace.
+
+    Deploys beside them pass install_operators false. Yields the operators'
+    namespace, and uninstalls them after the test.
+    """
+    name = f"t-ops-{uuid.uuid4().hex[:8]}"
+    ns_type = well_known("v1", "Namespace")
+    await kube.create(
+        ns_type, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+    )
+    helm = Helm(str(tool_path("helm")), str(cluster.kubeconfig), None, REPO_ROOT)
+    await install_shared_operators(helm, name)
+    yield name
+    await uninstall_shared_operators(helm, name)
+    await kube.delete(ns_type, name)
+    await delete_release_leftovers(kube, name)

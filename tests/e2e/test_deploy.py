@@ -19,6 +19,7 @@ from temporalio.testing import WorkflowEnvironment
 from activities.kubeapi import KubeClient, NotFoundError, ResourceType, well_known
 from deployer.phases import DeployStatus, PhaseState
 from deployer.settings import WorkerSettings
+from testbed.leftovers import delete_release_leftovers
 from tests.conftest import deploy_request, running_worker, temporal_cli
 
 NAMESPACE_TYPE = well_known("v1", "Namespace")
@@ -235,6 +236,7 @@ async def new_namespace(kube: KubeClient) -> AsyncIterator[str]:
     yield name
     with contextlib.suppress(NotFoundError):
         await kube.delete(NAMESPACE_TYPE, name)
+    await delete_release_leftovers(kube, name)
 
 
 async def test_deploy_started_with_temporal_cli(
@@ -320,3 +322,50 @@ async def test_deploy_object_owned_elsewhere(
     untouched = await kube.get(CONFIG_MAP, "ventros-crm-config", namespace)
     assert untouched is not None
     assert untouched["data"] == {"owner": "someone else"}
+
+
+async def test_second_release_operators_collide(
+    temporal_env: WorkflowEnvironment,
+    worker_settings: WorkerSettings,
+    kube: KubeClient,
+    namespace: str,
+) -> None:
+    """Operators installed in one namespace block a second install in another.
+
+    The operator charts' ClusterRoles belong to the first release, so the base
+    phase fails once as OwnedElsewhere, naming a ClusterRole. The same deploy
+    with install_operators false then succeeds on the first one's operators.
+    """
+    second = f"{namespace}-b"
+    body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": second}}
+    await kube.create(NAMESPACE_TYPE, body)
+    try:
+        async with running_worker(temporal_env.client, worker_settings):
+            first = await start(
+                temporal_env, worker_settings, deploy_request(namespace)
+            )
+            first_result = DeployStatus.model_validate(await first.result())
+            assert first_result.state == "succeeded"
+
+            colliding = await start(
+                temporal_env, worker_settings, deploy_request(second)
+            )
+            status = await wait_for_phase_state(
+                colliding, "base", PhaseState.WAITING_FOR_RETRY
+            )
+            base = next(r for r in status.phases if r.phase.value == "base")
+            assert base.error_type == "OwnedElsewhere", base.error
+            assert base.attempts == 1
+            assert base.error is not None
+            assert 'ClusterRole "' in base.error
+            await colliding.execute_update("abort", "collision seen", result_type=str)
+            with contextlib.suppress(WorkflowFailureError):
+                await colliding.result()
+
+            request = deploy_request(second, install_operators=False)
+            shared = await start(temporal_env, worker_settings, request)
+            result = DeployStatus.model_validate(await shared.result())
+        assert result.state == "succeeded"
+    finally:
+        await kube.delete(NAMESPACE_TYPE, second)
+        await delete_release_leftovers(kube, second)

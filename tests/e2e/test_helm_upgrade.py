@@ -35,7 +35,13 @@ async def test_upgrade_manifest_on_install(
     """A first install with manifest=True returns the release's objects."""
     helm = helm_for(cluster)
     objects = await helm.upgrade_install(RELEASE, namespace, CHART, {}, manifest=True)
-    expected = {("ServiceAccount", RELEASE), ("Deployment", RELEASE)}
+    expected = {
+        ("ServiceAccount", RELEASE),
+        ("Deployment", RELEASE),
+        ("ClusterRole", RELEASE),
+        ("ClusterRoleBinding", RELEASE),
+        ("ClusterRole", "postgres-pod"),
+    }
     assert kinds_and_names(objects) == expected
 
 

@@ -31,6 +31,7 @@ from activities.waits import TRANSIENT_ERRORS
 from deployer.inputs import workflow_id_for
 from deployer.phases import PhaseState
 from testbed.cluster import ClusterConfig, LocalCluster
+from testbed.leftovers import delete_release_leftovers
 from tests.conftest import deploy_request, free_ports
 from tests.faults.conftest import WorkerFactory, dev_server_address
 from tests.faults.harness import (
@@ -83,6 +84,7 @@ async def own_namespace(
     await kube.create(NAMESPACE, namespace)
     yield kube, name
     await kube.delete(NAMESPACE, name)
+    await delete_release_leftovers(kube, name)
     await kube.close()
 
 

@@ -25,6 +25,7 @@ from deployer import contracts
 from deployer.lifecycle import DestroyStatus
 from deployer.phases import TEARDOWN_ORDER, PhaseState
 from deployer.settings import WorkerSettings
+from testbed.leftovers import delete_release_leftovers
 from tests.conftest import REPO_ROOT, keep_history, running_worker
 from tests.lifecycle.conftest import (
     DEPLOYMENT,
@@ -390,6 +391,7 @@ async def test_destroy_stuck_namespace(
                 CONFIGMAP, "held", {"metadata": {"finalizers": None}}, namespace
             )
         await kube.delete(NAMESPACE, namespace)
+        await delete_release_leftovers(kube, namespace)
     base = record(stuck, "base")
     print(base.error)
     assert base.error_type == contracts.NAMESPACE_STUCK

@@ -31,6 +31,7 @@ from deployer.lifecycle import destroy_workflow_id_for, rollback_workflow_id_for
 from deployer.phases import DeployStatus, PhaseRecord, PhaseState
 from deployer.settings import WorkerSettings
 from testbed.cluster import LocalCluster
+from testbed.leftovers import delete_release_leftovers
 from tests.conftest import REPO_ROOT, deploy_request, running_worker
 
 RBAC_FILE = REPO_ROOT / "deploy" / "rbac.yaml"
@@ -220,16 +221,20 @@ async def test_deploy_with_rbac_succeeds(
     deployer_identity: DeployerIdentity,
     cluster: LocalCluster,
     namespace: str,
+    shared_operators: str,
 ) -> None:
     """A deploy, an upgrade, a rollback and a destroy all succeed with only the
-    rights in rbac.yaml."""
+    rights in rbac.yaml, with the operators installed beforehand by an admin."""
     audit_log = cluster.config.log_dir / "audit.log"
     audit_start = audit_log.stat().st_size
     settings = as_deployer(worker_settings, deployer_identity)
     async with running_worker(temporal_env.client, settings):
-        first = await start(temporal_env, settings, deploy_request(namespace))
+        request = deploy_request(namespace, install_operators=False)
+        first = await start(temporal_env, settings, request)
         installed = await result_or_status(first)
-        upgrade = deploy_request(namespace, app_version="1.0.1")
+        upgrade = deploy_request(
+            namespace, app_version="1.0.1", install_operators=False
+        )
         second = await start(temporal_env, settings, upgrade)
         upgraded = await result_or_status(second)
         target = {"release": "ventros-crm", "namespace": namespace}
@@ -349,6 +354,7 @@ async def test_deploy_unbound_namespace_forbidden(
             history = await handle.fetch_history()
     finally:
         await kube.delete(NAMESPACE_TYPE, unbound)
+        await delete_release_leftovers(kube, unbound)
     assert record.error_type == contracts.FORBIDDEN, record.error
     assert record.error is not None
     assert "forbidden" in record.error
@@ -368,6 +374,7 @@ async def test_timeout_diagnosis_with_rbac(
     deployer_identity: DeployerIdentity,
     kube: KubeClient,
     namespace: str,
+    shared_operators: str,
 ) -> None:
     """A timed-out phase still names its blocked pods: the role may list pods."""
     await kube.merge_patch(
@@ -379,7 +386,7 @@ async def test_timeout_diagnosis_with_rbac(
             }
         },
     )
-    request = deploy_request(namespace)
+    request = deploy_request(namespace, install_operators=False)
     request["timeouts"]["app"] = 10
     settings = as_deployer(worker_settings, deployer_identity)
     async with running_worker(temporal_env.client, settings):
@@ -390,3 +397,23 @@ async def test_timeout_diagnosis_with_rbac(
     assert record.error is not None
     assert "Pods not ready" in record.error
     assert "init container wait-for-temporal" in record.error
+
+
+async def test_install_operators_forbidden(
+    temporal_env: WorkflowEnvironment,
+    worker_settings: WorkerSettings,
+    deployer_identity: DeployerIdentity,
+    namespace: str,
+) -> None:
+    """Installing the operators needs ClusterRoles, which the identity may not
+    create: the base phase fails once, and the error names the way out."""
+    settings = as_deployer(worker_settings, deployer_identity)
+    async with running_worker(temporal_env.client, settings):
+        handle = await start(temporal_env, settings, deploy_request(namespace))
+        record = await wait_for_failed_phase(handle, "base")
+        await handle.execute_update("abort", "operators test", result_type=str)
+    assert record.error_type == contracts.FORBIDDEN, record.error
+    assert record.error is not None
+    assert 'resource "clusterroles"' in record.error
+    assert "install_operators: false" in record.error
+    assert record.attempts == 1
