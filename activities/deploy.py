@@ -239,7 +239,8 @@ def temporal_chart_values(cluster: str) -> dict[str, Any]:
     creates the temporal and temporal_visibility databases, owned by the role
     temporal, and that role's password in a Secret whose name it derives from
     the cluster. So the chart's schema Job must not create the databases: the
-    role may not, and they exist. The chart's SQL driver defaults to MySQL.
+    role may not, and they exist. The chart's SQL driver defaults to MySQL,
+    and its connections to plain TCP, which Spilo refuses.
 
     NOTE: these keys follow the upstream chart's 0.x templates, read but not
     installed here. Later versions of that chart moved the stores under
@@ -258,6 +259,11 @@ def temporal_chart_values(cluster: str) -> dict[str, Any]:
                 "user": "temporal",
                 "existingSecret": secret,
                 "secretKey": "password",
+                # Spilo, the operator's PostgreSQL image, rejects connections
+                # without TLS from other hosts by default (pg_hba hostnossl
+                # reject). Its certificate is self-signed unless the cluster
+                # is given one, so the host is not verified.
+                "tls": {"enabled": True, "enableHostVerification": False},
             },
         }
 

@@ -842,6 +842,7 @@ DEFAULT_STORE = "server.config.persistence.default.sql."
             'server.config.persistence.visibility.driver is "cassandra"',
         ),
         (DEFAULT_STORE + "driver=mysql8", 'default.sql.driver is "mysql8"'),
+        (DEFAULT_STORE + "tls.enabled=false", "default.sql.tls.enabled is not true"),
         ("schema.createDatabase.enabled=true", "schema.createDatabase.enabled is true"),
     ],
 )
