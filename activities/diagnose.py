@@ -7,6 +7,8 @@ CrashLoopBackOff) with one line per pod in the phase's error.
 
 from __future__ import annotations
 
+import datetime
+import re
 from typing import Any
 
 from activities.kubeapi import KubeApiError, KubeClient, well_known
@@ -15,20 +17,46 @@ from activities.waits import TRANSIENT_ERRORS
 MAX_PODS = 5
 # Maximum characters quoted from one kubelet or scheduler message.
 MAX_DETAIL = 300
-# Waiting reasons whose message the kubelet builds only from the names of the
-# Secret or ConfigMap and the key it could not find, never from their data.
+# Messages that the kubelet or the scheduler builds from names and counts
+# only. A message is quoted only when it matches one of these whole: the same
+# reasons can carry text that holds a secret, such as a subPath expanded from
+# a Secret-filled variable, or a storage driver's output.
+SAFE_MESSAGES = tuple(
+    re.compile(pattern)
+    for pattern in (
+        r"couldn't find key \S+ in (Secret|ConfigMap) \S+",
+        r'(secret|configmap) "[^"]+" not found',
+        r'MountVolume\.SetUp failed for volume "[^"]+" : '
+        r'((secret|configmap) "[^"]+" not found'
+        r"|references non-existent (secret|config) key: \S+)",
+        r"\d+/\d+ nodes are available: [\w ,.:/(){}='-]+",
+    )
+)
+# Waiting reasons whose message may be quoted, if it is safe.
 QUOTED_WAITING = ("CreateContainerConfigError",)
-# Warning events quoted for a blocked pod. Their messages name volumes,
-# Secrets, claims and nodes. Events that can carry a container's output, such
-# as a failed probe's (Unhealthy), are left out: it may hold a secret.
-QUOTED_EVENTS = ("FailedMount", "FailedAttachVolume", "FailedScheduling")
+# Warning events quoted for a blocked pod, with the component that writes
+# each. Events that carry a container's output, such as a failed probe's
+# (Unhealthy), are never quoted.
+QUOTED_EVENTS = {
+    "FailedMount": "kubelet",
+    "FailedAttachVolume": "attachdetach-controller",
+    "FailedScheduling": "default-scheduler",
+}
+WITHHELD = "message not shown: it can quote other text; see kubectl describe pod"
+
+
+def safe_message(message: str) -> str:
+    """Return message when it is made of names only, else a note that it is withheld."""
+    if any(pattern.fullmatch(message) for pattern in SAFE_MESSAGES):
+        return message[:MAX_DETAIL]
+    return WITHHELD
 
 
 def _quoted(waiting: dict[str, Any]) -> str:
-    """Return ": <message>" for a waiting state whose message is safe to show."""
+    """Return ": <message>" for a waiting state whose message may be shown."""
     message = waiting.get("message")
     if waiting.get("reason") in QUOTED_WAITING and message:
-        return f": {message[:MAX_DETAIL]}"
+        return f": {safe_message(str(message))}"
     return ""
 
 
@@ -89,21 +117,33 @@ async def latest_warning(kube: KubeClient, pod: dict[str, Any]) -> str | None:
         )
     except (KubeApiError, *TRANSIENT_ERRORS):
         return None
-    quoted = [e for e in events.get("items", []) if e.get("reason") in QUOTED_EVENTS]
+    quoted = [e for e in events.get("items", []) if _from_its_writer(e)]
     if not quoted:
         return None
+    newest = max(quoted, key=_moment)
+    return f"{newest['reason']}: {safe_message(str(newest.get('message') or ''))}"
 
-    def moment(event: dict[str, Any]) -> str:
-        return str(
-            event.get("lastTimestamp")
-            or event.get("eventTime")
-            or event["metadata"].get("creationTimestamp")
-            or ""
-        )
 
-    newest = max(quoted, key=moment)
-    message = str(newest.get("message") or "")[:MAX_DETAIL]
-    return f"{newest['reason']}: {message}"
+def _from_its_writer(event: dict[str, Any]) -> bool:
+    """Tell whether event has a quoted reason and comes from the component that
+    writes it: anyone allowed to create events could write the rest."""
+    writer = QUOTED_EVENTS.get(str(event.get("reason")))
+    source = (event.get("source") or {}).get("component")
+    return writer is not None and writer in (source, event.get("reportingComponent"))
+
+
+def _moment(event: dict[str, Any]) -> datetime.datetime:
+    """Return when event last happened; a recurring one has a series."""
+    stamps = (
+        (event.get("series") or {}).get("lastObservedTime"),
+        event.get("lastTimestamp"),
+        event.get("eventTime"),
+        event["metadata"].get("creationTimestamp"),
+    )
+    for stamp in stamps:
+        if stamp:
+            return datetime.datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
+    return datetime.datetime.min.replace(tzinfo=datetime.UTC)
 
 
 async def describe_blocked_pods(

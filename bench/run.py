@@ -324,9 +324,11 @@ class Bench:
                 "machine_cpu": machine.usage,
             }
         finally:
-            await self.delete_namespaces(names + singles)
-            await uninstall_shared_operators(helm, operators)
-            await self.delete_namespaces([operators])
+            try:
+                await self.delete_namespaces(names + singles)
+                await uninstall_shared_operators(helm, operators)
+            finally:
+                await self.delete_namespaces([operators])
 
 
 def _all_ready_or_none(recorder: ReadinessRecorder, started: float) -> float | None:

@@ -29,7 +29,7 @@ from activities.kubeapi import KubeClient, well_known
 from deployer.phases import NAMESPACE_ATTRIBUTE, PHASE_ATTRIBUTE, RELEASE_ATTRIBUTE
 from deployer.settings import WorkerSettings
 from testbed.cluster import ETCD_PEER_OFFSET, LocalCluster, port_free, tool_path
-from testbed.leftovers import delete_release_leftovers
+from testbed.leftovers import delete_orphaned_leftovers, remove_namespace
 from testbed.operators import install_shared_operators, uninstall_shared_operators
 from worker.main import WORKFLOWS, all_activities
 
@@ -64,6 +64,9 @@ def cluster() -> Iterator[LocalCluster]:
 @pytest_asyncio.fixture(scope="session")
 async def kube(cluster: LocalCluster) -> AsyncIterator[KubeClient]:
     client = await KubeClient.connect(str(cluster.kubeconfig))
+    # ClusterRoles of releases whose namespace a killed run never cleaned up
+    # would make every later operator install fail as OwnedElsewhere.
+    await delete_orphaned_leftovers(client)
     yield client
     await client.close()
 
@@ -77,8 +80,7 @@ async def namespace(kube: KubeClient) -> AsyncIterator[str]:
         ns_type, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
     )
     yield name
-    await kube.delete(ns_type, name)
-    await delete_release_leftovers(kube, name)
+    await remove_namespace(kube, name)
 
 
 @pytest_asyncio.fixture(scope="session")
@@ -210,8 +212,11 @@ async def shared_operators(
         ns_type, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
     )
     helm = Helm(str(tool_path("helm")), str(cluster.kubeconfig), None, REPO_ROOT)
-    await install_shared_operators(helm, name)
-    yield name
-    await uninstall_shared_operators(helm, name)
-    await kube.delete(ns_type, name)
-    await delete_release_leftovers(kube, name)
+    try:
+        await install_shared_operators(helm, name)
+        yield name
+    finally:
+        try:
+            await uninstall_shared_operators(helm, name)
+        finally:
+            await remove_namespace(kube, name)

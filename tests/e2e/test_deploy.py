@@ -19,7 +19,7 @@ from temporalio.testing import WorkflowEnvironment
 from activities.kubeapi import KubeClient, NotFoundError, ResourceType, well_known
 from deployer.phases import DeployStatus, PhaseState
 from deployer.settings import WorkerSettings
-from testbed.leftovers import delete_release_leftovers
+from testbed.leftovers import remove_namespace
 from tests.conftest import deploy_request, running_worker, temporal_cli
 
 NAMESPACE_TYPE = well_known("v1", "Namespace")
@@ -235,8 +235,7 @@ async def new_namespace(kube: KubeClient) -> AsyncIterator[str]:
     name = f"t-new-{uuid.uuid4().hex[:10]}"
     yield name
     with contextlib.suppress(NotFoundError):
-        await kube.delete(NAMESPACE_TYPE, name)
-    await delete_release_leftovers(kube, name)
+        await remove_namespace(kube, name)
 
 
 async def test_deploy_started_with_temporal_cli(
@@ -367,5 +366,4 @@ async def test_second_release_operators_collide(
             result = DeployStatus.model_validate(await shared.result())
         assert result.state == "succeeded"
     finally:
-        await kube.delete(NAMESPACE_TYPE, second)
-        await delete_release_leftovers(kube, second)
+        await remove_namespace(kube, second)

@@ -251,3 +251,23 @@ def test_pod_blocker_omits_other_messages() -> None:
         pod_blocker(failing)
         == "pod app-1: container app is RunContainerError (0 restarts)"
     )
+
+
+def test_pod_blocker_withholds_expanded_subpath() -> None:
+    """A CreateContainerConfigError that quotes an expanded subPath is withheld.
+
+    subPathExpr can expand a variable filled from a Secret, and the kubelet
+    quotes the result when it is not a valid path.
+    """
+    waiting = {
+        "reason": "CreateContainerConfigError",
+        "message": "error SubPath `/s3cr3t-value` must not be an absolute path",
+    }
+    failing = pod([], [{"name": "app", "ready": False, "state": {"waiting": waiting}}])
+    line = pod_blocker(failing)
+    assert line is not None
+    assert "s3cr3t-value" not in line
+    assert line.endswith(
+        "CreateContainerConfigError (0 restarts): message not shown: "
+        "it can quote other text; see kubectl describe pod"
+    )

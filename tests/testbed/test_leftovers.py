@@ -1,0 +1,42 @@
+"""Clearing what helm releases leave outside a deleted namespace."""
+
+from __future__ import annotations
+
+import uuid
+
+from activities.kubeapi import KubeClient
+from testbed.leftovers import (
+    CLUSTER_ROLE,
+    RELEASE_NAMESPACE,
+    delete_orphaned_leftovers,
+    delete_release_leftovers,
+)
+
+
+def cluster_role(name: str, release_namespace: str) -> dict[str, object]:
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {
+            "name": name,
+            "annotations": {RELEASE_NAMESPACE: release_namespace},
+        },
+        "rules": [],
+    }
+
+
+async def test_orphans_deleted_live_kept(kube: KubeClient, namespace: str) -> None:
+    """Only ClusterRoles of releases whose namespace is gone are deleted."""
+    gone = f"t-gone-{uuid.uuid4().hex[:8]}"
+    orphan = f"{gone}-role"
+    live = f"{namespace}-role"
+    await kube.create(CLUSTER_ROLE, cluster_role(orphan, gone))
+    await kube.create(CLUSTER_ROLE, cluster_role(live, namespace))
+
+    deleted = await delete_orphaned_leftovers(kube)
+
+    assert f"ClusterRole/{orphan}" in deleted
+    assert await kube.get(CLUSTER_ROLE, orphan) is None
+    assert await kube.get(CLUSTER_ROLE, live) is not None
+    assert await delete_release_leftovers(kube, namespace) == [f"ClusterRole/{live}"]
+    assert await kube.get(CLUSTER_ROLE, live) is None
