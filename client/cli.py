@@ -181,6 +181,8 @@ def build_request(args: argparse.Namespace) -> dict[str, Any]:
             request[field] = value
     if args.chart:
         request["chart"] = {"path": args.chart}
+    if args.no_operators:
+        request["install_operators"] = False
     return request
 
 
@@ -695,6 +697,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--app-version", help="app version: the image tag and the migration Job's name"
     )
     start.add_argument("--kube-context", help="context in the worker's kubeconfig")
+    start.add_argument(
+        "--no-operators",
+        action="store_true",
+        help="use operators already in the cluster (install_operators false)",
+    )
     start.add_argument("--request", help="JSON file with the whole deploy request")
     start.add_argument(
         "--follow",

@@ -16,6 +16,7 @@ from typing import Any
 
 from temporalio.testing import WorkflowEnvironment
 
+from client.cli import build_parser, build_request
 from deployer.settings import WorkerSettings
 from tests.conftest import REPO_ROOT, deploy_request, running_worker
 
@@ -203,3 +204,15 @@ async def test_cli_unreachable_temporal_exit_5(worker_settings: WorkerSettings) 
     result = await run_cli(["status", "deploy-x-y"], env)
     assert result.returncode == 5
     assert "127.0.0.1:9" in result.stderr
+
+
+def test_cli_no_operators_flag(tmp_path: Path) -> None:
+    """--no-operators sets install_operators false, over a --request file too."""
+    plain = build_request(build_parser().parse_args(["start"]))
+    assert "install_operators" not in plain
+    request_file = tmp_path / "request.json"
+    request_file.write_text(json.dumps({"install_operators": True, "app_version": "2"}))
+    args = ["start", "--request", str(request_file), "--no-operators"]
+    request = build_request(build_parser().parse_args(args))
+    assert request["install_operators"] is False
+    assert request["app_version"] == "2"
