@@ -19,7 +19,7 @@ MAX_PODS = 5
 MAX_DETAIL = 300
 # Messages that the kubelet or the scheduler builds from names and counts
 # only. A message is quoted only when it matches one of these whole: the same
-# reasons can carry text that holds a secret, such as a subPath expanded from
+# reasons can carry text that contains a secret, such as a subPath expanded from
 # a Secret-filled variable, or a storage driver's output.
 SAFE_MESSAGES = tuple(
     re.compile(pattern)

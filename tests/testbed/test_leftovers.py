@@ -27,10 +27,10 @@ def cluster_role(name: str, release_namespace: str) -> dict[str, object]:
 
 async def test_orphans_deleted_live_kept(kube: KubeClient, namespace: str) -> None:
     """Only ClusterRoles of releases whose namespace is gone are deleted."""
-    gone = f"t-gone-{uuid.uuid4().hex[:8]}"
-    orphan = f"{gone}-role"
+    deleted_namespace = f"t-gone-{uuid.uuid4().hex[:8]}"
+    orphan = f"{deleted_namespace}-role"
     live = f"{namespace}-role"
-    await kube.create(CLUSTER_ROLE, cluster_role(orphan, gone))
+    await kube.create(CLUSTER_ROLE, cluster_role(orphan, deleted_namespace))
     await kube.create(CLUSTER_ROLE, cluster_role(live, namespace))
 
     deleted = await delete_orphaned_leftovers(kube)
