@@ -240,7 +240,7 @@ def temporal_chart_values(cluster: str) -> dict[str, Any]:
     temporal, and that role's password in a Secret whose name it derives from
     the cluster. So the chart's schema Job must not create the databases: the
     role may not, and they exist. The chart's SQL driver defaults to MySQL,
-    and its connections to plain TCP, which Spilo refuses.
+    and its connections to plain TCP, which Spilo rejects.
 
     NOTE: these keys follow the upstream chart's 0.x templates, read but not
     installed here. Later versions of that chart moved the stores under

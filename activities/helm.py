@@ -68,7 +68,7 @@ class HelmError(Exception):
     def owned_elsewhere(self) -> bool:
         """Tell whether an object to apply exists outside this release.
 
-        helm refuses to adopt an object that lacks its release's ownership
+        helm does not adopt an object that lacks its release's ownership
         labels and annotations, or that carries another release's.
         """
         return "cannot be imported into the current release" in self.stderr

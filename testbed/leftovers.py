@@ -2,7 +2,7 @@
 
 Deleting a namespace deletes the helm release records in it, but not the
 ClusterRoles and ClusterRoleBindings that those releases created, such as
-the operator charts'. helm then refuses to install a chart that renders the
+the operator charts'. helm then rejects an install of a chart that renders the
 same names in another namespace. The tests and the benchmark deploy into
 fresh namespaces and delete them after, so they clear these objects too.
 """

@@ -498,7 +498,7 @@ class Simulator:
             await self.kube.create(EVENT, event, metadata["namespace"])
         except (KubeApiError, OSError, aiohttp.ClientError) as error:
             log.warning(
-                "pod %s: event %s not written: %s", metadata["name"], reason, error
+                "pod %s: writing event %s failed: %s", metadata["name"], reason, error
             )
 
     async def _write_pod_status(self, pod: JsonObject, status: JsonObject) -> None:

@@ -861,7 +861,7 @@ def test_fixture_temporal_rejects_upstream_defaults(
     assert "set " in error.split(message, 1)[1]
 
 
-def test_fixture_temporal_defaults_are_upstream(helm_env: dict[str, str]) -> None:
+def test_fixture_temporal_upstream_defaults_fail(helm_env: dict[str, str]) -> None:
     """With only host and Secret, the stand-in fails on the first default."""
     values = [
         f"server.config.persistence.{store}.sql.{key}={value}"

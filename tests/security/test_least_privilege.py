@@ -31,7 +31,7 @@ from deployer.lifecycle import destroy_workflow_id_for, rollback_workflow_id_for
 from deployer.phases import DeployStatus, PhaseRecord, PhaseState
 from deployer.settings import WorkerSettings
 from testbed.cluster import LocalCluster
-from testbed.leftovers import delete_release_leftovers
+from testbed.leftovers import remove_namespace
 from tests.conftest import REPO_ROOT, deploy_request, running_worker
 
 RBAC_FILE = REPO_ROOT / "deploy" / "rbac.yaml"
@@ -186,6 +186,22 @@ async def wait_for_failed_phase(
                 f"phase {phase} never failed: {status.model_dump_json()}"
             )
         await asyncio.sleep(0.3)
+
+
+async def fail_and_abort(
+    env: WorkflowEnvironment,
+    settings: WorkerSettings,
+    request: dict[str, Any],
+    phase: str,
+) -> tuple[PhaseRecord, WorkflowHandle[Any, Any]]:
+    """Run a deploy until phase fails, abort it, and return the phase's record."""
+    async with running_worker(env.client, settings):
+        handle = await start(env, settings, request)
+        record = await wait_for_failed_phase(handle, phase)
+        await handle.execute_update(
+            "abort", "the test saw the failure", result_type=str
+        )
+    return record, handle
 
 
 async def result_or_status(
@@ -347,14 +363,12 @@ async def test_deploy_unbound_namespace_forbidden(
     )
     settings = as_deployer(worker_settings, deployer_identity)
     try:
-        async with running_worker(temporal_env.client, settings):
-            handle = await start(temporal_env, settings, deploy_request(unbound))
-            record = await wait_for_failed_phase(handle, "base")
-            await handle.execute_update("abort", "forbidden test", result_type=str)
-            history = await handle.fetch_history()
+        record, handle = await fail_and_abort(
+            temporal_env, settings, deploy_request(unbound), "base"
+        )
+        history = await handle.fetch_history()
     finally:
-        await kube.delete(NAMESPACE_TYPE, unbound)
-        await delete_release_leftovers(kube, unbound)
+        await remove_namespace(kube, unbound)
     assert record.error_type == contracts.FORBIDDEN, record.error
     assert record.error is not None
     assert "forbidden" in record.error
@@ -389,10 +403,7 @@ async def test_timeout_diagnosis_with_rbac(
     request = deploy_request(namespace, install_operators=False)
     request["timeouts"]["app"] = 10
     settings = as_deployer(worker_settings, deployer_identity)
-    async with running_worker(temporal_env.client, settings):
-        handle = await start(temporal_env, settings, request)
-        record = await wait_for_failed_phase(handle, "app")
-        await handle.execute_update("abort", "diagnosis test", result_type=str)
+    record, _ = await fail_and_abort(temporal_env, settings, request, "app")
     assert record.error_type == contracts.PHASE_TIMEOUT, record.error
     assert record.error is not None
     assert "Pods not ready" in record.error
@@ -408,10 +419,8 @@ async def test_install_operators_forbidden(
     """Installing the operators needs ClusterRoles, which the identity may not
     create: the base phase fails once, and the error names the way out."""
     settings = as_deployer(worker_settings, deployer_identity)
-    async with running_worker(temporal_env.client, settings):
-        handle = await start(temporal_env, settings, deploy_request(namespace))
-        record = await wait_for_failed_phase(handle, "base")
-        await handle.execute_update("abort", "operators test", result_type=str)
+    request = deploy_request(namespace)
+    record, _ = await fail_and_abort(temporal_env, settings, request, "base")
     assert record.error_type == contracts.FORBIDDEN, record.error
     assert record.error is not None
     assert 'resource "clusterroles"' in record.error
