@@ -49,7 +49,11 @@ from bench.services import BenchError, Services
 from deployer.connect import connect
 from deployer.settings import TemporalSettings
 from testbed.cluster import REPO_ROOT, ClusterError, LocalCluster, tool_path
-from testbed.leftovers import delete_release_leftovers
+from testbed.leftovers import (
+    delete_release_leftovers,
+    owned_cluster_roles,
+    owned_message,
+)
 from testbed.operators import install_shared_operators, uninstall_shared_operators
 from testbed.processes import alive
 
@@ -105,6 +109,9 @@ class Bench:
         )
         self.client = await connect(settings)
         self.kube = await KubeClient.connect(str(self.cluster.kubeconfig))
+        owned = await owned_cluster_roles(self.kube)
+        if owned:
+            raise BenchError(owned_message(owned, "The benchmark's deploys"))
 
     async def close(self) -> None:
         if self.sampler is not None:

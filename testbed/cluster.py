@@ -103,7 +103,8 @@ def port_free(port: int) -> bool:
     return True
 
 
-def _port_env(name: str, default: int) -> int:
+def port_env(name: str, default: int) -> int:
+    """Return the port in environment variable name, or default; raise when invalid."""
     raw = os.environ.get(name, str(default))
     try:
         port = int(raw)
@@ -131,15 +132,15 @@ class ClusterConfig:
 
     state_dir: Path = field(default_factory=lambda: REPO_ROOT / ".local")
     etcd_port: int = field(
-        default_factory=lambda: _port_env("VENTROS_CLUSTER_ETCD_PORT", 23790)
+        default_factory=lambda: port_env("VENTROS_CLUSTER_ETCD_PORT", 23790)
     )
     apiserver_port: int = field(
-        default_factory=lambda: _port_env("VENTROS_CLUSTER_APISERVER_PORT", 26443)
+        default_factory=lambda: port_env("VENTROS_CLUSTER_APISERVER_PORT", 26443)
     )
     nodes: int = field(default_factory=lambda: _count_env("VENTROS_CLUSTER_NODES", 3))
     # The simulator's stand-in for the RabbitMQ management API (queue depths).
     rabbitmq_management_port: int = field(
-        default_factory=lambda: _port_env("VENTROS_CLUSTER_RABBITMQ_MGMT_PORT", 25672)
+        default_factory=lambda: port_env("VENTROS_CLUSTER_RABBITMQ_MGMT_PORT", 25672)
     )
 
     @property

@@ -5,6 +5,12 @@ with its UI and a database file, the worker, then deploys the chart with the
 client and follows it to the end. Everything stays running so that the UI and
 the CLI can be used afterwards; ``down`` stops it all.
 
+The demo's cluster is its own, with its state in .local/demo and ports of its
+own, beside the cluster that the tests and the benchmark use. The operator
+charts create cluster-wide objects named after their release, so a demo
+release on the tests' cluster would make every test that installs the
+operators fail.
+
 Upstream operator and Temporal charts cannot be fetched here, so the demo
 installs the stand-in charts from tests/fixtures/charts in their place.
 """
@@ -14,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -24,8 +31,10 @@ from pathlib import Path
 from deployer import codec
 from testbed.cluster import (
     REPO_ROOT,
+    ClusterConfig,
     ClusterError,
     LocalCluster,
+    port_env,
     port_free,
     tool_path,
 )
@@ -52,6 +61,20 @@ UI_PORT = _port("VENTROS_DEMO_UI_PORT", 8233)
 CODEC_PORT = _port("VENTROS_DEMO_CODEC_PORT", 8081)
 
 
+def demo_cluster() -> LocalCluster:
+    """Return the demo's cluster: state in .local/demo, ports apart from the tests'."""
+    return LocalCluster(
+        ClusterConfig(
+            state_dir=STATE,
+            etcd_port=port_env("VENTROS_DEMO_CLUSTER_ETCD_PORT", 24790),
+            apiserver_port=port_env("VENTROS_DEMO_CLUSTER_APISERVER_PORT", 27443),
+            rabbitmq_management_port=port_env(
+                "VENTROS_DEMO_CLUSTER_RABBITMQ_MGMT_PORT", 27672
+            ),
+        )
+    )
+
+
 def processes() -> ProcessGroup:
     return ProcessGroup(STATE / "pids.json", STATE / "logs")
 
@@ -62,10 +85,18 @@ def temporal_cli() -> str:
 
 def worker_env() -> dict[str, str]:
     env = dict(os.environ)
+    config = demo_cluster().config
     env.update(
         {
             "VENTROS_DEPLOY_TEMPORAL_ADDRESS": f"127.0.0.1:{TEMPORAL_PORT}",
-            "VENTROS_DEPLOY_KUBECONFIG": str(LocalCluster().kubeconfig),
+            "VENTROS_DEPLOY_KUBECONFIG": str(config.kubeconfig),
+            # The simulator's stand-in for the management API, which a destroy
+            # reads the queue depths from (the default, the in-cluster Service
+            # name, does not resolve outside a cluster).
+            "VENTROS_DEPLOY_RABBITMQ_MANAGEMENT_URL": (
+                f"http://127.0.0.1:{config.rabbitmq_management_port}"
+                "/api/namespaces/{namespace}/{name}"
+            ),
             "VENTROS_DEPLOY_HELM": str(tool_path("helm")),
             "VENTROS_DEPLOY_CHART_ROOT": str(REPO_ROOT),
             "VENTROS_DEPLOY_CODEC_KEYS_FILE": str(STATE / "codec-keys.json"),
@@ -198,7 +229,8 @@ def deploy() -> int:
 
 def up() -> int:
     STATE.mkdir(parents=True, exist_ok=True)
-    LocalCluster().up()
+    cluster = demo_cluster()
+    cluster.up()
     keys = STATE / "codec-keys.json"
     if not keys.exists():
         codec.generate_key_ring_file(str(keys))
@@ -228,7 +260,7 @@ def up() -> int:
     )
     print(f"    --codec-endpoint http://127.0.0.1:{CODEC_PORT} \\")
     print(f'    --codec-auth "Bearer $(cat {STATE / "codec-token"})"')
-    print(f"kubeconfig:   export KUBECONFIG={LocalCluster().kubeconfig}")
+    print(f"kubeconfig:   export KUBECONFIG={cluster.kubeconfig}")
     print(
         "CLI:          source .local/demo/env.sh; ventros-deploy status " + workflow_id
     )
@@ -240,7 +272,9 @@ def up() -> int:
 def _write_env_file() -> None:
     env = worker_env()
     lines = [
-        f"export {k}={env[k]}" for k in sorted(env) if k.startswith("VENTROS_DEPLOY_")
+        f"export {k}={shlex.quote(env[k])}"
+        for k in sorted(env)
+        if k.startswith("VENTROS_DEPLOY_")
     ]
     lines.append(f"export PATH={Path(sys.executable).parent}:$PATH")
     (STATE / "env.sh").write_text("\n".join(lines) + "\n")
@@ -248,8 +282,8 @@ def _write_env_file() -> None:
 
 def down() -> int:
     stopped = processes().stop_all()
-    LocalCluster().down(quiet=True)
-    print(f"stopped {stopped} demo processes and the local cluster")
+    demo_cluster().down(quiet=True)
+    print(f"stopped {stopped} demo processes and the demo's cluster")
     return 0
 
 

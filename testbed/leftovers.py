@@ -65,3 +65,44 @@ async def remove_namespace(kube: KubeClient, namespace: str) -> None:
         await kube.delete(well_known("v1", "Namespace"), namespace)
     finally:
         await delete_release_leftovers(kube, namespace)
+
+
+# The cluster-wide names the operator stand-ins render for release ventros-crm,
+# the release every test and the benchmark install the operators under.
+OPERATOR_CLUSTER_ROLES = ("postgres-pod", "ventros-crm-postgres-operator")
+
+
+async def owned_cluster_roles(
+    kube: KubeClient, names: tuple[str, ...] = OPERATOR_CLUSTER_ROLES
+) -> dict[str, str]:
+    """Return the ClusterRoles among names that belong to a helm release in a
+    namespace that still exists, each with that namespace.
+
+    A release there installed the operators, so another install of them under
+    the same names fails until that release is destroyed.
+    """
+    listing = await kube.list(well_known("v1", "Namespace"))
+    existing = {item["metadata"]["name"] for item in listing.get("items", [])}
+    owned: dict[str, str] = {}
+    for name in names:
+        role = await kube.get(CLUSTER_ROLE, name)
+        if role is None:
+            continue
+        owner = (role["metadata"].get("annotations") or {}).get(RELEASE_NAMESPACE)
+        if isinstance(owner, str) and owner in existing:
+            owned[name] = owner
+    return owned
+
+
+def owned_message(owned: dict[str, str], actor: str) -> str:
+    """Return the error for ClusterRoles that a release elsewhere owns."""
+    owners = ", ".join(
+        f"ClusterRole {name} (namespace {ns})" for name, ns in owned.items()
+    )
+    return (
+        f"a helm release that installed the operator charts owns {owners}. "
+        f"{actor} install them again under the same names, and helm would "
+        "refuse (OwnedElsewhere). Destroy that release first, or use a cluster of "
+        "your own: set VENTROS_CLUSTER_ETCD_PORT, VENTROS_CLUSTER_APISERVER_PORT "
+        "and VENTROS_CLUSTER_RABBITMQ_MGMT_PORT to free ports"
+    )

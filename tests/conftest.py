@@ -29,7 +29,12 @@ from activities.kubeapi import KubeClient, well_known
 from deployer.phases import NAMESPACE_ATTRIBUTE, PHASE_ATTRIBUTE, RELEASE_ATTRIBUTE
 from deployer.settings import WorkerSettings
 from testbed.cluster import ETCD_PEER_OFFSET, LocalCluster, port_free, tool_path
-from testbed.leftovers import delete_orphaned_leftovers, remove_namespace
+from testbed.leftovers import (
+    delete_orphaned_leftovers,
+    owned_cluster_roles,
+    owned_message,
+    remove_namespace,
+)
 from testbed.operators import install_shared_operators, uninstall_shared_operators
 from worker.main import WORKFLOWS, all_activities
 
@@ -67,6 +72,10 @@ async def kube(cluster: LocalCluster) -> AsyncIterator[KubeClient]:
     # ClusterRoles of releases whose namespace a killed run never cleaned up
     # would make every later operator install fail as OwnedElsewhere.
     await delete_orphaned_leftovers(client)
+    owned = await owned_cluster_roles(client)
+    if owned:
+        await client.close()
+        pytest.exit(owned_message(owned, "The tests"), returncode=1)
     yield client
     await client.close()
 

@@ -10,6 +10,8 @@ from testbed.leftovers import (
     RELEASE_NAMESPACE,
     delete_orphaned_leftovers,
     delete_release_leftovers,
+    owned_cluster_roles,
+    owned_message,
 )
 
 
@@ -40,3 +42,26 @@ async def test_orphans_deleted_live_kept(kube: KubeClient, namespace: str) -> No
     assert await kube.get(CLUSTER_ROLE, live) is not None
     assert await delete_release_leftovers(kube, namespace) == [f"ClusterRole/{live}"]
     assert await kube.get(CLUSTER_ROLE, live) is None
+
+
+async def test_owned_roles_live_namespaces_only(
+    kube: KubeClient, namespace: str
+) -> None:
+    """A ClusterRole of a release whose namespace exists is reported with that
+    namespace; one whose namespace is gone, or a name that does not exist, is
+    not. The message names the role, the namespace and the way out."""
+    gone_namespace = f"t-gone-{uuid.uuid4().hex[:8]}"
+    live = f"{namespace}-live"
+    orphan = f"{gone_namespace}-orphan"
+    absent = f"{namespace}-absent"
+    await kube.create(CLUSTER_ROLE, cluster_role(live, namespace))
+    await kube.create(CLUSTER_ROLE, cluster_role(orphan, gone_namespace))
+    try:
+        found = await owned_cluster_roles(kube, (live, orphan, absent))
+    finally:
+        await kube.delete(CLUSTER_ROLE, orphan)
+
+    assert found == {live: namespace}
+    message = owned_message(found, "The tests")
+    assert f"ClusterRole {live} (namespace {namespace})" in message
+    assert "VENTROS_CLUSTER_APISERVER_PORT" in message
