@@ -27,7 +27,13 @@ from activities.deploy import (
     ref_of,
     translate_errors,
 )
-from activities.kubeapi import JsonObject, KubeClient, NoKindMatchError, well_known
+from activities.kubeapi import (
+    ForbiddenError,
+    JsonObject,
+    KubeClient,
+    NoKindMatchError,
+    well_known,
+)
 from deployer import contracts
 from deployer.contracts import (
     GoneRequest,
@@ -76,6 +82,16 @@ def operator_releases(release: str) -> dict[str, str]:
         "postgresql": f"{release}-postgres-operator",
         "rabbitmq": f"{release}-rabbitmq-operator",
     }
+
+
+# The kind each operator manages. Both upstream charts make their operator
+# watch every namespace, so its objects anywhere in the cluster depend on it.
+OPERATOR_KINDS = {
+    "postgresql": PHASE_KINDS[Phase.DATA][0],
+    "rabbitmq": PHASE_KINDS[Phase.MESSAGING][0],
+}
+# How many objects of other releases a kept operator's line names.
+USERS_LISTED = 3
 
 
 def listed_ref(
@@ -239,7 +255,8 @@ class TeardownActivities:
         ]
 
     async def _remove_base(self, request: DestroyRequest) -> TeardownResult:
-        """Uninstall the base release and the operators; keep what manages kept data."""
+        """Uninstall the base release and the operators; keep what manages kept data
+        or the objects of other releases."""
         kube = await self._deploy.kube(request.kube_context)
         result = TeardownResult(phase=Phase.BASE)
         operators = operator_releases(request.release)
@@ -254,8 +271,91 @@ class TeardownActivities:
             result.kept.append(
                 f"helm release {operators['postgresql']}: it manages the kept {names}"
             )
+        in_use = await self._operators_in_use(
+            kube,
+            request,
+            [operator for operator in operators if operators[operator] in releases],
+        )
+        if in_use and request.delete_namespace:
+            lines = "; ".join(
+                f"helm release {operators[operator]} {users}"
+                for operator, users in in_use.items()
+            )
+            raise _non_retryable(
+                contracts.OPERATORS_IN_USE,
+                f"namespace {request.namespace} contains operators that other "
+                f"releases use: {lines}. Deleting the namespace would leave those "
+                "objects without their operator. Destroy those releases first, "
+                "then run `ventros-deploy retry`. Or abort this destroy and start "
+                "it again without --delete-namespace: it keeps the operators and "
+                "removes the rest",
+            )
+        for operator, users in in_use.items():
+            releases.remove(operators[operator])
+            result.kept.append(
+                f"helm release {operators[operator]}: it {users}. Destroy this release "
+                "again once no other release uses it"
+            )
         await self._uninstall(request, releases, result)
         return result
+
+    async def _operators_in_use(
+        self, kube: KubeClient, request: DestroyRequest, candidates: list[str]
+    ) -> dict[str, str]:
+        """Return, for each installed operator among candidates that objects of
+        other releases depend on, a line that names those objects."""
+        in_use: dict[str, str] = {}
+        helm = self._deploy.helm(request.kube_context)
+        for operator in candidates:
+            users = await self._operator_users(kube, request, operator)
+            if users is None:
+                continue
+            installed = await helm.status(
+                operator_releases(request.release)[operator], request.namespace
+            )
+            if installed is not None:
+                in_use[operator] = users
+        return in_use
+
+    async def _operator_users(
+        self, kube: KubeClient, request: DestroyRequest, operator: str
+    ) -> str | None:
+        """Return a line naming the objects of other releases that the operator
+        manages, in every namespace; None when there are none."""
+        api_version, kind = OPERATOR_KINDS[operator]
+        try:
+            rtype = await kube.resource_type(api_version, kind)
+        except NoKindMatchError:
+            return None  # Without the kind there is nothing for it to manage.
+
+        try:
+            listing = await kube.list(rtype)
+        except ForbiddenError:
+            # Keeping an unused operator is safe, removing a used one is not.
+            return (
+                f"may manage {rtype.plural} of other releases: this identity may "
+                f"not list {rtype.plural} in all namespaces, so it was kept. "
+                f"Uninstall it with helm once no release uses it"
+            )
+
+        users = []
+        for item in listing.get("items", []):
+            metadata = item["metadata"]
+            labels = metadata.get("labels") or {}
+            own = (
+                metadata.get("namespace") == request.namespace
+                and labels.get(INSTANCE_LABEL) == request.release
+            )
+            if not own:
+                ref = listed_ref(item, api_version, kind, metadata.get("namespace"))
+                users.append(ref.describe())
+        if not users:
+            return None
+        named = ", ".join(users[:USERS_LISTED])
+        more = len(users) - USERS_LISTED
+        if more > 0:
+            named += f" and {more} more"
+        return f"manages objects of other releases ({named})"
 
     async def _uninstall(
         self, request: DestroyRequest, releases: list[str], result: TeardownResult

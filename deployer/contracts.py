@@ -98,6 +98,7 @@ NOTHING_TO_ROLL_BACK = "NothingToRollBack"
 QUEUES_NOT_DRAINED = "QueuesNotDrained"
 NAMESPACE_STUCK = "NamespaceStuck"
 DELETION_TIMEOUT = "DeletionTimeout"
+OPERATORS_IN_USE = "OperatorsInUse"
 
 # The key of the drain wait's heartbeat status, also the messaging step's
 # `waiting_on` entry, so `ventros-deploy status` shows the two together.

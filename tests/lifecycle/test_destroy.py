@@ -25,7 +25,7 @@ from deployer import contracts
 from deployer.lifecycle import DestroyStatus
 from deployer.phases import TEARDOWN_ORDER, PhaseState
 from deployer.settings import WorkerSettings
-from testbed.leftovers import delete_release_leftovers
+from testbed.leftovers import delete_release_leftovers, remove_namespace
 from tests.conftest import REPO_ROOT, keep_history, running_worker
 from tests.lifecycle.conftest import (
     DEPLOYMENT,
@@ -400,4 +400,128 @@ async def test_destroy_stuck_namespace(
     assert "NamespaceFinalizersRemaining" in base.error
     assert HOLD_FINALIZER in base.error
     assert status.state == "succeeded"
+    assert await kube.get(NAMESPACE, namespace) is None
+
+
+def foreign_object(kind: str, name: str, release: str) -> dict[str, Any]:
+    """Return a postgresql or RabbitmqCluster of another release."""
+    api_version = {
+        "postgresql": "acid.zalan.do/v1",
+        "RabbitmqCluster": "rabbitmq.com/v1beta1",
+    }[kind]
+    spec: dict[str, Any] = {"replicas": 1}
+    if kind == "postgresql":
+        spec = {
+            "teamId": "other",
+            "numberOfInstances": 1,
+            "volume": {"size": "1Gi"},
+            "postgresql": {"version": "16"},
+        }
+    return {
+        "apiVersion": api_version,
+        "kind": kind,
+        "metadata": {
+            "name": name,
+            "labels": {"app.kubernetes.io/instance": release},
+        },
+        "spec": spec,
+    }
+
+
+async def test_destroy_keeps_operators_in_use(
+    temporal_env: WorkflowEnvironment,
+    lifecycle_settings: WorkerSettings,
+    kube: KubeClient,
+    namespace: str,
+) -> None:
+    """The operators this release installed manage a postgresql of a release in
+    another namespace and a RabbitmqCluster of another release in this one.
+    Destroy with --delete-namespace then fails before uninstalling anything.
+    Without it, the operators stay and the result names their users. Once those
+    objects are gone, a new destroy removes the operators and the namespace."""
+    other_namespace = f"t-{uuid.uuid4().hex[:10]}"
+    await kube.create(
+        NAMESPACE,
+        {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": other_namespace},
+        },
+    )
+    operators = [f"{RELEASE}-postgres-operator", f"{RELEASE}-rabbitmq-operator"]
+    try:
+        async with running_worker(temporal_env.client, lifecycle_settings):
+            await deploy(temporal_env, lifecycle_settings, namespace, "1.0.0")
+            await kube.create(
+                POSTGRESQL,
+                foreign_object("postgresql", "other-db", "other"),
+                other_namespace,
+            )
+            await kube.create(
+                RABBITMQ,
+                foreign_object("RabbitmqCluster", "other-rabbitmq", "other"),
+                namespace,
+            )
+
+            handle = await start_destroy(
+                temporal_env,
+                lifecycle_settings,
+                namespace,
+                delete_data=True,
+                delete_namespace=True,
+            )
+            failed = await wait_for_step(
+                handle, "base", PhaseState.WAITING_FOR_RETRY, timeout_s=120
+            )
+            releases_after_failure = await helm_releases(lifecycle_settings, namespace)
+            await handle.execute_update("abort", "test ends", result_type=str)
+            with pytest.raises(WorkflowFailureError):
+                await handle.result()
+
+            kept = await destroy_status(
+                await start_destroy(
+                    temporal_env, lifecycle_settings, namespace, delete_data=True
+                )
+            )
+            releases_kept = await helm_releases(lifecycle_settings, namespace)
+
+            await kube.delete(POSTGRESQL, "other-db", other_namespace)
+            await kube.delete(RABBITMQ, "other-rabbitmq", namespace)
+            removed = await destroy_status(
+                await start_destroy(
+                    temporal_env,
+                    lifecycle_settings,
+                    namespace,
+                    delete_data=True,
+                    delete_namespace=True,
+                )
+            )
+    finally:
+        await remove_namespace(kube, other_namespace)
+
+    base = record(failed, "base")
+    print(base.error)
+    assert base.error_type == contracts.OPERATORS_IN_USE
+    assert base.error is not None
+    assert (
+        f"objects of other releases (postgresql/other-db in namespace "
+        f"{other_namespace})" in base.error
+    )
+    assert f"rabbitmqcluster/other-rabbitmq in namespace {namespace}" in base.error
+    assert "without --delete-namespace" in base.error
+    assert releases_after_failure == sorted([RELEASE, *operators])
+
+    print(kept.message)
+    assert kept.state == "succeeded"
+    assert releases_kept == operators
+    for operator in operators:
+        assert any(
+            line.startswith(f"helm release {operator}: it manages")
+            for line in kept.kept
+        ), operator
+    assert kept.message is not None
+    assert f"postgresql/other-db in namespace {other_namespace}" in kept.message
+
+    assert removed.state == "succeeded"
+    assert removed.kept == []
     assert await kube.get(NAMESPACE, namespace) is None
