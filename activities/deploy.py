@@ -232,8 +232,13 @@ TEMPORAL_BUNDLED = (
 )
 
 
-def temporal_chart_values(cluster: str) -> dict[str, Any]:
+def temporal_chart_values(
+    cluster: str, namespace: str, retention: str
+) -> dict[str, Any]:
     """Return the values for the Temporal chart, with both stores on cluster.
+
+    The chart's schema Job also creates the app's Temporal namespace with its
+    retention, unless it exists.
 
     cluster names the postgresql object of the data phase. The postgres-operator
     creates the temporal and temporal_visibility databases, owned by the role
@@ -273,7 +278,11 @@ def temporal_chart_values(cluster: str) -> dict[str, Any]:
                 "persistence": {
                     "default": store("temporal"),
                     "visibility": store("temporal_visibility"),
-                }
+                },
+                "namespaces": {
+                    "create": True,
+                    "namespace": [{"name": namespace, "retention": retention}],
+                },
             }
         },
         "schema": {"createDatabase": {"enabled": False}},
@@ -281,6 +290,31 @@ def temporal_chart_values(cluster: str) -> dict[str, Any]:
     for name in TEMPORAL_BUNDLED:
         values[name] = {"enabled": False}
     return values
+
+
+def object_phase(obj: JsonObject) -> str | None:
+    """Return the deploy phase an object of our chart belongs to, from its label."""
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    phase = labels.get(PHASE_LABEL)
+    return phase if isinstance(phase, str) else None
+
+
+def app_temporal_namespace(base: list[JsonObject]) -> tuple[str, str]:
+    """Return the app's Temporal namespace and its retention from the base
+    phase's ConfigMap, which our chart renders from temporal.namespace and
+    temporal.namespaceRetention."""
+    for obj in base:
+        if obj["kind"] != "ConfigMap":
+            continue
+        data = obj.get("data") or {}
+        if "TEMPORAL_NAMESPACE" in data and "TEMPORAL_NAMESPACE_RETENTION" in data:
+            return data["TEMPORAL_NAMESPACE"], data["TEMPORAL_NAMESPACE_RETENTION"]
+    raise _non_retryable(
+        contracts.VALUES_REJECTED,
+        "the chart renders no base ConfigMap with TEMPORAL_NAMESPACE and "
+        "TEMPORAL_NAMESPACE_RETENTION, so the app's Temporal namespace is "
+        "unknown: use a chart whose base ConfigMap sets both",
+    )
 
 
 def ref_of(obj: JsonObject, namespace: str) -> ObjectRef:
@@ -361,6 +395,9 @@ class DeployActivities:
                 "the chart "
                 f"({request.chart}) and that its objects carry the {PHASE_LABEL} label",
             )
+        app_temporal_namespace(
+            [o for o in objects if object_phase(o) == Phase.BASE.value]
+        )
         return ValidateResult(
             chart=str(request.chart.path or request.chart.name), objects=len(objects)
         )
@@ -449,11 +486,7 @@ class DeployActivities:
         self, request: DeployRequest, phase: Phase
     ) -> list[JsonObject]:
         objects = await self._render_all(request)
-        return [
-            o
-            for o in objects
-            if (o["metadata"].get("labels") or {}).get(PHASE_LABEL) == phase.value
-        ]
+        return [o for o in objects if object_phase(o) == phase.value]
 
     async def _apply_objects(
         self, kube: KubeClient, objects: list[JsonObject], namespace: str
@@ -620,7 +653,10 @@ class DeployActivities:
                 contracts.VALUES_REJECTED,
                 "the chart renders no postgresql for Temporal to use",
             )
-        values = temporal_chart_values(clusters[0])
+        namespace, retention = app_temporal_namespace(
+            await self._render_phase(request, Phase.BASE)
+        )
+        values = temporal_chart_values(clusters[0], namespace, retention)
         objects, note = await helm.apply_release(
             release, request.namespace, chart, values, manifest=True
         )

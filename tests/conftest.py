@@ -195,15 +195,23 @@ def free_ports() -> tuple[int, int]:
 
 
 def helm_set_values(values: dict[str, Any], prefix: str = "") -> list[str]:
-    """Flatten values into helm --set arguments ("a.b=1"), for scalars only."""
+    """Flatten values into helm --set arguments ("a.b=1", "a.list[0].b=1")."""
     flat: list[str] = []
     for key, value in values.items():
-        if isinstance(value, dict):
-            flat += helm_set_values(value, f"{prefix}{key}.")
-        else:
-            text = str(value).lower() if isinstance(value, bool) else str(value)
-            flat.append(f"{prefix}{key}={text}")
+        flat += _set_value(f"{prefix}{key}", value)
     return flat
+
+
+def _set_value(path: str, value: Any) -> list[str]:
+    if isinstance(value, dict):
+        return helm_set_values(value, f"{path}.")
+    if isinstance(value, list):
+        flat: list[str] = []
+        for index, item in enumerate(value):
+            flat += _set_value(f"{path}[{index}]", item)
+        return flat
+    text = str(value).lower() if isinstance(value, bool) else str(value)
+    return [f"{path}={text}"]
 
 
 @pytest_asyncio.fixture

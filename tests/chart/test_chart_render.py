@@ -65,7 +65,9 @@ LEGACY_HOOKS = [
 
 # The values the deployer gives the Temporal chart for the chart's PostgreSQL.
 TEMPORAL_CREDENTIALS = "temporal.ventros-crm-db.credentials.postgresql.acid.zalan.do"
-TEMPORAL_POSTGRES_VALUES = helm_set_values(temporal_chart_values("ventros-crm-db"))
+TEMPORAL_POSTGRES_VALUES = helm_set_values(
+    temporal_chart_values("ventros-crm-db", "ventros-crm", "3d")
+)
 
 
 def helm_binary() -> Path:
@@ -808,6 +810,22 @@ def test_fixture_temporal_password_secret(
             assert password == {"secretKeyRef": expected}, obj["metadata"]["name"]
 
 
+def test_fixture_temporal_creates_namespace(helm_env: dict[str, str]) -> None:
+    """The schema Job creates the app's namespace once the frontend is ready."""
+    job = next(
+        obj
+        for obj in render(
+            helm_env, TEMPORAL_POSTGRES_VALUES, chart=FIXTURE_CHARTS_DIR / "temporal"
+        )
+        if obj["kind"] == "Job"
+    )
+    [init] = job["spec"]["template"]["spec"]["initContainers"]
+    assert init["name"] == "create-ventros-crm-namespace"
+    assert "retention 3d" in init["command"][-1]
+    assert env_value(init, "WAIT_HOST") == "ventros-crm-temporal-frontend"
+    assert env_value(init, "WAIT_PORT") == "7233"
+
+
 def test_fixture_temporal_fullname(helm_env: dict[str, str]) -> None:
     """A release name without "temporal" gets the -temporal suffix."""
     objects = render(
@@ -844,6 +862,10 @@ DEFAULT_STORE = "server.config.persistence.default.sql."
         (DEFAULT_STORE + "driver=mysql8", 'default.sql.driver is "mysql8"'),
         (DEFAULT_STORE + "tls.enabled=false", "default.sql.tls.enabled is not true"),
         ("schema.createDatabase.enabled=true", "schema.createDatabase.enabled is true"),
+        (
+            "server.config.namespaces.create=false",
+            "server.config.namespaces.create is false",
+        ),
     ],
 )
 def test_fixture_temporal_rejects_upstream_defaults(
@@ -885,7 +907,9 @@ def test_legacy_bench_temporal_values_match_deployer() -> None:
     )
     legacy_temporal = dict(legacy["temporal"])
     legacy_temporal.pop("legacyHookWeight")
-    ours = deep_merge(fixture, temporal_chart_values("ventros-crm-db"))
+    ours = deep_merge(
+        fixture, temporal_chart_values("ventros-crm-db", "ventros-crm", "3d")
+    )
     theirs = deep_merge(fixture, legacy_temporal)
     assert theirs == ours
 

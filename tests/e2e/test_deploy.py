@@ -150,6 +150,40 @@ async def test_deploy_happy_path(
     assert started(status, "data") < ended(status, "messaging")
 
 
+async def test_deploy_creates_temporal_namespace(
+    temporal_env: WorkflowEnvironment,
+    worker_settings: WorkerSettings,
+    kube: KubeClient,
+    namespace: str,
+) -> None:
+    """The Temporal chart's schema Job creates the namespace that the app's
+    values name, with their retention, and the deploy waits for that Job."""
+    values = {
+        "app": {"replicas": 1},
+        "rabbitmq": {"replicas": 1},
+        "temporal": {"namespace": "crm-prod", "namespaceRetention": "7d"},
+    }
+    request = deploy_request(namespace, values=values)
+    async with running_worker(temporal_env.client, worker_settings):
+        handle = await start(temporal_env, worker_settings, request)
+        status = DeployStatus.model_validate(await handle.result())
+    assert status.state == "succeeded"
+
+    jobs = await kube.list(
+        well_known("batch/v1", "Job"),
+        namespace,
+        label_selector="app.kubernetes.io/instance=ventros-crm-temporal",
+    )
+    [job] = jobs["items"]
+    [init] = job["spec"]["template"]["spec"]["initContainers"]
+    assert init["name"] == "create-crm-prod-namespace"
+    assert "create namespace crm-prod with retention 7d" in init["command"][-1]
+    await job_complete_soon(kube, namespace, job["metadata"]["name"])
+    config = await kube.get(CONFIG_MAP, "ventros-crm-config", namespace)
+    assert config is not None
+    assert config["data"]["TEMPORAL_NAMESPACE"] == "crm-prod"
+
+
 async def test_deploy_migration_failure_then_retry(
     temporal_env: WorkflowEnvironment,
     worker_settings: WorkerSettings,

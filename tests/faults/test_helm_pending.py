@@ -41,7 +41,10 @@ TEMPORAL_RELEASE = "ventros-crm-temporal"
 TEMPORAL_CHART = f"{FIXTURE_CHARTS}/temporal"
 # The values the deployer gives the Temporal chart, which the stand-in requires.
 TEMPORAL_VALUES = [
-    f"--set={flag}" for flag in helm_set_values(temporal_chart_values("ventros-crm-db"))
+    f"--set={flag}"
+    for flag in helm_set_values(
+        temporal_chart_values("ventros-crm-db", "ventros-crm", "3d")
+    )
 ]
 NAMESPACE = well_known("v1", "Namespace")
 SECRET = well_known("v1", "Secret")

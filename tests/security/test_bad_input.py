@@ -629,6 +629,20 @@ BAD_CASES = [
         "schema-unknown-key", with_values({"bogus": 1}), REJECTED, "bogus", SCHEMA_FIX
     ),
     BadCase(
+        "schema-temporal-namespace",
+        with_values({"temporal": {"namespace": "Ventros_CRM"}}),
+        REJECTED,
+        "/temporal/namespace",
+        SCHEMA_FIX,
+    ),
+    BadCase(
+        "schema-retention-hours",
+        with_values({"temporal": {"namespaceRetention": "72h"}}),
+        REJECTED,
+        "/temporal/namespaceRetention",
+        SCHEMA_FIX,
+    ),
+    BadCase(
         "schema-password-type",
         with_values({"secrets": {"redisPassword": 7}}),
         REJECTED,

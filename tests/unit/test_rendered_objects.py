@@ -7,9 +7,14 @@ anything. rendered_objects rejects those in validate_request instead.
 
 from __future__ import annotations
 
-import pytest
+from typing import Any
 
+import pytest
+from temporalio.exceptions import ApplicationError
+
+from activities.deploy import app_temporal_namespace
 from activities.helm import InvalidRenderError, rendered_objects
+from deployer import contracts
 
 GOOD = """\
 ---
@@ -87,3 +92,27 @@ def test_rendered_objects_invalid_yaml_hides_content() -> None:
     assert "line " in message
     assert "s3cret" not in message
     assert "leak" not in message
+
+
+def config_map(data: dict[str, str]) -> dict[str, Any]:
+    return {"kind": "ConfigMap", "metadata": {"name": "config"}, "data": data}
+
+
+def test_app_temporal_namespace_from_config_map() -> None:
+    """The namespace and retention come from the base ConfigMap's data."""
+    base = [
+        {"kind": "Secret", "metadata": {"name": "secret"}},
+        config_map({"LOG_LEVEL": "info"}),
+        config_map({"TEMPORAL_NAMESPACE": "crm", "TEMPORAL_NAMESPACE_RETENTION": "7d"}),
+    ]
+    assert app_temporal_namespace(base) == ("crm", "7d")
+
+
+def test_app_temporal_namespace_missing_rejected() -> None:
+    """A chart without the retention key fails without retries, naming the key."""
+    base = [config_map({"TEMPORAL_NAMESPACE": "crm"})]
+    with pytest.raises(ApplicationError) as raised:
+        app_temporal_namespace(base)
+    assert raised.value.non_retryable
+    assert raised.value.type == contracts.VALUES_REJECTED
+    assert "TEMPORAL_NAMESPACE_RETENTION" in raised.value.message
