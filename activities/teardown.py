@@ -94,6 +94,21 @@ OPERATOR_KINDS = {
 USERS_LISTED = 3
 
 
+def needs_operator(item: JsonObject, terminating: set[str]) -> bool:
+    """Tell whether an operator's object still depends on the operator.
+
+    An object being deleted, or in a namespace being deleted, goes without its
+    operator unless it carries a finalizer, which only its operator removes.
+    The RabbitMQ operator adds deletion.finalizers.rabbitmqclusters.rabbitmq.com
+    to every RabbitmqCluster it reconciles.
+    """
+    metadata = item["metadata"]
+    leaving = bool(metadata.get("deletionTimestamp")) or (
+        metadata.get("namespace") in terminating
+    )
+    return not leaving or bool(metadata.get("finalizers"))
+
+
 def listed_ref(
     item: JsonObject, api_version: str, kind: str, namespace: str
 ) -> ObjectRef:
@@ -338,6 +353,7 @@ class TeardownActivities:
                 f"Uninstall it with helm once no release uses it"
             )
 
+        terminating = await self._terminating_namespaces(kube)
         users = []
         for item in listing.get("items", []):
             metadata = item["metadata"]
@@ -346,7 +362,7 @@ class TeardownActivities:
                 metadata.get("namespace") == request.namespace
                 and labels.get(INSTANCE_LABEL) == request.release
             )
-            if not own:
+            if not own and needs_operator(item, terminating):
                 ref = listed_ref(item, api_version, kind, metadata.get("namespace"))
                 users.append(ref.describe())
         if not users:
@@ -380,6 +396,20 @@ class TeardownActivities:
 
         # The releases do not depend on each other.
         await asyncio.gather(*(uninstall(release) for release in releases))
+
+    @staticmethod
+    async def _terminating_namespaces(kube: KubeClient) -> set[str]:
+        """Return the namespaces being deleted; none when this identity may not
+        list namespaces, so that their objects still count as users."""
+        try:
+            listing = await kube.list(NAMESPACE)
+        except ForbiddenError:
+            return set()
+        return {
+            item["metadata"]["name"]
+            for item in listing.get("items", [])
+            if (item.get("status") or {}).get("phase") == "Terminating"
+        }
 
     # -- wait until gone ----------------------------------------------------
 

@@ -13,7 +13,12 @@ from activities.deploy import PHASE_LABEL
 from activities.drain import ManagementError, queue_depth
 from activities.helm import Helm
 from activities.rollback import image_tag
-from activities.teardown import PHASE_KINDS, deleting_status, namespace_status
+from activities.teardown import (
+    PHASE_KINDS,
+    deleting_status,
+    namespace_status,
+    needs_operator,
+)
 from deployer.inputs import ChartRef, InvalidRequestError
 from deployer.lifecycle import parse_destroy_request, parse_rollback_request
 from deployer.phases import Phase
@@ -137,6 +142,42 @@ def deployment(image: str, version_label: str = "9.9.9") -> dict[str, Any]:
             }
         }
     }
+
+
+RABBITMQ_FINALIZER = "deletion.finalizers.rabbitmqclusters.rabbitmq.com"
+
+
+def operator_object(
+    namespace: str, deleting: bool = False, finalizers: list[str] | None = None
+) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"name": "db", "namespace": namespace}
+    if deleting:
+        metadata["deletionTimestamp"] = "2026-12-05T03:00:00Z"
+    if finalizers:
+        metadata["finalizers"] = finalizers
+    return {"metadata": metadata}
+
+
+@pytest.mark.parametrize(
+    ("item", "needed"),
+    [
+        (operator_object("shop"), True),
+        (operator_object("shop", deleting=True), False),
+        (operator_object("gone"), False),
+        (operator_object("gone", finalizers=[RABBITMQ_FINALIZER]), True),
+        (operator_object("shop", deleting=True, finalizers=[RABBITMQ_FINALIZER]), True),
+    ],
+    ids=[
+        "live",
+        "deleting",
+        "namespace-terminating",
+        "finalizer",
+        "deleting-finalizer",
+    ],
+)
+def test_needs_operator_table(item: dict[str, Any], needed: bool) -> None:
+    """An object leaving without a finalizer no longer needs its operator."""
+    assert needs_operator(item, terminating={"gone"}) is needed
 
 
 @pytest.mark.parametrize(
