@@ -113,8 +113,6 @@ def phase_costs(
 
     The data phase also waits for the database StatefulSet, whose pods the
     simulated operator creates only once the postgresql is past its delay.
-    The Temporal schema Job runs only once the frontend's pods are ready,
-    because it creates the app's Temporal namespace through the frontend.
     job_sync_s is added to the phases that wait for a Job.
     """
     return {
@@ -122,7 +120,7 @@ def phase_costs(
         Phase.DATA: delays["postgres"] + delays["pods"],
         Phase.MESSAGING: delays["rabbitmq"],
         Phase.CACHE: delays["redis"],
-        Phase.TEMPORAL: delays["pods"] + delays["temporal"] + job_sync_s,
+        Phase.TEMPORAL: max(delays["temporal"] + job_sync_s, delays["pods"]),
         Phase.MIGRATION: delays["migration"] + job_sync_s,
         Phase.APP: delays["app"],
     }

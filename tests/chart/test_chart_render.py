@@ -811,7 +811,7 @@ def test_fixture_temporal_password_secret(
 
 
 def test_fixture_temporal_creates_namespace(helm_env: dict[str, str]) -> None:
-    """The schema Job creates the app's namespace once the frontend is ready."""
+    """The schema Job creates the app's namespace through the frontend."""
     job = next(
         obj
         for obj in render(
@@ -822,8 +822,7 @@ def test_fixture_temporal_creates_namespace(helm_env: dict[str, str]) -> None:
     [init] = job["spec"]["template"]["spec"]["initContainers"]
     assert init["name"] == "create-ventros-crm-namespace"
     assert "retention 3d" in init["command"][-1]
-    assert env_value(init, "WAIT_HOST") == "ventros-crm-temporal-frontend"
-    assert env_value(init, "WAIT_PORT") == "7233"
+    assert env_value(init, "TEMPORAL_ADDRESS") == "ventros-crm-temporal-frontend:7233"
 
 
 def test_fixture_temporal_fullname(helm_env: dict[str, str]) -> None:
