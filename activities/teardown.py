@@ -307,10 +307,15 @@ class TeardownActivities:
             )
         for operator, users in in_use.items():
             releases.remove(operators[operator])
-            result.kept.append(
-                f"helm release {operators[operator]}: it {users}. Destroy this release "
-                "again once no other release uses it"
+            release = operators[operator]
+            later = (
+                "Destroy this release again once no other release uses it"
+                if users.startswith("manages")
+                else f"Once no other release uses it, run `helm uninstall {release} "
+                f"--namespace {request.namespace}`, or destroy this release again "
+                "with an identity that may list them"
             )
+            result.kept.append(f"helm release {release}: it {users}. {later}")
         await self._uninstall(request, releases, result)
         return result
 
@@ -336,7 +341,8 @@ class TeardownActivities:
         self, kube: KubeClient, request: DestroyRequest, operator: str
     ) -> str | None:
         """Return a line naming the objects of other releases that the operator
-        manages, in every namespace; None when there are none."""
+        manages, in every namespace; None when there are none. The line starts
+        with "manages", or with "may manage" when they cannot be listed."""
         api_version, kind = OPERATOR_KINDS[operator]
         try:
             rtype = await kube.resource_type(api_version, kind)
@@ -348,9 +354,8 @@ class TeardownActivities:
         except ForbiddenError:
             # Keeping an unused operator is safe, removing a used one is not.
             return (
-                f"may manage {rtype.plural} of other releases: this identity may "
-                f"not list {rtype.plural} in all namespaces, so it was kept. "
-                f"Uninstall it with helm once no release uses it"
+                f"may manage {rtype.plural} of other releases (this identity may "
+                f"not list {rtype.plural} in all namespaces to check)"
             )
 
         terminating = await self._terminating_namespaces(kube)

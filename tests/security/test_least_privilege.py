@@ -25,12 +25,14 @@ import yaml
 from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
+from activities.helm import Helm
 from activities.kubeapi import ForbiddenError, JsonObject, KubeClient, well_known
 from deployer import contracts
+from deployer.inputs import ChartRef
 from deployer.lifecycle import destroy_workflow_id_for, rollback_workflow_id_for
 from deployer.phases import DeployStatus, PhaseRecord, PhaseState
 from deployer.settings import WorkerSettings
-from testbed.cluster import LocalCluster
+from testbed.cluster import LocalCluster, tool_path
 from testbed.leftovers import remove_namespace
 from tests.conftest import REPO_ROOT, deploy_request, running_worker
 
@@ -426,3 +428,48 @@ async def test_install_operators_forbidden(
     assert 'resource "clusterroles"' in record.error
     assert "install_operators: false" in record.error
     assert record.attempts == 1
+
+
+async def test_destroy_keeps_operators_unchecked(
+    temporal_env: WorkflowEnvironment,
+    worker_settings: WorkerSettings,
+    deployer_identity: DeployerIdentity,
+    cluster: LocalCluster,
+    namespace: str,
+) -> None:
+    """The identity may not list postgresqls or RabbitmqClusters in all
+    namespaces, so a destroy cannot tell whether other releases use the
+    operators an admin installed for this release. It keeps them, says why,
+    and names the command that removes them."""
+    helm = Helm(str(tool_path("helm")), str(cluster.kubeconfig), None, REPO_ROOT)
+    operators = {
+        "ventros-crm-postgres-operator": "postgres-operator",
+        "ventros-crm-rabbitmq-operator": "rabbitmq-cluster-operator",
+    }
+    for release, chart in operators.items():
+        ref = ChartRef(path=f"tests/fixtures/charts/{chart}")
+        await helm.upgrade_install(release, namespace, ref, {})
+    settings = as_deployer(worker_settings, deployer_identity)
+    try:
+        async with running_worker(temporal_env.client, settings):
+            destroyed = await temporal_env.client.execute_workflow(
+                "VentrosDestroy",
+                {"release": "ventros-crm", "namespace": namespace, "delete_data": True},
+                id=destroy_workflow_id_for(namespace, "ventros-crm"),
+                task_queue=settings.task_queue,
+            )
+        out = await helm.run(["list", f"--namespace={namespace}", "--output=json"])
+    finally:
+        for release in operators:
+            await helm.run(
+                ["uninstall", release, f"--namespace={namespace}", "--ignore-not-found"]
+            )
+
+    assert destroyed["state"] == "succeeded"
+    assert sorted(entry["name"] for entry in json.loads(out)) == sorted(operators)
+    for release in operators:
+        [line] = [
+            k for k in destroyed["kept"] if k.startswith(f"helm release {release}")
+        ]
+        assert "may not list" in line
+        assert f"helm uninstall {release} --namespace {namespace}" in line
