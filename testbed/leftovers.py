@@ -99,10 +99,14 @@ def owned_message(owned: dict[str, str], actor: str) -> str:
     owners = ", ".join(
         f"ClusterRole {name} (namespace {ns})" for name, ns in owned.items()
     )
+    namespaces = " ".join(sorted(set(owned.values())))
     return (
         f"a helm release that installed the operator charts owns {owners}. "
         f"{actor} install them again under the same names, and helm would "
-        "refuse (OwnedElsewhere). Destroy that release first, or use a cluster of "
-        "your own: set VENTROS_CLUSTER_ETCD_PORT, VENTROS_CLUSTER_APISERVER_PORT "
-        "and VENTROS_CLUSTER_RABBITMQ_MGMT_PORT to free ports"
+        "reject that (OwnedElsewhere). Destroy that release first. If the "
+        "namespace is left from an interrupted test run, delete it: `kubectl "
+        f"delete namespace {namespaces}`; the next run removes the ClusterRoles. "
+        "Or use a cluster of your own: set VENTROS_CLUSTER_ETCD_PORT, "
+        "VENTROS_CLUSTER_APISERVER_PORT and VENTROS_CLUSTER_RABBITMQ_MGMT_PORT to "
+        "free ports"
     )

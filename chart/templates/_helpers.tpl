@@ -167,8 +167,14 @@ password.
 host:port of the app's Temporal frontend: temporal.address, else the
 frontend Service of the app's own Temporal release in the release namespace.
 */}}
+{{- /*
+The deployer installs the app's Temporal as release R-temporal, and the
+Temporal chart names its objects after a release whose name contains
+"temporal" without adding its own name, so its frontend Service is
+R-temporal-frontend whatever this chart's fullname is.
+*/}}
 {{- define "ventros-crm.temporalAddress" -}}
-{{- $default := printf "%s-temporal-frontend.%s:7233" (include "ventros-crm.fullname" .) .Release.Namespace }}
+{{- $default := printf "%s-temporal-frontend.%s:7233" .Release.Name .Release.Namespace }}
 {{- default $default .Values.temporal.address }}
 {{- end }}
 

@@ -533,6 +533,25 @@ def test_temporal_address_override(helm_env: dict[str, str]) -> None:
     assert env_value(wait, "WAIT_PORT") == "7000"
 
 
+def test_temporal_address_other_release(helm_env: dict[str, str]) -> None:
+    """For release shop, the address is the frontend Service that the Temporal
+    chart renders for release shop-temporal, which the deployer installs."""
+    config = find(
+        render(helm_env, ["postgresql.teamId=shop"], release="shop"),
+        "ConfigMap",
+        "shop-ventros-crm-config",
+    )["data"]
+    temporal = render(
+        helm_env,
+        TEMPORAL_POSTGRES_VALUES,
+        chart=FIXTURE_CHARTS_DIR / "temporal",
+        release="shop-temporal",
+    )
+    host = config["TEMPORAL_ADDRESS"].split(".")[0]
+    assert host == "shop-temporal-frontend"
+    assert find(temporal, "Service", host)["kind"] == "Service"
+
+
 def test_temporal_only_own_release(default_render: list[dict[str, Any]]) -> None:
     """Every Temporal host in the render is the release's own frontend."""
     text = yaml.safe_dump_all(default_render)
