@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import functools
+import re
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -299,6 +300,30 @@ def object_phase(obj: JsonObject) -> str | None:
     return phase if isinstance(phase, str) else None
 
 
+# The Temporal chart names a container create-<namespace>-namespace, which
+# must be a DNS-1123 label of at most 63 characters.
+TEMPORAL_NAMESPACE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,44}[a-z0-9])?")
+TEMPORAL_RETENTION = re.compile(r"[1-9][0-9]{0,3}d")
+
+
+def check_temporal_namespace(namespace: str, retention: str) -> None:
+    """Raise a non-retryable error for a namespace or retention that the
+    Temporal chart cannot create, also when a chart has no values schema."""
+    if not TEMPORAL_NAMESPACE_NAME.fullmatch(namespace):
+        raise _non_retryable(
+            contracts.VALUES_REJECTED,
+            f"temporal.namespace {namespace!r} is invalid: the Temporal chart names "
+            "a container create-<namespace>-namespace, so use at most 46 lowercase "
+            "letters, digits and '-', starting and ending with a letter or digit",
+        )
+    if not TEMPORAL_RETENTION.fullmatch(retention):
+        raise _non_retryable(
+            contracts.VALUES_REJECTED,
+            f"temporal.namespaceRetention {retention!r} is invalid: use a number "
+            "of days from 1 to 9999 followed by d, for example 3d",
+        )
+
+
 def app_temporal_namespace(base: list[JsonObject]) -> tuple[str, str]:
     """Return the app's Temporal namespace and its retention from the base
     phase's ConfigMap, which our chart renders from temporal.namespace and
@@ -308,7 +333,10 @@ def app_temporal_namespace(base: list[JsonObject]) -> tuple[str, str]:
             continue
         data = obj.get("data") or {}
         if "TEMPORAL_NAMESPACE" in data and "TEMPORAL_NAMESPACE_RETENTION" in data:
-            return data["TEMPORAL_NAMESPACE"], data["TEMPORAL_NAMESPACE_RETENTION"]
+            namespace = str(data["TEMPORAL_NAMESPACE"])
+            retention = str(data["TEMPORAL_NAMESPACE_RETENTION"])
+            check_temporal_namespace(namespace, retention)
+            return namespace, retention
     raise _non_retryable(
         contracts.VALUES_REJECTED,
         "the chart renders no base ConfigMap with TEMPORAL_NAMESPACE and "

@@ -116,3 +116,43 @@ def test_app_temporal_namespace_missing_rejected() -> None:
     assert raised.value.non_retryable
     assert raised.value.type == contracts.VALUES_REJECTED
     assert "TEMPORAL_NAMESPACE_RETENTION" in raised.value.message
+
+
+@pytest.mark.parametrize(
+    ("namespace", "retention", "key"),
+    [
+        ("Bad_Name", "3d", "temporal.namespace 'Bad_Name'"),
+        ("a" * 47, "3d", "temporal.namespace"),
+        ("-crm", "3d", "temporal.namespace"),
+        ("crm", "72h", "temporal.namespaceRetention '72h'"),
+        ("crm", "0d", "temporal.namespaceRetention"),
+    ],
+)
+def test_app_temporal_namespace_bad_values(
+    namespace: str, retention: str, key: str
+) -> None:
+    """Without the chart's schema, the deployer still rejects what the Temporal
+    chart cannot create, naming the value and the rule."""
+    base = [
+        config_map(
+            {"TEMPORAL_NAMESPACE": namespace, "TEMPORAL_NAMESPACE_RETENTION": retention}
+        )
+    ]
+    with pytest.raises(ApplicationError) as raised:
+        app_temporal_namespace(base)
+    assert raised.value.non_retryable
+    assert raised.value.type == contracts.VALUES_REJECTED
+    assert key in raised.value.message
+    assert " use " in raised.value.message
+
+
+def test_app_temporal_namespace_longest_name() -> None:
+    """A 46-character name fits the 63-character container name."""
+    name = "a" * 46
+    base = [
+        config_map(
+            {"TEMPORAL_NAMESPACE": name, "TEMPORAL_NAMESPACE_RETENTION": "9999d"}
+        )
+    ]
+    assert app_temporal_namespace(base) == (name, "9999d")
+    assert len(f"create-{name}-namespace") == 63
