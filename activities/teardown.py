@@ -299,11 +299,12 @@ class TeardownActivities:
             raise _non_retryable(
                 contracts.OPERATORS_IN_USE,
                 f"namespace {request.namespace} contains operators that other "
-                f"releases use: {lines}. Deleting the namespace would leave those "
-                "objects without their operator. Destroy those releases first, "
-                "then run `ventros-deploy retry`. Or abort this destroy and start "
-                "it again without --delete-namespace: it keeps the operators and "
-                "removes the rest",
+                f"releases use or may use: {lines}. Deleting the namespace would "
+                "leave those objects without their operator. Destroy those "
+                "releases first (where the identity may not list them, run the "
+                "destroy with one that may), then run `ventros-deploy retry`. Or "
+                "abort this destroy and start it again without --delete-namespace: "
+                "it keeps the operators and removes the rest",
             )
         for operator, users in in_use.items():
             releases.remove(operators[operator])

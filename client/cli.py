@@ -27,6 +27,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 from temporalio.api.enums.v1 import WorkflowExecutionStatus
 from temporalio.client import (
     Client,
@@ -229,7 +230,7 @@ def phase_table(status: DeployStatus, live: dict[str, str] | None = None) -> Tab
         style = STATE_STYLE.get(record.state.value, "")
         table.add_row(
             record.phase.value,
-            f"[{style}]{record.state.value}[/]" if style else record.state.value,
+            Text(record.state.value, style=style),
             str(record.attempts),
             duration,
             _short(detail, status.namespace, 200 if record.error else 60),
@@ -367,13 +368,19 @@ async def follow(
         failed = [r for r in status.phases if r.state is PhaseState.WAITING_FOR_RETRY]
         for record in failed:
             console.print(
-                f"[red]{record.phase.value} failed:[/] {record.error}", highlight=False
+                Text.assemble(
+                    (f"{record.phase.value} failed:", "red"), f" {record.error}"
+                ),
+                highlight=False,
             )
         console.print(
             f"fix the cause, then `ventros-deploy retry {status.workflow_id}`, "
             f"or `ventros-deploy abort {status.workflow_id}`",
             highlight=False,
         )
+    elif status.state != "succeeded" and status.message:
+        # An invalid or aborted deploy has no failed phase, only this message.
+        console.print(status.message, highlight=False, soft_wrap=True)
     return _exit_code(status)
 
 
@@ -795,7 +802,9 @@ def add_lifecycle_parsers(
 
 
 async def run(args: argparse.Namespace) -> int:
-    console = Console()
+    # Messages carry names and values from requests, so square brackets in them
+    # are text, never Rich markup.
+    console = Console(markup=False)
     try:
         settings = TemporalSettings()
     except ValidationError as error:

@@ -216,3 +216,26 @@ def test_cli_no_operators_flag(tmp_path: Path) -> None:
     request = build_request(build_parser().parse_args(args))
     assert request["install_operators"] is False
     assert request["app_version"] == "2"
+
+
+async def test_cli_invalid_values_message_shown(
+    temporal_env: WorkflowEnvironment,
+    worker_settings: WorkerSettings,
+    namespace: str,
+    tmp_path: Path,
+) -> None:
+    """start --follow and status print why validate rejected the values, with
+    square brackets as text: a value like x[/bold]y is not Rich markup."""
+    env = cli_env(temporal_env, worker_settings)
+    values = {"temporal": {"namespace": "x[/bold]y"}}
+    request = write_request(tmp_path, namespace, values=values)
+    async with running_worker(temporal_env.client, worker_settings):
+        followed = await run_cli(["start", "--request", request, "--follow"], env)
+        status = await run_cli(["status", f"deploy-{namespace}-ventros-crm"], env)
+    assert followed.returncode == 1, followed.stderr
+    assert "invalid after" in followed.stdout
+    assert "/temporal/namespace" in followed.stdout
+    assert "x[/bold]y" in followed.stdout
+    assert status.returncode == 0, status.stderr
+    assert "Traceback" not in status.stderr
+    assert "x[/bold]y" in status.stdout

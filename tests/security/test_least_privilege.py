@@ -439,7 +439,7 @@ async def test_destroy_keeps_operators_unchecked(
 ) -> None:
     """The identity may not list postgresqls or RabbitmqClusters in all
     namespaces, so a destroy cannot tell whether other releases use the
-    operators an admin installed for this release. It keeps them, says why,
+    operators an admin installed for this release. It keeps them, explains why,
     and names the command that removes them."""
     helm = Helm(str(tool_path("helm")), str(cluster.kubeconfig), None, REPO_ROOT)
     operators = {
