@@ -41,13 +41,30 @@ RENDER_CACHE_ENTRIES = 64
 RENDER_CACHE_TTL_S = 900.0
 
 
+def cap_stderr(text: str) -> str:
+    """Return text cut to about STDERR_CAP characters, keeping both ends.
+
+    helm names the failing object at the start of its error and the reason at
+    the end, with the object's spec between them when the API server rejects
+    a patch.
+    """
+    if len(text) <= STDERR_CAP:
+        return text
+    head = STDERR_CAP // 3
+    tail = STDERR_CAP - head
+    return (
+        f"{text[:head]} [... {len(text) - STDERR_CAP} characters cut ...] "
+        + (text[-tail:])
+    )
+
+
 class HelmError(Exception):
     """helm exited non-zero; the message has its arguments and stderr."""
 
     def __init__(self, command: str, returncode: int, stderr: str) -> None:
         self.command = command
         self.returncode = returncode
-        self.stderr = stderr.strip()[-STDERR_CAP:]
+        self.stderr = cap_stderr(stderr.strip())
         super().__init__(
             f"`helm {command}` failed with exit code {returncode}: {self.stderr}"
         )

@@ -13,7 +13,7 @@ import pytest
 from temporalio.exceptions import ApplicationError
 
 from activities.deploy import app_temporal_namespace
-from activities.helm import InvalidRenderError, rendered_objects
+from activities.helm import HelmError, InvalidRenderError, rendered_objects
 from deployer import contracts
 
 GOOD = """\
@@ -156,3 +156,18 @@ def test_app_temporal_namespace_longest_name() -> None:
     ]
     assert app_temporal_namespace(base) == (name, "9999d")
     assert len(f"create-{name}-namespace") == 63
+
+
+def test_helm_error_keeps_both_ends() -> None:
+    """A long helm error keeps the object's name at the start and the reason at
+    the end, and says how much was cut between them."""
+    stderr = (
+        'Error: UPGRADE FAILED: cannot patch "crm-schema" '
+        + "x" * 5000
+        + (" field is immutable")
+    )
+    error = HelmError("upgrade crm", 1, stderr)
+    assert error.stderr.startswith('Error: UPGRADE FAILED: cannot patch "crm-schema"')
+    assert error.stderr.endswith("field is immutable")
+    assert "characters cut" in error.stderr
+    assert len(error.stderr) < 2100
