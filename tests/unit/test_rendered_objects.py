@@ -160,7 +160,7 @@ def test_app_temporal_namespace_longest_name() -> None:
 
 def test_helm_error_keeps_both_ends() -> None:
     """A long helm error keeps the object's name at the start and the reason at
-    the end, and says how much was cut between them."""
+    the end, and reports how much was cut between them."""
     stderr = (
         'Error: UPGRADE FAILED: cannot patch "crm-schema" '
         + "x" * 5000
