@@ -379,6 +379,9 @@ class DeployActivities:
     async def kube(self, context: str | None) -> KubeClient:
         async with self._lock:
             if context not in self._clients:
+                # An unknown context fails once, naming the contexts there are,
+                # instead of being retried as an unreachable API server.
+                self._check_kube_context(context)
                 kubeconfig = (
                     str(self.settings.kubeconfig) if self.settings.kubeconfig else None
                 )

@@ -525,3 +525,27 @@ async def test_destroy_keeps_operators_in_use(
     assert removed.state == "succeeded"
     assert removed.kept == []
     assert await kube.get(NAMESPACE, namespace) is None
+
+
+async def test_destroy_unknown_context_fails_once(
+    temporal_env: WorkflowEnvironment,
+    lifecycle_settings: WorkerSettings,
+    namespace: str,
+) -> None:
+    """A kube_context missing from the worker's kubeconfig fails the first step
+    once, naming the context, before anything is deleted."""
+    async with running_worker(temporal_env.client, lifecycle_settings):
+        handle = await start_destroy(
+            temporal_env, lifecycle_settings, namespace, kube_context="nope"
+        )
+        status = await wait_for_step(
+            handle, "app", PhaseState.WAITING_FOR_RETRY, timeout_s=30
+        )
+        await handle.execute_update("abort", "test ends", result_type=str)
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+    app = record(status, "app")
+    assert app.error_type == contracts.KUBE_CONTEXT_NOT_FOUND
+    assert app.error is not None
+    assert "kube_context 'nope'" in app.error
+    assert app.attempts == 1
