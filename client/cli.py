@@ -456,7 +456,8 @@ async def cmd_abort(client: Client, args: argparse.Namespace, console: Console) 
         args,
         console,
         {"aborted": handle.id},
-        f"aborted {handle.id}; phases that succeeded stay applied",
+        f"aborted {handle.id}: a running phase is stopped, and finished phases "
+        "stay as they are",
     )
     return EXIT_OK
 
@@ -730,7 +731,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--follow", action="store_true", help="follow the deploy afterwards"
     )
     abort = sub.add_parser(
-        "abort", help="end the deploy as failed; applied phases stay"
+        "abort",
+        help="end a deploy or destroy as failed, stopping the phase that runs; "
+        "finished phases stay as they are",
     )
     with_id(abort)
     abort.add_argument(

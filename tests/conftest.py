@@ -36,7 +36,7 @@ from testbed.leftovers import (
     remove_namespace,
 )
 from testbed.operators import install_shared_operators, uninstall_shared_operators
-from worker.main import WORKFLOWS, all_activities
+from worker.main import build_worker
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FIXTURE_CHARTS = "tests/fixtures/charts"
@@ -122,12 +122,7 @@ async def running_worker(
 ) -> AsyncIterator[Worker]:
     """Run the real workflows and activities on settings.task_queue."""
     activities = DeployActivities(settings)
-    worker = Worker(
-        client,
-        task_queue=settings.task_queue,
-        workflows=WORKFLOWS,
-        activities=all_activities(activities),
-    )
+    worker = build_worker(client, settings, activities)
     async with worker:
         yield worker
     await activities.close()

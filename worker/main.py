@@ -37,6 +37,11 @@ from workflows.rollback import VentrosRollback
 log = structlog.get_logger("ventros.worker")
 
 WORKFLOWS = [VentrosDeploy, VentrosDestroy, VentrosRollback]
+# An activity learns of its cancellation (an abort) only from the response to
+# a heartbeat. The SDK sends heartbeats at most every 0.8 of the heartbeat
+# timeout (16 s here), so this cap, HEARTBEAT_EVERY_S, keeps an abort of a
+# running helm step short.
+HEARTBEAT_THROTTLE = timedelta(seconds=5)
 
 
 def all_activities(activities: DeployActivities) -> list[Callable[..., Any]]:
@@ -65,6 +70,7 @@ def build_worker(
         activities=all_activities(activities),
         max_concurrent_activities=settings.max_concurrent_activities,
         graceful_shutdown_timeout=timedelta(seconds=settings.graceful_shutdown_s),
+        max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
     )
 
 

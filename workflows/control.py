@@ -5,17 +5,34 @@ take the same retry and abort requests, as updates (which return a result)
 and as signals (for clients that cannot send updates). The handlers live here once;
 each workflow class sets the attributes they read. No I/O and no Kubernetes
 imports, like the rest of workflows/.
+
+An abort also stops the activities that run when it comes: each phase awaits
+its activities through ``until_aborted``, which cancels the running one.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from typing import TypeVar
+
 from temporalio import workflow
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from deployer.phases import Phase, PhaseRecord, PhaseState
 
 REASON_MAX = 500
+# Runs started before this patch let a running activity finish after an
+# abort; replaying them must not issue the cancel command they never issued.
+ABORT_CANCELS_PATCH = "abort-cancels-running-activity"
+ABORTED_TYPE = "Aborted"
+
+T = TypeVar("T")
+
+
+class PhaseAborted(Exception):
+    """An abort interrupted the activity a phase was running."""
 
 
 class PhaseControl:
@@ -62,6 +79,48 @@ class PhaseControl:
     @workflow.signal(name="abort-signal")
     def abort_signal(self, reason: str = "aborted by signal") -> None:
         self._abort_reason = reason[:REASON_MAX] or "aborted by signal"
+
+    async def until_aborted(self, activity: workflow.ActivityHandle[T]) -> T:
+        """Return the activity's result, or cancel it on abort and raise PhaseAborted.
+
+        Waits only read, so they are started with TRY_CANCEL and the workflow
+        goes on at once. Steps that change the cluster use
+        WAIT_CANCELLATION_COMPLETED, so the abort ends after their worker
+        stopped them.
+        """
+        if self._abort_reason is None:
+            aborted = asyncio.create_task(
+                workflow.wait_condition(lambda: self._abort_reason is not None)
+            )
+            try:
+                await workflow.wait(
+                    [activity, aborted], return_when=asyncio.FIRST_COMPLETED
+                )
+            except asyncio.CancelledError:
+                # The workflow itself is cancelled: pass that on to the
+                # activity, as awaiting it directly would.
+                activity.cancel()
+                return await activity
+            finally:
+                aborted.cancel()
+        if activity.done() or not workflow.patched(ABORT_CANCELS_PATCH):
+            return await activity
+        activity.cancel()
+        # The activity was cancelled, or it ended while stopping. The phase
+        # ends as aborted in both cases.
+        with contextlib.suppress(ActivityError, asyncio.CancelledError):
+            await activity
+        raise PhaseAborted
+
+    def abort_attempt(self, record: PhaseRecord) -> None:
+        """Mark the running attempt of record as stopped by the abort."""
+        record.state = PhaseState.ABORTED
+        record.error = f"stopped while running: {self._abort_reason}"
+        record.error_type = ABORTED_TYPE
+        workflow.logger.warning(
+            "running phase stopped by abort",
+            extra={"phase": record.phase.value, "attempt": record.attempts},
+        )
 
     def _failed_phases(self, phase: str | None) -> list[Phase]:
         """Return the phases waiting for retry (only phase, if given); raise if none."""

@@ -19,8 +19,9 @@ from typing import Any
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.workflow import ActivityCancellationType
 
-from workflows.control import PhaseControl
+from workflows.control import ABORTED_TYPE, PhaseAborted, PhaseControl
 
 with workflow.unsafe.imports_passed_through():
     from deployer import contracts
@@ -44,7 +45,7 @@ with workflow.unsafe.imports_passed_through():
     )
 
 WORKFLOW_TYPE = "VentrosDeploy"
-ABORTED = "Aborted"
+ABORTED = ABORTED_TYPE
 
 VALIDATE_RETRY = RetryPolicy(
     maximum_attempts=3, non_retryable_error_types=list(contracts.NON_RETRYABLE_TYPES)
@@ -110,8 +111,8 @@ class VentrosDeploy(PhaseControl):
             self._publish()
             raise ApplicationError(
                 f"deploy of {request.release} in {request.namespace} aborted: "
-                f"{self._abort_reason}. "
-                "Phases that succeeded were left in place",
+                f"{self._abort_reason}. Phases that succeeded were left in "
+                "place; a phase that was running stopped where it was",
                 type=ABORTED,
                 non_retryable=True,
             )
@@ -170,6 +171,10 @@ class VentrosDeploy(PhaseControl):
                 return
             except ActivityError as error:
                 self._fail_attempt(record, error)
+            except PhaseAborted:
+                self.abort_attempt(record)
+                self._end_attempt(record)
+                return
             await workflow.wait_condition(
                 lambda: phase in self._retry_requested or self._abort_reason is not None
             )
@@ -184,35 +189,43 @@ class VentrosDeploy(PhaseControl):
     ) -> None:
         timeout_s = request.timeouts.for_phase(phase)
         deadline = workflow.now().timestamp() + timeout_s
-        applied = await workflow.execute_activity(
-            contracts.APPLY_PHASE,
-            ApplyRequest(request=request, phase=phase),
-            result_type=ApplyResult,
-            start_to_close_timeout=APPLY_TIMEOUT,
-            heartbeat_timeout=APPLY_HEARTBEAT_TIMEOUT,
-            retry_policy=APPLY_RETRY,
-            summary=f"{phase.value}: apply the {phase.value} objects",
+        applied = await self.until_aborted(
+            workflow.start_activity(
+                contracts.APPLY_PHASE,
+                ApplyRequest(request=request, phase=phase),
+                result_type=ApplyResult,
+                start_to_close_timeout=APPLY_TIMEOUT,
+                heartbeat_timeout=APPLY_HEARTBEAT_TIMEOUT,
+                retry_policy=APPLY_RETRY,
+                # An abort waits until helm was stopped, so that nothing is
+                # still being applied once the deploy reports it aborted.
+                cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                summary=f"{phase.value}: apply the {phase.value} objects",
+            )
         )
         record.waiting_on = [ref.describe() for ref in applied.waits]
         record.last_status = "; ".join(applied.notes) or "applied"
         self._publish()
-        waited = await workflow.execute_activity(
-            contracts.WAIT_READY,
-            WaitRequest(
-                phase=phase,
-                namespace=request.namespace,
-                kube_context=request.kube_context,
-                refs=applied.waits,
-                timeout_s=timeout_s,
-                deadline_epoch_s=deadline,
-            ),
-            result_type=WaitResult,
-            start_to_close_timeout=timedelta(seconds=timeout_s) + WAIT_MARGIN,
-            schedule_to_close_timeout=timedelta(seconds=timeout_s) + 2 * WAIT_MARGIN,
-            heartbeat_timeout=WAIT_HEARTBEAT_TIMEOUT,
-            retry_policy=WAIT_RETRY,
-            summary=f"{phase.value}: wait for "
-            + (", ".join(record.waiting_on) or "nothing"),
+        waited = await self.until_aborted(
+            workflow.start_activity(
+                contracts.WAIT_READY,
+                WaitRequest(
+                    phase=phase,
+                    namespace=request.namespace,
+                    kube_context=request.kube_context,
+                    refs=applied.waits,
+                    timeout_s=timeout_s,
+                    deadline_epoch_s=deadline,
+                ),
+                result_type=WaitResult,
+                start_to_close_timeout=timedelta(seconds=timeout_s) + WAIT_MARGIN,
+                schedule_to_close_timeout=timedelta(seconds=timeout_s)
+                + 2 * WAIT_MARGIN,
+                heartbeat_timeout=WAIT_HEARTBEAT_TIMEOUT,
+                retry_policy=WAIT_RETRY,
+                summary=f"{phase.value}: wait for "
+                + (", ".join(record.waiting_on) or "nothing"),
+            )
         )
         record.state = PhaseState.SUCCEEDED
         record.last_status = (

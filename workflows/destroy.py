@@ -20,8 +20,9 @@ from typing import Any, NoReturn
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.workflow import ActivityCancellationType
 
-from workflows.control import PhaseControl
+from workflows.control import ABORTED_TYPE, PhaseAborted, PhaseControl
 
 with workflow.unsafe.imports_passed_through():
     from deployer import contracts
@@ -42,7 +43,7 @@ with workflow.unsafe.imports_passed_through():
     from deployer.phases import TEARDOWN_ORDER, Phase, PhaseRecord, PhaseState
 
 WORKFLOW_TYPE = "VentrosDestroy"
-ABORTED = "Aborted"
+ABORTED = ABORTED_TYPE
 
 REMOVE_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
@@ -113,7 +114,8 @@ class VentrosDestroy(PhaseControl):
         self._publish()
         raise ApplicationError(
             f"destroy of {request.release} in {request.namespace} aborted: "
-            f"{self._abort_reason}. What the finished steps removed stays removed",
+            f"{self._abort_reason}. What the finished steps removed stays removed; "
+            "a step that was running stopped where it was",
             type=ABORTED,
             non_retryable=True,
         )
@@ -145,6 +147,10 @@ class VentrosDestroy(PhaseControl):
                 return True
             except ActivityError as error:
                 self._fail_attempt(record, error)
+            except PhaseAborted:
+                self.abort_attempt(record)
+                self._end_attempt(record)
+                return False
             await workflow.wait_condition(
                 lambda: phase in self._retry_requested or self._abort_reason is not None
             )
@@ -164,14 +170,18 @@ class VentrosDestroy(PhaseControl):
         if phase is Phase.MESSAGING:
             drain_line = await self._drain(request, record)
 
-        removed = await workflow.execute_activity(
-            contracts.TEARDOWN_PHASE,
-            TeardownRequest(request=request, phase=phase),
-            result_type=TeardownResult,
-            start_to_close_timeout=REMOVE_TIMEOUT,
-            heartbeat_timeout=HEARTBEAT_TIMEOUT,
-            retry_policy=REMOVE_RETRY,
-            summary=f"{phase.value}: delete {STEP_NAMES[phase]}",
+        removed = await self.until_aborted(
+            workflow.start_activity(
+                contracts.TEARDOWN_PHASE,
+                TeardownRequest(request=request, phase=phase),
+                result_type=TeardownResult,
+                start_to_close_timeout=REMOVE_TIMEOUT,
+                heartbeat_timeout=HEARTBEAT_TIMEOUT,
+                retry_policy=REMOVE_RETRY,
+                # An abort waits until the deletes stopped, like a deploy's apply.
+                cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                summary=f"{phase.value}: delete {STEP_NAMES[phase]}",
+            )
         )
         self._keep(removed.kept)
         record.waiting_on = [ref.describe() for ref in removed.gone] + [
@@ -182,23 +192,26 @@ class VentrosDestroy(PhaseControl):
         )
         self._publish()
 
-        await workflow.execute_activity(
-            contracts.WAIT_DELETED,
-            GoneRequest(
-                phase=phase,
-                namespace=request.namespace,
-                kube_context=request.kube_context,
-                refs=removed.gone,
-                groups=removed.groups,
-                timeout_s=timeout_s,
-                deadline_epoch_s=deadline,
-            ),
-            result_type=StatusResult,
-            start_to_close_timeout=timedelta(seconds=timeout_s) + WAIT_MARGIN,
-            schedule_to_close_timeout=timedelta(seconds=timeout_s) + 2 * WAIT_MARGIN,
-            heartbeat_timeout=HEARTBEAT_TIMEOUT,
-            retry_policy=WAIT_RETRY,
-            summary=f"{phase.value}: wait until {STEP_NAMES[phase]} is gone",
+        await self.until_aborted(
+            workflow.start_activity(
+                contracts.WAIT_DELETED,
+                GoneRequest(
+                    phase=phase,
+                    namespace=request.namespace,
+                    kube_context=request.kube_context,
+                    refs=removed.gone,
+                    groups=removed.groups,
+                    timeout_s=timeout_s,
+                    deadline_epoch_s=deadline,
+                ),
+                result_type=StatusResult,
+                start_to_close_timeout=timedelta(seconds=timeout_s) + WAIT_MARGIN,
+                schedule_to_close_timeout=timedelta(seconds=timeout_s)
+                + 2 * WAIT_MARGIN,
+                heartbeat_timeout=HEARTBEAT_TIMEOUT,
+                retry_policy=WAIT_RETRY,
+                summary=f"{phase.value}: wait until {STEP_NAMES[phase]} is gone",
+            )
         )
         if phase is Phase.BASE and request.delete_namespace:
             await self._delete_namespace(request, record)
@@ -221,21 +234,26 @@ class VentrosDestroy(PhaseControl):
         record.last_status = "waiting for the queues to drain"
         self._publish()
         timeout = timedelta(seconds=request.drain_timeout_s)
-        drained: StatusResult = await workflow.execute_activity(
-            contracts.WAIT_DRAINED,
-            DrainRequest(
-                release=request.release,
-                namespace=request.namespace,
-                kube_context=request.kube_context,
-                timeout_s=request.drain_timeout_s,
-                deadline_epoch_s=workflow.now().timestamp() + request.drain_timeout_s,
-            ),
-            result_type=StatusResult,
-            start_to_close_timeout=timeout + WAIT_MARGIN,
-            schedule_to_close_timeout=timeout + 2 * WAIT_MARGIN,
-            heartbeat_timeout=HEARTBEAT_TIMEOUT,
-            retry_policy=WAIT_RETRY,
-            summary="messaging: wait until the app is gone and the queues are empty",
+        drained: StatusResult = await self.until_aborted(
+            workflow.start_activity(
+                contracts.WAIT_DRAINED,
+                DrainRequest(
+                    release=request.release,
+                    namespace=request.namespace,
+                    kube_context=request.kube_context,
+                    timeout_s=request.drain_timeout_s,
+                    deadline_epoch_s=workflow.now().timestamp()
+                    + request.drain_timeout_s,
+                ),
+                result_type=StatusResult,
+                start_to_close_timeout=timeout + WAIT_MARGIN,
+                schedule_to_close_timeout=timeout + 2 * WAIT_MARGIN,
+                heartbeat_timeout=HEARTBEAT_TIMEOUT,
+                retry_policy=WAIT_RETRY,
+                summary=(
+                    "messaging: wait until the app is gone and the queues are empty"
+                ),
+            )
         )
         return "drained: " + drained.statuses.get(contracts.DRAIN_KEY, "")
 
@@ -244,23 +262,25 @@ class VentrosDestroy(PhaseControl):
     ) -> None:
         record.waiting_on = [f"namespace/{request.namespace}"]
         self._publish()
-        await workflow.execute_activity(
-            contracts.DELETE_NAMESPACE,
-            NamespaceRequest(
-                namespace=request.namespace,
-                kube_context=request.kube_context,
-                timeout_s=request.namespace_timeout_s,
-                deadline_epoch_s=workflow.now().timestamp()
-                + request.namespace_timeout_s,
-            ),
-            result_type=StatusResult,
-            start_to_close_timeout=timedelta(seconds=request.namespace_timeout_s)
-            + WAIT_MARGIN,
-            schedule_to_close_timeout=timedelta(seconds=request.namespace_timeout_s)
-            + 2 * WAIT_MARGIN,
-            heartbeat_timeout=HEARTBEAT_TIMEOUT,
-            retry_policy=WAIT_RETRY,
-            summary=f"base: delete namespace {request.namespace}",
+        await self.until_aborted(
+            workflow.start_activity(
+                contracts.DELETE_NAMESPACE,
+                NamespaceRequest(
+                    namespace=request.namespace,
+                    kube_context=request.kube_context,
+                    timeout_s=request.namespace_timeout_s,
+                    deadline_epoch_s=workflow.now().timestamp()
+                    + request.namespace_timeout_s,
+                ),
+                result_type=StatusResult,
+                start_to_close_timeout=timedelta(seconds=request.namespace_timeout_s)
+                + WAIT_MARGIN,
+                schedule_to_close_timeout=timedelta(seconds=request.namespace_timeout_s)
+                + 2 * WAIT_MARGIN,
+                heartbeat_timeout=HEARTBEAT_TIMEOUT,
+                retry_policy=WAIT_RETRY,
+                summary=f"base: delete namespace {request.namespace}",
+            )
         )
 
     def _keep(self, kept: list[str]) -> None:

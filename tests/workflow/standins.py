@@ -3,7 +3,10 @@
 They touch no cluster: apply returns one object reference per phase, and
 wait sleeps for that phase's delay. A phase listed in ``failures`` fails its
 wait that many times with a non-retryable TerminalFailure, like a Job that
-reached its backoff limit.
+reached its backoff limit. A phase listed in ``held_applies`` or
+``held_waits`` holds that activity, heartbeating, until it is cancelled;
+``holding`` is set once one is held, and ``cancelled`` records which were
+cancelled, as (activity, phase).
 """
 
 from __future__ import annotations
@@ -45,6 +48,10 @@ class StandIns:
     applied: Counter[Phase] = field(default_factory=Counter)
     # (phase, "start"|"end", time.monotonic()) for every wait.
     timeline: list[tuple[Phase, str, float]] = field(default_factory=list)
+    held_applies: set[Phase] = field(default_factory=set)
+    held_waits: set[Phase] = field(default_factory=set)
+    cancelled: list[tuple[str, Phase]] = field(default_factory=list)
+    holding: asyncio.Event = field(default_factory=asyncio.Event)
 
     def activities(self) -> list[Any]:
         return [self.validate_request, self.apply_phase, self.wait_ready]
@@ -57,6 +64,8 @@ class StandIns:
     @activity.defn(name=contracts.APPLY_PHASE)
     async def apply_phase(self, job: ApplyRequest) -> ApplyResult:
         self.applied[job.phase] += 1
+        if job.phase in self.held_applies:
+            await self._hold("apply", job.phase)
         ref = ObjectRef(
             api_version="v1",
             kind="ConfigMap",
@@ -68,6 +77,8 @@ class StandIns:
     @activity.defn(name=contracts.WAIT_READY)
     async def wait_ready(self, job: WaitRequest) -> WaitResult:
         self.timeline.append((job.phase, "start", time.monotonic()))
+        if job.phase in self.held_waits:
+            await self._hold("wait", job.phase)
         await asyncio.sleep(DELAYS_S[job.phase])
         self.timeline.append((job.phase, "end", time.monotonic()))
         if self.failures[job.phase] > 0:
@@ -80,6 +91,17 @@ class StandIns:
         return WaitResult(
             phase=job.phase, statuses={ref.describe(): "ready" for ref in job.refs}
         )
+
+    async def _hold(self, step: str, phase: Phase) -> None:
+        """Heartbeat until the workflow cancels this activity."""
+        self.holding.set()
+        try:
+            while True:
+                activity.heartbeat()
+                await asyncio.sleep(0.1)
+        except asyncio.CancelledError:
+            self.cancelled.append((step, phase))
+            raise
 
     def span(self, phase: Phase) -> tuple[float, float]:
         starts = [t for p, kind, t in self.timeline if p is phase and kind == "start"]

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import (
     WorkflowFailureError,
     WorkflowHandle,
@@ -23,11 +24,11 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer, Worker, WorkflowReplayResult
 
 from client.cli import start_attributes
-from deployer.phases import DeployStatus, Phase, PhaseState
+from deployer.phases import PHASE_ORDER, DeployStatus, Phase, PhaseRecord, PhaseState
 from deployer.settings import TemporalSettings
-from tests.conftest import HISTORIES, RECORD_HISTORY
+from tests.conftest import HISTORIES, RECORD_HISTORY, keep_history
 from tests.workflow.standins import StandIns
-from worker.main import WORKFLOWS
+from worker.main import HEARTBEAT_THROTTLE, WORKFLOWS
 from workflows.deploy import VentrosDeploy
 
 HISTORY_FILE = HISTORIES / "deploy_with_retry.json"
@@ -51,6 +52,7 @@ def worker(env: WorkflowEnvironment, queue: str, standins: StandIns) -> Worker:
         task_queue=queue,
         workflows=[VentrosDeploy],
         activities=standins.activities(),
+        max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
     )
 
 
@@ -186,6 +188,102 @@ async def test_workflow_sets_phase_search_attribute(
             break
         await asyncio.sleep(0.1)
     assert found == [handle.id]
+
+
+def record(status: DeployStatus, phase: Phase) -> PhaseRecord:
+    return next(r for r in status.phases if r.phase is phase)
+
+
+async def aborted(handle: WorkflowHandle[Any, Any]) -> ApplicationError:
+    """Return the failure of an aborted deploy; fail if it does not end soon.
+
+    Without the abort's cancel, a held activity never ends, so the bound here
+    is a guard against hanging, not a measurement.
+    """
+    with pytest.raises(WorkflowFailureError) as failure:
+        await asyncio.wait_for(handle.result(), timeout=60)
+    cause = failure.value.cause
+    assert isinstance(cause, ApplicationError)
+    return cause
+
+
+async def test_abort_cancels_running_wait(temporal_env: WorkflowEnvironment) -> None:
+    """An abort during a phase's wait cancels the wait. The deploy ends as
+    aborted, the phase is marked stopped, the finished phases stay succeeded,
+    and the worker's activity receives the cancellation."""
+    queue, standins = f"tq-{uuid.uuid4().hex[:8]}", StandIns()
+    standins.held_waits.add(Phase.APP)
+    async with worker(temporal_env, queue, standins):
+        handle = await start(temporal_env, queue, request())
+        await asyncio.wait_for(standins.holding.wait(), timeout=60)
+        await handle.execute_update("abort", "stop the app wait", result_type=str)
+        cause = await aborted(handle)
+        status = await handle.query("status", result_type=DeployStatus)
+
+        for _ in range(300):
+            if standins.cancelled:
+                break
+            await asyncio.sleep(0.05)
+        history = await handle.fetch_history()
+        await keep_history(handle, "deploy_abort_during_wait")
+
+    assert cause.type == "Aborted"
+    assert cause.non_retryable
+    assert "stop the app wait" in cause.message
+    assert status.state == "aborted"
+    app = record(status, Phase.APP)
+    assert app.state is PhaseState.ABORTED
+    assert app.error == "stopped while running: stop the app wait"
+    assert app.error_type == "Aborted"
+    assert app.ended_at is not None
+    for phase in PHASE_ORDER[:-1]:
+        assert record(status, phase).state is PhaseState.SUCCEEDED
+    assert standins.cancelled == [("wait", Phase.APP)]
+    kinds = {event.event_type for event in history.events}
+    assert EventType.EVENT_TYPE_ACTIVITY_TASK_CANCEL_REQUESTED in kinds
+    assert EventType.EVENT_TYPE_MARKER_RECORDED in kinds
+
+
+async def test_abort_waits_for_running_apply_to_stop(
+    temporal_env: WorkflowEnvironment,
+) -> None:
+    """An abort during an apply ends the deploy only once the worker stopped
+    the apply, so nothing is still applied after it reports aborted. Phases
+    that had not started stay pending."""
+    queue, standins = f"tq-{uuid.uuid4().hex[:8]}", StandIns()
+    standins.held_applies.add(Phase.MIGRATION)
+    async with worker(temporal_env, queue, standins):
+        handle = await start(temporal_env, queue, request())
+        await asyncio.wait_for(standins.holding.wait(), timeout=60)
+        await handle.execute_update("abort", "stop the migration", result_type=str)
+        cause = await aborted(handle)
+        cancelled_at_end = list(standins.cancelled)
+        status = await handle.query("status", result_type=DeployStatus)
+    assert cause.type == "Aborted"
+    assert cancelled_at_end == [("apply", Phase.MIGRATION)]
+    migration = record(status, Phase.MIGRATION)
+    assert migration.state is PhaseState.ABORTED
+    assert migration.error == "stopped while running: stop the migration"
+    assert record(status, Phase.APP).state is PhaseState.PENDING
+    assert standins.applied[Phase.APP] == 0
+
+
+async def test_abort_signal_cancels_running_wait(
+    temporal_env: WorkflowEnvironment,
+) -> None:
+    """The abort signal, for clients without updates, stops a running wait too."""
+    queue, standins = f"tq-{uuid.uuid4().hex[:8]}", StandIns()
+    standins.held_waits.add(Phase.DATA)
+    async with worker(temporal_env, queue, standins):
+        handle = await start(temporal_env, queue, request())
+        await asyncio.wait_for(standins.holding.wait(), timeout=60)
+        await handle.signal("abort-signal", "signalled stop")
+        cause = await aborted(handle)
+        status = await handle.query("status", result_type=DeployStatus)
+    assert cause.type == "Aborted"
+    assert record(status, Phase.DATA).state is PhaseState.ABORTED
+    for phase in (Phase.TEMPORAL, Phase.MIGRATION, Phase.APP):
+        assert record(status, phase).state is PhaseState.PENDING
 
 
 async def record_history(env: WorkflowEnvironment) -> str:
