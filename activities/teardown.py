@@ -20,11 +20,13 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.deploy import (
+    INSTANCE_LABEL,
     PHASE_LABEL,
     DeployActivities,
     bind_log_context,
     heartbeat_while_running,
     ref_of,
+    terminating_namespaces,
     translate_errors,
 )
 from activities.kubeapi import (
@@ -48,7 +50,6 @@ from deployer.phases import ObjectRef, Phase
 
 log = structlog.get_logger("ventros.teardown")
 
-INSTANCE_LABEL = "app.kubernetes.io/instance"
 KEEP_POLICY = "helm.sh/resource-policy"
 GONE_POLL_S = 0.5
 # The kinds that the deploy applies itself, per phase. tests/lifecycle renders
@@ -359,7 +360,7 @@ class TeardownActivities:
                 f"not list {rtype.plural} in all namespaces to check)"
             )
 
-        terminating = await self._terminating_namespaces(kube)
+        terminating = await terminating_namespaces(kube)
         users = []
         for item in listing.get("items", []):
             metadata = item["metadata"]
@@ -402,20 +403,6 @@ class TeardownActivities:
 
         # The releases do not depend on each other.
         await asyncio.gather(*(uninstall(release) for release in releases))
-
-    @staticmethod
-    async def _terminating_namespaces(kube: KubeClient) -> set[str]:
-        """Return the namespaces being deleted; none when this identity may not
-        list namespaces, so that their objects still count as users."""
-        try:
-            listing = await kube.list(NAMESPACE)
-        except ForbiddenError:
-            return set()
-        return {
-            item["metadata"]["name"]
-            for item in listing.get("items", [])
-            if (item.get("status") or {}).get("phase") == "Terminating"
-        }
 
     # -- wait until gone ----------------------------------------------------
 

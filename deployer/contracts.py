@@ -42,6 +42,7 @@ NON_RETRYABLE_TYPES = (
 # NON_RETRYABLE_TYPES because that tuple is part of the retry policy of the
 # activities that running workflows have already scheduled.
 OWNED_ELSEWHERE = "OwnedElsewhere"
+OPERATORS_INSTALLED = "OperatorsInstalled"
 # Retried with backoff by the activity retry policy.
 HELM_FAILED = "HelmFailed"
 KUBE_API_UNAVAILABLE = "KubeApiUnavailable"

@@ -14,15 +14,18 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from temporalio.client import WorkflowFailureError, WorkflowHandle
+from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
+from activities.helm import Helm
 from activities.kubeapi import KubeClient, NotFoundError, ResourceType, well_known
 from deployer.phases import DeployStatus, PhaseState
 from deployer.settings import WorkerSettings
 from testbed.leftovers import remove_namespace
-from tests.conftest import deploy_request, running_worker, temporal_cli
+from tests.conftest import REPO_ROOT, deploy_request, running_worker, temporal_cli
 
 NAMESPACE_TYPE = well_known("v1", "Namespace")
+DEPLOYMENT = well_known("apps/v1", "Deployment")
 CONFIG_MAP = ResourceType("v1", "ConfigMap", "configmaps", True)
 
 
@@ -357,7 +360,7 @@ async def test_deploy_object_owned_elsewhere(
     assert untouched["data"] == {"owner": "someone else"}
 
 
-async def test_second_release_operators_collide(
+async def test_second_release_operators_rejected(
     temporal_env: WorkflowEnvironment,
     worker_settings: WorkerSettings,
     kube: KubeClient,
@@ -365,13 +368,15 @@ async def test_second_release_operators_collide(
 ) -> None:
     """Operators installed in one namespace block a second install in another.
 
-    The operator charts' ClusterRoles belong to the first release, so the base
-    phase fails once as OwnedElsewhere, naming a ClusterRole. The same deploy
-    with install_operators false then succeeds on the first one's operators.
+    The second deploy fails in validate, as OperatorsInstalled, naming both
+    running operators, and applies nothing: no release, no RabbitMQ operator
+    beside the first one. The same deploy with install_operators false then
+    succeeds on the first one's operators.
     """
     second = f"{namespace}-b"
     body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": second}}
     await kube.create(NAMESPACE_TYPE, body)
+    helm = Helm(worker_settings.helm, str(worker_settings.kubeconfig), None, REPO_ROOT)
     try:
         async with running_worker(temporal_env.client, worker_settings):
             first = await start(
@@ -383,21 +388,87 @@ async def test_second_release_operators_collide(
             colliding = await start(
                 temporal_env, worker_settings, deploy_request(second)
             )
-            status = await wait_for_phase_state(
-                colliding, "base", PhaseState.WAITING_FOR_RETRY
+            # Bounded, because without the check the base phase waits for a
+            # retry and the run never ends.
+            with pytest.raises(WorkflowFailureError) as failure:
+                await asyncio.wait_for(colliding.result(), timeout=120)
+            rejected = await status_of(colliding)
+            releases = await helm.run(["list", f"--namespace={second}", "--short"])
+            operators = await kube.list(
+                DEPLOYMENT, second, label_selector="app.kubernetes.io/name"
             )
-            base = next(r for r in status.phases if r.phase.value == "base")
-            assert base.error_type == "OwnedElsewhere", base.error
-            assert base.attempts == 1
-            assert base.error is not None
-            assert 'ClusterRole "' in base.error
-            await colliding.execute_update("abort", "collision seen", result_type=str)
-            with contextlib.suppress(WorkflowFailureError):
-                await colliding.result()
 
             request = deploy_request(second, install_operators=False)
             shared = await start(temporal_env, worker_settings, request)
             result = DeployStatus.model_validate(await shared.result())
-        assert result.state == "succeeded"
     finally:
         await remove_namespace(kube, second)
+
+    cause = failure.value.cause
+    assert isinstance(cause, ApplicationError)
+    assert cause.type == "OperatorsInstalled"
+    assert cause.non_retryable
+    assert (
+        f"postgres-operator (deployment/ventros-crm-postgres-operator in namespace "
+        f"{namespace}, release ventros-crm-postgres-operator)" in cause.message
+    )
+    assert (
+        f"rabbitmq-operator (deployment/ventros-crm-rabbitmq-operator in namespace "
+        f"{namespace}, release ventros-crm-rabbitmq-operator)" in cause.message
+    )
+    assert "install_operators: false" in cause.message
+    assert rejected.state == "invalid"
+    assert all(r.attempts == 0 for r in rejected.phases)
+    assert releases.strip() == ""
+    assert operators["items"] == []
+    assert result.state == "succeeded"
+
+
+async def test_manifest_installed_operator_rejected(
+    temporal_env: WorkflowEnvironment,
+    worker_settings: WorkerSettings,
+    kube: KubeClient,
+    namespace: str,
+) -> None:
+    """A postgres-operator installed from the Zalando manifest (label
+    application, no helm release) also rejects install_operators, in validate,
+    and the message states that helm did not install it."""
+    other = f"{namespace}-op"
+    body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": other}}
+    await kube.create(NAMESPACE_TYPE, body)
+    labels = {"application": "postgres-operator"}
+    operator = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "postgres-operator", "labels": labels},
+        "spec": {
+            "replicas": 0,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {"containers": [{"name": "operator", "image": "operator"}]},
+            },
+        },
+    }
+    try:
+        await kube.create(DEPLOYMENT, operator, other)
+        async with running_worker(temporal_env.client, worker_settings):
+            handle = await start(
+                temporal_env, worker_settings, deploy_request(namespace)
+            )
+            with pytest.raises(WorkflowFailureError) as failure:
+                await asyncio.wait_for(handle.result(), timeout=120)
+            status = await status_of(handle)
+    finally:
+        await remove_namespace(kube, other)
+
+    cause = failure.value.cause
+    assert isinstance(cause, ApplicationError)
+    assert cause.type == "OperatorsInstalled"
+    assert (
+        f"postgres-operator (deployment/postgres-operator in namespace {other}, "
+        "release not installed by helm)" in cause.message
+    )
+    assert "rabbitmq-operator" not in cause.message
+    assert status.state == "invalid"
+    assert all(r.attempts == 0 for r in status.phases)
