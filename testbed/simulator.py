@@ -62,6 +62,10 @@ STEERING = {
     ),
     "rabbitmq-outcome": "ready (default) or reconcile-failed",
     "rabbitmq-messages": "messages its management API reports as queued (default 0)",
+    "rabbitmq-finalizer": (
+        "remove (default): the operator's finalizer goes once the cluster is "
+        "deleted; keep: it stays, as when the operator is gone"
+    ),
     "ready-at": "set by the simulator: Unix time in ms when it made the object ready",
 }
 NODE_CAPACITY = {
@@ -83,6 +87,9 @@ PVC = well_known("v1", "PersistentVolumeClaim")
 STATEFULSET = well_known("apps/v1", "StatefulSet")
 POSTGRESQL = well_known("acid.zalan.do/v1", "postgresql")
 RABBITMQ = well_known("rabbitmq.com/v1beta1", "RabbitmqCluster")
+# The RabbitMQ cluster operator puts this finalizer on every RabbitmqCluster
+# and removes it after a deletion, once it has cleaned up.
+RABBITMQ_FINALIZER = "deletion.finalizers.rabbitmqclusters.rabbitmq.com"
 ENDPOINT_SLICE = ResourceType(
     "discovery.k8s.io/v1", "EndpointSlice", "endpointslices", True
 )
@@ -894,11 +901,42 @@ class Simulator:
         await self._apply_owned(database)
 
     async def on_rabbitmq(self, kind: str, cluster: JsonObject) -> None:
+        metadata = cluster["metadata"]
         if kind == "DELETED":
-            self.cr_generations.pop(cluster["metadata"]["uid"], None)
+            self.cr_generations.pop(metadata["uid"], None)
             return
+        finalizers = list(metadata.get("finalizers") or [])
+        if metadata.get("deletionTimestamp"):
+            task = self.cr_tasks.pop(metadata["uid"], None)
+            if task:
+                task.cancel()
+            keep = self.steer(cluster, "rabbitmq-finalizer", "remove") == "keep"
+            if RABBITMQ_FINALIZER in finalizers and not keep:
+                finalizers.remove(RABBITMQ_FINALIZER)
+                await self._set_finalizers(cluster, finalizers)
+            return
+        if RABBITMQ_FINALIZER not in finalizers:
+            await self._set_finalizers(cluster, [*finalizers, RABBITMQ_FINALIZER])
         if self._needs_reconcile(cluster):
             self._start_reconcile(cluster, self._reconcile_rabbitmq(cluster))
+
+    async def _set_finalizers(self, obj: JsonObject, finalizers: list[str]) -> None:
+        """Replace the finalizers of a RabbitmqCluster, unless it changed since.
+
+        A conflict or a deletion leaves it alone: the watch event that follows
+        brings the newer object.
+        """
+        metadata = obj["metadata"]
+        patch = {
+            "metadata": {
+                "finalizers": finalizers,
+                "resourceVersion": metadata["resourceVersion"],
+            }
+        }
+        with contextlib.suppress(ConflictError, NotFoundError):
+            await self.kube.merge_patch(
+                RABBITMQ, metadata["name"], patch, metadata["namespace"]
+            )
 
     async def _reconcile_rabbitmq(self, cluster: JsonObject) -> None:
         metadata = cluster["metadata"]

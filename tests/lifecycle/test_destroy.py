@@ -48,6 +48,8 @@ POD = well_known("v1", "Pod")
 STATEFULSET = well_known("apps/v1", "StatefulSet")
 CONFIGMAP = ResourceType("v1", "ConfigMap", "configmaps", True)
 HOLD_FINALIZER = "example.test/hold"
+RABBITMQ_FINALIZER = "deletion.finalizers.rabbitmqclusters.rabbitmq.com"
+FINALIZER_STEER = "sim.ventros.io/rabbitmq-finalizer"
 
 
 @dataclass
@@ -346,6 +348,48 @@ async def test_destroy_unreachable_management_api(
     assert "management API unreachable" in messaging.error
     assert "--force" in messaging.error
     assert await kube.get(RABBITMQ, f"{RELEASE}-rabbitmq", namespace) is not None
+
+
+async def test_destroy_reports_kept_operator_finalizer(
+    temporal_env: WorkflowEnvironment,
+    lifecycle_settings: WorkerSettings,
+    kube: KubeClient,
+    namespace: str,
+) -> None:
+    """A RabbitmqCluster whose operator finalizer stays (as when the operator
+    is gone) fails the messaging step at its timeout, naming the finalizer.
+    Once the operator removes it, a retry finishes the destroy."""
+    rabbit = f"{RELEASE}-rabbitmq"
+    async with running_worker(temporal_env.client, lifecycle_settings):
+        await deploy(temporal_env, lifecycle_settings, namespace, "1.0.0")
+        deployed = await kube.get(RABBITMQ, rabbit, namespace)
+        await annotate(kube, RABBITMQ, rabbit, namespace, {FINALIZER_STEER: "keep"})
+        handle = await start_destroy(
+            temporal_env,
+            lifecycle_settings,
+            namespace,
+            force=True,
+            delete_data=True,
+            timeouts={"messaging": 10},
+        )
+        held = await wait_for_step(
+            handle, "messaging", PhaseState.WAITING_FOR_RETRY, timeout_s=90
+        )
+        await annotate(kube, RABBITMQ, rabbit, namespace, {FINALIZER_STEER: "remove"})
+        await handle.execute_update("retry", "messaging", result_type=list[str])
+        status = await destroy_status(handle)
+
+    assert deployed is not None
+    assert RABBITMQ_FINALIZER in deployed["metadata"]["finalizers"]
+    messaging = record(held, "messaging")
+    assert messaging.error_type == contracts.DELETION_TIMEOUT
+    assert messaging.error is not None
+    assert f"rabbitmqcluster/{rabbit}" in messaging.error
+    assert f"held by finalizers {RABBITMQ_FINALIZER}" in messaging.error
+    assert record(held, "data").state is PhaseState.PENDING
+    assert status.state == "succeeded"
+    assert record(status, "messaging").attempts == 2
+    assert await kube.get(RABBITMQ, rabbit, namespace) is None
 
 
 async def test_destroy_stuck_namespace(
