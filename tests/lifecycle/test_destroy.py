@@ -372,7 +372,7 @@ async def test_destroy_reports_kept_operator_finalizer(
             delete_data=True,
             timeouts={"messaging": 10},
         )
-        held = await wait_for_step(
+        timed_out = await wait_for_step(
             handle, "messaging", PhaseState.WAITING_FOR_RETRY, timeout_s=90
         )
         await annotate(kube, RABBITMQ, rabbit, namespace, {FINALIZER_STEER: "remove"})
@@ -381,12 +381,12 @@ async def test_destroy_reports_kept_operator_finalizer(
 
     assert deployed is not None
     assert RABBITMQ_FINALIZER in deployed["metadata"]["finalizers"]
-    messaging = record(held, "messaging")
+    messaging = record(timed_out, "messaging")
     assert messaging.error_type == contracts.DELETION_TIMEOUT
     assert messaging.error is not None
     assert f"rabbitmqcluster/{rabbit}" in messaging.error
     assert f"held by finalizers {RABBITMQ_FINALIZER}" in messaging.error
-    assert record(held, "data").state is PhaseState.PENDING
+    assert record(timed_out, "data").state is PhaseState.PENDING
     assert status.state == "succeeded"
     assert record(status, "messaging").attempts == 2
     assert await kube.get(RABBITMQ, rabbit, namespace) is None
