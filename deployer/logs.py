@@ -48,10 +48,14 @@ def configure(log_format: str = "auto", level: int = logging.INFO) -> None:
     render_json = log_format == "json" or (
         log_format == "auto" and not sys.stderr.isatty()
     )
+    # Tracebacks never show local variables: an activity's locals include the
+    # request, and its values can hold secrets that redact_secrets never sees.
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if render_json
-        else structlog.dev.ConsoleRenderer()
+        else structlog.dev.ConsoleRenderer(
+            exception_formatter=structlog.dev.RichTracebackFormatter(show_locals=False)
+        )
     )
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -60,6 +64,10 @@ def configure(log_format: str = "auto", level: int = logging.INFO) -> None:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         redact_secrets,
     ]
+    if render_json:
+        # A plain traceback (code lines, no locals) in place of exc_info,
+        # which the JSON renderer would write as the exception's repr only.
+        shared.append(structlog.processors.format_exc_info)
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),

@@ -15,6 +15,7 @@ import os
 import stat
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -116,9 +117,11 @@ class CapturedLogs:
         return self.handler_stream.getvalue() + output.out + output.err
 
 
-@pytest.fixture
-def json_logs(capfd: pytest.CaptureFixture[str]) -> Iterator[CapturedLogs]:
-    """Configure the product's JSON logging at DEBUG; restore logging afterwards.
+@contextmanager
+def captured_logs(
+    capfd: pytest.CaptureFixture[str], log_format: str
+) -> Iterator[CapturedLogs]:
+    """Configure the product's logging at DEBUG; restore logging afterwards.
 
     The handler is pointed at a buffer because pytest swaps sys.stderr between
     test phases. The SDK's Rust core logs straight to file descriptor 2, which
@@ -127,7 +130,7 @@ def json_logs(capfd: pytest.CaptureFixture[str]) -> Iterator[CapturedLogs]:
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     kube_level = logging.getLogger("kubernetes_asyncio").level
-    logs.configure("json", level=logging.DEBUG)
+    logs.configure(log_format, level=logging.DEBUG)
     [handler] = root.handlers
     assert isinstance(handler, logging.StreamHandler)
     stream = io.StringIO()
@@ -137,6 +140,12 @@ def json_logs(capfd: pytest.CaptureFixture[str]) -> Iterator[CapturedLogs]:
     root.setLevel(level)
     logging.getLogger("kubernetes_asyncio").setLevel(kube_level)
     structlog.reset_defaults()
+
+
+@pytest.fixture
+def json_logs(capfd: pytest.CaptureFixture[str]) -> Iterator[CapturedLogs]:
+    with captured_logs(capfd, "json") as captured:
+        yield captured
 
 
 async def start(
@@ -335,3 +344,25 @@ def test_logs_mask_secret_fields(json_logs: CapturedLogs) -> None:
     assert '"event": "structlog event"' in output
     assert '"event": "stdlib event"' in output
     assert leaked_forms(secrets, output.encode()) == []
+
+
+@pytest.mark.parametrize("log_format", ["json", "console"])
+def test_logged_traceback_hides_locals(
+    capfd: pytest.CaptureFixture[str], log_format: str
+) -> None:
+    """A logged exception shows its traceback but not the local variables of
+    its frames, which can hold a request's secret values."""
+    secret = uuid.uuid4().hex
+
+    def apply(values: dict[str, Any]) -> None:
+        raise ValueError("the apply failed")
+
+    with captured_logs(capfd, log_format) as captured:
+        try:
+            apply({"secrets": {"redisPassword": secret}})
+        except ValueError:
+            structlog.get_logger("ventros.test").exception("activity failed")
+        output = captured.text()
+    assert "the apply failed" in output
+    assert "Traceback" in output
+    assert leaked_forms([secret], output.encode()) == []
