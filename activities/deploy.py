@@ -22,7 +22,7 @@ import yaml
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities import readiness
+from activities import preflight, readiness
 from activities.diagnose import describe_blocked_pods
 from activities.helm import (
     ChartNotFoundError,
@@ -64,18 +64,7 @@ log = structlog.get_logger("ventros.activities")
 
 PHASE_LABEL = "deploy.ventros.io/phase"
 OPERATOR_CRDS = ("postgresqls.acid.zalan.do", "rabbitmqclusters.rabbitmq.com")
-# The operator releases' name suffixes, and label selectors that find the
-# operator's Deployment: the Zalando chart and the RabbitMQ operator's chart
-# and manifest set app.kubernetes.io/name, and the Zalando manifest sets
-# application. The test bed's stand-ins set app.kubernetes.io/name.
-OPERATOR_SELECTORS = {
-    "postgres-operator": (
-        "app.kubernetes.io/name=postgres-operator",
-        "application=postgres-operator",
-    ),
-    "rabbitmq-operator": ("app.kubernetes.io/name=rabbitmq-cluster-operator",),
-}
-INSTANCE_LABEL = "app.kubernetes.io/instance"
+INSTANCE_LABEL = preflight.INSTANCE_LABEL
 NO_KIND_RETRY_S = 60.0
 MIGRATION_HISTORY = 3
 HEARTBEAT_EVERY_S = 5.0
@@ -96,6 +85,18 @@ async def terminating_namespaces(kube: KubeClient) -> set[str]:
         for item in listing.get("items", [])
         if (item.get("status") or {}).get("phase") == "Terminating"
     }
+
+
+async def gather_or_cancel(*steps: Awaitable[Any]) -> list[Any]:
+    """Run steps at once; when one fails, cancel the rest before raising."""
+    tasks = [asyncio.ensure_future(step) for step in steps]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 def _non_retryable(kind: str, message: str) -> ApplicationError:
@@ -437,8 +438,8 @@ class DeployActivities:
         for chart in (request.chart, *self._operator_chart_paths(request)):
             if chart.path is not None:
                 helm.resolve_path(chart.path)
-        objects, _ = await asyncio.gather(
-            self._render_all(request), self._check_no_other_operators(request)
+        objects, _ = await gather_or_cancel(
+            self._render_all(request), self._check_cluster(request)
         )
         phases = {
             obj.get("metadata", {}).get("labels", {}).get(PHASE_LABEL)
@@ -461,52 +462,33 @@ class DeployActivities:
             chart=str(request.chart.path or request.chart.name), objects=len(objects)
         )
 
-    async def _check_no_other_operators(self, request: DeployRequest) -> None:
-        """Reject install_operators when an operator of another release runs.
-
-        Both copies would manage every postgresql or RabbitmqCluster in the
-        cluster. Without this check, the PostgreSQL operator's install fails on
-        its fixed-name ClusterRoles, while the RabbitMQ operator's, whose names
-        carry the release, goes in next to the existing one.
-        """
-        if not request.install_operators:
-            return
+    async def _check_cluster(self, request: DeployRequest) -> None:
+        """Reject, before anything is applied, what helm would get wrong."""
         kube = await self.kube(request.kube_context)
-        deployments = well_known("apps/v1", "Deployment")
-        # An operator in a namespace being deleted goes with it.
-        leaving = await terminating_namespaces(kube)
-        found: dict[str, str] = {}
-        for suffix, selectors in OPERATOR_SELECTORS.items():
-            own = f"{request.release}-{suffix}"
-            for selector in selectors:
-                try:
-                    listing = await kube.list(deployments, label_selector=selector)
-                except ForbiddenError:
-                    # The operator charts' ClusterRoles need more rights than
-                    # listing Deployments, so their install reports Forbidden.
-                    log.info("operator check skipped: may not list deployments")
-                    return
-                for item in listing.get("items", []):
-                    metadata = item["metadata"]
-                    instance = (metadata.get("labels") or {}).get(INSTANCE_LABEL)
-                    namespace = metadata.get("namespace")
-                    if metadata.get("deletionTimestamp") or namespace in leaving:
-                        continue
-                    if namespace == request.namespace and instance == own:
-                        continue
-                    found[f"{namespace}/{metadata['name']}"] = (
-                        f"{suffix} (deployment/{metadata['name']} in namespace "
-                        f"{namespace}, release {instance or 'not installed by helm'})"
-                    )
-        if found:
-            raise _non_retryable(
-                contracts.OPERATORS_INSTALLED,
-                "install_operators is true, but the cluster already runs "
-                + "; ".join(found.values())
-                + ". A second copy would manage the same objects. Deploy with "
-                "install_operators: false (ventros-deploy start --no-operators) "
-                "to use the installed operators",
+        helm = self.helm(request.kube_context)
+        keys = {f"{request.release}-temporal": "temporal"}
+        if request.install_operators:
+            keys[f"{request.release}-postgres-operator"] = "postgresOperator"
+            keys[f"{request.release}-rabbitmq-operator"] = "rabbitmqOperator"
+        expected = {request.release: self._chart_name(helm, request.chart)}
+        for name, key in keys.items():
+            chart = await self._dependency_chart(request, key)
+            expected[name] = self._chart_name(helm, chart)
+        await preflight.check_release_names(kube, request.namespace, expected)
+        if request.install_operators:
+            await preflight.check_no_other_operators(
+                kube, request.release, request.namespace
             )
+
+    @staticmethod
+    def _chart_name(helm: Helm, chart: ChartRef) -> str:
+        if chart.path is None:
+            assert chart.name is not None  # ChartRef's validator ensures it.
+            return chart.name
+        metadata = yaml.safe_load(
+            (helm.resolve_path(chart.path) / "Chart.yaml").read_text()
+        )
+        return str((metadata or {}).get("name", ""))
 
     def _operator_chart_paths(self, request: DeployRequest) -> list[ChartRef]:
         charts = request.operator_charts

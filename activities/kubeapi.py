@@ -153,6 +153,15 @@ WELL_KNOWN = {
         "apps/v1", "ReplicaSet", "replicasets", True
     ),
     ("batch/v1", "Job"): ResourceType("batch/v1", "Job", "jobs", True),
+    ("rbac.authorization.k8s.io/v1", "ClusterRole"): ResourceType(
+        "rbac.authorization.k8s.io/v1", "ClusterRole", "clusterroles", False
+    ),
+    ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"): ResourceType(
+        "rbac.authorization.k8s.io/v1",
+        "ClusterRoleBinding",
+        "clusterrolebindings",
+        False,
+    ),
     ("apiextensions.k8s.io/v1", "CustomResourceDefinition"): ResourceType(
         "apiextensions.k8s.io/v1",
         "CustomResourceDefinition",

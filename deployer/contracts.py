@@ -43,6 +43,7 @@ NON_RETRYABLE_TYPES = (
 # activities that running workflows have already scheduled.
 OWNED_ELSEWHERE = "OwnedElsewhere"
 OPERATORS_INSTALLED = "OperatorsInstalled"
+RELEASE_NAME_TAKEN = "ReleaseNameTaken"
 # Retried with backoff by the activity retry policy.
 HELM_FAILED = "HelmFailed"
 KUBE_API_UNAVAILABLE = "KubeApiUnavailable"

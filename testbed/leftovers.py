@@ -9,14 +9,10 @@ fresh namespaces and delete them after, so they clear these objects too.
 
 from __future__ import annotations
 
-from activities.kubeapi import KubeClient, ResourceType, well_known
+from activities.kubeapi import KubeClient, well_known
 
-CLUSTER_ROLE = ResourceType(
-    "rbac.authorization.k8s.io/v1", "ClusterRole", "clusterroles", False
-)
-CLUSTER_ROLE_BINDING = ResourceType(
-    "rbac.authorization.k8s.io/v1", "ClusterRoleBinding", "clusterrolebindings", False
-)
+CLUSTER_ROLE = well_known("rbac.authorization.k8s.io/v1", "ClusterRole")
+CLUSTER_ROLE_BINDING = well_known("rbac.authorization.k8s.io/v1", "ClusterRoleBinding")
 # helm writes these annotations on every object of a release.
 RELEASE_NAMESPACE = "meta.helm.sh/release-namespace"
 

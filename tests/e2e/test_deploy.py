@@ -26,6 +26,7 @@ from tests.conftest import REPO_ROOT, deploy_request, running_worker, temporal_c
 
 NAMESPACE_TYPE = well_known("v1", "Namespace")
 DEPLOYMENT = well_known("apps/v1", "Deployment")
+CLUSTER_ROLE = well_known("rbac.authorization.k8s.io/v1", "ClusterRole")
 CONFIG_MAP = ResourceType("v1", "ConfigMap", "configmaps", True)
 
 
@@ -410,11 +411,16 @@ async def test_second_release_operators_rejected(
     assert cause.non_retryable
     assert (
         f"postgres-operator (deployment/ventros-crm-postgres-operator in namespace "
-        f"{namespace}, release ventros-crm-postgres-operator)" in cause.message
+        f"{namespace}, helm release ventros-crm-postgres-operator)" in cause.message
     )
     assert (
-        f"rabbitmq-operator (deployment/ventros-crm-rabbitmq-operator in namespace "
-        f"{namespace}, release ventros-crm-rabbitmq-operator)" in cause.message
+        "rabbitmq-cluster-operator (deployment/ventros-crm-rabbitmq-operator in "
+        f"namespace {namespace}, helm release ventros-crm-rabbitmq-operator)"
+        in cause.message
+    )
+    assert (
+        "ClusterRole postgres-pod (of helm release ventros-crm-postgres-operator "
+        f"in namespace {namespace})" in cause.message
     )
     assert "install_operators: false" in cause.message
     assert rejected.state == "invalid"
@@ -467,8 +473,95 @@ async def test_manifest_installed_operator_rejected(
     assert cause.type == "OperatorsInstalled"
     assert (
         f"postgres-operator (deployment/postgres-operator in namespace {other}, "
-        "release not installed by helm)" in cause.message
+        "not installed by helm)" in cause.message
     )
-    assert "rabbitmq-operator" not in cause.message
+    assert "rabbitmq-cluster-operator" not in cause.message
     assert status.state == "invalid"
     assert all(r.attempts == 0 for r in status.phases)
+
+
+async def test_leftover_cluster_role_rejected(
+    temporal_env: WorkflowEnvironment,
+    worker_settings: WorkerSettings,
+    kube: KubeClient,
+    namespace: str,
+) -> None:
+    """A ClusterRole postgres-pod left by a release whose namespace is gone
+    fails validate, naming it and its release, before the RabbitMQ operator
+    is installed; helm would reject it only after that."""
+    gone = f"{namespace}-gone"
+    role = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {
+            "name": "postgres-pod",
+            "labels": {"app.kubernetes.io/name": "postgres-operator"},
+            "annotations": {
+                "meta.helm.sh/release-name": "old-postgres-operator",
+                "meta.helm.sh/release-namespace": gone,
+            },
+        },
+        "rules": [],
+    }
+    await kube.create(CLUSTER_ROLE, role)
+    try:
+        async with running_worker(temporal_env.client, worker_settings):
+            handle = await start(
+                temporal_env, worker_settings, deploy_request(namespace)
+            )
+            with pytest.raises(WorkflowFailureError) as failure:
+                await asyncio.wait_for(handle.result(), timeout=120)
+        helm = Helm(
+            worker_settings.helm, str(worker_settings.kubeconfig), None, REPO_ROOT
+        )
+        releases = await helm.run(["list", f"--namespace={namespace}", "--short"])
+    finally:
+        await kube.delete(CLUSTER_ROLE, "postgres-pod")
+
+    cause = failure.value.cause
+    assert isinstance(cause, ApplicationError)
+    assert cause.type == "OperatorsInstalled"
+    assert (
+        "ClusterRole postgres-pod (of helm release old-postgres-operator in "
+        f"namespace {gone}, a namespace that no longer exists)" in cause.message
+    )
+    assert releases.strip() == ""
+
+
+async def test_release_name_of_other_chart_rejected(
+    temporal_env: WorkflowEnvironment,
+    worker_settings: WorkerSettings,
+    kube: KubeClient,
+    namespace: str,
+) -> None:
+    """A release named like another release's operator release fails validate
+    as ReleaseNameTaken, even without operators, and leaves that release at
+    its revision and chart."""
+    helm = Helm(worker_settings.helm, str(worker_settings.kubeconfig), None, REPO_ROOT)
+    taken = "ventros-crm-rabbitmq-operator"
+    async with running_worker(temporal_env.client, worker_settings):
+        first = await start(temporal_env, worker_settings, deploy_request(namespace))
+        assert DeployStatus.model_validate(await first.result()).state == "succeeded"
+        request = deploy_request(namespace, release=taken, install_operators=False)
+        handle = await temporal_env.client.start_workflow(
+            "VentrosDeploy",
+            request,
+            id=f"deploy-{namespace}-{taken}",
+            task_queue=worker_settings.task_queue,
+        )
+        with pytest.raises(WorkflowFailureError) as failure:
+            await asyncio.wait_for(handle.result(), timeout=120)
+    history = json.loads(
+        await helm.run(["history", taken, f"--namespace={namespace}", "-o", "json"])
+    )
+
+    cause = failure.value.cause
+    assert isinstance(cause, ApplicationError)
+    assert cause.type == "ReleaseNameTaken"
+    assert cause.non_retryable
+    assert (
+        f"{taken} (chart rabbitmq-cluster-operator; this deploy would install "
+        "ventros-crm)" in cause.message
+    )
+    assert [entry["revision"] for entry in history] == [1]
+    assert history[0]["chart"].startswith("rabbitmq-cluster-operator-")

@@ -1,0 +1,169 @@
+"""The pure parts of the validate-time cluster checks: reading helm's release
+records and telling which operator cluster roles clash."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+from typing import Any
+
+import pytest
+
+from activities.preflight import _fixed_name_roles, _running_operators, release_chart
+
+
+def record(release: Any) -> dict[str, Any]:
+    """Return a Secret as helm stores a release, for the release object given."""
+    inner = base64.b64encode(gzip.compress(json.dumps(release).encode()))
+    return {"data": {"release": base64.b64encode(inner).decode()}}
+
+
+def test_release_chart_reads_name() -> None:
+    release = {"chart": {"metadata": {"name": "temporal"}}, "config": {"pw": "x"}}
+    assert release_chart(record(release)) == "temporal"
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        {},
+        {"data": {"release": "not base64!"}},
+        {"data": {"release": base64.b64encode(b"plain text").decode()}},
+        record({"chart": None}),
+        record(["a list"]),
+    ],
+    ids=["no data", "bad base64", "not gzip", "no chart", "not an object"],
+)
+def test_release_chart_unreadable(secret: dict[str, Any]) -> None:
+    assert release_chart(secret) is None
+
+
+def role(name: str, app: str, release: str | None, namespace: str | None) -> Any:
+    annotations = {}
+    if release is not None:
+        annotations["meta.helm.sh/release-name"] = release
+        annotations["meta.helm.sh/release-namespace"] = namespace
+    return (
+        "ClusterRole",
+        {
+            "metadata": {
+                "name": name,
+                "labels": {"app.kubernetes.io/name": app},
+                "annotations": annotations,
+            }
+        },
+    )
+
+
+@pytest.mark.parametrize(
+    ("owner", "namespace_phase", "expected"),
+    [
+        (("crm-postgres-operator", "shop"), "Active", None),
+        (
+            ("other-postgres-operator", "shop"),
+            "Active",
+            "ClusterRole postgres-pod (of helm release other-postgres-operator in "
+            "namespace shop)",
+        ),
+        (
+            ("crm-postgres-operator", "old"),
+            "Terminating",
+            "ClusterRole postgres-pod (of helm release crm-postgres-operator in "
+            "namespace old, a namespace being deleted)",
+        ),
+        (
+            ("crm-postgres-operator", "gone"),
+            None,
+            "ClusterRole postgres-pod (of helm release crm-postgres-operator in "
+            "namespace gone, a namespace that no longer exists)",
+        ),
+        ((None, None), None, "ClusterRole postgres-pod (not installed by helm)"),
+    ],
+    ids=["own", "other release", "terminating", "gone", "no helm"],
+)
+def test_fixed_name_role_clashes(
+    owner: tuple[str | None, str | None],
+    namespace_phase: str | None,
+    expected: str | None,
+) -> None:
+    """postgres-pod clashes unless it is this release's, in this namespace."""
+    release, namespace = owner
+    phases = {"shop": "Active"}
+    if namespace and namespace_phase:
+        phases[namespace] = namespace_phase
+    found = _fixed_name_roles(
+        [role("postgres-pod", "postgres-operator", release, namespace)],
+        "crm",
+        "shop",
+        phases,
+    )
+    assert found == ([expected] if expected else [])
+
+
+def test_release_named_role_never_clashes() -> None:
+    """A cluster role named after its own release is unique to that install."""
+    name = "other-postgres-operator"
+    roles = [role(name, "postgres-operator", name, "b")]
+    assert _fixed_name_roles(roles, "crm", "shop", {"b": "Active"}) == []
+
+
+def deployment(namespace: str, app_labels: dict[str, str]) -> dict[str, Any]:
+    return {"metadata": {"name": "op", "namespace": namespace, "labels": app_labels}}
+
+
+@pytest.mark.parametrize(
+    ("item", "phases", "reported"),
+    [
+        (
+            deployment(
+                "shop",
+                {
+                    "app.kubernetes.io/name": "rabbitmq-cluster-operator",
+                    "app.kubernetes.io/instance": "crm-rabbitmq-operator",
+                },
+            ),
+            {"shop": "Active"},
+            False,
+        ),
+        (
+            deployment(
+                "b",
+                {
+                    "app.kubernetes.io/name": "rabbitmq-cluster-operator",
+                    "app.kubernetes.io/instance": "crm-rabbitmq-operator",
+                },
+            ),
+            {"b": "Active"},
+            True,
+        ),
+        (
+            deployment("b", {"application": "postgres-operator"}),
+            {"b": "Active"},
+            True,
+        ),
+        (
+            deployment("b", {"app.kubernetes.io/name": "postgres-operator"}),
+            {"b": "Terminating"},
+            False,
+        ),
+    ],
+    ids=["own", "same release elsewhere", "manifest install", "terminating"],
+)
+def test_running_operator_table(
+    item: dict[str, Any], phases: dict[str, str], reported: bool
+) -> None:
+    assert bool(_running_operators([item], "crm", "shop", phases)) is reported
+
+
+@pytest.mark.parametrize(
+    ("name", "clashes"),
+    [("crm-postgres-operator", True), ("crm-postgres-operator-old", False)],
+    ids=["release name only", "with namespace"],
+)
+def test_same_release_other_namespace(name: str, clashes: bool) -> None:
+    """The same operator release name in another namespace clashes when the
+    role's name is the release name alone, not when it carries the namespace."""
+    roles = [role(name, "postgres-operator", "crm-postgres-operator", "old")]
+    found = _fixed_name_roles(roles, "crm", "shop", {"old": "Active"})
+    assert bool(found) is clashes
