@@ -73,6 +73,8 @@ WORKFLOW_TYPE = "VentrosDeploy"
 DESTROY_TYPE = "VentrosDestroy"
 ROLLBACK_TYPE = "VentrosRollback"
 FOLLOW_INTERVAL_S = 0.5
+# How long `abort` waits for the run to end after the abort was accepted.
+ABORT_WAIT_S = 60.0
 STATE_STYLE = {
     "pending": "dim",
     "running": "cyan",
@@ -437,12 +439,29 @@ async def cmd_watch(client: Client, args: argparse.Namespace, console: Console) 
     )
 
 
+def ended_error(workflow_id: str, verb: str, error: RPCError) -> Exception:
+    """Return the error to raise for an update the server rejected.
+
+    An update to a run that has ended fails as NOT_FOUND. main would report
+    that as a missing deploy, so it gets its own message and exit code here.
+    """
+    if error.status is RPCStatusCode.NOT_FOUND and "completed" in error.message:
+        return CliError(
+            f"{workflow_id} has already ended, so there is nothing to {verb}; "
+            f"`ventros-deploy status {workflow_id}` shows how it ended",
+            EXIT_FAILED,
+        )
+    return error
+
+
 async def cmd_retry(client: Client, args: argparse.Namespace, console: Console) -> int:
     handle = client.get_workflow_handle(resolve_id(args))
     try:
         phases = await handle.execute_update("retry", args.phase, result_type=list[str])
     except WorkflowUpdateFailedError as error:
         raise CliError(f"retry rejected: {error.cause}", EXIT_FAILED) from None
+    except RPCError as error:
+        raise ended_error(handle.id, "retry", error) from None
     _print(args, console, {"retried": phases}, f"retrying {', '.join(phases)}")
     if args.follow:
         return await follow(client, handle, args, console)
@@ -451,13 +470,44 @@ async def cmd_retry(client: Client, args: argparse.Namespace, console: Console) 
 
 async def cmd_abort(client: Client, args: argparse.Namespace, console: Console) -> int:
     handle = client.get_workflow_handle(resolve_id(args))
-    await handle.execute_update("abort", args.reason, result_type=str)
+    try:
+        await handle.execute_update("abort", args.reason, result_type=str)
+    except WorkflowUpdateFailedError as error:
+        # A rollback takes no abort: it has no phase that waits for the user.
+        raise CliError(f"abort rejected: {error.cause}", EXIT_USAGE) from None
+    except RPCError as error:
+        raise ended_error(handle.id, "abort", error) from None
+    ended = True
+    if not args.no_wait:
+        # A running helm step is stopped before the run ends, which takes up
+        # to the worker's heartbeat interval (5 s).
+        try:
+            await asyncio.wait_for(handle.result(), ABORT_WAIT_S)
+            ended = False  # It succeeded before the abort took effect.
+        except WorkflowFailureError:
+            pass
+        except TimeoutError:
+            raise CliError(
+                f"abort of {handle.id} requested, but the run has not ended after "
+                f"{ABORT_WAIT_S:.0f} s; check that a worker runs, then "
+                f"`ventros-deploy status {handle.id}`",
+                EXIT_FAILED,
+            ) from None
+    if not ended:
+        _print(
+            args,
+            console,
+            {"aborted": None, "succeeded": handle.id},
+            f"{handle.id} succeeded before the abort took effect",
+        )
+        return EXIT_OK
+    waited = "" if args.no_wait else "; the run has ended"
     _print(
         args,
         console,
         {"aborted": handle.id},
         f"aborted {handle.id}: a running phase is stopped, and finished phases "
-        "stay as they are",
+        f"stay as they are{waited}",
     )
     return EXIT_OK
 
@@ -740,6 +790,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--reason",
         default="aborted with ventros-deploy abort",
         help="reason recorded in the workflow",
+    )
+    abort.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="return once the abort is accepted, without waiting for the run to end",
     )
     add_lifecycle_parsers(sub, with_id)
     return parser

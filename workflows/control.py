@@ -63,8 +63,12 @@ class PhaseControl:
 
     @workflow.update(name="abort")
     def abort(self, reason: str = "aborted by request") -> str:
-        """End the run as failed; what it applied or removed stays so."""
-        self._abort_reason = reason[:REASON_MAX] or "aborted by request"
+        """End the run as failed; what it applied or removed stays so.
+
+        A second abort keeps the first one's reason.
+        """
+        if self._abort_reason is None:
+            self._abort_reason = reason[:REASON_MAX] or "aborted by request"
         return self._state
 
     @workflow.signal(name="retry-signal")
@@ -78,7 +82,8 @@ class PhaseControl:
 
     @workflow.signal(name="abort-signal")
     def abort_signal(self, reason: str = "aborted by signal") -> None:
-        self._abort_reason = reason[:REASON_MAX] or "aborted by signal"
+        if self._abort_reason is None:
+            self._abort_reason = reason[:REASON_MAX] or "aborted by signal"
 
     async def until_aborted(self, activity: workflow.ActivityHandle[T]) -> T:
         """Return the activity's result, or cancel it on abort and raise PhaseAborted.

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -101,37 +101,48 @@ class VentrosDeploy(PhaseControl):
             ) from None
         self._request = request
         self._publish()
-        await self._validate(request)
+        try:
+            await self._validate(request)
+        except PhaseAborted:
+            self._raise_aborted(request)
 
         self._state = "running"
         tasks = [asyncio.create_task(self._run_phase(phase)) for phase in PHASE_ORDER]
         await asyncio.gather(*tasks)
         if self._abort_reason is not None:
-            self._state = "aborted"
-            self._publish()
-            raise ApplicationError(
-                f"deploy of {request.release} in {request.namespace} aborted: "
-                f"{self._abort_reason}. Phases that succeeded were left in "
-                "place; a phase that was running stopped where it was",
-                type=ABORTED,
-                non_retryable=True,
-            )
+            self._raise_aborted(request)
         self._state = "succeeded"
         self._publish()
         return self.status().model_dump(mode="json")
 
+    def _raise_aborted(self, request: DeployRequest) -> NoReturn:
+        self._state = "aborted"
+        self._message = f"aborted: {self._abort_reason}"
+        self._publish()
+        raise ApplicationError(
+            f"deploy of {request.release} in {request.namespace} aborted: "
+            f"{self._abort_reason}. Phases that succeeded were left in "
+            "place; a phase that was running stopped where it was",
+            type=ABORTED,
+            non_retryable=True,
+        )
+
     async def _validate(self, request: DeployRequest) -> None:
+        """Run the validate activity; raise PhaseAborted when an abort stops it."""
         try:
-            await workflow.execute_activity(
-                contracts.VALIDATE_REQUEST,
-                request.model_dump(mode="json"),
-                result_type=ValidateResult,
-                start_to_close_timeout=timedelta(minutes=2),
-                heartbeat_timeout=APPLY_HEARTBEAT_TIMEOUT,
-                retry_policy=VALIDATE_RETRY,
-                summary=(
-                    f"validate the request for {request.release} in {request.namespace}"
-                ),
+            await self.until_aborted(
+                workflow.start_activity(
+                    contracts.VALIDATE_REQUEST,
+                    request.model_dump(mode="json"),
+                    result_type=ValidateResult,
+                    start_to_close_timeout=timedelta(minutes=2),
+                    heartbeat_timeout=APPLY_HEARTBEAT_TIMEOUT,
+                    retry_policy=VALIDATE_RETRY,
+                    summary=(
+                        f"validate the request for {request.release} in "
+                        f"{request.namespace}"
+                    ),
+                )
             )
         except ActivityError as error:
             self._state = "invalid"

@@ -111,6 +111,7 @@ class VentrosDestroy(PhaseControl):
 
     def _raise_aborted(self, request: DestroyRequest) -> NoReturn:
         self._state = "aborted"
+        self._message = f"aborted: {self._abort_reason}"
         self._publish()
         raise ApplicationError(
             f"destroy of {request.release} in {request.namespace} aborted: "

@@ -88,8 +88,22 @@ async def test_abort_stops_app_wait(
         output, cause = await abort_with_cli(temporal_env, lifecycle_settings, handle)
         status = await handle.query("status", result_type=DeployStatus)
         cancelled = await cancel_requested(handle)
+        again = await run_cli(
+            ["abort", handle.id], cli_env(temporal_env, lifecycle_settings)
+        )
+        retried = await run_cli(
+            ["retry", handle.id], cli_env(temporal_env, lifecycle_settings)
+        )
 
     assert f"aborted {handle.id}: a running phase is stopped" in output
+    assert "the run has ended" in output
+    assert again.returncode == 1
+    assert f"{handle.id} has already ended, so there is nothing to abort" in (
+        again.stderr
+    )
+    assert retried.returncode == 1
+    assert "nothing to retry" in retried.stderr
+    assert status.message == "aborted: operator stop"
     assert cause.type == "Aborted"
     assert "operator stop" in cause.message
     assert status.state == "aborted"

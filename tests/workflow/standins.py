@@ -3,8 +3,9 @@
 They touch no cluster: apply returns one object reference per phase, and
 wait sleeps for that phase's delay. A phase listed in ``failures`` fails its
 wait that many times with a non-retryable TerminalFailure, like a Job that
-reached its backoff limit. A phase listed in ``held_applies`` or
-``held_waits`` holds that activity, heartbeating, until it is cancelled;
+reached its backoff limit. With ``hold_validate``, or for a phase listed in
+``held_applies`` or ``held_waits``, that activity heartbeats until it is
+cancelled;
 ``holding`` is set once one is held, and ``cancelled`` records which were
 cancelled, as (activity, phase).
 """
@@ -48,6 +49,7 @@ class StandIns:
     applied: Counter[Phase] = field(default_factory=Counter)
     # (phase, "start"|"end", time.monotonic()) for every wait.
     timeline: list[tuple[Phase, str, float]] = field(default_factory=list)
+    hold_validate: bool = False
     held_applies: set[Phase] = field(default_factory=set)
     held_waits: set[Phase] = field(default_factory=set)
     cancelled: list[tuple[str, Phase]] = field(default_factory=list)
@@ -59,6 +61,8 @@ class StandIns:
     @activity.defn(name=contracts.VALIDATE_REQUEST)
     async def validate_request(self, raw: dict[str, Any]) -> ValidateResult:
         parse_request(raw)
+        if self.hold_validate:
+            await self._hold("validate", Phase.BASE)
         return ValidateResult(chart="chart", objects=12)
 
     @activity.defn(name=contracts.APPLY_PHASE)

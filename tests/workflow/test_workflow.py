@@ -248,14 +248,17 @@ async def test_abort_waits_for_running_apply_to_stop(
     temporal_env: WorkflowEnvironment,
 ) -> None:
     """An abort during an apply ends the deploy only once the worker stopped
-    the apply, so nothing is still applied after it reports aborted. Phases
-    that had not started stay pending."""
+    the apply, so nothing is still applied after it reports aborted. A second
+    abort keeps the first reason, and phases that had not started stay
+    pending."""
     queue, standins = f"tq-{uuid.uuid4().hex[:8]}", StandIns()
     standins.held_applies.add(Phase.MIGRATION)
     async with worker(temporal_env, queue, standins):
         handle = await start(temporal_env, queue, request())
         await asyncio.wait_for(standins.holding.wait(), timeout=60)
         await handle.execute_update("abort", "stop the migration", result_type=str)
+        # The run waits for the apply to stop, so it still takes updates.
+        await handle.execute_update("abort", "second reason", result_type=str)
         cause = await aborted(handle)
         cancelled_at_end = list(standins.cancelled)
         status = await handle.query("status", result_type=DeployStatus)
@@ -264,6 +267,7 @@ async def test_abort_waits_for_running_apply_to_stop(
     migration = record(status, Phase.MIGRATION)
     assert migration.state is PhaseState.ABORTED
     assert migration.error == "stopped while running: stop the migration"
+    assert "second reason" not in cause.message
     assert record(status, Phase.APP).state is PhaseState.PENDING
     assert standins.applied[Phase.APP] == 0
 
@@ -284,6 +288,25 @@ async def test_abort_signal_cancels_running_wait(
     assert record(status, Phase.DATA).state is PhaseState.ABORTED
     for phase in (Phase.TEMPORAL, Phase.MIGRATION, Phase.APP):
         assert record(status, phase).state is PhaseState.PENDING
+
+
+async def test_abort_stops_validate(temporal_env: WorkflowEnvironment) -> None:
+    """An abort during validate ends the deploy as aborted, with the reason
+    as its message, and no phase starts."""
+    queue, standins = f"tq-{uuid.uuid4().hex[:8]}", StandIns(hold_validate=True)
+    async with worker(temporal_env, queue, standins):
+        handle = await start(temporal_env, queue, request())
+        await asyncio.wait_for(standins.holding.wait(), timeout=60)
+        await handle.execute_update("abort", "first reason", result_type=str)
+        cause = await aborted(handle)
+        status = await handle.query("status", result_type=DeployStatus)
+
+    assert cause.type == "Aborted"
+    assert "first reason" in cause.message
+    assert status.state == "aborted"
+    assert status.message == "aborted: first reason"
+    assert all(r.state is PhaseState.PENDING for r in status.phases)
+    assert sum(standins.applied.values()) == 0
 
 
 async def record_history(env: WorkflowEnvironment) -> str:
