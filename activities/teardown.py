@@ -19,6 +19,7 @@ import structlog
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities import preflight
 from activities.deploy import (
     INSTANCE_LABEL,
     PHASE_LABEL,
@@ -283,10 +284,17 @@ class TeardownActivities:
             # Without its operator a kept cluster gets no failover or cleanup,
             # and a later destroy with --delete-data would leave its volumes.
             releases.remove(operators["postgresql"])
-            names = ", ".join(ref.describe() for ref in kept)
-            result.kept.append(
-                f"helm release {operators['postgresql']}: it manages the kept {names}"
+            installed = await preflight.release_charts(
+                kube, request.namespace, {operators["postgresql"]}
             )
+            # A release deployed with install_operators false has no operator
+            # release here to keep.
+            if operators["postgresql"] in installed:
+                names = ", ".join(ref.describe() for ref in kept)
+                result.kept.append(
+                    f"helm release {operators['postgresql']}: it manages the kept "
+                    f"{names}"
+                )
         in_use = await self._operators_in_use(
             kube,
             request,

@@ -312,6 +312,42 @@ async def test_destroy_keeps_data_unless_asked(
     assert await helm_releases(lifecycle_settings, namespace) == []
 
 
+async def test_destroy_without_operators_keeps_no_operator(
+    temporal_env: WorkflowEnvironment,
+    lifecycle_settings: WorkerSettings,
+    kube: KubeClient,
+    namespace: str,
+) -> None:
+    """A release deployed with install_operators false, on the operators of
+    another namespace, keeps its postgresql on destroy. The kept list names
+    no operator release, since none was installed in its namespace."""
+    second = f"{namespace}-b"
+    await kube.create(
+        NAMESPACE,
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": second}},
+    )
+    try:
+        async with running_worker(temporal_env.client, lifecycle_settings):
+            await deploy(temporal_env, lifecycle_settings, namespace, "1.0.0")
+            await deploy(
+                temporal_env,
+                lifecycle_settings,
+                second,
+                "1.0.0",
+                install_operators=False,
+            )
+            kept = await destroy_status(
+                await start_destroy(temporal_env, lifecycle_settings, second)
+            )
+    finally:
+        await remove_namespace(kube, second)
+
+    print(kept.kept)
+    assert kept.state == "succeeded"
+    assert any(line.startswith(f"postgresql/{RELEASE}-db") for line in kept.kept)
+    assert not any(line.startswith("helm release") for line in kept.kept)
+
+
 async def test_destroy_unreachable_management_api(
     temporal_env: WorkflowEnvironment,
     lifecycle_settings: WorkerSettings,
@@ -472,6 +508,27 @@ def foreign_object(kind: str, name: str, release: str) -> dict[str, Any]:
     }
 
 
+async def terminating_namespaces_gone(kube: KubeClient, own: set[str]) -> None:
+    """Wait until the namespaces that earlier tests deleted are gone.
+
+    Their RabbitmqClusters keep the operator's finalizer until the namespace
+    controller deletes them, and until then they count as users of this
+    test's operators, as they would on a real cluster.
+    """
+    for _ in range(120):
+        listing = await kube.list(NAMESPACE)
+        leaving = [
+            item["metadata"]["name"]
+            for item in listing.get("items", [])
+            if (item.get("status") or {}).get("phase") == "Terminating"
+            and item["metadata"]["name"] not in own
+        ]
+        if not leaving:
+            return
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"namespaces still terminating after 60 s: {leaving}")
+
+
 async def test_destroy_keeps_operators_in_use(
     temporal_env: WorkflowEnvironment,
     lifecycle_settings: WorkerSettings,
@@ -531,6 +588,7 @@ async def test_destroy_keeps_operators_in_use(
 
             await kube.delete(POSTGRESQL, "other-db", other_namespace)
             await kube.delete(RABBITMQ, "other-rabbitmq", namespace)
+            await terminating_namespaces_gone(kube, {namespace, other_namespace})
             removed = await destroy_status(
                 await start_destroy(
                     temporal_env,
