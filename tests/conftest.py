@@ -7,6 +7,7 @@ workflow tests, its own task queue, so tests do not see each other's work.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
@@ -25,7 +26,7 @@ from temporalio.worker import Worker
 
 from activities.deploy import DeployActivities
 from activities.helm import Helm
-from activities.kubeapi import KubeClient, well_known
+from activities.kubeapi import KubeClient, NotFoundError, well_known
 from deployer.phases import NAMESPACE_ATTRIBUTE, PHASE_ATTRIBUTE, RELEASE_ATTRIBUTE
 from deployer.settings import WorkerSettings
 from testbed.cluster import ETCD_PEER_OFFSET, LocalCluster, port_free, tool_path
@@ -80,9 +81,45 @@ async def kube(cluster: LocalCluster) -> AsyncIterator[KubeClient]:
     await client.close()
 
 
+RABBITMQ_CLUSTER = well_known("rabbitmq.com/v1beta1", "RabbitmqCluster")
+
+
+async def leaving_clusters_gone(kube: KubeClient) -> None:
+    """Wait until no RabbitmqCluster is being deleted, on its own or with its
+    namespace.
+
+    Until the simulated operator removes its finalizer, such a cluster counts
+    as a user of the operators (as on a real cluster), so a destroy would keep
+    them. Earlier tests delete their namespaces without waiting.
+    """
+    leaving: list[str] = []
+    for _ in range(120):
+        try:
+            listing = await kube.list(RABBITMQ_CLUSTER)
+        except NotFoundError:
+            return  # The CRD is not installed yet, so no cluster exists.
+        namespaces = await kube.list(well_known("v1", "Namespace"))
+        terminating = {
+            item["metadata"]["name"]
+            for item in namespaces.get("items", [])
+            if (item.get("status") or {}).get("phase") == "Terminating"
+        }
+        leaving = [
+            f"{item['metadata']['namespace']}/{item['metadata']['name']}"
+            for item in listing.get("items", [])
+            if item["metadata"].get("deletionTimestamp")
+            or item["metadata"]["namespace"] in terminating
+        ]
+        if not leaving:
+            return
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"RabbitmqClusters still being deleted after 60 s: {leaving}")
+
+
 @pytest_asyncio.fixture
 async def namespace(kube: KubeClient) -> AsyncIterator[str]:
     """A fresh namespace, deleted after the test."""
+    await leaving_clusters_gone(kube)
     name = f"t-{uuid.uuid4().hex[:10]}"
     ns_type = well_known("v1", "Namespace")
     await kube.create(

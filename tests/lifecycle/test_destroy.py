@@ -26,7 +26,12 @@ from deployer.lifecycle import DestroyStatus
 from deployer.phases import TEARDOWN_ORDER, PhaseState
 from deployer.settings import WorkerSettings
 from testbed.leftovers import delete_release_leftovers, remove_namespace
-from tests.conftest import REPO_ROOT, keep_history, running_worker
+from tests.conftest import (
+    REPO_ROOT,
+    keep_history,
+    leaving_clusters_gone,
+    running_worker,
+)
 from tests.lifecycle.conftest import (
     DEPLOYMENT,
     JOB,
@@ -508,27 +513,6 @@ def foreign_object(kind: str, name: str, release: str) -> dict[str, Any]:
     }
 
 
-async def terminating_namespaces_gone(kube: KubeClient, own: set[str]) -> None:
-    """Wait until the namespaces that earlier tests deleted are gone.
-
-    Their RabbitmqClusters keep the operator's finalizer until the namespace
-    controller deletes them, and until then they count as users of this
-    test's operators, as they would on a real cluster.
-    """
-    for _ in range(120):
-        listing = await kube.list(NAMESPACE)
-        leaving = [
-            item["metadata"]["name"]
-            for item in listing.get("items", [])
-            if (item.get("status") or {}).get("phase") == "Terminating"
-            and item["metadata"]["name"] not in own
-        ]
-        if not leaving:
-            return
-        await asyncio.sleep(0.5)
-    raise AssertionError(f"namespaces still terminating after 60 s: {leaving}")
-
-
 async def test_destroy_keeps_operators_in_use(
     temporal_env: WorkflowEnvironment,
     lifecycle_settings: WorkerSettings,
@@ -588,7 +572,7 @@ async def test_destroy_keeps_operators_in_use(
 
             await kube.delete(POSTGRESQL, "other-db", other_namespace)
             await kube.delete(RABBITMQ, "other-rabbitmq", namespace)
-            await terminating_namespaces_gone(kube, {namespace, other_namespace})
+            await leaving_clusters_gone(kube)
             removed = await destroy_status(
                 await start_destroy(
                     temporal_env,
