@@ -9,8 +9,11 @@ fresh namespaces and delete them after, so they clear these objects too.
 
 from __future__ import annotations
 
-from activities.kubeapi import KubeClient, well_known
+import asyncio
 
+from activities.kubeapi import KubeClient, NotFoundError, well_known
+
+RABBITMQ_CLUSTER = well_known("rabbitmq.com/v1beta1", "RabbitmqCluster")
 CLUSTER_ROLE = well_known("rbac.authorization.k8s.io/v1", "ClusterRole")
 CLUSTER_ROLE_BINDING = well_known("rbac.authorization.k8s.io/v1", "ClusterRoleBinding")
 # helm writes these annotations on every object of a release.
@@ -56,11 +59,42 @@ async def delete_orphaned_leftovers(kube: KubeClient) -> list[str]:
 
 async def remove_namespace(kube: KubeClient, namespace: str) -> None:
     """Delete namespace, then the cluster-scoped objects its releases left,
-    even when the first step fails."""
+    even when an earlier step fails.
+
+    Its RabbitmqClusters go first, and are waited for: they carry the
+    operator's finalizer, and the namespace controller can take half a minute
+    to delete them. Until then they count as users of the operators, so the
+    next test's destroy would keep its operators.
+    """
     try:
-        await kube.delete(well_known("v1", "Namespace"), namespace)
+        await delete_rabbitmq_clusters(kube, namespace)
     finally:
-        await delete_release_leftovers(kube, namespace)
+        try:
+            await kube.delete(well_known("v1", "Namespace"), namespace)
+        finally:
+            await delete_release_leftovers(kube, namespace)
+
+
+async def delete_rabbitmq_clusters(
+    kube: KubeClient, namespace: str, timeout_s: float = 20.0
+) -> None:
+    """Delete the RabbitmqClusters in namespace and wait until they are gone."""
+    try:
+        listing = await kube.list(RABBITMQ_CLUSTER, namespace)
+    except NotFoundError:
+        return  # The CRD is not installed, so there are none.
+    names = [item["metadata"]["name"] for item in listing.get("items", [])]
+    for name in names:
+        await kube.delete(RABBITMQ_CLUSTER, name, namespace)
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while names and asyncio.get_running_loop().time() < deadline:
+        names = [
+            name
+            for name in names
+            if await kube.get(RABBITMQ_CLUSTER, name, namespace) is not None
+        ]
+        if names:
+            await asyncio.sleep(0.2)
 
 
 # The cluster-wide names the operator stand-ins render for release ventros-crm,
