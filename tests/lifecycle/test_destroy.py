@@ -405,18 +405,24 @@ async def test_destroy_reports_kept_operator_finalizer(
         await deploy(temporal_env, lifecycle_settings, namespace, "1.0.0")
         deployed = await kube.get(RABBITMQ, rabbit, namespace)
         await annotate(kube, RABBITMQ, rabbit, namespace, {FINALIZER_STEER: "keep"})
-        handle = await start_destroy(
-            temporal_env,
-            lifecycle_settings,
-            namespace,
-            force=True,
-            delete_data=True,
-            timeouts={"messaging": 10},
-        )
-        timed_out = await wait_for_step(
-            handle, "messaging", PhaseState.WAITING_FOR_RETRY, timeout_s=90
-        )
-        await annotate(kube, RABBITMQ, rabbit, namespace, {FINALIZER_STEER: "remove"})
+        try:
+            handle = await start_destroy(
+                temporal_env,
+                lifecycle_settings,
+                namespace,
+                force=True,
+                delete_data=True,
+                timeouts={"messaging": 10},
+            )
+            timed_out = await wait_for_step(
+                handle, "messaging", PhaseState.WAITING_FOR_RETRY, timeout_s=90
+            )
+        finally:
+            # Let the cluster go even when the test fails, or its namespace
+            # would never finish terminating.
+            await annotate(
+                kube, RABBITMQ, rabbit, namespace, {FINALIZER_STEER: "remove"}
+            )
         await handle.execute_update("retry", "messaging", result_type=list[str])
         status = await destroy_status(handle)
 
