@@ -48,8 +48,8 @@ def configure(log_format: str = "auto", level: int = logging.INFO) -> None:
     render_json = log_format == "json" or (
         log_format == "auto" and not sys.stderr.isatty()
     )
-    # Tracebacks never show local variables: an activity's locals include the
-    # request, and its values can hold secrets that redact_secrets never sees.
+    # Tracebacks leave out local variables. An activity's locals include the
+    # request, whose values can hold secrets that redact_secrets does not mask.
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if render_json

@@ -62,9 +62,9 @@ async def remove_namespace(kube: KubeClient, namespace: str) -> None:
     even when an earlier step fails.
 
     Its RabbitmqClusters go first, and are waited for: they carry the
-    operator's finalizer, and the namespace controller can take half a minute
-    to delete them. Until then they count as users of the operators, so the
-    next test's destroy would keep its operators.
+    operator's finalizer, and the namespace controller took up to half a
+    minute to delete them in the test bed. Until then they count as users of
+    the operators, so the next test's destroy would keep its operators.
     """
     try:
         await delete_rabbitmq_clusters(kube, namespace)

@@ -488,8 +488,8 @@ async def test_leftover_cluster_role_rejected(
 ) -> None:
     """A ClusterRole postgres-pod left by a release whose namespace is gone
     fails validate, naming it and its release, before the RabbitMQ operator
-    is installed; helm would reject it only after that."""
-    gone = f"{namespace}-gone"
+    is installed. helm would reject it only after that install."""
+    deleted_namespace = f"{namespace}-gone"
     role = {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "ClusterRole",
@@ -498,7 +498,7 @@ async def test_leftover_cluster_role_rejected(
             "labels": {"app.kubernetes.io/name": "postgres-operator"},
             "annotations": {
                 "meta.helm.sh/release-name": "old-postgres-operator",
-                "meta.helm.sh/release-namespace": gone,
+                "meta.helm.sh/release-namespace": deleted_namespace,
             },
         },
         "rules": [],
@@ -523,7 +523,8 @@ async def test_leftover_cluster_role_rejected(
     assert cause.type == "OperatorsInstalled"
     assert (
         "ClusterRole postgres-pod (of helm release old-postgres-operator in "
-        f"namespace {gone}, a namespace that no longer exists)" in cause.message
+        f"namespace {deleted_namespace}, a namespace that no longer exists)"
+        in cause.message
     )
     assert releases.strip() == ""
 
@@ -538,21 +539,25 @@ async def test_release_name_of_other_chart_rejected(
     as ReleaseNameTaken, even without operators, and leaves that release at
     its revision and chart."""
     helm = Helm(worker_settings.helm, str(worker_settings.kubeconfig), None, REPO_ROOT)
-    taken = "ventros-crm-rabbitmq-operator"
+    operator_release = "ventros-crm-rabbitmq-operator"
     async with running_worker(temporal_env.client, worker_settings):
         first = await start(temporal_env, worker_settings, deploy_request(namespace))
         assert DeployStatus.model_validate(await first.result()).state == "succeeded"
-        request = deploy_request(namespace, release=taken, install_operators=False)
+        request = deploy_request(
+            namespace, release=operator_release, install_operators=False
+        )
         handle = await temporal_env.client.start_workflow(
             "VentrosDeploy",
             request,
-            id=f"deploy-{namespace}-{taken}",
+            id=f"deploy-{namespace}-{operator_release}",
             task_queue=worker_settings.task_queue,
         )
         with pytest.raises(WorkflowFailureError) as failure:
             await asyncio.wait_for(handle.result(), timeout=120)
     history = json.loads(
-        await helm.run(["history", taken, f"--namespace={namespace}", "-o", "json"])
+        await helm.run(
+            ["history", operator_release, f"--namespace={namespace}", "-o", "json"]
+        )
     )
 
     cause = failure.value.cause
@@ -560,8 +565,8 @@ async def test_release_name_of_other_chart_rejected(
     assert cause.type == "ReleaseNameTaken"
     assert cause.non_retryable
     assert (
-        f"{taken} (chart rabbitmq-cluster-operator; this deploy would install "
-        "ventros-crm)" in cause.message
+        f"{operator_release} (chart rabbitmq-cluster-operator; this deploy would "
+        "install ventros-crm)" in cause.message
     )
     assert [entry["revision"] for entry in history] == [1]
     assert history[0]["chart"].startswith("rabbitmq-cluster-operator-")
