@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from datetime import timedelta
 from typing import TypeVar
 
 from temporalio import workflow
@@ -29,6 +30,13 @@ ABORT_CANCELS_PATCH = "abort-cancels-running-activity"
 ABORTED_TYPE = "Aborted"
 
 T = TypeVar("T")
+
+
+# How long a run that an abort interrupted waits before it ends. Ending in the
+# workflow task that took the abort update would fail that task whenever an
+# event arrives meanwhile (such as the cancelled activity's result), and the
+# server then fails the update too.
+ABORT_SETTLE = timedelta(milliseconds=200)
 
 
 class PhaseAborted(Exception):
@@ -49,6 +57,8 @@ class PhaseControl:
     _retry_requested: set[Phase]
     _abort_reason: str | None
     _state: str
+    # Set once an abort cancelled a running activity.
+    _stopped_activity: bool = False
 
     @workflow.update(name="retry")
     def retry(self, phase: str | None = None) -> list[str]:
@@ -115,7 +125,14 @@ class PhaseControl:
         # ends as aborted in both cases.
         with contextlib.suppress(ActivityError, asyncio.CancelledError):
             await activity
+        self._stopped_activity = True
         raise PhaseAborted
+
+    async def settle_after_abort(self) -> None:
+        """Wait ABORT_SETTLE when an abort cancelled an activity, so that the run
+        ends in a later workflow task than the one that took the abort."""
+        if self._stopped_activity:
+            await workflow.sleep(ABORT_SETTLE)
 
     def abort_attempt(self, record: PhaseRecord) -> None:
         """Mark the running attempt of record as stopped by the abort."""

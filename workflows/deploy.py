@@ -104,12 +104,14 @@ class VentrosDeploy(PhaseControl):
         try:
             await self._validate(request)
         except PhaseAborted:
+            await self.settle_after_abort()
             self._raise_aborted(request)
 
         self._state = "running"
         tasks = [asyncio.create_task(self._run_phase(phase)) for phase in PHASE_ORDER]
         await asyncio.gather(*tasks)
         if self._abort_reason is not None:
+            await self.settle_after_abort()
             self._raise_aborted(request)
         self._state = "succeeded"
         self._publish()

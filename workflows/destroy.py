@@ -103,6 +103,7 @@ class VentrosDestroy(PhaseControl):
         self._publish()
         for phase in TEARDOWN_ORDER:
             if not await self._run_step(request, phase):
+                await self.settle_after_abort()
                 self._raise_aborted(request)
         self._state = "succeeded"
         self._message = self._summary(request)
