@@ -24,7 +24,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.deploy import DeployActivities
+from activities.deploy import DeployActivities, terminating_namespaces
 from activities.helm import Helm
 from activities.kubeapi import KubeClient, NotFoundError, well_known
 from deployer.phases import NAMESPACE_ATTRIBUTE, PHASE_ATTRIBUTE, RELEASE_ATTRIBUTE
@@ -98,12 +98,7 @@ async def leaving_clusters_gone(kube: KubeClient) -> None:
             listing = await kube.list(RABBITMQ_CLUSTER)
         except NotFoundError:
             return  # The CRD is not installed yet, so no cluster exists.
-        namespaces = await kube.list(well_known("v1", "Namespace"))
-        terminating = {
-            item["metadata"]["name"]
-            for item in namespaces.get("items", [])
-            if (item.get("status") or {}).get("phase") == "Terminating"
-        }
+        terminating = await terminating_namespaces(kube)
         leaving = [
             f"{item['metadata']['namespace']}/{item['metadata']['name']}"
             for item in listing.get("items", [])
