@@ -23,6 +23,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities import preflight, readiness
+from activities.claim import OperatorClaim, holder_identity
 from activities.diagnose import describe_blocked_pods
 from activities.helm import (
     ChartNotFoundError,
@@ -672,15 +673,32 @@ class DeployActivities:
                 notes.append(note)
             return objects
 
-        await self._ensure_namespace(request)
-        # The operators and our base objects do not depend on each other, so
-        # each release is recovered and upgraded at the same time as the others.
-        manifests = await asyncio.gather(
-            *(
-                install(release, chart, values, index > 0)
-                for index, (release, chart, values) in enumerate(releases)
+        async def install_all() -> list[list[JsonObject]]:
+            await self._ensure_namespace(request)
+            # The operators and our base objects do not depend on each other, so
+            # each release is recovered and upgraded at the same time as the
+            # others.
+            return await asyncio.gather(
+                *(
+                    install(release, chart, values, index > 0)
+                    for index, (release, chart, values) in enumerate(releases)
+                )
             )
-        )
+
+        if request.install_operators:
+            # Another deploy may have installed the operators since validate
+            # checked, so check again with the claim taken.
+            kube = await self.kube(request.kube_context)
+            claim = OperatorClaim(
+                kube, holder_identity(request.release, request.namespace)
+            )
+            async with claim.held():
+                await preflight.check_no_other_operators(
+                    kube, request.release, request.namespace
+                )
+                manifests = await install_all()
+        else:
+            manifests = await install_all()
         waits = [
             ObjectRef(
                 api_version="apiextensions.k8s.io/v1",

@@ -153,6 +153,9 @@ WELL_KNOWN = {
         "apps/v1", "ReplicaSet", "replicasets", True
     ),
     ("batch/v1", "Job"): ResourceType("batch/v1", "Job", "jobs", True),
+    ("coordination.k8s.io/v1", "Lease"): ResourceType(
+        "coordination.k8s.io/v1", "Lease", "leases", True
+    ),
     ("rbac.authorization.k8s.io/v1", "ClusterRole"): ResourceType(
         "rbac.authorization.k8s.io/v1", "ClusterRole", "clusterroles", False
     ),
@@ -367,11 +370,18 @@ class KubeClient:
         *,
         propagation: str = "Background",
         grace_period_s: int | None = None,
+        resource_version: str | None = None,
     ) -> bool:
-        """Delete the object; return False when it was already gone."""
+        """Delete the object; return False when it was already gone.
+
+        With resource_version, the API server refuses (409) to delete an
+        object that changed since that version.
+        """
         body: JsonObject = {"propagationPolicy": propagation}
         if grace_period_s is not None:
             body["gracePeriodSeconds"] = grace_period_s
+        if resource_version is not None:
+            body["preconditions"] = {"resourceVersion": resource_version}
         try:
             await self.request("DELETE", rtype.path(namespace, name), body=body)
         except NotFoundError:

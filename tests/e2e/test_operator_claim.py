@@ -1,0 +1,291 @@
+"""The operator claim: one deploy at a time installs the operators.
+
+The claim is a Lease on the local API server; the deploy tests start two
+real deploys that both passed validate before either installed anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+import structlog
+from temporalio.client import WorkflowFailureError, WorkflowHandle
+from temporalio.testing import WorkflowEnvironment
+
+from activities.claim import (
+    CLAIM_NAME,
+    CLAIM_NAMESPACE,
+    LEASE,
+    OperatorClaim,
+    holder_identity,
+)
+from activities.kubeapi import JsonObject, KubeClient, well_known
+from deployer import contracts
+from deployer.phases import DeployStatus, PhaseState
+from deployer.settings import WorkerSettings
+from testbed.leftovers import remove_namespace
+from tests.conftest import deploy_request, running_worker
+from tests.e2e.test_deploy import start, status_of
+
+NAMESPACE_TYPE = well_known("v1", "Namespace")
+DEPLOYMENT = well_known("apps/v1", "Deployment")
+SECRET = well_known("v1", "Secret")
+OPERATORS = "app.kubernetes.io/name in (postgres-operator,rabbitmq-cluster-operator)"
+
+
+async def read_claim(kube: KubeClient) -> JsonObject | None:
+    return await kube.get(LEASE, CLAIM_NAME, CLAIM_NAMESPACE)
+
+
+@pytest_asyncio.fixture
+async def no_claim(kube: KubeClient) -> AsyncIterator[None]:
+    """Start and end each test with no Lease, so no deploy waits for one."""
+    await kube.delete(LEASE, CLAIM_NAME, CLAIM_NAMESPACE)
+    yield
+    await kube.delete(LEASE, CLAIM_NAME, CLAIM_NAMESPACE)
+
+
+async def put_claim(kube: KubeClient, holder: str, renewed_ago_s: float) -> None:
+    renewed = datetime.datetime.now(datetime.UTC) - datetime.timedelta(
+        seconds=renewed_ago_s
+    )
+    stamp = renewed.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    await kube.create(
+        LEASE,
+        {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": CLAIM_NAME, "namespace": CLAIM_NAMESPACE},
+            "spec": {
+                "holderIdentity": holder,
+                "leaseDurationSeconds": 60,
+                "acquireTime": stamp,
+                "renewTime": stamp,
+            },
+        },
+        CLAIM_NAMESPACE,
+    )
+
+
+def holder_of(lease: JsonObject | None) -> str | None:
+    return None if lease is None else lease["spec"].get("holderIdentity")
+
+
+@pytest.mark.usefixtures("no_claim")
+async def test_claim_waits_for_the_holder(kube: KubeClient) -> None:
+    """A second claimant waits while the first holds the claim, takes it
+    when the first gives it back, and deletes the Lease when it is done."""
+    first = OperatorClaim(kube, "first", poll_every_s=0.1)
+    second = OperatorClaim(kube, "second", poll_every_s=0.1)
+    second_in = asyncio.Event()
+
+    async def second_holds() -> str | None:
+        async with second.held():
+            second_in.set()
+            return holder_of(await read_claim(kube))
+
+    async with first.held():
+        assert holder_of(await read_claim(kube)) == "first"
+        waiting = asyncio.create_task(second_holds())
+        await asyncio.sleep(1)
+        assert not second_in.is_set()
+        assert holder_of(await read_claim(kube)) == "first"
+    assert await asyncio.wait_for(waiting, timeout=5) == "second"
+    assert await read_claim(kube) is None
+
+
+@pytest.mark.usefixtures("no_claim")
+async def test_expired_claim_is_taken_over(kube: KubeClient) -> None:
+    """A claim its holder stopped renewing (a dead worker) is taken at once."""
+    await put_claim(kube, "a worker that died", renewed_ago_s=61)
+    with structlog.testing.capture_logs() as logs:
+        async with asyncio.timeout(2):
+            async with OperatorClaim(kube, "next").held():
+                taken = await read_claim(kube)
+    assert holder_of(taken) == "next"
+    assert any(
+        e.get("previous_holder") == "a worker that died"
+        and e["event"] == "took over an expired operator claim"
+        for e in logs
+    ), logs
+
+
+@pytest.mark.usefixtures("no_claim")
+async def test_fresh_claim_not_taken(kube: KubeClient) -> None:
+    """A claim renewed within its duration keeps another claimant waiting.
+    Cancelling the waiting claimant leaves the Lease as it was."""
+    await put_claim(kube, "someone", renewed_ago_s=50)
+    before = await read_claim(kube)
+
+    async def hold() -> None:
+        async with OperatorClaim(kube, "waiter", poll_every_s=0.1).held():
+            raise AssertionError("took a claim that had not expired")
+
+    waiting = asyncio.create_task(hold())
+    await asyncio.sleep(1)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert await read_claim(kube) == before
+
+
+@pytest.mark.usefixtures("no_claim")
+async def test_claim_renewed_while_held(kube: KubeClient) -> None:
+    """The holder renews the claim, so a long install does not lose it."""
+    async with OperatorClaim(kube, "slow", renew_every_s=0.3).held():
+        first = (await read_claim(kube) or {})["spec"]["renewTime"]
+        await asyncio.sleep(1)
+        later = await read_claim(kube) or {}
+    assert holder_of(later) == "slow"
+    assert later["spec"]["renewTime"] > first
+    assert later["spec"]["acquireTime"] == first
+
+
+@pytest.mark.usefixtures("no_claim")
+async def test_claim_given_back_on_failure(kube: KubeClient) -> None:
+    """A failed install gives the claim back at once, so other deploys need
+    not wait for it to expire. A retry by the same deploy takes it again."""
+    claim = OperatorClaim(kube, "failing")
+    with pytest.raises(RuntimeError, match="helm failed"):
+        async with claim.held():
+            raise RuntimeError("helm failed")
+    assert await read_claim(kube) is None
+    await put_claim(kube, "failing", renewed_ago_s=0)
+    async with asyncio.timeout(2):
+        async with claim.held():
+            assert holder_of(await read_claim(kube)) == "failing"
+
+
+async def base_attempted(handle: WorkflowHandle[Any, Any]) -> bool:
+    status = await status_of(handle)
+    base = next(r for r in status.phases if r.phase.value == "base")
+    return base.state is PhaseState.RUNNING and base.attempts >= 1
+
+
+async def until_base_attempted(*handles: WorkflowHandle[Any, Any]) -> None:
+    """Return once each deploy's base phase has started; fail after 60 s."""
+    for _ in range(200):
+        if all([await base_attempted(h) for h in handles]):
+            return
+        await asyncio.sleep(0.3)
+    raise AssertionError("the base phase of a deploy did not start within 60 s")
+
+
+@contextlib.asynccontextmanager
+async def extra_namespace(kube: KubeClient, name: str) -> AsyncIterator[str]:
+    body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+    await kube.create(NAMESPACE_TYPE, body)
+    try:
+        yield name
+    finally:
+        await remove_namespace(kube, name)
+
+
+async def settled(handle: WorkflowHandle[Any, Any]) -> DeployStatus:
+    """Return the deploy's status once it succeeded or a phase waits for retry.
+
+    A phase that fails as non-retryable waits for retry or abort, so the run
+    does not end by itself.
+    """
+    for _ in range(600):
+        status = await status_of(handle)
+        if status.state == "succeeded" or any(
+            r.state is PhaseState.WAITING_FOR_RETRY for r in status.phases
+        ):
+            return status
+        await asyncio.sleep(0.3)
+    raise AssertionError(f"deploy {handle.id} neither succeeded nor failed")
+
+
+@pytest.mark.usefixtures("no_claim")
+async def test_concurrent_operator_installs(
+    temporal_env: WorkflowEnvironment,
+    worker_settings: WorkerSettings,
+    kube: KubeClient,
+    namespace: str,
+) -> None:
+    """Two deploys that both passed validate before either installed the
+    operators: one installs them, the other's base phase fails once, as
+    OperatorsInstalled naming the first's operators, before it applied
+    anything.
+
+    The test keeps the claim until both deploys wait for it, so both have
+    passed validate, whose check found no operators.
+    """
+    await put_claim(kube, "the test", renewed_ago_s=0)
+    async with (
+        extra_namespace(kube, f"{namespace}-b") as second,
+        running_worker(temporal_env.client, worker_settings),
+    ):
+        namespaces = (namespace, second)
+        handles = [
+            await start(temporal_env, worker_settings, deploy_request(where))
+            for where in namespaces
+        ]
+        await until_base_attempted(*handles)
+        assert holder_of(await read_claim(kube)) == "the test"
+        await kube.delete(LEASE, CLAIM_NAME, CLAIM_NAMESPACE)
+
+        statuses = await asyncio.gather(*(settled(h) for h in handles))
+        operators = await kube.list(DEPLOYMENT, label_selector=OPERATORS)
+        claim_after = await read_claim(kube)
+        won = [i for i, s in enumerate(statuses) if s.state == "succeeded"]
+        assert len(won) == 1, [s.model_dump_json() for s in statuses]
+        winner, loser = namespaces[won[0]], namespaces[1 - won[0]]
+        loser_handle = handles[1 - won[0]]
+        releases = await kube.list(SECRET, loser, label_selector="owner=helm")
+        await loser_handle.execute_update("abort", "the test saw it", result_type=str)
+        with pytest.raises(WorkflowFailureError):
+            await asyncio.wait_for(loser_handle.result(), timeout=60)
+
+    base = next(r for r in statuses[1 - won[0]].phases if r.phase.value == "base")
+    assert base.error_type == contracts.OPERATORS_INSTALLED, base.error
+    assert base.attempts == 1
+    assert base.error is not None
+    assert f"in namespace {winner}, helm release" in base.error
+    assert "install_operators: false" in base.error
+    # The losing deploy applied nothing: no release, no operator of its own.
+    assert releases["items"] == []
+    where = sorted(
+        (o["metadata"]["namespace"], o["metadata"]["name"]) for o in operators["items"]
+    )
+    assert where == [
+        (winner, "ventros-crm-postgres-operator"),
+        (winner, "ventros-crm-rabbitmq-operator"),
+    ]
+    assert claim_after is None
+
+
+@pytest.mark.usefixtures("no_claim")
+async def test_deploy_waits_for_a_held_claim(
+    temporal_env: WorkflowEnvironment,
+    worker_settings: WorkerSettings,
+    kube: KubeClient,
+    namespace: str,
+) -> None:
+    """A deploy whose base phase finds the claim held waits for it, without
+    creating its namespace's objects, and goes on once it is given back."""
+    holder = holder_identity("other", "elsewhere")
+    await put_claim(kube, holder, renewed_ago_s=0)
+    async with running_worker(temporal_env.client, worker_settings):
+        handle = await start(temporal_env, worker_settings, deploy_request(namespace))
+        await until_base_attempted(handle)
+        await asyncio.sleep(2)
+        deployments = await kube.list(DEPLOYMENT, namespace)
+        releases = await kube.list(SECRET, namespace, label_selector="owner=helm")
+        assert deployments["items"] == []
+        assert releases["items"] == []
+        await kube.delete(LEASE, CLAIM_NAME, CLAIM_NAMESPACE)
+        result = DeployStatus.model_validate(
+            await asyncio.wait_for(handle.result(), timeout=180)
+        )
+    assert result.state == "succeeded"
+    base = next(r for r in result.phases if r.phase.value == "base")
+    assert base.attempts == 1
+    assert await read_claim(kube) is None
