@@ -16,6 +16,8 @@ import hashlib
 import json
 import os
 import re
+import shutil
+import sys
 import tempfile
 import time
 from collections import OrderedDict
@@ -38,6 +40,21 @@ PENDING_STATES = ("pending-install", "pending-upgrade", "pending-rollback")
 
 
 RENDER_CACHE_ENTRIES = 64
+
+
+def _death_signal_prefix() -> tuple[str, ...]:
+    """Return the command that makes helm die with the worker, or nothing.
+
+    A worker killed with SIGKILL cannot stop its helm, so that helm would go
+    on applying while the retried attempt runs a helm of its own against the
+    same release. util-linux's setpriv sets the parent-death signal (Linux
+    only), which helm keeps across exec. Without setpriv, helm runs as is.
+    """
+    setpriv = shutil.which("setpriv") if sys.platform == "linux" else None
+    return (setpriv, "--pdeathsig=KILL", "--") if setpriv else ()
+
+
+DEATH_SIGNAL_PREFIX = _death_signal_prefix()
 RENDER_CACHE_TTL_S = 900.0
 
 
@@ -125,6 +142,7 @@ class Helm:
     async def run(self, args: list[str], timeout_s: float = 300.0) -> str:
         """Run helm with args and return its stdout; raise HelmError."""
         process = await asyncio.create_subprocess_exec(
+            *DEATH_SIGNAL_PREFIX,
             self.binary,
             *args,
             *self._global_flags(),

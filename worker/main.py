@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import sys
 from collections.abc import Callable
@@ -123,6 +124,13 @@ def main() -> None:
         settings = WorkerSettings()
     except ValidationError as error:
         print(f"invalid worker settings: {error}", file=sys.stderr)
+        sys.exit(2)
+    if shutil.which(settings.helm) is None:
+        print(
+            f"helm binary {settings.helm!r} not found: install helm, or set "
+            "VENTROS_DEPLOY_HELM to its path",
+            file=sys.stderr,
+        )
         sys.exit(2)
     logs.configure(settings.log_format)
     try:

@@ -1,4 +1,5 @@
-"""The worker as a process: Prometheus metrics on loopback, and SIGTERM."""
+"""The worker as a process: Prometheus metrics on loopback, SIGTERM, and its
+check for the helm binary at start."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import socket
 import sys
 import urllib.request
 import uuid
+from pathlib import Path
 
 from temporalio.testing import WorkflowEnvironment
 
@@ -27,19 +29,8 @@ def scrape(port: int) -> str:
         return str(response.read().decode())
 
 
-async def test_worker_metrics_and_sigterm(temporal_env: WorkflowEnvironment) -> None:
-    """With a metrics port set the worker serves SDK metrics on loopback, and on
-    SIGTERM it logs its stop and exits 0."""
-    port = free_port()
-    env = dict(
-        os.environ,
-        VENTROS_DEPLOY_TEMPORAL_ADDRESS=temporal_env.client.service_client.config.target_host,
-        VENTROS_DEPLOY_TASK_QUEUE=f"tq-{uuid.uuid4().hex[:8]}",
-        VENTROS_DEPLOY_METRICS_PORT=str(port),
-        VENTROS_DEPLOY_LOG_FORMAT="json",
-        VENTROS_DEPLOY_GRACEFUL_SHUTDOWN_S="1",
-    )
-    process = await asyncio.create_subprocess_exec(
+async def start_worker(env: dict[str, str]) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "worker",
@@ -48,6 +39,32 @@ async def test_worker_metrics_and_sigterm(temporal_env: WorkflowEnvironment) -> 
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
+
+
+def stand_in_helm(tmp_path: Path) -> Path:
+    """A file the worker finds as its helm; these tests never run it."""
+    helm = tmp_path / "helm"
+    helm.write_text("#!/bin/sh\nexit 1\n")
+    helm.chmod(0o755)
+    return helm
+
+
+async def test_worker_metrics_and_sigterm(
+    temporal_env: WorkflowEnvironment, tmp_path: Path
+) -> None:
+    """With a metrics port set the worker serves SDK metrics on loopback, and on
+    SIGTERM it logs its stop and exits 0."""
+    port = free_port()
+    env = dict(
+        os.environ,
+        VENTROS_DEPLOY_HELM=str(stand_in_helm(tmp_path)),
+        VENTROS_DEPLOY_TEMPORAL_ADDRESS=temporal_env.client.service_client.config.target_host,
+        VENTROS_DEPLOY_TASK_QUEUE=f"tq-{uuid.uuid4().hex[:8]}",
+        VENTROS_DEPLOY_METRICS_PORT=str(port),
+        VENTROS_DEPLOY_LOG_FORMAT="json",
+        VENTROS_DEPLOY_GRACEFUL_SHUTDOWN_S="1",
+    )
+    process = await start_worker(env)
     metrics = ""
     for _ in range(100):
         try:
@@ -66,3 +83,21 @@ async def test_worker_metrics_and_sigterm(temporal_env: WorkflowEnvironment) -> 
     assert '"event": "worker stopping"' in logs
     assert '"event": "worker stopped"' in logs
     assert "payload encryption is off" in logs
+
+
+async def test_worker_without_helm_exits(
+    temporal_env: WorkflowEnvironment, tmp_path: Path
+) -> None:
+    """A worker whose helm is missing exits 2 at start, naming the setting,
+    instead of failing every deploy's first phase later."""
+    missing = tmp_path / "no-such-helm"
+    env = dict(
+        os.environ,
+        VENTROS_DEPLOY_TEMPORAL_ADDRESS=temporal_env.client.service_client.config.target_host,
+        VENTROS_DEPLOY_HELM=str(missing),
+    )
+    process = await start_worker(env)
+    _, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 2
+    assert f"helm binary '{missing}' not found" in err.decode()
+    assert "VENTROS_DEPLOY_HELM" in err.decode()
