@@ -419,10 +419,10 @@ def resolve_id(args: argparse.Namespace) -> str:
 async def cmd_status(client: Client, args: argparse.Namespace, console: Console) -> int:
     handle = client.get_workflow_handle(resolve_id(args))
     status = await fetch_status(handle)
+    running = await is_running(handle)
     if args.json:
         print(status.model_dump_json())
     else:
-        running = await is_running(handle)
         console.print(
             phase_table(
                 status, await live_statuses(client, handle) if running else None
@@ -430,6 +430,10 @@ async def cmd_status(client: Client, args: argparse.Namespace, console: Console)
         )
         if status.message:
             console.print(status.message, highlight=False)
+    # A run that ended without succeeding (invalid, aborted, terminated) and a
+    # phase that waits for retry exit 1, as start --follow does.
+    if _needs_attention(status) or not (running or status.state == "succeeded"):
+        return EXIT_FAILED
     return EXIT_OK
 
 

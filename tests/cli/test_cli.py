@@ -236,6 +236,7 @@ async def test_cli_invalid_values_message_shown(
     assert "invalid after" in followed.stdout
     assert "/temporal/namespace" in followed.stdout
     assert "x[/bold]y" in followed.stdout
-    assert status.returncode == 0, status.stderr
+    # status exits 1 for a deploy that ended without succeeding.
+    assert status.returncode == 1, status.stderr
     assert "Traceback" not in status.stderr
     assert "x[/bold]y" in status.stdout

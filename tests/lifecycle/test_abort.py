@@ -94,8 +94,13 @@ async def test_abort_stops_app_wait(
         retried = await run_cli(
             ["retry", handle.id], cli_env(temporal_env, lifecycle_settings)
         )
+        shown = await run_cli(
+            ["status", handle.id], cli_env(temporal_env, lifecycle_settings)
+        )
 
     assert f"aborted {handle.id}: a running phase is stopped" in output
+    assert shown.returncode == 1, shown.stderr
+    assert "aborted: operator stop" in shown.stdout
     assert "the run has ended" in output
     assert again.returncode == 1
     assert f"{handle.id} has already ended, so there is nothing to abort" in (
