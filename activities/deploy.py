@@ -20,7 +20,7 @@ from typing import Any, ParamSpec, TypeVar
 import structlog
 import yaml
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from activities import preflight, readiness
 from activities.claim import OperatorClaim, holder_identity
@@ -113,6 +113,27 @@ def translate_errors(func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R
             return await func(*args, **kwargs)
         except ApplicationError:
             raise
+        except asyncio.CancelledError:
+            details = activity.cancellation_details()
+            if details is None or not details.not_found:
+                raise
+            # The run ended (an abort, for example) before this attempt's
+            # heartbeat learned of it. The server discards the attempt's result,
+            # so a benign error keeps the SDK from logging a warning with a
+            # traceback for it.
+            info = activity.info()
+            log.info(
+                "attempt stopped because its workflow run ended",
+                workflow_id=info.workflow_id,
+                activity=info.activity_type,
+                attempt=info.attempt,
+            )
+            raise ApplicationError(
+                "stopped: the workflow run that started this attempt has ended",
+                type=contracts.RUN_ENDED,
+                non_retryable=True,
+                category=ApplicationErrorCategory.BENIGN,
+            ) from None
         except InvalidRequestError as error:
             raise _non_retryable(contracts.INVALID_REQUEST, str(error)) from error
         except ChartNotFoundError as error:
