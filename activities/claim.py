@@ -30,6 +30,7 @@ from activities.kubeapi import (
     JsonObject,
     KubeApiError,
     KubeClient,
+    NotFoundError,
     well_known,
 )
 from activities.waits import TRANSIENT_ERRORS
@@ -188,8 +189,10 @@ class OperatorClaim:
                             previous_holder=holder.identity,
                         )
                     return
-            except ConflictError:
-                continue  # Another deploy created or took it first: read again.
+            except (ConflictError, NotFoundError):
+                # Another deploy created, took or gave back the claim since the
+                # read, so read it again.
+                continue
             if holder.identity != waiting_for:
                 waiting_for = holder.identity
                 log.info(
@@ -202,22 +205,36 @@ class OperatorClaim:
     async def _renew_until_cancelled(self) -> None:
         while True:
             await asyncio.sleep(self.renew_every_s)
-            current = await self.kube.get(LEASE, CLAIM_NAME, CLAIM_NAMESPACE)
-            if current is None or Holder.of(current).identity != self.identity:
-                log.warning("lost the operator claim", lease=CLAIM_NAME)
-                return
-            with contextlib.suppress(ConflictError):
-                await self.kube.merge_patch(
-                    LEASE,
-                    CLAIM_NAME,
-                    {
-                        "metadata": {
-                            "resourceVersion": current["metadata"]["resourceVersion"]
-                        },
-                        "spec": {"renewTime": _micro_time(self.clock())},
-                    },
-                    CLAIM_NAMESPACE,
+            try:
+                if not await self._renew():
+                    log.warning("lost the operator claim", holder=self.identity)
+                    return
+            except (KubeApiError, *TRANSIENT_ERRORS) as error:
+                # The next renewal may get through before the claim expires.
+                log.warning(
+                    "renewing the operator claim failed",
+                    holder=self.identity,
+                    error=str(error),
                 )
+
+    async def _renew(self) -> bool:
+        """Move the claim's renewTime to now; return False if it was lost."""
+        current = await self.kube.get(LEASE, CLAIM_NAME, CLAIM_NAMESPACE)
+        if current is None or Holder.of(current).identity != self.identity:
+            return False
+        with contextlib.suppress(ConflictError):
+            await self.kube.merge_patch(
+                LEASE,
+                CLAIM_NAME,
+                {
+                    "metadata": {
+                        "resourceVersion": current["metadata"]["resourceVersion"]
+                    },
+                    "spec": {"renewTime": _micro_time(self.clock())},
+                },
+                CLAIM_NAMESPACE,
+            )
+        return True
 
     async def _give_back(self) -> None:
         """Delete the Lease if this deploy is still its holder.

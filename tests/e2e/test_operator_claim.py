@@ -12,6 +12,7 @@ import datetime
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
 import pytest_asyncio
 import structlog
@@ -29,6 +30,7 @@ from activities.kubeapi import JsonObject, KubeClient, well_known
 from deployer import contracts
 from deployer.phases import DeployStatus, PhaseState
 from deployer.settings import WorkerSettings
+from testbed.cluster import LocalCluster
 from testbed.leftovers import remove_namespace
 from tests.conftest import deploy_request, running_worker
 from tests.e2e.test_deploy import start, status_of
@@ -145,6 +147,39 @@ async def test_claim_renewed_while_held(kube: KubeClient) -> None:
     assert holder_of(later) == "slow"
     assert later["spec"]["renewTime"] > first
     assert later["spec"]["acquireTime"] == first
+
+
+@pytest.mark.usefixtures("no_claim")
+async def test_claim_renewal_survives_api_error(cluster: LocalCluster) -> None:
+    """A renewal that fails (API server unreachable for one request) is
+    tried again later, and does not fail the install it runs beside."""
+    kube = await KubeClient.connect(str(cluster.kubeconfig))
+    real_get = kube.get
+    calls = 0
+
+    async def get_failing_once(*args: Any, **kwargs: Any) -> JsonObject | None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:  # The first get is the take, the second a renewal.
+            raise aiohttp.ClientConnectionError("connection refused")
+        return await real_get(*args, **kwargs)
+
+    try:
+        kube.get = get_failing_once  # type: ignore[method-assign]
+        with structlog.testing.capture_logs() as logs:
+            async with OperatorClaim(kube, "patient", renew_every_s=0.2).held():
+                first = (await real_get(LEASE, CLAIM_NAME, CLAIM_NAMESPACE) or {})[
+                    "spec"
+                ]["renewTime"]
+                await asyncio.sleep(1)
+                later = await real_get(LEASE, CLAIM_NAME, CLAIM_NAMESPACE) or {}
+        after = await real_get(LEASE, CLAIM_NAME, CLAIM_NAMESPACE)
+    finally:
+        await kube.close()
+    assert calls >= 3
+    assert any(e["event"] == "renewing the operator claim failed" for e in logs)
+    assert later["spec"]["renewTime"] > first
+    assert after is None
 
 
 @pytest.mark.usefixtures("no_claim")
