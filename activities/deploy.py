@@ -708,15 +708,18 @@ class DeployActivities:
 
         if request.install_operators:
             # Another deploy may have installed the operators since validate
-            # checked, so check again with the claim taken.
+            # checked, so the claim checks again before it is taken.
             kube = await self.kube(request.kube_context)
             claim = OperatorClaim(
                 kube, holder_identity(request.release, request.namespace)
             )
-            async with claim.held():
-                await preflight.check_no_other_operators(
-                    kube, request.release, request.namespace
-                )
+            check = functools.partial(
+                preflight.check_no_other_operators,
+                kube,
+                request.release,
+                request.namespace,
+            )
+            async with claim.held(check):
                 manifests = await install_all()
         else:
             manifests = await install_all()

@@ -53,7 +53,8 @@ async def no_claim(kube: KubeClient) -> AsyncIterator[None]:
     await kube.delete(LEASE, CLAIM_NAME, CLAIM_NAMESPACE)
 
 
-async def put_claim(kube: KubeClient, holder: str, renewed_ago_s: float) -> None:
+async def put_claim(kube: KubeClient, holder: str | None, renewed_ago_s: float) -> None:
+    """Create the Lease as a holder (None: no holder, a free claim) left it."""
     renewed = datetime.datetime.now(datetime.UTC) - datetime.timedelta(
         seconds=renewed_ago_s
     )
@@ -65,10 +66,10 @@ async def put_claim(kube: KubeClient, holder: str, renewed_ago_s: float) -> None
             "kind": "Lease",
             "metadata": {"name": CLAIM_NAME, "namespace": CLAIM_NAMESPACE},
             "spec": {
-                "holderIdentity": holder,
                 "leaseDurationSeconds": 60,
                 "acquireTime": stamp,
                 "renewTime": stamp,
+                **({} if holder is None else {"holderIdentity": holder}),
             },
         },
         CLAIM_NAMESPACE,
@@ -76,7 +77,12 @@ async def put_claim(kube: KubeClient, holder: str, renewed_ago_s: float) -> None
 
 
 def holder_of(lease: JsonObject | None) -> str | None:
+    """Return the claim's holder; None when the Lease is missing or free."""
     return None if lease is None else lease["spec"].get("holderIdentity")
+
+
+async def nothing_to_check() -> None:
+    return None
 
 
 @pytest.mark.usefixtures("no_claim")
@@ -88,18 +94,18 @@ async def test_claim_waits_for_the_holder(kube: KubeClient) -> None:
     second_in = asyncio.Event()
 
     async def second_holds() -> str | None:
-        async with second.held():
+        async with second.held(nothing_to_check):
             second_in.set()
             return holder_of(await read_claim(kube))
 
-    async with first.held():
+    async with first.held(nothing_to_check):
         assert holder_of(await read_claim(kube)) == "first"
         waiting = asyncio.create_task(second_holds())
         await asyncio.sleep(1)
         assert not second_in.is_set()
         assert holder_of(await read_claim(kube)) == "first"
     assert await asyncio.wait_for(waiting, timeout=5) == "second"
-    assert await read_claim(kube) is None
+    assert holder_of(await read_claim(kube)) is None
 
 
 @pytest.mark.usefixtures("no_claim")
@@ -108,7 +114,7 @@ async def test_expired_claim_is_taken_over(kube: KubeClient) -> None:
     await put_claim(kube, "a worker that died", renewed_ago_s=61)
     with structlog.testing.capture_logs() as logs:
         async with asyncio.timeout(2):
-            async with OperatorClaim(kube, "next").held():
+            async with OperatorClaim(kube, "next").held(nothing_to_check):
                 taken = await read_claim(kube)
     assert holder_of(taken) == "next"
     assert any(
@@ -126,7 +132,9 @@ async def test_fresh_claim_not_taken(kube: KubeClient) -> None:
     before = await read_claim(kube)
 
     async def hold() -> None:
-        async with OperatorClaim(kube, "waiter", poll_every_s=0.1).held():
+        async with OperatorClaim(kube, "waiter", poll_every_s=0.1).held(
+            nothing_to_check
+        ):
             raise AssertionError("took a claim that had not expired")
 
     waiting = asyncio.create_task(hold())
@@ -140,7 +148,7 @@ async def test_fresh_claim_not_taken(kube: KubeClient) -> None:
 @pytest.mark.usefixtures("no_claim")
 async def test_claim_renewed_while_held(kube: KubeClient) -> None:
     """The holder renews the claim, so a long install does not lose it."""
-    async with OperatorClaim(kube, "slow", renew_every_s=0.3).held():
+    async with OperatorClaim(kube, "slow", renew_every_s=0.3).held(nothing_to_check):
         first = (await read_claim(kube) or {})["spec"]["renewTime"]
         await asyncio.sleep(1)
         later = await read_claim(kube) or {}
@@ -167,7 +175,9 @@ async def test_claim_renewal_survives_api_error(cluster: LocalCluster) -> None:
     try:
         kube.get = get_failing_once  # type: ignore[method-assign]
         with structlog.testing.capture_logs() as logs:
-            async with OperatorClaim(kube, "patient", renew_every_s=0.2).held():
+            async with OperatorClaim(kube, "patient", renew_every_s=0.2).held(
+                nothing_to_check
+            ):
                 first = (await real_get(LEASE, CLAIM_NAME, CLAIM_NAMESPACE) or {})[
                     "spec"
                 ]["renewTime"]
@@ -179,7 +189,44 @@ async def test_claim_renewal_survives_api_error(cluster: LocalCluster) -> None:
     assert calls >= 3
     assert any(e["event"] == "renewing the operator claim failed" for e in logs)
     assert later["spec"]["renewTime"] > first
-    assert after is None
+    assert holder_of(after) is None
+
+
+@pytest.mark.usefixtures("no_claim")
+async def test_failed_check_takes_nothing(kube: KubeClient) -> None:
+    """A check that rejects the deploy leaves the claim untaken."""
+    await put_claim(kube, None, renewed_ago_s=5)
+    before = await read_claim(kube)
+
+    async def reject() -> None:
+        raise RuntimeError("operators found")
+
+    with pytest.raises(RuntimeError, match="operators found"):
+        async with OperatorClaim(kube, "rejected").held(reject):
+            raise AssertionError("ran the body after a failed check")
+    assert await read_claim(kube) == before
+
+
+@pytest.mark.usefixtures("no_claim")
+async def test_claim_changed_during_check(kube: KubeClient) -> None:
+    """Another deploy takes and gives back the claim while this one checks:
+    the take fails on the resourceVersion, and the check runs again, so it
+    sees what that deploy installed."""
+    await put_claim(kube, None, renewed_ago_s=5)
+    checks = 0
+
+    async def other_deploy_meanwhile() -> None:
+        nonlocal checks
+        checks += 1
+        if checks == 1:
+            async with OperatorClaim(kube, "other").held(nothing_to_check):
+                pass
+
+    async with asyncio.timeout(5):
+        async with OperatorClaim(kube, "this").held(other_deploy_meanwhile):
+            holder = holder_of(await read_claim(kube))
+    assert checks == 2
+    assert holder == "this"
 
 
 @pytest.mark.usefixtures("no_claim")
@@ -188,12 +235,14 @@ async def test_claim_given_back_on_failure(kube: KubeClient) -> None:
     not wait for it to expire. A retry by the same deploy takes it again."""
     claim = OperatorClaim(kube, "failing")
     with pytest.raises(RuntimeError, match="helm failed"):
-        async with claim.held():
+        async with claim.held(nothing_to_check):
             raise RuntimeError("helm failed")
-    assert await read_claim(kube) is None
+    assert holder_of(await read_claim(kube)) is None
+    # The state a retry finds after a worker died inside the body.
+    await kube.delete(LEASE, CLAIM_NAME, CLAIM_NAMESPACE)
     await put_claim(kube, "failing", renewed_ago_s=0)
     async with asyncio.timeout(2):
-        async with claim.held():
+        async with claim.held(nothing_to_check):
             assert holder_of(await read_claim(kube)) == "failing"
 
 
@@ -294,7 +343,7 @@ async def test_concurrent_operator_installs(
         (winner, "ventros-crm-postgres-operator"),
         (winner, "ventros-crm-rabbitmq-operator"),
     ]
-    assert claim_after is None
+    assert holder_of(claim_after) is None
 
 
 @pytest.mark.usefixtures("no_claim")
@@ -323,4 +372,4 @@ async def test_deploy_waits_for_a_held_claim(
     assert result.state == "succeeded"
     base = next(r for r in result.phases if r.phase.value == "base")
     assert base.attempts == 1
-    assert await read_claim(kube) is None
+    assert holder_of(await read_claim(kube)) is None
