@@ -353,6 +353,8 @@ def object_phase(obj: JsonObject) -> str | None:
 # must be a DNS-1123 label of at most 63 characters.
 TEMPORAL_NAMESPACE_NAME = re.compile(r"[a-z0-9]([-a-z0-9]{0,44}[a-z0-9])?")
 TEMPORAL_RETENTION = re.compile(r"[1-9][0-9]{0,3}d")
+# SystemLocalNamespace in the Temporal server (common/primitives/namespaces.go).
+TEMPORAL_SYSTEM_NAMESPACE = "temporal-system"
 
 
 def check_temporal_namespace(namespace: str, retention: str) -> None:
@@ -364,6 +366,13 @@ def check_temporal_namespace(namespace: str, retention: str) -> None:
             f"temporal.namespace {namespace!r} is invalid: the Temporal chart names "
             "a container create-<namespace>-namespace, so use at most 46 lowercase "
             "letters, digits and '-', starting and ending with a letter or digit",
+        )
+    if namespace == TEMPORAL_SYSTEM_NAMESPACE:
+        raise _non_retryable(
+            contracts.VALUES_REJECTED,
+            f"temporal.namespace {namespace!r} is the Temporal server's own "
+            "namespace for its system workflows; use another name, for "
+            "example ventros-crm",
         )
     if not TEMPORAL_RETENTION.fullmatch(retention):
         raise _non_retryable(

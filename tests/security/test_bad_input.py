@@ -636,6 +636,13 @@ BAD_CASES = [
         SCHEMA_FIX,
     ),
     BadCase(
+        "schema-temporal-system-namespace",
+        with_values({"temporal": {"namespace": "temporal-system"}}),
+        REJECTED,
+        "/temporal/namespace",
+        SCHEMA_FIX,
+    ),
+    BadCase(
         "schema-retention-hours",
         with_values({"temporal": {"namespaceRetention": "72h"}}),
         REJECTED,

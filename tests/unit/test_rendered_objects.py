@@ -124,6 +124,7 @@ def test_app_temporal_namespace_missing_rejected() -> None:
         ("Bad_Name", "3d", "temporal.namespace 'Bad_Name'"),
         ("a" * 47, "3d", "temporal.namespace"),
         ("-crm", "3d", "temporal.namespace"),
+        ("temporal-system", "3d", "the Temporal server's own namespace"),
         ("crm", "72h", "temporal.namespaceRetention '72h'"),
         ("crm", "0d", "temporal.namespaceRetention"),
     ],
