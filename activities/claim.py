@@ -53,8 +53,13 @@ LEASE = well_known("coordination.k8s.io/v1", "Lease")
 CLAIM_NAMESPACE = "kube-system"
 CLAIM_NAME = "ventros-deploy-operators"
 CLAIM_DURATION_S = 60
-RENEW_EVERY_S = 15
+# A holder that finds its claim lost (deleted, or taken by another deploy)
+# stops its install, so renewals come often: an install takes seconds.
+RENEW_EVERY_S = 3
 POLL_EVERY_S = 0.5
+# Below the apply activity's 6 min start-to-close timeout, so that a claim
+# that is never given back fails the phase with its holder's name.
+MAX_WAIT_S = 300
 
 
 @dataclass(frozen=True)
@@ -67,7 +72,19 @@ class Holder:
     resource_version: str
 
     def expired(self, now: datetime.datetime) -> bool:
-        return now > self.renewed + datetime.timedelta(seconds=self.duration_s)
+        """Tell whether the claim ran out, or was renewed at a future time.
+
+        A renewTime later than a whole duration from now comes from a wrong
+        clock or a hand edit, and would hold off every deploy until then.
+        """
+        duration = datetime.timedelta(seconds=self.duration_s)
+        return now > self.renewed + duration or self.renewed > now + duration
+
+    def describe(self) -> str:
+        return (
+            f"{self.identity or 'nobody'} (lease {CLAIM_NAMESPACE}/{CLAIM_NAME}, "
+            f"renewed {_micro_time(self.renewed)} for {self.duration_s} s)"
+        )
 
     @classmethod
     def of(cls, lease: JsonObject) -> Holder:
@@ -111,6 +128,7 @@ class OperatorClaim:
         duration_s: int = CLAIM_DURATION_S,
         renew_every_s: float = RENEW_EVERY_S,
         poll_every_s: float = POLL_EVERY_S,
+        max_wait_s: float = MAX_WAIT_S,
         clock: Callable[[], datetime.datetime] = _now,
     ) -> None:
         self.kube = kube
@@ -118,16 +136,20 @@ class OperatorClaim:
         self.duration_s = duration_s
         self.renew_every_s = renew_every_s
         self.poll_every_s = poll_every_s
+        self.max_wait_s = max_wait_s
         self.clock = clock
+        self._lost_to: str | None = None
 
     @contextlib.asynccontextmanager
     async def held(self, check: Callable[[], Awaitable[None]]) -> AsyncIterator[None]:
         """Take the claim for the body once check passes while it is free.
 
         While another deploy has the claim, this waits until that deploy gives
-        it back or its claim expires. The caller's activity heartbeats
-        meanwhile, and its cancellation ends the wait. check raises to reject
-        the deploy, and then the claim is not taken.
+        it back or its claim expires, for max_wait_s at the most. The caller's
+        activity heartbeats meanwhile, and its cancellation ends the wait.
+        check raises to reject the deploy, and then the claim is not taken.
+        When a renewal finds the claim lost, the body is cancelled and a
+        retryable OperatorClaimLost error is raised in its place.
         """
         started = time.monotonic()
         try:
@@ -147,9 +169,23 @@ class OperatorClaim:
             holder=self.identity,
             took_ms=round(1000 * (time.monotonic() - started)),
         )
-        renewing = asyncio.create_task(self._renew_until_cancelled())
+        owner = asyncio.current_task()
+        assert owner is not None  # An activity runs in a task.
+        renewing = asyncio.create_task(self._renew_until_lost(owner))
         try:
             yield
+        except asyncio.CancelledError:
+            # Only a cancel of this claim's own (the claim was lost) turns into
+            # an error; the activity's cancellation goes on as it is.
+            if self._lost_to is None or owner.uncancel() > 0:
+                raise
+            raise ApplicationError(
+                "lost the operator claim while installing the operators: lease "
+                f"{CLAIM_NAMESPACE}/{CLAIM_NAME} was {self._lost_to}. The install "
+                "was stopped so that two operators do not run at once; the retry "
+                "checks for other operators again",
+                type=contracts.OPERATOR_CLAIM_LOST,
+            ) from None
         finally:
             renewing.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -181,6 +217,7 @@ class OperatorClaim:
 
     async def _take(self, check: Callable[[], Awaitable[None]]) -> None:
         waiting_for: str | None = None
+        deadline = time.monotonic() + self.max_wait_s
         while True:
             current = await self.kube.get(LEASE, CLAIM_NAME, CLAIM_NAMESPACE)
             holder = None if current is None else Holder.of(current)
@@ -195,6 +232,15 @@ class OperatorClaim:
                     "waiting for another deploy's operator install",
                     holder=holder.identity,
                     lease=f"{CLAIM_NAMESPACE}/{CLAIM_NAME}",
+                )
+            if time.monotonic() > deadline:
+                raise ApplicationError(
+                    f"waited {self.max_wait_s:.0f} s for the operator claim, held "
+                    f"by {holder.describe()}. If that deploy no longer runs, "
+                    f"delete the lease (kubectl delete lease --namespace "
+                    f"{CLAIM_NAMESPACE} {CLAIM_NAME}) and retry",
+                    type=contracts.PHASE_TIMEOUT,
+                    non_retryable=True,
                 )
             await asyncio.sleep(self.poll_every_s)
 
@@ -222,12 +268,20 @@ class OperatorClaim:
             )
         return True
 
-    async def _renew_until_cancelled(self) -> None:
+    async def _renew_until_lost(self, owner: asyncio.Task[object]) -> None:
+        """Renew the claim; cancel owner, the holding task, once it is lost."""
         while True:
             await asyncio.sleep(self.renew_every_s)
             try:
-                if not await self._renew():
-                    log.warning("lost the operator claim", holder=self.identity)
+                lost_to = await self._renew()
+                if lost_to is not None:
+                    log.warning(
+                        "lost the operator claim; stopping the install",
+                        holder=self.identity,
+                        lease=lost_to,
+                    )
+                    self._lost_to = lost_to
+                    owner.cancel()
                     return
             except (KubeApiError, *TRANSIENT_ERRORS) as error:
                 # The next renewal may get through before the claim expires.
@@ -237,11 +291,14 @@ class OperatorClaim:
                     error=str(error),
                 )
 
-    async def _renew(self) -> bool:
-        """Move the claim's renewTime to now; return False if it was lost."""
+    async def _renew(self) -> str | None:
+        """Move the claim's renewTime to now; say how it was lost, if it was."""
         current = await self.kube.get(LEASE, CLAIM_NAME, CLAIM_NAMESPACE)
-        if current is None or Holder.of(current).identity != self.identity:
-            return False
+        if current is None:
+            return "deleted"
+        holder = Holder.of(current)
+        if holder.identity != self.identity:
+            return f"taken by {holder.identity or 'nobody'}"
         with contextlib.suppress(ConflictError):
             await self.kube.merge_patch(
                 LEASE,
@@ -254,7 +311,7 @@ class OperatorClaim:
                 },
                 CLAIM_NAMESPACE,
             )
-        return True
+        return None
 
     async def _give_back(self) -> None:
         """Clear the claim's holder if this deploy is still the holder.

@@ -23,6 +23,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from activities import preflight, readiness
+from activities.claim import MAX_WAIT_S as CLAIM_MAX_WAIT_S
 from activities.claim import OperatorClaim, holder_identity
 from activities.diagnose import describe_blocked_pods
 from activities.helm import (
@@ -720,7 +721,9 @@ class DeployActivities:
             # checked, so the claim checks again before it is taken.
             kube = await self.kube(request.kube_context)
             claim = OperatorClaim(
-                kube, holder_identity(request.release, request.namespace)
+                kube,
+                holder_identity(request.release, request.namespace),
+                max_wait_s=min(request.timeouts.base, CLAIM_MAX_WAIT_S),
             )
             check = functools.partial(
                 preflight.check_no_other_operators,

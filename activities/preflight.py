@@ -38,6 +38,9 @@ ZALANDO_MANIFEST_LABEL = "application"
 OPERATOR_SELECTOR = f"{NAME_LABEL} in ({','.join(OPERATOR_SUFFIXES)})"
 MANIFEST_SELECTOR = f"{ZALANDO_MANIFEST_LABEL}=postgres-operator"
 RELEASE_NAME_ANNOTATION = "meta.helm.sh/release-name"
+# helm v4.3.2 stores a release as pending-install before it creates its objects
+# (Releases.Create before performInstall, pkg/action/install.go).
+PENDING_INSTALL_SELECTOR = "owner=helm,status=pending-install"
 RELEASE_NAMESPACE_ANNOTATION = "meta.helm.sh/release-namespace"
 
 
@@ -139,6 +142,8 @@ async def check_no_other_operators(
 
     A running operator Deployment of another release (or one installed
     without helm) means that a second copy would manage the same objects.
+    So does another release's operator chart that helm is installing
+    (pending-install), whose Deployment may not exist yet.
     A cluster role with a fixed name, left by another release (even one in a
     namespace being deleted), makes helm reject the install after the other
     operator went in. Without permission to list these, the check is skipped.
@@ -157,6 +162,7 @@ async def check_no_other_operators(
                 "items"
             ]
         ]
+        pending = await kube.list(SECRET, label_selector=PENDING_INSTALL_SELECTOR)
     except ForbiddenError:
         # The operator charts' cluster roles need more rights than listing
         # these, so their install reports Forbidden.
@@ -166,6 +172,7 @@ async def check_no_other_operators(
         for item in namespaces.get("items", [])
     }
     found = _running_operators(deployments, release, namespace, phases)
+    found += _installing_operators(pending["items"], release, namespace, phases)
     found += _fixed_name_roles(roles, release, namespace, phases)
     if found:
         raise _non_retryable(
@@ -200,6 +207,30 @@ def _running_operators(
             f"{app} (deployment/{metadata['name']} in namespace {where}, {installer})"
         )
     return list(found.values())
+
+
+def _installing_operators(
+    records: list[JsonObject],
+    release: str,
+    namespace: str,
+    phases: dict[str, str],
+) -> list[str]:
+    """Describe the operator charts that another helm release is installing."""
+    found = []
+    for record in records:
+        metadata = record["metadata"]
+        where = metadata.get("namespace", "")
+        name = (metadata.get("labels") or {}).get("name", "")
+        app = release_chart(record)
+        if app not in OPERATOR_SUFFIXES or phases.get(where) == "Terminating":
+            continue
+        if where == namespace and name == f"{release}-{OPERATOR_SUFFIXES[app]}":
+            continue
+        found.append(
+            f"{app} (helm release {name} in namespace {where}, being installed: "
+            "pending-install)"
+        )
+    return found
 
 
 def _fixed_name_roles(

@@ -48,6 +48,7 @@ RELEASE_NAME_TAKEN = "ReleaseNameTaken"
 RUN_ENDED = "RunEnded"
 # Retried with backoff by the activity retry policy.
 HELM_FAILED = "HelmFailed"
+OPERATOR_CLAIM_LOST = "OperatorClaimLost"
 KUBE_API_UNAVAILABLE = "KubeApiUnavailable"
 
 

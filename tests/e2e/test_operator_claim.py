@@ -7,8 +7,11 @@ real deploys that both passed validate before either installed anything.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import datetime
+import gzip
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,6 +20,7 @@ import pytest
 import pytest_asyncio
 import structlog
 from temporalio.client import WorkflowFailureError, WorkflowHandle
+from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
 from activities.claim import (
@@ -190,6 +194,93 @@ async def test_claim_renewal_survives_api_error(cluster: LocalCluster) -> None:
     assert any(e["event"] == "renewing the operator claim failed" for e in logs)
     assert later["spec"]["renewTime"] > first
     assert holder_of(after) is None
+
+
+@pytest.mark.usefixtures("no_claim")
+async def test_future_renewal_is_expired(kube: KubeClient) -> None:
+    """A claim renewed an hour from now (a wrong clock or a hand edit) is
+    taken over at once instead of holding off every deploy for an hour."""
+    await put_claim(kube, "a fast clock", renewed_ago_s=-3600)
+    async with asyncio.timeout(2):
+        async with OperatorClaim(kube, "next").held(nothing_to_check):
+            holder = holder_of(await read_claim(kube))
+    assert holder == "next"
+
+
+@pytest.mark.usefixtures("no_claim")
+async def test_claim_wait_is_bounded(kube: KubeClient) -> None:
+    """A claim that is renewed but never given back fails the wait after
+    max_wait_s, naming the holder and how to free the claim."""
+    await put_claim(kube, "a stuck deploy", renewed_ago_s=0)
+    claim = OperatorClaim(kube, "waiter", poll_every_s=0.1, max_wait_s=1)
+    with pytest.raises(ApplicationError) as failure:
+        async with asyncio.timeout(5):
+            async with claim.held(nothing_to_check):
+                raise AssertionError("took a claim that had not expired")
+    assert failure.value.type == contracts.PHASE_TIMEOUT
+    assert failure.value.non_retryable
+    assert "held by a stuck deploy" in failure.value.message
+    assert f"kubectl delete lease --namespace {CLAIM_NAMESPACE}" in (
+        failure.value.message
+    )
+
+
+@pytest.mark.parametrize(
+    ("change", "how"),
+    [("delete", "was deleted"), ("take", "was taken by an intruder")],
+)
+@pytest.mark.usefixtures("no_claim")
+async def test_lost_claim_stops_install(
+    kube: KubeClient, change: str, how: str
+) -> None:
+    """A claim deleted or taken while its holder installs stops the install
+    at the next renewal, with a retryable OperatorClaimLost error."""
+    finished = False
+
+    async def lose_claim() -> None:
+        await asyncio.sleep(0.5)
+        if change == "delete":
+            await kube.delete(LEASE, CLAIM_NAME, CLAIM_NAMESPACE)
+        else:
+            await kube.merge_patch(
+                LEASE,
+                CLAIM_NAME,
+                {"spec": {"holderIdentity": "an intruder"}},
+                CLAIM_NAMESPACE,
+            )
+
+    losing = asyncio.create_task(lose_claim())
+    with pytest.raises(ApplicationError) as failure:
+        async with asyncio.timeout(5):
+            async with OperatorClaim(kube, "installer", renew_every_s=0.2).held(
+                nothing_to_check
+            ):
+                await asyncio.sleep(30)
+                finished = True
+    await losing
+    assert failure.value.type == contracts.OPERATOR_CLAIM_LOST
+    assert not failure.value.non_retryable
+    assert how in failure.value.message
+    assert not finished
+
+
+@pytest.mark.usefixtures("no_claim")
+async def test_cancel_while_held_stays_cancel(kube: KubeClient) -> None:
+    """Cancelling the holding activity (an abort) stays a cancellation and
+    gives the claim back."""
+
+    async def hold() -> None:
+        async with OperatorClaim(kube, "aborted", renew_every_s=0.2).held(
+            nothing_to_check
+        ):
+            await asyncio.sleep(30)
+
+    holding = asyncio.create_task(hold())
+    await asyncio.sleep(0.5)
+    holding.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await holding
+    assert holder_of(await read_claim(kube)) is None
 
 
 @pytest.mark.usefixtures("no_claim")
@@ -373,3 +464,45 @@ async def test_deploy_waits_for_a_held_claim(
     base = next(r for r in result.phases if r.phase.value == "base")
     assert base.attempts == 1
     assert holder_of(await read_claim(kube)) is None
+
+
+async def test_pending_operator_install_rejected(
+    temporal_env: WorkflowEnvironment,
+    worker_settings: WorkerSettings,
+    kube: KubeClient,
+    namespace: str,
+) -> None:
+    """Another release's postgres-operator that helm is installing (its
+    record pending-install, no Deployment yet) rejects installing ours."""
+    release = {"chart": {"metadata": {"name": "postgres-operator"}}}
+    inner = base64.b64encode(gzip.compress(json.dumps(release).encode()))
+    record = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "helm.sh/release.v1",
+        "metadata": {
+            "name": "sh.helm.release.v1.other-postgres-operator.v1",
+            "labels": {
+                "name": "other-postgres-operator",
+                "owner": "helm",
+                "status": "pending-install",
+                "version": "1",
+            },
+        },
+        "data": {"release": base64.b64encode(inner).decode()},
+    }
+    async with extra_namespace(kube, f"{namespace}-p") as other:
+        await kube.create(SECRET, record, other)
+        async with running_worker(temporal_env.client, worker_settings):
+            handle = await start(
+                temporal_env, worker_settings, deploy_request(namespace)
+            )
+            with pytest.raises(WorkflowFailureError) as failure:
+                await asyncio.wait_for(handle.result(), timeout=60)
+    cause = failure.value.cause
+    assert isinstance(cause, ApplicationError)
+    assert cause.type == contracts.OPERATORS_INSTALLED
+    assert (
+        f"postgres-operator (helm release other-postgres-operator in namespace "
+        f"{other}, being installed: pending-install)" in cause.message
+    )

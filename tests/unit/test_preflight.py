@@ -10,7 +10,12 @@ from typing import Any
 
 import pytest
 
-from activities.preflight import _fixed_name_roles, _running_operators, release_chart
+from activities.preflight import (
+    _fixed_name_roles,
+    _installing_operators,
+    _running_operators,
+    release_chart,
+)
 
 
 def record(release: Any) -> dict[str, Any]:
@@ -167,3 +172,51 @@ def test_same_release_other_namespace(name: str, clashes: bool) -> None:
     roles = [role(name, "postgres-operator", "crm-postgres-operator", "old")]
     found = _fixed_name_roles(roles, "crm", "shop", {"old": "Active"})
     assert bool(found) is clashes
+
+
+def pending(namespace: str, name: str, chart: str) -> dict[str, Any]:
+    """Return helm's record of a release that is being installed."""
+    secret = record({"chart": {"metadata": {"name": chart}}})
+    secret["metadata"] = {
+        "namespace": namespace,
+        "labels": {"name": name, "owner": "helm", "status": "pending-install"},
+    }
+    return secret
+
+
+@pytest.mark.parametrize(
+    ("item", "phases", "reported"),
+    [
+        (pending("other", "x-postgres-operator", "postgres-operator"), {}, True),
+        (
+            pending("other", "x-rabbitmq-operator", "rabbitmq-cluster-operator"),
+            {},
+            True,
+        ),
+        (pending("shop", "crm-postgres-operator", "postgres-operator"), {}, False),
+        (pending("shop", "other-postgres-operator", "postgres-operator"), {}, True),
+        (pending("other", "x-temporal", "temporal"), {}, False),
+        (
+            pending("gone", "x-postgres-operator", "postgres-operator"),
+            {"gone": "Terminating"},
+            False,
+        ),
+    ],
+    ids=[
+        "postgres elsewhere",
+        "rabbitmq elsewhere",
+        "own",
+        "other release same namespace",
+        "not an operator",
+        "terminating",
+    ],
+)
+def test_installing_operator_table(
+    item: dict[str, Any], phases: dict[str, str], reported: bool
+) -> None:
+    """An operator chart that another helm release is installing counts as
+    installed, before its Deployment exists."""
+    found = _installing_operators([item], "crm", "shop", phases)
+    assert bool(found) is reported
+    if reported:
+        assert "being installed: pending-install" in found[0]
