@@ -19,6 +19,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -386,6 +387,19 @@ async def follow(
     return _exit_code(status)
 
 
+# States in which the workflow itself ended the run.
+ENDED_STATES = frozenset({"succeeded", "invalid", "aborted", "failed"})
+# How Temporal ended a run, as status shows it when the workflow did not say.
+ENDED_EXECUTION_STATES = {
+    WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_COMPLETED: "succeeded",
+    WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_FAILED: "failed",
+    WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_TERMINATED: "terminated",
+    WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_TIMED_OUT: "timed out",
+    WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_CANCELED: "canceled",
+}
+STATUS_QUERY_TIMEOUT = timedelta(seconds=10)
+
+
 def _needs_attention(status: DeployStatus) -> bool:
     return any(r.state is PhaseState.WAITING_FOR_RETRY for r in status.phases)
 
@@ -418,8 +432,42 @@ def resolve_id(args: argparse.Namespace) -> str:
 
 async def cmd_status(client: Client, args: argparse.Namespace, console: Console) -> int:
     handle = client.get_workflow_handle(resolve_id(args))
-    status = await fetch_status(handle)
-    running = await is_running(handle)
+    # describe first: a run that ends between the two calls then shows its
+    # last phases with the exit code of a run that has not ended yet.
+    description = await handle.describe()
+    info = description.raw_description.workflow_execution_info
+    running = info.status == WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_RUNNING
+    try:
+        status = await handle.query(
+            "status", result_type=DeployStatus, rpc_timeout=STATUS_QUERY_TIMEOUT
+        )
+    except RPCError as error:
+        if error.status is RPCStatusCode.NOT_FOUND:
+            raise
+        # A query needs a worker, also for a run that has ended.
+        if running:
+            raise CliError(
+                f"the status query of {handle.id} failed: {error.message}. It "
+                f"needs a worker on task queue {info.task_queue}: start one, or "
+                "check the worker's log",
+                EXIT_UNREACHABLE,
+            ) from None
+        state, message = await ended_outcome(handle, info.status)
+        note = (
+            f"the status query failed ({error.message}), so the phases are not "
+            f"shown; a worker on task queue {info.task_queue} answers it"
+        )
+        ended = {"workflow_id": handle.id, "state": state, "message": message}
+        _print(args, console, {**ended, "phases": None}, f"{handle.id}: {state}")
+        if not args.json:
+            console.print(f"{message}\n{note}" if message else note, highlight=False)
+        return EXIT_OK if state == "succeeded" else EXIT_FAILED
+    if not running and status.state not in ENDED_STATES:
+        # Terminated, timed out, or failed before the workflow recorded why.
+        state, message = await ended_outcome(handle, info.status)
+        status = status.model_copy(
+            update={"state": state, "message": message or status.message}
+        )
     if args.json:
         print(status.model_dump_json())
     else:
@@ -435,6 +483,19 @@ async def cmd_status(client: Client, args: argparse.Namespace, console: Console)
     if _needs_attention(status) or not (running or status.state == "succeeded"):
         return EXIT_FAILED
     return EXIT_OK
+
+
+async def ended_outcome(
+    handle: WorkflowHandle[Any, Any], execution: WorkflowExecutionStatus.ValueType
+) -> tuple[str, str | None]:
+    """Return how a run that has ended ended, from Temporal, and why."""
+    state = ENDED_EXECUTION_STATES.get(execution, "ended")
+    try:
+        await handle.result(follow_runs=False)
+    except WorkflowFailureError as failure:
+        cause = failure.cause
+        return state, str(getattr(cause, "message", "") or cause)
+    return state, None
 
 
 async def cmd_watch(client: Client, args: argparse.Namespace, console: Console) -> int:

@@ -11,9 +11,12 @@ import pty
 import re
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
+from temporalio.client import WorkflowFailureError
 from temporalio.testing import WorkflowEnvironment
 
 from client.cli import build_parser, build_request
@@ -236,7 +239,83 @@ async def test_cli_invalid_values_message_shown(
     assert "invalid after" in followed.stdout
     assert "/temporal/namespace" in followed.stdout
     assert "x[/bold]y" in followed.stdout
+    # The worker has stopped: status still tells how the run ended.
+    offline = await run_cli(["status", f"deploy-{namespace}-ventros-crm"], env)
     # status exits 1 for a deploy that ended without succeeding.
     assert status.returncode == 1, status.stderr
     assert "Traceback" not in status.stderr
     assert "x[/bold]y" in status.stdout
+    assert offline.returncode == 1, offline.stderr
+    assert "Traceback" not in offline.stderr
+    assert f"deploy-{namespace}-ventros-crm: failed" in offline.stdout
+    assert "/temporal/namespace" in offline.stdout
+    assert "the status query failed" in offline.stdout
+
+
+async def test_cli_status_terminated_run(
+    temporal_env: WorkflowEnvironment,
+    worker_settings: WorkerSettings,
+    namespace: str,
+) -> None:
+    """A run terminated by hand shows as terminated with its reason, not as
+    running, and status exits 1."""
+    env = cli_env(temporal_env, worker_settings)
+    async with running_worker(temporal_env.client, worker_settings):
+        handle = await temporal_env.client.start_workflow(
+            "VentrosDeploy",
+            deploy_request(namespace),
+            id=f"deploy-{namespace}-ventros-crm",
+            task_queue=worker_settings.task_queue,
+        )
+        # A query answers once the run's first workflow task has completed.
+        await handle.query("status")
+        await handle.terminate(reason="stopped by the on-call engineer")
+        status = await run_cli(["status", handle.id], env)
+    assert status.returncode == 1, status.stderr
+    assert f"{handle.id} ({namespace}): terminated" in status.stdout
+    assert "stopped by the on-call engineer" in status.stdout
+
+
+async def test_cli_status_unparsable_request(
+    temporal_env: WorkflowEnvironment, worker_settings: WorkerSettings
+) -> None:
+    """A run whose input the workflow could not parse shows as failed with
+    the reason, not as validating."""
+    env = cli_env(temporal_env, worker_settings)
+    async with running_worker(temporal_env.client, worker_settings):
+        handle = await temporal_env.client.start_workflow(
+            "VentrosDeploy",
+            {"release": "Bad_Name", "namespace": "bad"},
+            id=f"deploy-bad-{uuid.uuid4().hex[:8]}",
+            task_queue=worker_settings.task_queue,
+        )
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+        status = await run_cli(["status", handle.id, "--json"], env)
+    shown = json.loads(status.stdout)
+    assert status.returncode == 1, status.stderr
+    assert shown["state"] == "failed"
+    assert "release" in shown["message"]
+    assert "DNS-1123" in shown["message"]
+
+
+async def test_cli_status_without_worker(
+    temporal_env: WorkflowEnvironment, worker_settings: WorkerSettings
+) -> None:
+    """A running deploy that no worker polls: status names the task queue
+    and exits 5 after its query timeout instead of a traceback."""
+    env = cli_env(temporal_env, worker_settings)
+    handle = await temporal_env.client.start_workflow(
+        "VentrosDeploy",
+        deploy_request("nowhere"),
+        id=f"deploy-nowhere-{uuid.uuid4().hex[:8]}",
+        task_queue=worker_settings.task_queue,
+    )
+    try:
+        status = await run_cli(["status", handle.id], env)
+    finally:
+        await handle.terminate("the test is done")
+    assert status.returncode == 5, status.stderr
+    assert "Traceback" not in status.stderr
+    assert "the status query of" in status.stderr
+    assert worker_settings.task_queue in status.stderr
