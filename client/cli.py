@@ -364,6 +364,9 @@ async def follow(
             if not running or _needs_attention(status):
                 break
             await asyncio.sleep(FOLLOW_INTERVAL_S)
+    if not console.is_terminal:
+        # Off a terminal, Live leaves its last line without a line break.
+        console.line()
     console.print(
         f"{status.state} after {time.monotonic() - started:.1f} s", highlight=False
     )

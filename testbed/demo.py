@@ -276,7 +276,11 @@ def _write_env_file() -> None:
         for k in sorted(env)
         if k.startswith("VENTROS_DEPLOY_")
     ]
-    lines.append(f"export PATH={Path(sys.executable).parent}:$PATH")
+    # kubectl, as the README's troubleshooting uses it, sees the demo cluster.
+    lines.append(f"export KUBECONFIG={shlex.quote(env['VENTROS_DEPLOY_KUBECONFIG'])}")
+    folders = [Path(sys.executable).parent, tool_path("kubectl").parent]
+    folders.append(tool_path("helm").parent)
+    lines.append(f"export PATH={':'.join(map(str, folders))}:$PATH")
     (STATE / "env.sh").write_text("\n".join(lines) + "\n")
 
 

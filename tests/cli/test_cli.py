@@ -236,7 +236,7 @@ async def test_cli_invalid_values_message_shown(
         followed = await run_cli(["start", "--request", request, "--follow"], env)
         status = await run_cli(["status", f"deploy-{namespace}-ventros-crm"], env)
     assert followed.returncode == 1, followed.stderr
-    assert "invalid after" in followed.stdout
+    assert "\ninvalid after" in followed.stdout
     assert "/temporal/namespace" in followed.stdout
     assert "x[/bold]y" in followed.stdout
     # The worker has stopped: status still tells how the run ended.

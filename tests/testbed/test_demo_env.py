@@ -1,0 +1,35 @@
+"""The shell file `make demo` leaves for its user: sourced in bash, it points
+the client, kubectl and helm at the demo's bootstrap Temporal and cluster."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from testbed import demo
+
+
+def test_env_file_sets_kubectl_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(demo, "STATE", tmp_path)
+    demo._write_env_file()
+    shown = subprocess.run(
+        [
+            "bash",
+            "-c",
+            f"source {tmp_path / 'env.sh'} && echo $KUBECONFIG && "
+            "command -v kubectl helm ventros-deploy && "
+            "echo $VENTROS_DEPLOY_TEMPORAL_ADDRESS",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    assert shown[0] == str(demo.demo_cluster().config.kubeconfig)
+    assert shown[1].endswith("/kubectl")
+    assert shown[2].endswith("/helm")
+    assert shown[3].endswith("/ventros-deploy")
+    assert shown[4] == f"127.0.0.1:{demo.TEMPORAL_PORT}"
