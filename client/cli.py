@@ -253,10 +253,13 @@ async def live_statuses(
     description = await handle.describe()
     statuses: dict[str, str] = {}
     for pending in description.raw_description.pending_activities:
-        if pending.last_failure.message:
-            # Shown under the phase whose apply activity keeps failing.
+        if pending.HasField("last_failure"):
+            # Shown under the phase whose apply activity keeps failing. The
+            # message may be encrypted, so it is decoded first.
+            failure = await client.data_converter.decode_failure(pending.last_failure)
             statuses["__attempt__"] = (
-                f"attempt {pending.attempt - 1} failed: {pending.last_failure.message}"
+                f"attempt {pending.attempt - 1} failed: "
+                f"{getattr(failure, 'message', '') or failure}"
             )
         if not pending.heartbeat_details.payloads:
             continue

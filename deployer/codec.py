@@ -414,9 +414,18 @@ def _decrypt_data(cipher: AESGCM, data: bytes, key_id: str) -> bytes:
 
 
 def data_converter(key_ring: KeyRing) -> temporalio.converter.DataConverter:
-    """Return the project's pydantic data converter with payload encryption."""
+    """Return the project's pydantic data converter with payload encryption.
+
+    Failure messages and stack traces move into an encoded payload too.
+    Without that they are plain text in history, and a helm error quoted in
+    one may contain values from the request.
+    """
     return dataclasses.replace(
-        pydantic_data_converter, payload_codec=EncryptionCodec(key_ring)
+        pydantic_data_converter,
+        payload_codec=EncryptionCodec(key_ring),
+        failure_converter_class=(
+            temporalio.converter.DefaultFailureConverterWithEncodedAttributes
+        ),
     )
 
 

@@ -8,6 +8,7 @@ UI see it, and searched byte by byte for the secrets, plain and base64.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import logging
@@ -29,7 +30,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.helm import Helm, values_file
 from activities.kubeapi import KubeClient, well_known
-from client.cli import CliError, build_parser, build_request, parse_set
+from client.cli import CliError, build_parser, build_request, live_statuses, parse_set
 from deployer import codec, contracts, logs
 from deployer.inputs import ChartRef
 from deployer.phases import DeployStatus
@@ -217,7 +218,9 @@ async def test_secrets_absent_from_failure(
     namespace: str,
     json_logs: CapturedLogs,
 ) -> None:
-    """A failed activity's error, its history and the logs hold no secret."""
+    """A failed activity's error, its history and the logs hold no secret.
+    The failure's message is stored encrypted too: helm quotes values in its
+    errors, so only a client with the key reads it."""
     secrets, values = secret_values()
     values["app"]["replicas"] = -1
     async with running_worker(codec_client, worker_settings):
@@ -233,12 +236,45 @@ async def test_secrets_absent_from_failure(
     assert leaked_forms(secrets, error.message.encode()) == []
 
     history = await raw_history_bytes(temporal_env.client, handle.id)
-    assert b"/app/replicas" in history
+    assert b"/app/replicas" not in history
+    assert b"Encoded failure" in history
     assert leaked_forms(secrets, history) == []
 
     output = json_logs.text()
     assert "app/replicas" in output
     assert leaked_forms(secrets, output.encode()) == []
+
+
+async def test_attempt_failure_shown_decoded(
+    codec_client: Client,
+    temporal_env: WorkflowEnvironment,
+    worker_settings: WorkerSettings,
+    namespace: str,
+    tmp_path: Path,
+) -> None:
+    """A retried apply's last error is stored encrypted, and status decodes
+    it for the phase table."""
+    helm = tmp_path / "helm"
+    helm.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = upgrade ]; then echo "Error: simulated registry outage" >&2; '
+        "exit 1; fi\n"
+        f'exec {worker_settings.helm} "$@"\n'
+    )
+    helm.chmod(0o755)
+    settings = worker_settings.model_copy(update={"helm": str(helm)})
+    async with running_worker(codec_client, settings):
+        handle = await start(codec_client, settings, deploy_request(namespace))
+        statuses: dict[str, str] = {}
+        for _ in range(100):
+            statuses = await live_statuses(codec_client, handle)
+            if "__attempt__" in statuses:
+                break
+            await asyncio.sleep(0.2)
+        raw = await raw_history_bytes(temporal_env.client, handle.id)
+        await handle.terminate(reason="the test saw the attempt")
+    assert "simulated registry outage" in statuses.get("__attempt__", ""), statuses
+    assert b"simulated registry outage" not in raw
 
 
 def test_values_file_private() -> None:
