@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -51,7 +52,17 @@ def _death_signal_prefix() -> tuple[str, ...]:
     only), which helm keeps across exec. Without setpriv, helm runs as is.
     """
     setpriv = shutil.which("setpriv") if sys.platform == "linux" else None
-    return (setpriv, "--pdeathsig=KILL", "--") if setpriv else ()
+    if setpriv is None:
+        return ()
+    # An older setpriv without --pdeathsig would fail every helm call, so its
+    # help text decides.
+    try:
+        usage = subprocess.run(
+            [setpriv, "--help"], capture_output=True, text=True, timeout=5
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ()
+    return (setpriv, "--pdeathsig=KILL", "--") if "--pdeathsig" in usage else ()
 
 
 DEATH_SIGNAL_PREFIX = _death_signal_prefix()

@@ -7,6 +7,7 @@ script that records its pid and sleeps, so no cluster is needed.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 from pathlib import Path
@@ -14,10 +15,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from activities.helm import DEATH_SIGNAL_PREFIX
+from activities.helm import DEATH_SIGNAL_PREFIX, _death_signal_prefix
 from tests.conftest import REPO_ROOT
 
-pytestmark = pytest.mark.skipif(
+needs_setpriv = pytest.mark.skipif(
     not DEATH_SIGNAL_PREFIX, reason="needs Linux and util-linux's setpriv"
 )
 
@@ -54,6 +55,7 @@ async def started_helm(tmp_path: Path) -> tuple[asyncio.subprocess.Process, int]
     raise AssertionError("the stand-in helm never started")
 
 
+@needs_setpriv
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
 async def test_helm_dies_with_its_worker(tmp_path: Path, signum: int) -> None:
     """Killing the worker process kills its helm within a second; before,
@@ -71,3 +73,16 @@ async def test_helm_dies_with_its_worker(tmp_path: Path, signum: int) -> None:
     finally:
         if running(helm_pid):
             psutil.Process(helm_pid).kill()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="setpriv is Linux only")
+def test_setpriv_without_pdeathsig_unused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A setpriv whose help lacks --pdeathsig is not used: helm runs as is
+    instead of failing on an unknown option."""
+    old = tmp_path / "setpriv"
+    old.write_text("#!/bin/sh\necho 'Usage: setpriv [options] <program>'\n")
+    old.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    assert _death_signal_prefix() == ()
