@@ -503,14 +503,38 @@ class DeployActivities:
             keys[f"{request.release}-postgres-operator"] = "postgresOperator"
             keys[f"{request.release}-rabbitmq-operator"] = "rabbitmqOperator"
         expected = {request.release: self._chart_name(helm, request.chart)}
+        remote: dict[str, ChartRef] = {}
         for name, key in keys.items():
             chart = await self._dependency_chart(request, key)
             expected[name] = self._chart_name(helm, chart)
-        await preflight.check_release_names(kube, request.namespace, expected)
+            if chart.path is None:
+                remote[key] = chart
+        await gather_or_cancel(
+            preflight.check_release_names(kube, request.namespace, expected),
+            *(self._fetch_chart(helm, key, chart) for key, chart in remote.items()),
+        )
         if request.install_operators:
             await preflight.check_no_other_operators(
                 kube, request.release, request.namespace
             )
+
+    async def _fetch_chart(self, helm: Helm, key: str, chart: ChartRef) -> None:
+        """Fetch a chart from its repository once, so that a registry that
+        cannot be reached, or a wrong name or version, fails validate before
+        the base phase applies anything."""
+        try:
+            await self.renders.get(
+                helm.cache_key("show chart", chart=chart),
+                lambda: helm.run(["show", "chart", *helm.chart_args(chart)]),
+            )
+        except HelmError as error:
+            raise ApplicationError(
+                f"cannot fetch the {key} chart {chart.name} {chart.version} from "
+                f"{chart.repository}: {error.stderr.strip()}. Check the "
+                "repository, name and version and that the worker reaches the "
+                "repository, or name a chart folder in operator_charts",
+                type=contracts.HELM_FAILED,
+            ) from error
 
     @staticmethod
     def _chart_name(helm: Helm, chart: ChartRef) -> str:

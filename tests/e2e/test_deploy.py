@@ -361,6 +361,41 @@ async def test_deploy_object_owned_elsewhere(
     assert untouched["data"] == {"owner": "someone else"}
 
 
+async def test_unreachable_operator_chart_fails_validate(
+    temporal_env: WorkflowEnvironment,
+    worker_settings: WorkerSettings,
+    kube: KubeClient,
+    namespace: str,
+) -> None:
+    """An operator chart whose repository cannot be reached (a closed port on
+    loopback) fails validate, naming the chart, before anything is applied.
+    Before, the base phase upgraded the app's base release on each retry
+    while the operator chart could not be fetched."""
+    request = deploy_request(namespace)
+    request["operator_charts"]["rabbitmq_operator"] = {
+        "repository": "https://127.0.0.1:9/charts",
+        "name": "rabbitmq-cluster-operator",
+        "version": "4.4.4",
+    }
+    helm = Helm(worker_settings.helm, str(worker_settings.kubeconfig), None, REPO_ROOT)
+    async with running_worker(temporal_env.client, worker_settings):
+        handle = await start(temporal_env, worker_settings, request)
+        with pytest.raises(WorkflowFailureError) as failure:
+            await asyncio.wait_for(handle.result(), timeout=120)
+        status = await status_of(handle)
+    releases = await helm.run(["list", f"--namespace={namespace}", "--short"])
+    cause = failure.value.cause
+    assert isinstance(cause, ApplicationError)
+    assert cause.type == "HelmFailed"
+    assert (
+        "cannot fetch the rabbitmqOperator chart rabbitmq-cluster-operator 4.4.4 "
+        "from https://127.0.0.1:9/charts" in cause.message
+    )
+    assert status.state == "invalid"
+    assert all(r.attempts == 0 for r in status.phases)
+    assert releases.strip() == ""
+
+
 async def test_second_release_operators_rejected(
     temporal_env: WorkflowEnvironment,
     worker_settings: WorkerSettings,
