@@ -86,13 +86,18 @@ def cap_stderr(text: str) -> str:
     )
 
 
+# helm template appends this to an error (pkg/cmd/template.go, helm v4.3.2).
+HELM_DEBUG_HINT = "Use --debug flag to render out invalid YAML"
+
+
 class HelmError(Exception):
     """helm exited non-zero; the message has its arguments and stderr."""
 
     def __init__(self, command: str, returncode: int, stderr: str) -> None:
         self.command = command
         self.returncode = returncode
-        self.stderr = cap_stderr(stderr.strip())
+        # The hint names a helm flag that a user of the deployer cannot pass.
+        self.stderr = cap_stderr(stderr.replace(HELM_DEBUG_HINT, "").strip())
         super().__init__(
             f"`helm {command}` failed with exit code {returncode}: {self.stderr}"
         )
