@@ -1,7 +1,9 @@
 """Background processes that outlive the command that started them.
 
 Each process runs in its own session and logs to a file; their pids are kept
-in a JSON file so that a later command can stop exactly those processes.
+in a JSON file so that a later command can stop exactly those processes. With
+each pid the file keeps the process's start time, so a pid that the system
+has since given to another process (after a reboot, say) is left alone.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 STOP_GRACE_S = 10.0
 
@@ -25,15 +28,29 @@ class ProcessGroup:
         self.log_dir = log_dir
 
     def pids(self) -> dict[str, int]:
+        """Return the recorded pids that still belong to the recorded processes."""
+        pids = {}
+        for name, entry in self._entries().items():
+            if isinstance(entry, int):
+                pids[name] = entry  # Written before start times were kept.
+                continue
+            pid, started = int(entry["pid"]), entry.get("started")
+            now = start_time(pid)
+            if started is not None and now is not None and now != started:
+                continue  # The pid now belongs to another process.
+            pids[name] = pid
+        return pids
+
+    def _entries(self) -> dict[str, Any]:
         try:
             data = json.loads(self.pid_file.read_text())
         except (FileNotFoundError, json.JSONDecodeError):
             return {}
-        return {str(k): int(v) for k, v in data.items()}
+        return {str(k): v for k, v in data.items()}
 
-    def _write(self, pids: dict[str, int]) -> None:
+    def _write(self, entries: dict[str, Any]) -> None:
         self.pid_file.parent.mkdir(parents=True, exist_ok=True)
-        self.pid_file.write_text(json.dumps(pids, indent=2))
+        self.pid_file.write_text(json.dumps(entries, indent=2))
 
     def spawn(
         self,
@@ -54,9 +71,9 @@ class ProcessGroup:
                 cwd=cwd,
                 env=env,
             )
-        pids = self.pids()
-        pids[name] = process.pid
-        self._write(pids)
+        entries = self._entries()
+        entries[name] = {"pid": process.pid, "started": start_time(process.pid)}
+        self._write(entries)
         return process.pid
 
     def running(self, name: str) -> bool:
@@ -65,11 +82,12 @@ class ProcessGroup:
 
     def stop(self, name: str) -> None:
         """Stop one process: SIGTERM to its session, SIGKILL after a grace period."""
-        pids = self.pids()
-        pid = pids.pop(name, None)
+        pid = self.pids().get(name)
         if pid is not None:
             stop_session(pid)
-            self._write(pids)
+        entries = self._entries()
+        entries.pop(name, None)
+        self._write(entries)
 
     def stop_all(self) -> int:
         """Stop every recorded process, newest first; return how many there were."""
@@ -98,6 +116,19 @@ def stop_session(pid: int) -> None:
         time.sleep(0.1)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
+
+
+def start_time(pid: int) -> str | None:
+    """Return when pid started, in clock ticks since boot, or None.
+
+    None when the process is gone or /proc is missing (not Linux).
+    """
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            # Field 22 of the line; the fields after the command start at 3.
+            return stat.read().rsplit(")", 1)[-1].split()[19]
+    except (OSError, IndexError):
+        return None
 
 
 def alive(pid: int) -> bool:

@@ -31,8 +31,8 @@ from tests.conftest import free_ports
 
 def read_pids(config: ClusterConfig) -> dict[str, int]:
     return {
-        name: int(pid)
-        for name, pid in json.loads(
+        name: int(entry["pid"])
+        for name, entry in json.loads(
             (config.cluster_dir / "pids.json").read_text()
         ).items()
     }
