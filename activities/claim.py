@@ -125,6 +125,7 @@ class OperatorClaim:
         kube: KubeClient,
         identity: str,
         *,
+        attempt: str = "",
         duration_s: int = CLAIM_DURATION_S,
         renew_every_s: float = RENEW_EVERY_S,
         poll_every_s: float = POLL_EVERY_S,
@@ -132,7 +133,11 @@ class OperatorClaim:
         clock: Callable[[], datetime.datetime] = _now,
     ) -> None:
         self.kube = kube
-        self.identity = identity
+        # The deploy's identity, and the holder written to the Lease: the same
+        # with this attempt added, so that an attempt replaced by a newer one
+        # of the same deploy finds the claim lost.
+        self.deploy = identity
+        self.identity = f"{identity} ({attempt})" if attempt else identity
         self.duration_s = duration_s
         self.renew_every_s = renew_every_s
         self.poll_every_s = poll_every_s
@@ -188,9 +193,17 @@ class OperatorClaim:
             ) from None
         finally:
             renewing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewing
-            await self._give_back()
+            # wait() neither raises the renew task's end nor takes a cancel of
+            # the activity's own, which then reaches the await below.
+            await asyncio.wait([renewing])
+            giving_back = asyncio.ensure_future(self._give_back())
+            try:
+                await asyncio.shield(giving_back)
+            except asyncio.CancelledError:
+                # Give the claim back before the cancel goes on, so that other
+                # deploys need not wait for it to expire.
+                await giving_back
+                raise
 
     def _lease(self, resource_version: str | None, taken: bool) -> JsonObject:
         now = _micro_time(self.clock())
@@ -225,7 +238,11 @@ class OperatorClaim:
                 await check()
                 if await self._take_unchanged(holder):
                     return
-                continue  # The claim changed since the read: read and check again.
+                # The claim changed since the read: read and check again, after
+                # a pause, so that a take that keeps failing does not spin.
+                self._check_deadline(deadline, holder)
+                await asyncio.sleep(self.poll_every_s)
+                continue
             if holder.identity != waiting_for:
                 waiting_for = holder.identity
                 log.info(
@@ -233,20 +250,32 @@ class OperatorClaim:
                     holder=holder.identity,
                     lease=f"{CLAIM_NAMESPACE}/{CLAIM_NAME}",
                 )
-            if time.monotonic() > deadline:
-                raise ApplicationError(
-                    f"waited {self.max_wait_s:.0f} s for the operator claim, held "
-                    f"by {holder.describe()}. If that deploy no longer runs, "
-                    f"delete the lease (kubectl delete lease --namespace "
-                    f"{CLAIM_NAMESPACE} {CLAIM_NAME}) and retry",
-                    type=contracts.PHASE_TIMEOUT,
-                    non_retryable=True,
-                )
+            self._check_deadline(deadline, holder)
             await asyncio.sleep(self.poll_every_s)
 
+    def _check_deadline(self, deadline: float, holder: Holder | None) -> None:
+        if time.monotonic() <= deadline:
+            return
+        held_by = holder.describe() if holder else "nobody"
+        raise ApplicationError(
+            f"waited {self.max_wait_s:.0f} s for the operator claim, held by "
+            f"{held_by}. If that deploy no longer runs, delete the lease "
+            f"(kubectl delete lease --namespace {CLAIM_NAMESPACE} {CLAIM_NAME}) "
+            "and retry",
+            type=contracts.PHASE_TIMEOUT,
+            non_retryable=True,
+        )
+
     def _may_take(self, holder: Holder) -> bool:
-        """Tell whether the claim is free, this deploy's own, or expired."""
-        return holder.identity in ("", self.identity) or holder.expired(self.clock())
+        """Tell whether the claim is free, this deploy's own, or expired.
+
+        An earlier attempt of this deploy counts as its own: its worker died,
+        or it is replaced and gives the claim up at its next renewal.
+        """
+        own = holder.identity == self.deploy or holder.identity.startswith(
+            f"{self.deploy} ("
+        )
+        return holder.identity == "" or own or holder.expired(self.clock())
 
     async def _take_unchanged(self, holder: Holder | None) -> bool:
         """Take the claim as it was read; return False if it changed since."""
@@ -259,7 +288,13 @@ class OperatorClaim:
             # The resourceVersion makes the patch fail if the Lease changed.
             lease = self._lease(holder.resource_version, taken=True)
             await self.kube.merge_patch(LEASE, CLAIM_NAME, lease, CLAIM_NAMESPACE)
-        except (ConflictError, NotFoundError):
+        except ConflictError:
+            return False
+        except NotFoundError:
+            if holder is None:
+                # The create itself found no such place: no kube-system
+                # namespace, or no Lease kind served.
+                raise
             return False
         if holder.identity not in ("", self.identity):
             log.warning(
@@ -269,48 +304,56 @@ class OperatorClaim:
         return True
 
     async def _renew_until_lost(self, owner: asyncio.Task[object]) -> None:
-        """Renew the claim; cancel owner, the holding task, once it is lost."""
+        """Renew the claim; cancel owner, the holding task, once it is lost.
+
+        A claim not renewed for most of its duration counts as lost too:
+        other deploys take it once the duration has passed.
+        """
+        renewed = time.monotonic()
+        give_up_s = max(self.duration_s - 2 * self.renew_every_s, 0)
         while True:
             await asyncio.sleep(self.renew_every_s)
             try:
                 lost_to = await self._renew()
-                if lost_to is not None:
-                    log.warning(
-                        "lost the operator claim; stopping the install",
-                        holder=self.identity,
-                        lease=lost_to,
-                    )
-                    self._lost_to = lost_to
-                    owner.cancel()
-                    return
-            except (KubeApiError, *TRANSIENT_ERRORS) as error:
-                # The next renewal may get through before the claim expires.
+                renewed = time.monotonic()
+            except Exception as error:  # Any failure: retried until give_up_s.
                 log.warning(
                     "renewing the operator claim failed",
                     holder=self.identity,
                     error=str(error),
                 )
+                if time.monotonic() - renewed < give_up_s:
+                    continue
+                lost_to = f"not renewed for {time.monotonic() - renewed:.0f} s"
+            if lost_to is not None:
+                log.warning(
+                    "lost the operator claim; stopping the install",
+                    holder=self.identity,
+                    lease=lost_to,
+                )
+                self._lost_to = lost_to
+                owner.cancel()
+                return
 
     async def _renew(self) -> str | None:
-        """Move the claim's renewTime to now; say how it was lost, if it was."""
+        """Move the claim's renewTime to now; return how it was lost, or None."""
         current = await self.kube.get(LEASE, CLAIM_NAME, CLAIM_NAMESPACE)
         if current is None:
             return "deleted"
         holder = Holder.of(current)
         if holder.identity != self.identity:
             return f"taken by {holder.identity or 'nobody'}"
-        with contextlib.suppress(ConflictError):
-            await self.kube.merge_patch(
-                LEASE,
-                CLAIM_NAME,
-                {
-                    "metadata": {
-                        "resourceVersion": current["metadata"]["resourceVersion"]
-                    },
-                    "spec": {"renewTime": _micro_time(self.clock())},
-                },
-                CLAIM_NAMESPACE,
-            )
+        # A conflict raises: the claim changed since the read, so the next
+        # renewal reads it again.
+        await self.kube.merge_patch(
+            LEASE,
+            CLAIM_NAME,
+            {
+                "metadata": {"resourceVersion": current["metadata"]["resourceVersion"]},
+                "spec": {"renewTime": _micro_time(self.clock())},
+            },
+            CLAIM_NAMESPACE,
+        )
         return None
 
     async def _give_back(self) -> None:

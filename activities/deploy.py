@@ -118,19 +118,20 @@ def translate_errors(func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R
             details = activity.cancellation_details()
             if details is None or not details.not_found:
                 raise
-            # The run ended (an abort, for example) before this attempt's
-            # heartbeat learned of it. The server discards the attempt's result,
-            # so a benign error keeps the SDK from logging a warning with a
-            # traceback for it.
+            # The server no longer knows this attempt: its run ended (an abort,
+            # for example), or the attempt timed out and a new one started. It
+            # discards the result, so a benign error keeps the SDK from
+            # logging a traceback; the warning here keeps the event visible.
             info = activity.info()
-            log.info(
-                "attempt stopped because its workflow run ended",
+            log.warning(
+                "attempt stopped: the server no longer accepts its result",
                 workflow_id=info.workflow_id,
                 activity=info.activity_type,
                 attempt=info.attempt,
             )
             raise ApplicationError(
-                "stopped: the workflow run that started this attempt has ended",
+                "stopped: the server no longer accepts this attempt's result (its "
+                "workflow run ended, or the attempt timed out and was retried)",
                 type=contracts.RUN_ENDED,
                 non_retryable=True,
                 category=ApplicationErrorCategory.BENIGN,
@@ -732,8 +733,9 @@ class DeployActivities:
             await self._ensure_namespace(request)
             # The operators and our base objects do not depend on each other, so
             # each release is recovered and upgraded at the same time as the
-            # others.
-            return await asyncio.gather(
+            # others. When one fails, the others are stopped before the claim
+            # is given back.
+            return await gather_or_cancel(
                 *(
                     install(release, chart, values, index > 0)
                     for index, (release, chart, values) in enumerate(releases)
@@ -744,9 +746,11 @@ class DeployActivities:
             # Another deploy may have installed the operators since validate
             # checked, so the claim checks again before it is taken.
             kube = await self.kube(request.kube_context)
+            info = activity.info()
             claim = OperatorClaim(
                 kube,
                 holder_identity(request.release, request.namespace),
+                attempt=f"{info.workflow_run_id} attempt {info.attempt}",
                 max_wait_s=min(request.timeouts.base, CLAIM_MAX_WAIT_S),
             )
             check = functools.partial(

@@ -13,10 +13,13 @@ import gzip
 import json
 from dataclasses import dataclass
 
+import structlog
 from temporalio.exceptions import ApplicationError
 
 from activities.kubeapi import ForbiddenError, JsonObject, KubeClient, well_known
 from deployer import contracts
+
+log = structlog.get_logger()
 
 SECRET = well_known("v1", "Secret")
 DEPLOYMENT = well_known("apps/v1", "Deployment")
@@ -162,17 +165,28 @@ async def check_no_other_operators(
                 "items"
             ]
         ]
-        pending = await kube.list(SECRET, label_selector=PENDING_INSTALL_SELECTOR)
     except ForbiddenError:
         # The operator charts' cluster roles need more rights than listing
         # these, so their install reports Forbidden.
         return
+    try:
+        pending = (await kube.list(SECRET, label_selector=PENDING_INSTALL_SELECTOR))[
+            "items"
+        ]
+    except ForbiddenError:
+        # An identity that may read Secrets in some namespaces only still
+        # gets the checks above.
+        log.warning(
+            "cannot list helm's release records in all namespaces, so operator "
+            "installs in progress elsewhere are not checked"
+        )
+        pending = []
     phases = {
         item["metadata"]["name"]: (item.get("status") or {}).get("phase", "Active")
         for item in namespaces.get("items", [])
     }
     found = _running_operators(deployments, release, namespace, phases)
-    found += _installing_operators(pending["items"], release, namespace, phases)
+    found += _installing_operators(pending, release, namespace, phases)
     found += _fixed_name_roles(roles, release, namespace, phases)
     if found:
         raise _non_retryable(

@@ -34,6 +34,7 @@ from temporalio.client import (
     Client,
     WorkflowFailureError,
     WorkflowHandle,
+    WorkflowQueryFailedError,
     WorkflowUpdateFailedError,
 )
 from temporalio.common import (
@@ -45,6 +46,7 @@ from temporalio.common import (
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from deployer.codec import PayloadDecryptionError
 from deployer.connect import connect
 from deployer.inputs import (
     DeployRequest,
@@ -256,11 +258,14 @@ async def live_statuses(
         if pending.HasField("last_failure"):
             # Shown under the phase whose apply activity keeps failing. The
             # message may be encrypted, so it is decoded first.
-            failure = await client.data_converter.decode_failure(pending.last_failure)
-            statuses["__attempt__"] = (
-                f"attempt {pending.attempt - 1} failed: "
-                f"{getattr(failure, 'message', '') or failure}"
-            )
+            try:
+                failure = await client.data_converter.decode_failure(
+                    pending.last_failure
+                )
+                message = str(getattr(failure, "message", "") or failure)
+            except PayloadDecryptionError as error:
+                message = f"(cannot decrypt the error: {error})"
+            statuses["__attempt__"] = f"attempt {pending.attempt - 1} failed: {message}"
         if not pending.heartbeat_details.payloads:
             continue
         details = await client.data_converter.decode(pending.heartbeat_details.payloads)
@@ -437,10 +442,10 @@ def resolve_id(args: argparse.Namespace) -> str:
 
 
 async def cmd_status(client: Client, args: argparse.Namespace, console: Console) -> int:
-    handle = client.get_workflow_handle(resolve_id(args))
-    # describe first: a run that ends between the two calls then shows its
-    # last phases with the exit code of a run that has not ended yet.
-    description = await handle.describe()
+    # describe first, then ask that run only: a new run of the same id that
+    # starts meanwhile is not mixed in.
+    description = await client.get_workflow_handle(resolve_id(args)).describe()
+    handle = client.get_workflow_handle(description.id, run_id=description.run_id)
     info = description.raw_description.workflow_execution_info
     running = info.status == WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_RUNNING
     try:
@@ -463,8 +468,8 @@ async def cmd_status(client: Client, args: argparse.Namespace, console: Console)
             f"the status query failed ({error.message}), so the phases are not "
             f"shown; a worker on task queue {info.task_queue} answers it"
         )
-        ended = {"workflow_id": handle.id, "state": state, "message": message}
-        _print(args, console, {**ended, "phases": None}, f"{handle.id}: {state}")
+        outcome = {"workflow_id": handle.id, "state": state, "message": message}
+        _print(args, console, {**outcome, "phases": None}, f"{handle.id}: {state}")
         if not args.json:
             console.print(f"{message}\n{note}" if message else note, highlight=False)
         return EXIT_OK if state == "succeeded" else EXIT_FAILED
@@ -484,9 +489,11 @@ async def cmd_status(client: Client, args: argparse.Namespace, console: Console)
         )
         if status.message:
             console.print(status.message, highlight=False)
-    # A run that ended without succeeding (invalid, aborted, terminated) and a
-    # phase that waits for retry exit 1, as start --follow does.
-    if _needs_attention(status) or not (running or status.state == "succeeded"):
+    # A run that ended without succeeding (invalid, aborted, terminated), also
+    # between describe and the query, and a phase that waits for retry exit 1,
+    # as start --follow does.
+    ended = not running or status.state in ENDED_STATES
+    if _needs_attention(status) or (ended and status.state != "succeeded"):
         return EXIT_FAILED
     return EXIT_OK
 
@@ -969,6 +976,18 @@ async def run(args: argparse.Namespace) -> int:
                 f"no deploy found: {error.message}", EXIT_NOT_FOUND
             ) from None
         raise
+    except WorkflowQueryFailedError as error:
+        raise CliError(
+            f"the worker could not answer the query: {error}. Its log has the "
+            "cause, for example a workflow change that an older run cannot replay",
+            EXIT_FAILED,
+        ) from None
+    except PayloadDecryptionError as error:
+        raise CliError(
+            f"cannot decrypt the deploy's data: {error}. Set "
+            "VENTROS_DEPLOY_CODEC_KEYS_FILE to the key ring the worker uses",
+            EXIT_USAGE,
+        ) from None
 
 
 def main(argv: list[str] | None = None) -> None:

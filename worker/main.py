@@ -133,12 +133,14 @@ def main() -> None:
         )
         sys.exit(2)
     logs.configure(settings.log_format)
-    code = 0
+    code = 1
     try:
         asyncio.run(run(settings))
+        code = 0
     except (OSError, RuntimeError) as error:
         log.error("worker failed", error=str(error))
-        code = 1
+    except Exception:
+        log.exception("worker failed")
     # The SDK's native threads can still call into Python while the
     # interpreter finalizes, which aborted a stopped worker with SIGABRT
     # (exit -6, "PyGILState_Release") once in CI. Everything is stopped and

@@ -23,6 +23,7 @@ from temporalio.client import WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
+from activities import claim as claim_module
 from activities.claim import (
     CLAIM_NAME,
     CLAIM_NAMESPACE,
@@ -30,7 +31,7 @@ from activities.claim import (
     OperatorClaim,
     holder_identity,
 )
-from activities.kubeapi import JsonObject, KubeClient, well_known
+from activities.kubeapi import JsonObject, KubeClient, NotFoundError, well_known
 from deployer import contracts
 from deployer.phases import DeployStatus, PhaseState
 from deployer.settings import WorkerSettings
@@ -262,6 +263,79 @@ async def test_lost_claim_stops_install(
     assert not failure.value.non_retryable
     assert how in failure.value.message
     assert not finished
+
+
+@pytest.mark.usefixtures("no_claim")
+async def test_newer_attempt_replaces_older(kube: KubeClient) -> None:
+    """A newer attempt of the same deploy takes the claim at once; the older
+    attempt, still running, then stops its install and leaves the newer
+    one's claim alone."""
+    identity = holder_identity("crm", "shop")
+    older = OperatorClaim(kube, identity, attempt="attempt 1", renew_every_s=0.2)
+    newer = OperatorClaim(kube, identity, attempt="attempt 2")
+    started = asyncio.Event()
+
+    async def older_install() -> None:
+        async with older.held(nothing_to_check):
+            started.set()
+            await asyncio.sleep(30)
+
+    running = asyncio.create_task(older_install())
+    await started.wait()
+    with pytest.raises(ApplicationError) as failure:
+        async with asyncio.timeout(5):
+            async with newer.held(nothing_to_check):
+                await running
+    holder = holder_of(await read_claim(kube))
+    assert failure.value.type == contracts.OPERATOR_CLAIM_LOST
+    assert f"taken by {identity} (attempt 2)" in failure.value.message
+    assert holder is None
+
+
+@pytest.mark.usefixtures("no_claim")
+async def test_unrenewed_claim_counts_as_lost(cluster: LocalCluster) -> None:
+    """A holder whose renewals keep failing stops its install before others
+    may take the claim as expired."""
+    kube = await KubeClient.connect(str(cluster.kubeconfig))
+    real_get = kube.get
+    taken = asyncio.Event()
+
+    async def get_failing_after_take(*args: Any, **kwargs: Any) -> JsonObject | None:
+        if taken.is_set():
+            raise aiohttp.ClientConnectionError("connection refused")
+        return await real_get(*args, **kwargs)
+
+    claim = OperatorClaim(kube, "cut off", duration_s=2, renew_every_s=0.2)
+    try:
+        kube.get = get_failing_after_take  # type: ignore[method-assign]
+        with pytest.raises(ApplicationError) as failure:
+            async with asyncio.timeout(5):
+                async with claim.held(nothing_to_check):
+                    taken.set()
+                    await asyncio.sleep(30)
+    finally:
+        await kube.close()
+    assert failure.value.type == contracts.OPERATOR_CLAIM_LOST
+    assert "not renewed for" in failure.value.message
+
+
+async def test_missing_claim_namespace_fails_at_once(
+    kube: KubeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A namespace for the claim that does not exist fails the take at once
+    instead of trying again without a pause."""
+    monkeypatch.setattr(claim_module, "CLAIM_NAMESPACE", "no-such-namespace")
+    checks = 0
+
+    async def count_check() -> None:
+        nonlocal checks
+        checks += 1
+
+    with pytest.raises(NotFoundError):
+        async with asyncio.timeout(5):
+            async with OperatorClaim(kube, "lost").held(count_check):
+                raise AssertionError("took a claim in a missing namespace")
+    assert checks == 1
 
 
 @pytest.mark.usefixtures("no_claim")
