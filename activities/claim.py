@@ -193,17 +193,21 @@ class OperatorClaim:
             ) from None
         finally:
             renewing.cancel()
-            # wait() neither raises the renew task's end nor takes a cancel of
-            # the activity's own, which then reaches the await below.
-            await asyncio.wait([renewing])
-            giving_back = asyncio.ensure_future(self._give_back())
+            closing = asyncio.ensure_future(self._close(renewing))
             try:
-                await asyncio.shield(giving_back)
+                await asyncio.shield(closing)
             except asyncio.CancelledError:
-                # Give the claim back before the cancel goes on, so that other
-                # deploys need not wait for it to expire.
-                await giving_back
+                # Give the claim back before the activity's cancel goes on, so
+                # that other deploys need not wait for it to expire.
+                await closing
                 raise
+
+    async def _close(self, renewing: asyncio.Task[None]) -> None:
+        """Wait for the renew task to end, then give the claim back."""
+        # wait() does not raise what ended the renew task, so a crash there
+        # cannot replace the body's own result.
+        await asyncio.wait([renewing])
+        await self._give_back()
 
     def _lease(self, resource_version: str | None, taken: bool) -> JsonObject:
         now = _micro_time(self.clock())

@@ -118,10 +118,10 @@ def translate_errors(func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R
             details = activity.cancellation_details()
             if details is None or not details.not_found:
                 raise
-            # The server no longer knows this attempt: its run ended (an abort,
-            # for example), or the attempt timed out and a new one started. It
-            # discards the result, so a benign error keeps the SDK from
-            # logging a traceback; the warning here keeps the event visible.
+            # The server no longer accepts this attempt: its run ended (an
+            # abort, for example), or the attempt timed out and a new one
+            # started. It discards the result, so a benign error keeps the SDK
+            # from logging a traceback, and the warning here keeps it visible.
             info = activity.info()
             log.warning(
                 "attempt stopped: the server no longer accepts its result",

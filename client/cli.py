@@ -400,7 +400,7 @@ async def follow(
 
 # States in which the workflow itself ended the run.
 ENDED_STATES = frozenset({"succeeded", "invalid", "aborted", "failed"})
-# How Temporal ended a run, as status shows it when the workflow did not say.
+# How Temporal ended a run, as status shows it when the workflow recorded none.
 ENDED_EXECUTION_STATES = {
     WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_COMPLETED: "succeeded",
     WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_FAILED: "failed",
@@ -978,7 +978,7 @@ async def run(args: argparse.Namespace) -> int:
         raise
     except WorkflowQueryFailedError as error:
         raise CliError(
-            f"the worker could not answer the query: {error}. Its log has the "
+            f"the status query failed in the worker: {error}. Its log has the "
             "cause, for example a workflow change that an older run cannot replay",
             EXIT_FAILED,
         ) from None

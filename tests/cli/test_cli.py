@@ -239,7 +239,7 @@ async def test_cli_invalid_values_message_shown(
     assert "\ninvalid after" in followed.stdout
     assert "/temporal/namespace" in followed.stdout
     assert "x[/bold]y" in followed.stdout
-    # The worker has stopped: status still tells how the run ended.
+    # The worker has stopped: status still prints how the run ended.
     offline = await run_cli(["status", f"deploy-{namespace}-ventros-crm"], env)
     # status exits 1 for a deploy that ended without succeeding.
     assert status.returncode == 1, status.stderr
@@ -267,7 +267,7 @@ async def test_cli_status_terminated_run(
             id=f"deploy-{namespace}-ventros-crm",
             task_queue=worker_settings.task_queue,
         )
-        # A query answers once the run's first workflow task has completed.
+        # A query returns once the run's first workflow task has completed.
         await handle.query("status")
         await handle.terminate(reason="stopped by the on-call engineer")
         status = await run_cli(["status", handle.id], env)

@@ -267,7 +267,7 @@ async def test_lost_claim_stops_install(
 
 @pytest.mark.usefixtures("no_claim")
 async def test_newer_attempt_replaces_older(kube: KubeClient) -> None:
-    """A newer attempt of the same deploy takes the claim at once; the older
+    """A newer attempt of the same deploy takes the claim at once. The older
     attempt, still running, then stops its install and leaves the newer
     one's claim alone."""
     identity = holder_identity("crm", "shop")
@@ -358,6 +358,40 @@ async def test_cancel_while_held_stays_cancel(kube: KubeClient) -> None:
 
 
 @pytest.mark.usefixtures("no_claim")
+async def test_cancel_during_give_back(cluster: LocalCluster) -> None:
+    """An abort that arrives while the claim is being given back still lets
+    the give-back finish, then ends the activity as cancelled."""
+    kube = await KubeClient.connect(str(cluster.kubeconfig))
+    real_patch = kube.merge_patch
+    giving_back = asyncio.Event()
+
+    async def slow_give_back(*args: Any, **kwargs: Any) -> JsonObject:
+        patch = args[2]
+        if "holderIdentity" in patch.get("spec", {}) and (
+            patch["spec"]["holderIdentity"] is None
+        ):
+            giving_back.set()
+            await asyncio.sleep(0.5)
+        return await real_patch(*args, **kwargs)
+
+    async def hold() -> None:
+        async with OperatorClaim(kube, "aborted late").held(nothing_to_check):
+            pass
+
+    try:
+        kube.merge_patch = slow_give_back  # type: ignore[method-assign]
+        holding = asyncio.create_task(hold())
+        await asyncio.wait_for(giving_back.wait(), timeout=5)
+        holding.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await holding
+        holder = holder_of(await kube.get(LEASE, CLAIM_NAME, CLAIM_NAMESPACE))
+    finally:
+        await kube.close()
+    assert holder is None
+
+
+@pytest.mark.usefixtures("no_claim")
 async def test_failed_check_takes_nothing(kube: KubeClient) -> None:
     """A check that rejects the deploy leaves the claim untaken."""
     await put_claim(kube, None, renewed_ago_s=5)
@@ -376,7 +410,7 @@ async def test_failed_check_takes_nothing(kube: KubeClient) -> None:
 async def test_claim_changed_during_check(kube: KubeClient) -> None:
     """Another deploy takes and gives back the claim while this one checks:
     the take fails on the resourceVersion, and the check runs again, so it
-    sees what that deploy installed."""
+    finds what that deploy installed."""
     await put_claim(kube, None, renewed_ago_s=5)
     checks = 0
 
