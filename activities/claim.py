@@ -209,14 +209,14 @@ class OperatorClaim:
         await asyncio.wait([renewing])
         await self._give_back()
 
-    def _lease(self, resource_version: str | None, taken: bool) -> JsonObject:
+    def _lease(self, resource_version: str | None, acquired: bool) -> JsonObject:
         now = _micro_time(self.clock())
         spec: JsonObject = {
             "holderIdentity": self.identity,
             "leaseDurationSeconds": self.duration_s,
             "renewTime": now,
         }
-        if taken:
+        if acquired:
             spec["acquireTime"] = now
         metadata: JsonObject = {
             "name": CLAIM_NAME,
@@ -286,11 +286,11 @@ class OperatorClaim:
         try:
             if holder is None:
                 await self.kube.create(
-                    LEASE, self._lease(None, taken=True), CLAIM_NAMESPACE
+                    LEASE, self._lease(None, acquired=True), CLAIM_NAMESPACE
                 )
                 return True
             # The resourceVersion makes the patch fail if the Lease changed.
-            lease = self._lease(holder.resource_version, taken=True)
+            lease = self._lease(holder.resource_version, acquired=True)
             await self.kube.merge_patch(LEASE, CLAIM_NAME, lease, CLAIM_NAMESPACE)
         except ConflictError:
             return False

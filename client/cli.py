@@ -400,7 +400,7 @@ async def follow(
 
 # States in which the workflow itself ended the run.
 ENDED_STATES = frozenset({"succeeded", "invalid", "aborted", "failed"})
-# How Temporal ended a run, as status shows it when the workflow recorded none.
+# Temporal's end state of a run, as status shows it when the workflow recorded none.
 ENDED_EXECUTION_STATES = {
     WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_COMPLETED: "succeeded",
     WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_FAILED: "failed",

@@ -276,7 +276,7 @@ def _write_env_file() -> None:
         for k in sorted(env)
         if k.startswith("VENTROS_DEPLOY_")
     ]
-    # kubectl, as the README's troubleshooting uses it, sees the demo cluster.
+    # kubectl, as the README's troubleshooting runs it, reaches the demo cluster.
     lines.append(f"export KUBECONFIG={shlex.quote(env['VENTROS_DEPLOY_KUBECONFIG'])}")
     folders = [Path(sys.executable).parent, tool_path("kubectl").parent]
     folders.append(tool_path("helm").parent)

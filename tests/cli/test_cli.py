@@ -292,11 +292,11 @@ async def test_cli_status_unparsable_request(
         with pytest.raises(WorkflowFailureError):
             await handle.result()
         status = await run_cli(["status", handle.id, "--json"], env)
-    shown = json.loads(status.stdout)
+    status_json = json.loads(status.stdout)
     assert status.returncode == 1, status.stderr
-    assert shown["state"] == "failed"
-    assert "release" in shown["message"]
-    assert "DNS-1123" in shown["message"]
+    assert status_json["state"] == "failed"
+    assert "release" in status_json["message"]
+    assert "DNS-1123" in status_json["message"]
 
 
 async def test_cli_status_without_worker(

@@ -120,8 +120,8 @@ async def test_expired_claim_is_taken_over(kube: KubeClient) -> None:
     with structlog.testing.capture_logs() as logs:
         async with asyncio.timeout(2):
             async with OperatorClaim(kube, "next").held(nothing_to_check):
-                taken = await read_claim(kube)
-    assert holder_of(taken) == "next"
+                claimed = await read_claim(kube)
+    assert holder_of(claimed) == "next"
     assert any(
         e.get("previous_holder") == "a worker that died"
         and e["event"] == "took over an expired operator claim"
@@ -298,10 +298,10 @@ async def test_unrenewed_claim_counts_as_lost(cluster: LocalCluster) -> None:
     may take the claim as expired."""
     kube = await KubeClient.connect(str(cluster.kubeconfig))
     real_get = kube.get
-    taken = asyncio.Event()
+    claim_taken = asyncio.Event()
 
     async def get_failing_after_take(*args: Any, **kwargs: Any) -> JsonObject | None:
-        if taken.is_set():
+        if claim_taken.is_set():
             raise aiohttp.ClientConnectionError("connection refused")
         return await real_get(*args, **kwargs)
 
@@ -311,7 +311,7 @@ async def test_unrenewed_claim_counts_as_lost(cluster: LocalCluster) -> None:
         with pytest.raises(ApplicationError) as failure:
             async with asyncio.timeout(5):
                 async with claim.held(nothing_to_check):
-                    taken.set()
+                    claim_taken.set()
                     await asyncio.sleep(30)
     finally:
         await kube.close()

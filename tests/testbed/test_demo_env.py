@@ -16,7 +16,7 @@ def test_env_file_sets_kubectl_up(
 ) -> None:
     monkeypatch.setattr(demo, "STATE", tmp_path)
     demo._write_env_file()
-    shown = subprocess.run(
+    lines = subprocess.run(
         [
             "bash",
             "-c",
@@ -28,8 +28,8 @@ def test_env_file_sets_kubectl_up(
         text=True,
         check=True,
     ).stdout.splitlines()
-    assert shown[0] == str(demo.demo_cluster().config.kubeconfig)
-    assert shown[1].endswith("/kubectl")
-    assert shown[2].endswith("/helm")
-    assert shown[3].endswith("/ventros-deploy")
-    assert shown[4] == f"127.0.0.1:{demo.TEMPORAL_PORT}"
+    assert lines[0] == str(demo.demo_cluster().config.kubeconfig)
+    assert lines[1].endswith("/kubectl")
+    assert lines[2].endswith("/helm")
+    assert lines[3].endswith("/ventros-deploy")
+    assert lines[4] == f"127.0.0.1:{demo.TEMPORAL_PORT}"

@@ -1,5 +1,5 @@
-"""How an activity ends when it is cancelled: a cancel the workflow requested
-stays a cancellation, and one that only reports that the run has ended becomes a
+"""The end of a cancelled activity. A cancel the workflow requested stays a
+cancellation. A cancel that only reports that the run has ended becomes a
 benign error, which the SDK logs at debug level instead of as a warning."""
 
 from __future__ import annotations

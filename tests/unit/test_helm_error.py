@@ -1,4 +1,4 @@
-"""What a helm failure says to the deployer's user."""
+"""The text of a helm failure as the deployer's user reads it."""
 
 from __future__ import annotations
 
