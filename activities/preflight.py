@@ -12,6 +12,7 @@ import binascii
 import gzip
 import json
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import structlog
 from temporalio.exceptions import ApplicationError
@@ -229,22 +230,49 @@ def _installing_operators(
     namespace: str,
     phases: dict[str, str],
 ) -> list[str]:
-    """Describe the operator charts that another helm release is installing."""
+    """Describe the operator charts that another helm release is installing.
+
+    A record counts by its chart's name or, for a chart renamed in a fork, by
+    the release name this deployer gives operator releases. A helm stopped
+    halfway leaves its record pending-install, so each description gives the
+    record's age and the command that removes a record no install is behind.
+    """
     found = []
     for record in records:
         metadata = record["metadata"]
         where = metadata.get("namespace", "")
-        name = (metadata.get("labels") or {}).get("name", "")
+        labels = metadata.get("labels") or {}
+        name = labels.get("name", "")
         app = release_chart(record)
-        if app not in OPERATOR_SUFFIXES or phases.get(where) == "Terminating":
+        if app not in OPERATOR_SUFFIXES:
+            app = next(
+                (
+                    chart
+                    for chart, suffix in OPERATOR_SUFFIXES.items()
+                    if name.endswith(f"-{suffix}")
+                ),
+                None,
+            )
+        if app is None or phases.get(where) == "Terminating":
             continue
         if where == namespace and name == f"{release}-{OPERATOR_SUFFIXES[app]}":
             continue
         found.append(
             f"{app} (helm release {name} in namespace {where}, being installed: "
-            "pending-install)"
+            f"pending-install{_since(labels.get('createdAt'))}; if no helm runs "
+            f"there any more, `helm uninstall {name} --namespace {where}` "
+            "removes what it left)"
         )
     return found
+
+
+def _since(created_at: str | None) -> str:
+    """Describe helm's createdAt label (Unix seconds), or nothing if unreadable."""
+    try:
+        moment = datetime.fromtimestamp(int(created_at or ""), tz=UTC)
+    except (ValueError, OverflowError, OSError):
+        return ""
+    return f" since {moment.strftime('%Y-%m-%dT%H:%M:%SZ')}"
 
 
 def _fixed_name_roles(

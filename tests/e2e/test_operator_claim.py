@@ -612,5 +612,7 @@ async def test_pending_operator_install_rejected(
     assert cause.type == contracts.OPERATORS_INSTALLED
     assert (
         f"postgres-operator (helm release other-postgres-operator in namespace "
-        f"{other}, being installed: pending-install)" in cause.message
+        f"{other}, being installed: pending-install; if no helm runs there any "
+        f"more, `helm uninstall other-postgres-operator --namespace {other}` "
+        "removes what it left)" in cause.message
     )

@@ -196,6 +196,8 @@ def pending(namespace: str, name: str, chart: str) -> dict[str, Any]:
         (pending("shop", "crm-postgres-operator", "postgres-operator"), {}, False),
         (pending("shop", "other-postgres-operator", "postgres-operator"), {}, True),
         (pending("other", "x-temporal", "temporal"), {}, False),
+        (pending("other", "x-postgres-operator", "zalando-fork"), {}, True),
+        (pending("other", "x-rabbitmq-operator", ""), {}, True),
         (
             pending("gone", "x-postgres-operator", "postgres-operator"),
             {"gone": "Terminating"},
@@ -208,6 +210,8 @@ def pending(namespace: str, name: str, chart: str) -> dict[str, Any]:
         "own",
         "other release same namespace",
         "not an operator",
+        "renamed chart",
+        "empty chart name",
         "terminating",
     ],
 )
@@ -219,4 +223,22 @@ def test_installing_operator_table(
     found = _installing_operators([item], "crm", "shop", phases)
     assert bool(found) is reported
     if reported:
-        assert "being installed: pending-install" in found[0]
+        name = item["metadata"]["labels"]["name"]
+        where = item["metadata"]["namespace"]
+        assert found[0].startswith(
+            f"{'rabbitmq-cluster' if 'rabbitmq' in name else 'postgres'}-operator "
+            f"(helm release {name} in namespace {where}, being installed: "
+            "pending-install; "
+        )
+        assert f"`helm uninstall {name} --namespace {where}`" in found[0]
+
+
+def test_installing_operator_since() -> None:
+    """The description says when helm created the record, from its label."""
+    item = pending("other", "x-postgres-operator", "postgres-operator")
+    item["metadata"]["labels"]["createdAt"] = "1796428800"
+    (found,) = _installing_operators([item], "crm", "shop", {})
+    assert "pending-install since 2026-12-05T00:00:00Z; if no helm" in found
+    item["metadata"]["labels"]["createdAt"] = "soon"
+    (found,) = _installing_operators([item], "crm", "shop", {})
+    assert "pending-install; if no helm" in found
