@@ -12,7 +12,11 @@ import contextlib
 import datetime
 import gzip
 import json
+import os
+import shlex
+import signal
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -616,3 +620,90 @@ async def test_pending_operator_install_rejected(
         f"more, `helm uninstall other-postgres-operator --namespace {other}` "
         "removes what it left)" in cause.message
     )
+
+
+# Stands in for the helm binary of the worker's settings: the first upgrade of the
+# RabbitMQ operator hangs, and the first of the postgres-operator fails once
+# that one hangs. Every other call, and both on a retry, run the real helm.
+STALLING_HELM = """#!/bin/bash
+if [ "$1" = upgrade ]; then
+  for arg in "$@"; do
+    if [ "$arg" = {rabbitmq} ] && [ ! -e {state}/hung ]; then
+      echo $$ > {state}/hung.tmp && mv {state}/hung.tmp {state}/hung
+      exec sleep 300
+    fi
+    if [ "$arg" = {postgres} ] && [ ! -e {state}/failed ]; then
+      while [ ! -e {state}/hung ]; do sleep 0.05; done
+      touch {state}/failed
+      echo "Error: the test failed this install" >&2
+      exit 1
+    fi
+  done
+fi
+exec {helm} "$@"
+"""
+
+
+def process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.mark.usefixtures("no_claim")
+async def test_failed_install_stops_the_others(
+    temporal_env: WorkflowEnvironment,
+    worker_settings: WorkerSettings,
+    kube: KubeClient,
+    namespace: str,
+    tmp_path: Path,
+) -> None:
+    """When one base install fails while another still runs, the running one
+    is stopped before the claim is given back, and the retry installs all.
+
+    Without that, the claim would be free while a helm of this deploy still
+    created operator objects, and another deploy could install its own.
+    """
+    request = deploy_request(namespace)
+    wrapper = tmp_path / "helm"
+    wrapper.write_text(
+        STALLING_HELM.replace("{state}", shlex.quote(str(tmp_path)))
+        .replace("{helm}", shlex.quote(worker_settings.helm))
+        .replace("{rabbitmq}", f"{request['release']}-rabbitmq-operator")
+        .replace("{postgres}", f"{request['release']}-postgres-operator")
+    )
+    wrapper.chmod(0o755)
+    settings = worker_settings.model_copy(update={"helm": str(wrapper)})
+    hung = tmp_path / "hung"
+    pid = 0
+    try:
+        async with running_worker(temporal_env.client, settings):
+            handle = await start(temporal_env, settings, request)
+            for _ in range(1200):
+                if hung.exists():
+                    break
+                await asyncio.sleep(0.05)
+            pid = int(hung.read_text())
+            for _ in range(6000):
+                if holder_of(await read_claim(kube)) is None:
+                    break  # The first attempt gave the claim back.
+                await asyncio.sleep(0.01)
+            alive_at_give_back = process_exists(pid)
+            result = DeployStatus.model_validate(
+                await asyncio.wait_for(handle.result(), timeout=180)
+            )
+    finally:
+        if pid and process_exists(pid):
+            os.kill(pid, signal.SIGKILL)
+    assert not alive_at_give_back, "the hung helm ran on after the claim was free"
+    assert (tmp_path / "failed").exists()
+    # The activity's own retry installed all three: one phase attempt.
+    assert result.state == "succeeded"
+    operators = await kube.list(DEPLOYMENT, namespace, label_selector=OPERATORS)
+    assert sorted(o["metadata"]["name"] for o in operators["items"]) == [
+        "ventros-crm-postgres-operator",
+        "ventros-crm-rabbitmq-operator",
+    ]
+    assert holder_of(await read_claim(kube)) is None
