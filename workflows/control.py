@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import TypeVar
 
@@ -47,12 +48,14 @@ class PhaseControl:
     """Base class of a phase-running workflow: its retry and abort handlers.
 
     A subclass sets, in __init__: _order (its phases, in the order it runs
-    them), _noun ("deploy", "destroy"), _records, _retry_requested,
-    _abort_reason and _state.
+    them), _noun ("deploy", "destroy"), _step (what its log lines call a
+    phase), _records, _retry_requested, _abort_reason and _state, and
+    defines _publish.
     """
 
     _order: tuple[Phase, ...]
     _noun: str
+    _step: str
     _records: dict[Phase, PhaseRecord]
     _retry_requested: set[Phase]
     _abort_reason: str | None
@@ -128,6 +131,78 @@ class PhaseControl:
         self._stopped_activity = True
         raise PhaseAborted
 
+    def _publish(self) -> None:
+        """Show the records' current state (query, current details, attributes)."""
+        raise NotImplementedError
+
+    async def run_attempts(
+        self, record: PhaseRecord, attempt: Callable[[], Awaitable[None]]
+    ) -> bool:
+        """Run a phase's attempts until one succeeds; False when an abort ends it.
+
+        A failed attempt leaves the phase waiting for a retry or an abort.
+        attempt itself marks the phase succeeded, with what it found.
+        """
+        phase = record.phase
+        while True:
+            self._start_attempt(record)
+            try:
+                await attempt()
+                return True
+            except ActivityError as error:
+                self._fail_attempt(record, error)
+            except PhaseAborted:
+                self.abort_attempt(record)
+                self._end_attempt(record)
+                return False
+            await workflow.wait_condition(
+                lambda: phase in self._retry_requested or self._abort_reason is not None
+            )
+            if self._abort_reason is not None:
+                record.state = PhaseState.FAILED
+                self._publish()
+                return False
+            self._retry_requested.discard(phase)
+
+    def _start_attempt(self, record: PhaseRecord) -> None:
+        record.state = PhaseState.RUNNING
+        record.attempts += 1
+        record.started_at = workflow.now().isoformat()
+        record.ended_at = None
+        record.duration_s = None
+        record.error = None
+        record.error_type = None
+        workflow.logger.info(
+            f"{self._step} started",
+            extra={"phase": record.phase.value, "attempt": record.attempts},
+        )
+        self._publish()
+
+    def _end_attempt(self, record: PhaseRecord) -> None:
+        ended = workflow.now()
+        record.ended_at = ended.isoformat()
+        if record.started_at:
+            started = ended.fromisoformat(record.started_at)
+            record.duration_s = round((ended - started).total_seconds(), 3)
+        self._publish()
+
+    def _fail_attempt(self, record: PhaseRecord, error: ActivityError) -> None:
+        cause = error.cause
+        record.state = PhaseState.WAITING_FOR_RETRY
+        record.error = cause_message(error)
+        record.error_type = (
+            cause.type if isinstance(cause, ApplicationError) else type(cause).__name__
+        )
+        self._end_attempt(record)
+        workflow.logger.warning(
+            f"{self._step} failed; waiting for retry or abort",
+            extra={
+                "phase": record.phase.value,
+                "attempt": record.attempts,
+                "error_type": record.error_type,
+            },
+        )
+
     async def settle_after_abort(self) -> None:
         """Wait ABORT_SETTLE when an abort cancelled an activity, so that the run
         ends in a later workflow task than the one that took the abort."""
@@ -164,3 +239,13 @@ class PhaseControl:
                 f"this {self._noun}; check `ventros-deploy status` for what runs now"
             )
         return waiting
+
+
+def cause_message(error: ActivityError) -> str:
+    """Return the message of the innermost cause of an activity's failure."""
+    cause = error.cause
+    while isinstance(cause, ActivityError) and cause.cause is not None:
+        cause = cause.cause
+    if isinstance(cause, ApplicationError):
+        return cause.message
+    return str(cause or error)

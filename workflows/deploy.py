@@ -21,7 +21,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.workflow import ActivityCancellationType
 
-from workflows.control import ABORTED_TYPE, PhaseAborted, PhaseControl
+from workflows.control import ABORTED_TYPE, PhaseAborted, PhaseControl, cause_message
 
 with workflow.unsafe.imports_passed_through():
     from deployer import contracts
@@ -80,6 +80,7 @@ class VentrosDeploy(PhaseControl):
     def __init__(self) -> None:
         self._order = tuple(PHASE_ORDER)
         self._noun = "deploy"
+        self._step = "phase"
         self._records = {phase: PhaseRecord(phase=phase) for phase in PHASE_ORDER}
         self._retry_requested: set[Phase] = set()
         self._abort_reason: str | None = None
@@ -148,7 +149,7 @@ class VentrosDeploy(PhaseControl):
             )
         except ActivityError as error:
             self._state = "invalid"
-            self._message = _cause_message(error)
+            self._message = cause_message(error)
             self._publish()
             cause = error.cause
             kind = cause.type if isinstance(cause, ApplicationError) else None
@@ -177,25 +178,9 @@ class VentrosDeploy(PhaseControl):
         record = self._records[phase]
         if not await self._dependencies_done(phase):
             return
-        while True:
-            self._start_attempt(record)
-            try:
-                await self._apply_and_wait(request, phase, record)
-                return
-            except ActivityError as error:
-                self._fail_attempt(record, error)
-            except PhaseAborted:
-                self.abort_attempt(record)
-                self._end_attempt(record)
-                return
-            await workflow.wait_condition(
-                lambda: phase in self._retry_requested or self._abort_reason is not None
-            )
-            if self._abort_reason is not None:
-                record.state = PhaseState.FAILED
-                self._publish()
-                return
-            self._retry_requested.discard(phase)
+        await self.run_attempts(
+            record, lambda: self._apply_and_wait(request, phase, record)
+        )
 
     async def _apply_and_wait(
         self, request: DeployRequest, phase: Phase, record: PhaseRecord
@@ -247,45 +232,6 @@ class VentrosDeploy(PhaseControl):
         self._end_attempt(record)
         workflow.logger.info(
             "phase succeeded", extra={"phase": phase.value, "attempt": record.attempts}
-        )
-
-    def _start_attempt(self, record: PhaseRecord) -> None:
-        record.state = PhaseState.RUNNING
-        record.attempts += 1
-        record.started_at = workflow.now().isoformat()
-        record.ended_at = None
-        record.duration_s = None
-        record.error = None
-        record.error_type = None
-        workflow.logger.info(
-            "phase started",
-            extra={"phase": record.phase.value, "attempt": record.attempts},
-        )
-        self._publish()
-
-    def _end_attempt(self, record: PhaseRecord) -> None:
-        ended = workflow.now()
-        record.ended_at = ended.isoformat()
-        if record.started_at:
-            started = workflow.now().fromisoformat(record.started_at)
-            record.duration_s = round((ended - started).total_seconds(), 3)
-        self._publish()
-
-    def _fail_attempt(self, record: PhaseRecord, error: ActivityError) -> None:
-        cause = error.cause
-        record.state = PhaseState.WAITING_FOR_RETRY
-        record.error = _cause_message(error)
-        record.error_type = (
-            cause.type if isinstance(cause, ApplicationError) else type(cause).__name__
-        )
-        self._end_attempt(record)
-        workflow.logger.warning(
-            "phase failed; waiting for retry or abort",
-            extra={
-                "phase": record.phase.value,
-                "attempt": record.attempts,
-                "error_type": record.error_type,
-            },
         )
 
     # -- queries, updates and signals ---------------------------------------
@@ -344,12 +290,3 @@ class VentrosDeploy(PhaseControl):
         if value != self._phase_attribute:
             self._phase_attribute = value
             workflow.upsert_search_attributes([PHASE_ATTRIBUTE.value_set(value)])
-
-
-def _cause_message(error: ActivityError) -> str:
-    cause = error.cause
-    while isinstance(cause, ActivityError) and cause.cause is not None:
-        cause = cause.cause
-    if isinstance(cause, ApplicationError):
-        return cause.message
-    return str(cause or error)

@@ -19,10 +19,10 @@ from typing import Any, NoReturn
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ApplicationError
 from temporalio.workflow import ActivityCancellationType
 
-from workflows.control import ABORTED_TYPE, PhaseAborted, PhaseControl
+from workflows.control import ABORTED_TYPE, PhaseControl
 
 with workflow.unsafe.imports_passed_through():
     from deployer import contracts
@@ -79,6 +79,7 @@ class VentrosDestroy(PhaseControl):
     def __init__(self) -> None:
         self._order = tuple(TEARDOWN_ORDER)
         self._noun = "destroy"
+        self._step = "removal step"
         self._records = {phase: PhaseRecord(phase=phase) for phase in TEARDOWN_ORDER}
         self._retry_requested: set[Phase] = set()
         self._abort_reason: str | None = None
@@ -142,25 +143,9 @@ class VentrosDestroy(PhaseControl):
     async def _run_step(self, request: DestroyRequest, phase: Phase) -> bool:
         """Run one removal step until it succeeds; False when the destroy is aborted."""
         record = self._records[phase]
-        while True:
-            self._start_attempt(record)
-            try:
-                await self._remove(request, phase, record)
-                return True
-            except ActivityError as error:
-                self._fail_attempt(record, error)
-            except PhaseAborted:
-                self.abort_attempt(record)
-                self._end_attempt(record)
-                return False
-            await workflow.wait_condition(
-                lambda: phase in self._retry_requested or self._abort_reason is not None
-            )
-            if self._abort_reason is not None:
-                record.state = PhaseState.FAILED
-                self._publish()
-                return False
-            self._retry_requested.discard(phase)
+        return await self.run_attempts(
+            record, lambda: self._remove(request, phase, record)
+        )
 
     async def _remove(
         self, request: DestroyRequest, phase: Phase, record: PhaseRecord
@@ -300,45 +285,6 @@ class VentrosDestroy(PhaseControl):
         parts += removed.notes
         return "; ".join(parts) or "nothing to delete"
 
-    def _start_attempt(self, record: PhaseRecord) -> None:
-        record.state = PhaseState.RUNNING
-        record.attempts += 1
-        record.started_at = workflow.now().isoformat()
-        record.ended_at = None
-        record.duration_s = None
-        record.error = None
-        record.error_type = None
-        workflow.logger.info(
-            "removal step started",
-            extra={"phase": record.phase.value, "attempt": record.attempts},
-        )
-        self._publish()
-
-    def _end_attempt(self, record: PhaseRecord) -> None:
-        ended = workflow.now()
-        record.ended_at = ended.isoformat()
-        if record.started_at:
-            started = ended.fromisoformat(record.started_at)
-            record.duration_s = round((ended - started).total_seconds(), 3)
-        self._publish()
-
-    def _fail_attempt(self, record: PhaseRecord, error: ActivityError) -> None:
-        cause = error.cause
-        record.state = PhaseState.WAITING_FOR_RETRY
-        record.error = cause_message(error)
-        record.error_type = (
-            cause.type if isinstance(cause, ApplicationError) else type(cause).__name__
-        )
-        self._end_attempt(record)
-        workflow.logger.warning(
-            "removal step failed; waiting for retry or abort",
-            extra={
-                "phase": record.phase.value,
-                "attempt": record.attempts,
-                "error_type": record.error_type,
-            },
-        )
-
     # -- queries and updates ------------------------------------------------
 
     @workflow.query(name="status")
@@ -374,13 +320,3 @@ class VentrosDestroy(PhaseControl):
             f": {self._message}" if self._message else ""
         )
         workflow.set_current_details(header + "\n\n" + "\n".join(rows))
-
-
-def cause_message(error: ActivityError) -> str:
-    """Return the message of the innermost cause of an activity's failure."""
-    cause = error.cause
-    while isinstance(cause, ActivityError) and cause.cause is not None:
-        cause = cause.cause
-    if isinstance(cause, ApplicationError):
-        return cause.message
-    return str(cause or error)

@@ -38,7 +38,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from deployer.phases import Phase
 
-from workflows.destroy import cause_message
+from workflows.control import cause_message
 
 WORKFLOW_TYPE = "VentrosRollback"
 ROLLBACK_FAILED = "RollbackFailed"
