@@ -45,7 +45,7 @@ class PhaseAborted(Exception):
 
 
 class PhaseControl:
-    """Base class of a phase-running workflow: its retry and abort handlers.
+    """Base class of a phase-running workflow: its attempts, retries and aborts.
 
     A subclass sets, in __init__: _order (its phases, in the order it runs
     them), _noun ("deploy", "destroy"), _step (what its log lines call a
