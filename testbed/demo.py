@@ -278,6 +278,13 @@ def _write_env_file() -> None:
     ]
     # kubectl, as the README's troubleshooting runs it, reaches the demo cluster.
     lines.append(f"export KUBECONFIG={shlex.quote(env['VENTROS_DEPLOY_KUBECONFIG'])}")
+    # The temporal CLI reads these, so its commands reach the demo's Temporal,
+    # encrypt their input (a request can hold secrets) and decode results.
+    # The token is read when the file is sourced, so it stays out of env.sh.
+    lines.append(f"export TEMPORAL_ADDRESS=127.0.0.1:{TEMPORAL_PORT}")
+    lines.append(f"export TEMPORAL_CODEC_ENDPOINT=http://127.0.0.1:{CODEC_PORT}")
+    token = shlex.quote(str(STATE / "codec-token"))
+    lines.append(f'export TEMPORAL_CODEC_AUTH="Bearer $(cat {token})"')
     folders = [Path(sys.executable).parent, tool_path("kubectl").parent]
     folders.append(tool_path("helm").parent)
     lines.append(f"export PATH={':'.join(map(str, folders))}:$PATH")
