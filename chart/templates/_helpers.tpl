@@ -128,6 +128,18 @@ else R-secrets.
 {{- end }}
 
 {{/*
+A digest of the secret values given in the values, on the pod templates that
+read them, so that changing one rolls the pods; without it they would keep
+the old value until they restart. It covers the given values and the name of
+an existing Secret, not a change made inside that Secret. The fullname salts
+it, and 16 hex digits are enough to notice a change.
+*/}}
+{{- define "ventros-crm.secretsDigest" -}}
+{{- $given := list (include "ventros-crm.fullname" .) (include "ventros-crm.secretName" .) (toString (.Values.secrets.appSecretKey | default "")) (toString (.Values.secrets.redisPassword | default "")) }}
+{{- join "\n" $given | sha256sum | trunc 16 }}
+{{- end }}
+
+{{/*
 Name of the Zalando PostgreSQL cluster, which is also the name of its primary
 Service. The operator rejects a cluster whose name does not start with
 "<teamId>-", so rendering fails early instead.

@@ -470,6 +470,37 @@ def test_secret_existing_not_rendered(helm_env: dict[str, str]) -> None:
     assert env_value(app, "APP_SECRET_KEY")["secretKeyRef"]["name"] == "crm-managed"
 
 
+def secrets_digests(objects: list[dict[str, Any]]) -> set[str]:
+    """Return the secrets digest of the app's and Redis's pod templates."""
+    return {
+        find(objects, kind, name)["spec"]["template"]["metadata"]["annotations"][
+            "deploy.ventros.io/secrets-digest"
+        ]
+        for kind, name in (
+            ("Deployment", "ventros-crm"),
+            ("StatefulSet", "ventros-crm-redis"),
+        )
+    }
+
+
+def test_secrets_digest_follows_values(helm_env: dict[str, str]) -> None:
+    """Changing a secret value changes the pods' digest, so they roll; the same
+    values give the same digest, which does not contain the values."""
+    first = ["secrets.redisPassword=redis-pw-1", "app.podAnnotations.team=crm"]
+    again = render(helm_env, first)
+    (digest,) = secrets_digests(render(helm_env, first))
+    assert secrets_digests(again) == {digest}
+    assert len(digest) == 16
+    assert "redis-pw-1" not in digest
+    (changed,) = secrets_digests(render(helm_env, ["secrets.redisPassword=redis-pw-2"]))
+    assert changed != digest
+    (other_key,) = secrets_digests(render(helm_env, ["secrets.appSecretKey=k"]))
+    (existing,) = secrets_digests(render(helm_env, ["secrets.existingSecret=crm"]))
+    assert len({digest, changed, other_key, existing}) == 4
+    deployment = find(again, "Deployment", "ventros-crm")
+    assert deployment["spec"]["template"]["metadata"]["annotations"]["team"] == "crm"
+
+
 # Schema and input checks
 
 
