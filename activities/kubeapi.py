@@ -135,6 +135,7 @@ WELL_KNOWN = {
     ("v1", "Namespace"): ResourceType("v1", "Namespace", "namespaces", False),
     ("v1", "Node"): ResourceType("v1", "Node", "nodes", False),
     ("v1", "Secret"): ResourceType("v1", "Secret", "secrets", True),
+    ("v1", "ConfigMap"): ResourceType("v1", "ConfigMap", "configmaps", True),
     ("v1", "Service"): ResourceType("v1", "Service", "services", True),
     ("v1", "Event"): ResourceType("v1", "Event", "events", True),
     ("v1", "PersistentVolume"): ResourceType(

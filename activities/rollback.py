@@ -7,6 +7,15 @@ of the app Deployment's ``app`` container. A rollback rolls the base release
 back to the newest revision of the previous version, renders the app phase
 from that revision's values and applies it. Database migrations are never
 undone: the migration Job of the newer version stays applied.
+
+A deploy upgrades the base release in its first phase, so a deploy that
+failed or was aborted later leaves a revision whose version never ran. Once
+the app phase is ready, a deploy or rollback notes its base revision in the
+ConfigMap ``<release>-deploy-history``, and a rollback returns only to a
+noted revision. Without that ConfigMap (a release deployed before it
+existed), every revision that helm marks deployed or superseded counts. The
+note is not on the app Deployment, because any change to a Deployment's
+annotations moves its generation.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities import readiness
 from activities.deploy import (
+    INSTANCE_LABEL,
     PHASE_LABEL,
     DeployActivities,
     deep_merge,
@@ -33,7 +43,7 @@ from activities.kubeapi import JsonObject, KubeClient, well_known
 from activities.teardown import listed_ref, phase_selector
 from deployer import contracts
 from deployer.contracts import ApplyResult, RollbackJob, RollbackPlan
-from deployer.lifecycle import RollbackRequest
+from deployer.lifecycle import ReleaseTarget, RollbackRequest
 from deployer.phases import Phase
 
 log = structlog.get_logger("ventros.rollback")
@@ -42,6 +52,13 @@ APP_CONTAINER = "app"
 VERSION_ANNOTATION = "deploy.ventros.io/app-version"
 # Revisions in these states ran; failed or pending ones never did.
 RAN_STATES = ("deployed", "superseded")
+# In the history ConfigMap: the base release revisions whose deploy or
+# rollback ended with the app ready, oldest first, as "3,5,6".
+RAN_KEY = "ran-revisions"
+# helm keeps 10 revisions by default; a few more cover a raised limit.
+RAN_KEPT = 30
+SECRET = well_known("v1", "Secret")
+CONFIG_MAP = well_known("v1", "ConfigMap")
 DEPLOYMENT = well_known("apps/v1", "Deployment")
 JOB = well_known("batch/v1", "Job")
 
@@ -50,6 +67,18 @@ def _nothing_to_roll_back(message: str) -> ApplicationError:
     return ApplicationError(
         message, type=contracts.NOTHING_TO_ROLL_BACK, non_retryable=True
     )
+
+
+def history_name(release: str) -> str:
+    return f"{release}-deploy-history"
+
+
+def ran_revisions(history: JsonObject | None) -> set[int] | None:
+    """Return the revisions noted as ran in the history ConfigMap, or None."""
+    if history is None:
+        return None
+    noted = str((history.get("data") or {}).get(RAN_KEY, ""))
+    return {int(part) for part in noted.split(",") if part.strip().isdigit()}
 
 
 def image_tag(deployment: JsonObject) -> str:
@@ -75,7 +104,56 @@ class RollbackActivities:
         self._deploy = deploy
 
     def activities(self) -> list[Callable[..., Any]]:
-        return [self.plan_rollback, self.roll_back_app]
+        return [self.plan_rollback, self.roll_back_app, self.record_deployed]
+
+    @activity.defn(name=contracts.RECORD_DEPLOYED)
+    @translate_errors
+    async def record_deployed(self, target: ReleaseTarget) -> int:
+        """Note the base release's deployed revision in the history ConfigMap.
+
+        Return that revision, or 0 when the release has no deployed revision.
+        """
+        kube = await self._deploy.kube(target.kube_context)
+        records = await kube.list(
+            SECRET,
+            target.namespace,
+            label_selector=f"owner=helm,name={target.release},status=deployed",
+        )
+        revisions = [
+            int(item["metadata"]["labels"].get("version", "0"))
+            for item in records.get("items", [])
+        ]
+        if not revisions:
+            log.warning(
+                "no deployed revision of the base release to note",
+                release=target.release,
+                namespace=target.namespace,
+            )
+            return 0
+        revision = max(revisions)
+        name = history_name(target.release)
+        ran = ran_revisions(await kube.get(CONFIG_MAP, name, target.namespace))
+        if revision in (ran or set()):
+            return revision
+        kept = sorted((ran or set()) | {revision})[-RAN_KEPT:]
+        await kube.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {
+                    "name": name,
+                    "namespace": target.namespace,
+                    # The destroy's app step deletes it with the app.
+                    "labels": {
+                        PHASE_LABEL: Phase.APP.value,
+                        INSTANCE_LABEL: target.release,
+                        "app.kubernetes.io/managed-by": "ventros-deploy",
+                    },
+                },
+                "data": {RAN_KEY: ",".join(map(str, kept))},
+            }
+        )
+        return revision
 
     @activity.defn(name=contracts.PLAN_ROLLBACK)
     @translate_errors
@@ -87,7 +165,12 @@ class RollbackActivities:
         app = await self._app_deployment(kube, request)
         current = image_tag(app)
         revisions = await self._revisions(helm, request)
-        target, revision = await self._target(helm, request, current, revisions)
+        history = await kube.get(
+            CONFIG_MAP, history_name(request.release), request.namespace
+        )
+        target, revision = await self._target(
+            helm, request, current, revisions, ran_revisions(history)
+        )
         plan = RollbackPlan(
             current_version=current,
             target_version=target,
@@ -106,7 +189,7 @@ class RollbackActivities:
         return plan
 
     async def _app_deployment(
-        self, kube: KubeClient, request: RollbackRequest
+        self, kube: KubeClient, request: ReleaseTarget
     ) -> JsonObject:
         listing = await kube.list(
             DEPLOYMENT,
@@ -147,11 +230,13 @@ class RollbackActivities:
         request: RollbackRequest,
         current: str,
         revisions: list[dict[str, Any]],
+        ran: set[int] | None,
     ) -> tuple[str, int]:
         """Return the version to return to and the newest revision that deployed it.
 
         Without to_version it is the newest version older than the running
-        one's newest revision and different from it.
+        one's newest revision and different from it. With ran, only those
+        revisions count: the others are deploys that did not finish.
         """
         if request.to_version == current:
             raise _nothing_to_roll_back(
@@ -163,10 +248,14 @@ class RollbackActivities:
         for entry in revisions:
             revision = int(entry["revision"])
             version = await self._version_of(helm, request, entry)
-            seen.append(f"{revision}: {version}")
             if version == current:
+                seen.append(f"{revision}: {version}")
                 passed_current = True
                 continue
+            if ran is not None and revision not in ran:
+                seen.append(f"{revision}: {version}, did not finish")
+                continue
+            seen.append(f"{revision}: {version}")
             wanted = request.to_version in (None, version)
             if passed_current and wanted:
                 return version, revision

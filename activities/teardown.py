@@ -56,7 +56,8 @@ GONE_POLL_S = 0.5
 # The kinds that the deploy applies itself, per phase. tests/lifecycle renders
 # the chart and checks that these cover every kind it labels with the phase.
 PHASE_KINDS: dict[Phase, tuple[tuple[str, str], ...]] = {
-    Phase.APP: (("apps/v1", "Deployment"), ("v1", "Service")),
+    # The ConfigMap is the deploy history that rollback reads (rollback.py).
+    Phase.APP: (("apps/v1", "Deployment"), ("v1", "Service"), ("v1", "ConfigMap")),
     Phase.MIGRATION: (("batch/v1", "Job"),),
     Phase.CACHE: (("apps/v1", "StatefulSet"), ("v1", "Service")),
     Phase.MESSAGING: (("rabbitmq.com/v1beta1", "RabbitmqCluster"),),

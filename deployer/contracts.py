@@ -91,6 +91,8 @@ class WaitResult(BaseModel):
 # Activity names of VentrosRollback.
 PLAN_ROLLBACK = "plan_rollback"
 ROLL_BACK_APP = "roll_back_app"
+# Notes which base release revision ran to the end, for later rollbacks.
+RECORD_DEPLOYED = "record_deployed_revision"
 # Activity names of VentrosDestroy.
 TEARDOWN_PHASE = "teardown_phase"
 WAIT_DELETED = "wait_deleted"

@@ -29,6 +29,10 @@ REASON_MAX = 500
 # abort; replaying them must not issue the cancel command they never issued.
 ABORT_CANCELS_PATCH = "abort-cancels-running-activity"
 ABORTED_TYPE = "Aborted"
+# Runs started before this patch ended without noting their base release
+# revision; replaying them must not schedule the activity that notes it.
+RECORD_DEPLOYED_PATCH = "record-deployed-revision"
+RECORD_TIMEOUT = timedelta(seconds=60)
 
 T = TypeVar("T")
 

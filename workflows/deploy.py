@@ -21,7 +21,14 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.workflow import ActivityCancellationType
 
-from workflows.control import ABORTED_TYPE, PhaseAborted, PhaseControl, cause_message
+from workflows.control import (
+    ABORTED_TYPE,
+    RECORD_DEPLOYED_PATCH,
+    RECORD_TIMEOUT,
+    PhaseAborted,
+    PhaseControl,
+    cause_message,
+)
 
 with workflow.unsafe.imports_passed_through():
     from deployer import contracts
@@ -33,6 +40,7 @@ with workflow.unsafe.imports_passed_through():
         WaitResult,
     )
     from deployer.inputs import DeployRequest, InvalidRequestError, parse_request
+    from deployer.lifecycle import ReleaseTarget
     from deployer.phases import (
         DEPENDENCIES,
         PHASE_ATTRIBUTE,
@@ -225,6 +233,23 @@ class VentrosDeploy(PhaseControl):
                 + (", ".join(record.waiting_on) or "nothing"),
             )
         )
+        if phase is Phase.APP and workflow.patched(RECORD_DEPLOYED_PATCH):
+            # The app is ready, so this deploy's base revision ran: a later
+            # rollback may return to it.
+            await self.until_aborted(
+                workflow.start_activity(
+                    contracts.RECORD_DEPLOYED,
+                    ReleaseTarget(
+                        release=request.release,
+                        namespace=request.namespace,
+                        kube_context=request.kube_context,
+                    ),
+                    result_type=int,
+                    start_to_close_timeout=RECORD_TIMEOUT,
+                    retry_policy=APPLY_RETRY,
+                    summary="app: note the base release revision as deployed",
+                )
+            )
         record.state = PhaseState.SUCCEEDED
         record.last_status = (
             "; ".join(f"{k}: {v}" for k, v in waited.statuses.items()) or "ready"

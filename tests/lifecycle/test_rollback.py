@@ -5,21 +5,29 @@ from __future__ import annotations
 
 import json
 
+import pytest
+from temporalio.client import WorkflowFailureError
 from temporalio.testing import WorkflowEnvironment
 
 from activities.helm import Helm
 from activities.kubeapi import KubeClient
+from activities.rollback import CONFIG_MAP, RAN_KEY, history_name
 from deployer.lifecycle import RollbackStatus, rollback_workflow_id_for
+from deployer.phases import PhaseState
 from deployer.settings import WorkerSettings
 from tests.conftest import REPO_ROOT, keep_history, running_worker
 from tests.lifecycle.conftest import (
     DEPLOYMENT,
     JOB,
+    NAMESPACE,
     RELEASE,
+    annotate,
     app_image_tag,
     cli_env,
     deploy,
     run_cli,
+    start_deploy,
+    wait_for_step,
 )
 
 
@@ -100,3 +108,53 @@ async def test_rollback_without_history(
     assert result.returncode == 1
     assert "an earlier app version is not in the history" in result.stderr
     assert "the running version is 1.0.0" in result.stderr
+
+
+async def test_rollback_skips_unfinished_deploy(
+    temporal_env: WorkflowEnvironment,
+    lifecycle_settings: WorkerSettings,
+    kube: KubeClient,
+    namespace: str,
+) -> None:
+    """1.0.0 ran, 2.0.0 was aborted while its app pods were held, 2.0.1 ran:
+    rollback returns to 1.0.0, not to 2.0.0, whose base revision exists but
+    whose app never became ready."""
+    hold = {"sim.ventros.io/hold-init": "wait-for-redis"}
+    async with running_worker(temporal_env.client, lifecycle_settings):
+        await deploy(temporal_env, lifecycle_settings, namespace, "1.0.0")
+        await annotate(kube, NAMESPACE, namespace, None, hold)
+        handle = await start_deploy(
+            temporal_env, lifecycle_settings, namespace, "2.0.0", timeouts={"app": 600}
+        )
+        await wait_for_step(handle, "app", PhaseState.RUNNING, timeout_s=150)
+        await handle.execute_update("abort", "the test stops 2.0.0", result_type=str)
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+
+        await annotate(
+            kube, NAMESPACE, namespace, None, {"sim.ventros.io/hold-init": None}
+        )
+        latest = await deploy(temporal_env, lifecycle_settings, namespace, "2.0.1")
+        noted = await kube.get(CONFIG_MAP, history_name(RELEASE), namespace)
+        result = await run_cli(
+            ["rollback", "--release", RELEASE, "--namespace", namespace, "--json"],
+            cli_env(temporal_env, lifecycle_settings),
+        )
+        app = await kube.get(DEPLOYMENT, RELEASE, namespace)
+        history = await kube.get(CONFIG_MAP, history_name(RELEASE), namespace)
+
+    assert latest.state == "succeeded"
+    assert noted is not None
+    # Revisions 1 (1.0.0) and 3 (2.0.1) ran; 2 (2.0.0) was aborted.
+    assert noted["data"][RAN_KEY] == "1,3"
+    assert result.returncode == 0, result.stderr
+    status = RollbackStatus.model_validate_json(result.stdout.splitlines()[-1])
+    assert status.from_version == "2.0.1"
+    assert status.to_version == "1.0.0"
+    assert status.helm_revision == 1
+    assert app is not None
+    assert app_image_tag(app) == "1.0.0"
+    # The rollback's own revision (4) ran too, so a second rollback may
+    # return to it.
+    assert history is not None
+    assert history["data"][RAN_KEY] == "1,3,4"

@@ -30,6 +30,7 @@ from deployer.contracts import (
     WaitResult,
 )
 from deployer.inputs import parse_request
+from deployer.lifecycle import ReleaseTarget
 from deployer.phases import ObjectRef, Phase
 
 DELAYS_S = {
@@ -54,9 +55,16 @@ class StandIns:
     held_waits: set[Phase] = field(default_factory=set)
     cancelled: list[tuple[str, Phase]] = field(default_factory=list)
     holding: asyncio.Event = field(default_factory=asyncio.Event)
+    # The releases whose deployed revision the workflow noted, in order.
+    recorded: list[str] = field(default_factory=list)
 
     def activities(self) -> list[Any]:
-        return [self.validate_request, self.apply_phase, self.wait_ready]
+        return [
+            self.validate_request,
+            self.apply_phase,
+            self.wait_ready,
+            self.record_deployed,
+        ]
 
     @activity.defn(name=contracts.VALIDATE_REQUEST)
     async def validate_request(self, raw: dict[str, Any]) -> ValidateResult:
@@ -95,6 +103,11 @@ class StandIns:
         return WaitResult(
             phase=job.phase, statuses={ref.describe(): "ready" for ref in job.refs}
         )
+
+    @activity.defn(name=contracts.RECORD_DEPLOYED)
+    async def record_deployed(self, target: ReleaseTarget) -> int:
+        self.recorded.append(target.release)
+        return len(self.recorded)
 
     async def _hold(self, step: str, phase: Phase) -> None:
         """Heartbeat until the workflow cancels this activity."""

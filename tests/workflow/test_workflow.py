@@ -71,9 +71,9 @@ async def test_workflow_follows_dependencies(temporal_env: WorkflowEnvironment) 
     """Independent phases overlap; dependents start only after what they need."""
     queue, standins = f"tq-{uuid.uuid4().hex[:8]}", StandIns()
     async with worker(temporal_env, queue, standins):
-        result = DeployStatus.model_validate(
-            await (await start(temporal_env, queue, request())).result()
-        )
+        handle = await start(temporal_env, queue, request())
+        result = DeployStatus.model_validate(await handle.result())
+        await keep_history(handle, "deploy_recorded")
     assert result.state == "succeeded"
     data, messaging, cache = (
         standins.span(p) for p in (Phase.DATA, Phase.MESSAGING, Phase.CACHE)
@@ -91,6 +91,8 @@ async def test_workflow_follows_dependencies(temporal_env: WorkflowEnvironment) 
         Phase.MIGRATION,
     ):
         assert app_start >= standins.span(phase)[1]
+    # Noted once, after the app was ready.
+    assert standins.recorded == ["ventros-crm"]
 
 
 async def test_workflow_retry_signal_reruns_failed_phase(
@@ -239,6 +241,8 @@ async def test_abort_cancels_running_wait(temporal_env: WorkflowEnvironment) -> 
     for phase in PHASE_ORDER[:-1]:
         assert record(status, phase).state is PhaseState.SUCCEEDED
     assert standins.cancelled == [("wait", Phase.APP)]
+    # The app never became ready, so no rollback may return to this deploy.
+    assert standins.recorded == []
     kinds = {event.event_type for event in history.events}
     assert EventType.EVENT_TYPE_ACTIVITY_TASK_CANCEL_REQUESTED in kinds
     assert EventType.EVENT_TYPE_MARKER_RECORDED in kinds
