@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import sys
 import time
@@ -49,12 +50,16 @@ from temporalio.service import RPCError, RPCStatusCode
 from deployer.codec import PayloadDecryptionError
 from deployer.connect import connect
 from deployer.inputs import (
+    DEFAULT_TIMEOUT_S,
+    TIMEOUT_MAX_S,
+    TIMEOUT_MIN_S,
     DeployRequest,
     InvalidRequestError,
     parse_request,
     workflow_id_for,
 )
 from deployer.lifecycle import (
+    DRAIN_TIMEOUT_MAX_S,
     RollbackStatus,
     destroy_workflow_id_for,
     parse_destroy_request,
@@ -94,20 +99,26 @@ class CliError(Exception):
         self.code = code
 
 
-def parse_set(pairs: list[str]) -> dict[str, Any]:
-    """Turn ["a.b=1", "c=x"] into {"a": {"b": 1}, "c": "x"}, reading YAML scalars."""
+def parse_set(pairs: list[str], literal: bool = False) -> dict[str, Any]:
+    """Turn ["a.b=1", "c=x"] into {"a": {"b": 1}, "c": "x"}.
+
+    Values are read as YAML (see read_set_value), or kept as strings when
+    literal is set, as for --set-string.
+    """
+    option = "--set-string" if literal else "--set"
     values: dict[str, Any] = {}
     for pair in pairs:
         # Messages name the key only: the value may be a secret.
         key, sep, raw = pair.partition("=")
         if not sep:
             raise CliError(
-                "invalid --set without '=': expected KEY=VALUE such as app.replicas=3",
+                f"invalid {option} without '=': expected KEY=VALUE such as "
+                "app.replicas=3",
                 EXIT_USAGE,
             )
         if not key or any(not part for part in key.split(".")):
             raise CliError(
-                f"invalid --set key {key!r}: expected KEY=VALUE with a dotted KEY "
+                f"invalid {option} key {key!r}: expected KEY=VALUE with a dotted KEY "
                 "such as app.replicas=3, without empty parts",
                 EXIT_USAGE,
             )
@@ -117,17 +128,69 @@ def parse_set(pairs: list[str]) -> dict[str, Any]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise CliError(
-                    f"invalid --set {key}: {part} is already set to a scalar",
+                    f"invalid {option} {key}: {part} is already set to a scalar",
                     EXIT_USAGE,
                 )
+        if literal:
+            node[parts[-1]] = raw
+            continue
         try:
-            node[parts[-1]] = yaml.safe_load(raw) if raw else ""
+            node[parts[-1]] = read_set_value(raw)
         except yaml.YAMLError as error:
             raise CliError(
-                f"invalid --set {key}: {describe_yaml_error(error)}; quote the value",
+                f"invalid --set {key}: {describe_yaml_error(error)}; quote the "
+                "value, or pass it with --set-string",
                 EXIT_USAGE,
             ) from None
     return values
+
+
+def read_set_value(raw: str) -> Any:
+    """Read a --set value as YAML, unless that reading would change its text.
+
+    YAML drops a trailing comment ("pw #x" reads as "pw"), turns "00123" and
+    "0o17" into numbers and "yes" into true. Each such value stays the literal
+    string, so --set never stores anything but what was typed or its exact
+    YAML meaning. Quoted scalars and flow collections ("[1, 2]") are read as
+    YAML. Raises yaml.YAMLError for invalid YAML, such as an unclosed bracket.
+    """
+    if not raw:
+        return ""
+    node = yaml.compose(raw, Loader=yaml.SafeLoader)
+    if node is None:
+        return raw  # Only a comment, blanks or a document marker.
+    # Leading or trailing text outside the node is blanks or a comment.
+    spans_all = node.start_mark.index == 0 and node.end_mark.index == len(raw)
+    if not spans_all or not _reads_as_written(node):
+        return raw
+    return yaml.safe_load(raw)
+
+
+def _reads_as_written(node: yaml.Node) -> bool:
+    """Tell whether each plain scalar in node means what its text shows."""
+    if isinstance(node, yaml.SequenceNode):
+        return all(_reads_as_written(item) for item in node.value)
+    if isinstance(node, yaml.MappingNode):
+        return all(
+            _reads_as_written(key) and _reads_as_written(value)
+            for key, value in node.value
+        )
+    if not isinstance(node, yaml.ScalarNode) or node.style is not None:
+        return True  # Quoted or block scalars are strings as written.
+    text = str(node.value)
+    value = yaml.safe_load(text)
+    if isinstance(value, bool):
+        return text.lower() in ("true", "false")
+    if value is None:
+        return text == "null"
+    if isinstance(value, float) and not math.isfinite(value):
+        return False  # .inf and .nan have no JSON form.
+    if isinstance(value, int | float):
+        # The canonical form: "00123" and "1.50" read as 123 and 1.5.
+        canonical = str(yaml.safe_dump(value)).splitlines()[0]
+        return canonical == text
+    # Dates and timestamps are not JSON, so they stay strings.
+    return isinstance(value, str)
 
 
 def describe_yaml_error(error: yaml.YAMLError) -> str:
@@ -150,12 +213,7 @@ def describe_yaml_error(error: yaml.YAMLError) -> str:
 def build_request(args: argparse.Namespace) -> dict[str, Any]:
     request: dict[str, Any] = {}
     if args.request:
-        try:
-            request = json.loads(Path(args.request).read_text())
-        except (OSError, ValueError) as error:
-            raise CliError(
-                f"cannot read --request {args.request}: {error}", EXIT_USAGE
-            ) from None
+        request = read_request_file(args.request)
     values: dict[str, Any] = dict(request.get("values") or {})
     if args.values:
         try:
@@ -175,6 +233,8 @@ def build_request(args: argparse.Namespace) -> dict[str, Any]:
             )
         values = _merge(values, loaded)
     values = _merge(values, parse_set(args.set or []))
+    # Like helm, --set-string applies after --set.
+    values = _merge(values, parse_set(args.set_string or [], literal=True))
     if values:
         request["values"] = values
     for field, value in (
@@ -190,6 +250,45 @@ def build_request(args: argparse.Namespace) -> dict[str, Any]:
     if args.no_operators:
         request["install_operators"] = False
     return request
+
+
+def read_request_file(path: str) -> dict[str, Any]:
+    """Read a --request file: a JSON object whose values field is an object."""
+    try:
+        request = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise CliError(f"cannot read --request {path}: {error}", EXIT_USAGE) from None
+    if not isinstance(request, dict):
+        raise CliError(
+            f"invalid --request {path}: the file must contain a JSON object of "
+            f"deploy request fields, got {json_type_name(request)}; for example "
+            '{"release": "ventros-crm", "namespace": "ventros-crm"}',
+            EXIT_USAGE,
+        )
+    values = request.get("values")
+    if values is not None and not isinstance(values, dict):
+        raise CliError(
+            f"invalid --request {path}: field values must be a JSON object of "
+            f"chart values, got {json_type_name(values)}; for example "
+            '"values": {"app": {"replicas": 3}}',
+            EXIT_USAGE,
+        )
+    return request
+
+
+def json_type_name(value: Any) -> str:
+    """Return the JSON name of a parsed JSON value's type, such as array."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
 
 
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -717,8 +816,10 @@ async def cmd_rollback(
         raw["chart"] = deployed.chart.model_dump(exclude_none=True)
     if args.to_version:
         raw["to_version"] = args.to_version
-    timeout = args.timeout or (deployed.timeouts.app if deployed else None)
-    if timeout:
+    timeout = args.timeout
+    if timeout is None and deployed:
+        timeout = deployed.timeouts.app
+    if timeout is not None:
         raw["timeout_s"] = timeout
     try:
         request = parse_rollback_request(raw)
@@ -763,9 +864,9 @@ async def cmd_destroy(
     kube_context = args.kube_context or (deployed.kube_context if deployed else None)
     if kube_context:
         raw["kube_context"] = kube_context
-    if args.drain_timeout:
+    if args.drain_timeout is not None:
         raw["drain_timeout_s"] = args.drain_timeout
-    if args.namespace_timeout:
+    if args.namespace_timeout is not None:
         raw["namespace_timeout_s"] = args.namespace_timeout
     try:
         request = parse_destroy_request(raw)
@@ -827,7 +928,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--set",
         action="append",
         metavar="KEY=VALUE",
-        help="one chart value; repeatable",
+        help="one chart value, read as YAML where that keeps its text "
+        "(3 is a number, 00123 a string); repeatable",
+    )
+    start.add_argument(
+        "--set-string",
+        action="append",
+        metavar="KEY=VALUE",
+        help="one chart value, always a string; applied after --set; repeatable",
     )
     start.add_argument(
         "--app-version", help="app version: the image tag and the migration Job's name"
@@ -878,6 +986,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def seconds_between(low: int, high: int) -> Callable[[str], int]:
+    """Return an argparse type for whole seconds from low to high."""
+
+    def parse(text: str) -> int:
+        try:
+            seconds = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected whole seconds, got {text!r}"
+            ) from None
+        if not low <= seconds <= high:
+            raise argparse.ArgumentTypeError(
+                f"must be {low} to {high} seconds, got {seconds}"
+            )
+        return seconds
+
+    return parse
+
+
 def add_lifecycle_parsers(
     sub: Any, with_id: Callable[[argparse.ArgumentParser], None]
 ) -> None:
@@ -896,8 +1023,9 @@ def add_lifecycle_parsers(
     rollback.add_argument("--kube-context", help="context in the worker's kubeconfig")
     rollback.add_argument(
         "--timeout",
-        type=int,
-        help="seconds the rollout may take (default: the deploy's app timeout)",
+        type=seconds_between(TIMEOUT_MIN_S, TIMEOUT_MAX_S),
+        help=f"seconds the rollout may take, {TIMEOUT_MIN_S} to {TIMEOUT_MAX_S} "
+        "(default: the deploy's app timeout)",
     )
 
     destroy = sub.add_parser(
@@ -924,13 +1052,15 @@ def add_lifecycle_parsers(
     destroy.add_argument("--kube-context", help="context in the worker's kubeconfig")
     destroy.add_argument(
         "--drain-timeout",
-        type=int,
-        help="seconds to wait for the queues to drain (default 300)",
+        type=seconds_between(TIMEOUT_MIN_S, DRAIN_TIMEOUT_MAX_S),
+        help="seconds to wait for the queues to drain, "
+        f"{TIMEOUT_MIN_S} to {DRAIN_TIMEOUT_MAX_S} (default {DEFAULT_TIMEOUT_S})",
     )
     destroy.add_argument(
         "--namespace-timeout",
-        type=int,
-        help="seconds to wait for the namespace to be deleted (default 300)",
+        type=seconds_between(TIMEOUT_MIN_S, TIMEOUT_MAX_S),
+        help="seconds to wait for the namespace to be deleted, "
+        f"{TIMEOUT_MIN_S} to {TIMEOUT_MAX_S} (default {DEFAULT_TIMEOUT_S})",
     )
     destroy.add_argument(
         "--follow", action="store_true", help="show a live table until it ends"
