@@ -47,8 +47,8 @@ from temporalio.common import (
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from deployer.codec import PayloadDecryptionError
-from deployer.connect import connect
+from deployer.codec import KeyRingError, NoKeyRingError, PayloadDecryptionError
+from deployer.connect import connect, key_ring_configured
 from deployer.inputs import (
     DEFAULT_TIMEOUT_S,
     TIMEOUT_MAX_S,
@@ -81,6 +81,8 @@ WORKFLOW_TYPE = "VentrosDeploy"
 DESTROY_TYPE = "VentrosDestroy"
 ROLLBACK_TYPE = "VentrosRollback"
 FOLLOW_INTERVAL_S = 0.5
+# Commands that start a workflow, whose input then stays in its history.
+STARTING_COMMANDS = frozenset({"start", "rollback", "destroy"})
 # How long `abort` waits for the run to end after the abort was accepted.
 ABORT_WAIT_S = 60.0
 STATE_STYLE = {
@@ -1077,8 +1079,23 @@ async def run(args: argparse.Namespace) -> int:
         raise CliError(f"invalid settings: {error}", EXIT_USAGE) from None
     if args.command == "start":
         build_request(args)  # Fail on bad arguments before connecting.
+    if args.command in STARTING_COMMANDS and not key_ring_configured(settings):
+        raise CliError(
+            f"no payload key ring is configured, so `{args.command}` would store "
+            "the request, with any secret values in it, in plain text in the "
+            "Temporal history. Set VENTROS_DEPLOY_CODEC_KEYS_FILE to the key "
+            "ring file the worker uses (python -m deployer.codec generate PATH "
+            "creates one)",
+            EXIT_USAGE,
+        )
     try:
         client = await connect(settings)
+    except KeyRingError as error:
+        raise CliError(
+            f"cannot load the payload key ring: {error}. Fix the file, or point "
+            "VENTROS_DEPLOY_CODEC_KEYS_FILE to the key ring the worker uses",
+            EXIT_USAGE,
+        ) from None
     except RuntimeError as error:
         raise CliError(
             "cannot reach the bootstrap Temporal at "
@@ -1111,6 +1128,12 @@ async def run(args: argparse.Namespace) -> int:
             f"the status query failed in the worker: {error}. Its log has the "
             "cause, for example a workflow change that an older run cannot replay",
             EXIT_FAILED,
+        ) from None
+    except NoKeyRingError as error:
+        raise CliError(
+            f"{error}. Set VENTROS_DEPLOY_CODEC_KEYS_FILE to the key ring file "
+            "the worker uses",
+            EXIT_USAGE,
         ) from None
     except PayloadDecryptionError as error:
         raise CliError(

@@ -21,7 +21,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from client.cli import build_parser, build_request
 from deployer.settings import WorkerSettings
-from tests.conftest import REPO_ROOT, deploy_request, running_worker
+from tests.conftest import CLIENT_KEY_RING, REPO_ROOT, deploy_request, running_worker
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 PHASES = ("base", "data", "messaging", "cache", "temporal", "migration", "app")
@@ -35,12 +35,14 @@ def cli_env(env: WorkflowEnvironment, settings: WorkerSettings) -> dict[str, str
                 env.client.service_client.config.target_host
             ),
             "VENTROS_DEPLOY_TASK_QUEUE": settings.task_queue,
+            "VENTROS_DEPLOY_CODEC_KEYS": CLIENT_KEY_RING.to_json(),
             "COLUMNS": "140",
             "LINES": "40",
             "TERM": "xterm-256color",
         }
     )
     variables.pop("NO_COLOR", None)
+    variables.pop("VENTROS_DEPLOY_CODEC_KEYS_FILE", None)
     return variables
 
 

@@ -1,5 +1,5 @@
 """The ventros-deploy command line's checks of its own input: --set values,
---request files and timeouts. Each runs before the client
+--request files, timeouts and the key ring. Each runs before the client
 connects, so these tests need no Temporal server."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from client.cli import build_parser, build_request, parse_set
+from deployer import codec
 from tests.conftest import REPO_ROOT
 
 # Nothing listens on port 9 (discard), so a test that got past its check
@@ -158,6 +159,58 @@ def test_timeout_in_range_accepted() -> None:
     """The lowest allowed timeout reaches the request as given."""
     args = build_parser().parse_args(["rollback", "--timeout", "10"])
     assert args.timeout == 10
+
+
+def test_missing_key_ring_file_exit_2(tmp_path: Path) -> None:
+    """A key ring file that does not exist is one line of error, exit 2."""
+    missing = tmp_path / "nowhere.json"
+    result = run_client(
+        ["status", "deploy-x-y"], VENTROS_DEPLOY_CODEC_KEYS_FILE=str(missing)
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert f"file not found: {missing}" in result.stderr
+    assert "VENTROS_DEPLOY_CODEC_KEYS_FILE" in result.stderr
+
+
+def test_open_key_ring_file_exit_2(tmp_path: Path) -> None:
+    """A key ring file that others may read is rejected with the chmod fix."""
+    path = tmp_path / "keys.json"
+    codec.generate_key_ring_file(str(path))
+    path.chmod(0o644)
+    result = run_client(
+        ["status", "deploy-x-y"], VENTROS_DEPLOY_CODEC_KEYS_FILE=str(path)
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "has mode 0644" in result.stderr
+    assert f"chmod 600 {path}" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["start"],
+        ["rollback", "--release", "r", "--namespace", "n"],
+        ["destroy", "--release", "r", "--namespace", "n"],
+    ],
+)
+def test_start_without_key_ring_exit_2(args: list[str]) -> None:
+    """Commands that start a workflow exit 2 without a key ring."""
+    result = run_client(args)
+    assert result.returncode == 2, result.stderr
+    assert "no payload key ring is configured" in result.stderr
+    assert "VENTROS_DEPLOY_CODEC_KEYS_FILE" in result.stderr
+
+
+def test_start_with_key_ring_connects(tmp_path: Path) -> None:
+    """With a key ring, start passes the check and goes on to connect."""
+    path = tmp_path / "keys.json"
+    codec.generate_key_ring_file(str(path))
+    result = run_client(["start"], VENTROS_DEPLOY_CODEC_KEYS_FILE=str(path))
+    assert result.returncode == 5, result.stderr
+    assert UNREACHABLE in result.stderr
 
 
 def test_request_file_values_merge(tmp_path: Path) -> None:
