@@ -3,7 +3,9 @@
 Exit codes:
   0  success (the deploy succeeded, or the request was accepted)
   1  the deploy failed, was aborted, or a phase waits for retry
-  2  invalid arguments or deploy request (nothing was started)
+  2  invalid arguments or request, or a key ring problem (nothing was
+     started); also a run that the workflow rejected before applying
+     anything, such as chart values that validate rejected
   3  a deploy of this release is already running; for rollback and destroy
      also: the same rollback or destroy is already running
   4  no deploy with that workflow id
@@ -17,10 +19,10 @@ import asyncio
 import json
 import math
 import os
+import re
 import sys
-import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +49,7 @@ from temporalio.common import (
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from deployer import contracts
 from deployer.codec import KeyRingError, NoKeyRingError, PayloadDecryptionError
 from deployer.connect import connect, key_ring_configured
 from deployer.inputs import (
@@ -60,6 +63,7 @@ from deployer.inputs import (
 )
 from deployer.lifecycle import (
     DRAIN_TIMEOUT_MAX_S,
+    DestroyStatus,
     RollbackStatus,
     destroy_workflow_id_for,
     parse_destroy_request,
@@ -92,6 +96,17 @@ STATE_STYLE = {
     "failed": "red",
     "waiting-for-retry": "yellow",
     "aborted": "red",
+}
+
+
+AnyStatus = DeployStatus | RollbackStatus
+StatusModel = type[DeployStatus] | type[RollbackStatus]
+# The status query's result type of each workflow type; DestroyStatus has the
+# deploy's shape and adds the objects a destroy kept.
+STATUS_MODELS: dict[str, StatusModel] = {
+    WORKFLOW_TYPE: DeployStatus,
+    DESTROY_TYPE: DestroyStatus,
+    ROLLBACK_TYPE: RollbackStatus,
 }
 
 
@@ -344,8 +359,49 @@ def phase_table(status: DeployStatus, live: dict[str, str] | None = None) -> Tab
     return table
 
 
-async def fetch_status(handle: WorkflowHandle[Any, Any]) -> DeployStatus:
-    status: DeployStatus = await handle.query("status", result_type=DeployStatus)
+def rollback_table(status: RollbackStatus) -> Table:
+    title = f"{status.workflow_id} ({status.namespace}): {status.state}"
+    # The title sets the width: the two short columns would wrap it.
+    table = Table(
+        title=title, title_justify="left", show_header=False, min_width=len(title)
+    )
+    table.add_column("field")
+    table.add_column("value", overflow="fold")
+    for label, value in (
+        ("from version", status.from_version),
+        ("to version", status.to_version),
+        ("helm revision", status.helm_revision),
+    ):
+        table.add_row(label, "" if value is None else str(value))
+    return table
+
+
+def status_view(status: AnyStatus, live: dict[str, str] | None = None) -> Table:
+    if isinstance(status, RollbackStatus):
+        return rollback_table(status)
+    return phase_table(status, live)
+
+
+def status_model(workflow_id: str, workflow_type: str) -> StatusModel:
+    """Return the status query's result type for a workflow type."""
+    model = STATUS_MODELS.get(workflow_type)
+    if model is None:
+        raise CliError(
+            f"{workflow_id} is a {workflow_type} workflow; ventros-deploy shows "
+            f"{', '.join(STATUS_MODELS)} workflows only",
+            EXIT_USAGE,
+        )
+    return model
+
+
+async def fetch_status(
+    handle: WorkflowHandle[Any, Any],
+    model: StatusModel,
+    rpc_timeout: timedelta | None = None,
+) -> AnyStatus:
+    status: AnyStatus = await handle.query(
+        "status", result_type=model, rpc_timeout=rpc_timeout
+    )
     return status
 
 
@@ -450,23 +506,25 @@ async def follow(
     args: argparse.Namespace,
     console: Console,
 ) -> int:
-    started = time.monotonic()
-    status = await fetch_status(handle)
+    description = await handle.describe()
+    model = status_model(handle.id, description.workflow_type)
+    status = await fetch_status(handle, model)
     if args.json:
         while await is_running(handle) and not _needs_attention(status):
             await asyncio.sleep(FOLLOW_INTERVAL_S)
-            status = await fetch_status(handle)
-        status = await fetch_status(handle)
+            status = await fetch_status(handle, model)
+        status = await fetch_status(handle, model)
+        status, error_type, _ = await settle(handle, status)
         print(status.model_dump_json())
-        return _exit_code(status)
+        return outcome_code(status, error_type)
     with Live(
-        phase_table(status), console=console, refresh_per_second=4, transient=False
+        status_view(status), console=console, refresh_per_second=4, transient=False
     ) as live:
         while True:
             running = await is_running(handle)
-            status = await fetch_status(handle)
+            status = await fetch_status(handle, model)
             live.update(
-                phase_table(
+                status_view(
                     status, await live_statuses(client, handle) if running else None
                 )
             )
@@ -476,10 +534,9 @@ async def follow(
     if not console.is_terminal:
         # Off a terminal, Live leaves its last line without a line break.
         console.line()
-    console.print(
-        f"{status.state} after {time.monotonic() - started:.1f} s", highlight=False
-    )
-    if _needs_attention(status):
+    status, error_type, duration_s = await settle(handle, status)
+    console.print(f"{status.state} after {duration_s:.1f} s", highlight=False)
+    if isinstance(status, DeployStatus) and _needs_attention(status):
         failed = [r for r in status.phases if r.state is PhaseState.WAITING_FOR_RETRY]
         for record in failed:
             console.print(
@@ -493,10 +550,42 @@ async def follow(
             f"or `ventros-deploy abort {status.workflow_id}`",
             highlight=False,
         )
+    elif isinstance(status, RollbackStatus):
+        for line in (status.message, status.migration_note):
+            if line:
+                console.print(line, highlight=False, soft_wrap=True)
     elif status.state != "succeeded" and status.message:
         # An invalid or aborted deploy has no failed phase, only this message.
         console.print(status.message, highlight=False, soft_wrap=True)
-    return _exit_code(status)
+    if args.command == "start" and args.set and wants_set_string(status, error_type):
+        console.print(
+            "a --set value that reads as a number, boolean or null is sent as "
+            "one; pass a value that must stay text with --set-string KEY=VALUE",
+            highlight=False,
+        )
+    return outcome_code(status, error_type)
+
+
+async def settle(
+    handle: WorkflowHandle[Any, Any], status: AnyStatus
+) -> tuple[AnyStatus, str | None, float]:
+    """Return the status completed from Temporal for a run that has ended, its
+    failure's error type, and how long the run took or has run so far, in s."""
+    description = await handle.describe()
+    end = description.close_time
+    error_type = None
+    if end is not None:
+        execution = description.raw_description.workflow_execution_info.status
+        status, error_type = await ended_status(handle, execution, status)
+    duration = (end or datetime.now(UTC)) - description.start_time
+    return status, error_type, duration.total_seconds()
+
+
+def wants_set_string(status: AnyStatus, error_type: str | None) -> bool:
+    """Tell whether the chart's schema rejected a value for not being a string."""
+    if error_type != contracts.VALUES_REJECTED or not status.message:
+        return False
+    return SCHEMA_STRING_ERROR.search(status.message) is not None
 
 
 # States in which the workflow itself ended the run.
@@ -510,14 +599,42 @@ ENDED_EXECUTION_STATES = {
     WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_CANCELED: "canceled",
 }
 STATUS_QUERY_TIMEOUT = timedelta(seconds=10)
+# Error types of a run that ended because its request was rejected before
+# anything was applied: the workflow could not parse it, or validate found it
+# invalid. Such a run exits 2, like a request the client rejects itself.
+REJECTED_TYPES = frozenset(
+    {
+        contracts.INVALID_REQUEST,
+        contracts.VALUES_REJECTED,
+        contracts.CHART_NOT_FOUND,
+        contracts.KUBE_CONTEXT_NOT_FOUND,
+        contracts.OBJECT_INVALID,
+        contracts.OPERATORS_INSTALLED,
+        contracts.RELEASE_NAME_TAKEN,
+    }
+)
+# A schema error for a value that must be a string, in the two wordings of
+# helm's JSON schema libraries: "got number, want string" and "Expected:
+# string, given: integer". NOTE: matched by text, so other wordings get no hint.
+SCHEMA_STRING_ERROR = re.compile(
+    r"got (number|integer|boolean|null), want string"
+    r"|Expected: string, given: (number|integer|boolean|null)"
+)
 
 
-def _needs_attention(status: DeployStatus) -> bool:
+def _needs_attention(status: AnyStatus) -> bool:
+    if isinstance(status, RollbackStatus):
+        return False  # A rollback has no phase that waits for retry.
     return any(r.state is PhaseState.WAITING_FOR_RETRY for r in status.phases)
 
 
-def _exit_code(status: DeployStatus) -> int:
-    return EXIT_OK if status.state == "succeeded" else EXIT_FAILED
+def outcome_code(status: AnyStatus, error_type: str | None) -> int:
+    """Return the exit code for a run's status and its failure's error type."""
+    if status.state == "succeeded":
+        return EXIT_OK
+    if error_type in REJECTED_TYPES:
+        return EXIT_USAGE
+    return EXIT_FAILED
 
 
 def start_attributes(
@@ -547,12 +664,11 @@ async def cmd_status(client: Client, args: argparse.Namespace, console: Console)
     # starts meanwhile is not mixed in.
     description = await client.get_workflow_handle(resolve_id(args)).describe()
     handle = client.get_workflow_handle(description.id, run_id=description.run_id)
+    model = status_model(handle.id, description.workflow_type)
     info = description.raw_description.workflow_execution_info
     running = info.status == WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_RUNNING
     try:
-        status = await handle.query(
-            "status", result_type=DeployStatus, rpc_timeout=STATUS_QUERY_TIMEOUT
-        )
+        status = await fetch_status(handle, model, STATUS_QUERY_TIMEOUT)
     except RPCError as error:
         if error.status is RPCStatusCode.NOT_FOUND:
             raise
@@ -564,7 +680,7 @@ async def cmd_status(client: Client, args: argparse.Namespace, console: Console)
                 "check the worker's log",
                 EXIT_UNREACHABLE,
             ) from None
-        state, message = await ended_outcome(handle, info.status)
+        state, message, error_type = await ended_outcome(handle, info.status)
         note = (
             f"the status query failed ({error.message}), so the phases are not "
             f"shown; a worker on task queue {info.task_queue} answers it"
@@ -573,43 +689,73 @@ async def cmd_status(client: Client, args: argparse.Namespace, console: Console)
         _print(args, console, {**outcome, "phases": None}, f"{handle.id}: {state}")
         if not args.json:
             console.print(f"{message}\n{note}" if message else note, highlight=False)
-        return EXIT_OK if state == "succeeded" else EXIT_FAILED
-    if not running and status.state not in ENDED_STATES:
-        # Terminated, timed out, or failed before the workflow recorded why.
-        state, message = await ended_outcome(handle, info.status)
-        status = status.model_copy(
-            update={"state": state, "message": message or status.message}
-        )
+        if state == "succeeded":
+            return EXIT_OK
+        return EXIT_USAGE if error_type in REJECTED_TYPES else EXIT_FAILED
+    # A run that ended, also between describe and the query, gets Temporal's
+    # end state where the workflow recorded none (terminated, timed out, or
+    # failed before the workflow recorded why), and its failure's error type.
+    ended = not running or status.state in ENDED_STATES
+    error_type = None
+    if ended and status.state != "succeeded":
+        status, error_type = await ended_status(handle, info.status, status)
     if args.json:
         print(status.model_dump_json())
     else:
         console.print(
-            phase_table(
+            status_view(
                 status, await live_statuses(client, handle) if running else None
             )
         )
-        if status.message:
-            console.print(status.message, highlight=False)
-    # A run that ended without succeeding (invalid, aborted, terminated), also
-    # between describe and the query, and a phase that waits for retry exit 1,
-    # as start --follow does.
-    ended = not running or status.state in ENDED_STATES
-    if _needs_attention(status) or (ended and status.state != "succeeded"):
+        lines = [status.message]
+        if isinstance(status, RollbackStatus):
+            lines.append(status.migration_note)
+        for line in lines:
+            if line:
+                console.print(line, highlight=False)
+    # A run that ended without succeeding and a phase that waits for retry
+    # exit as start --follow does.
+    if _needs_attention(status):
         return EXIT_FAILED
+    if ended:
+        return outcome_code(status, error_type)
     return EXIT_OK
 
 
 async def ended_outcome(
     handle: WorkflowHandle[Any, Any], execution: WorkflowExecutionStatus.ValueType
-) -> tuple[str, str | None]:
-    """Return how a run that has ended ended, from Temporal, and why."""
+) -> tuple[str, str | None, str | None]:
+    """Return how a run that has ended ended, from Temporal: its state, the
+    failure's message and the failure's error type (None when it has none)."""
     state = ENDED_EXECUTION_STATES.get(execution, "ended")
     try:
         await handle.result(follow_runs=False)
     except WorkflowFailureError as failure:
         cause = failure.cause
-        return state, str(getattr(cause, "message", "") or cause)
-    return state, None
+        error_type = cause.type if isinstance(cause, ApplicationError) else None
+        return state, str(getattr(cause, "message", "") or cause), error_type
+    return state, None, None
+
+
+async def ended_status(
+    handle: WorkflowHandle[Any, Any],
+    execution: WorkflowExecutionStatus.ValueType,
+    status: AnyStatus,
+) -> tuple[AnyStatus, str | None]:
+    """Return the status of a run that has ended and its failure's error type.
+
+    The state and message come from Temporal when the workflow recorded no
+    end state itself.
+    """
+    state, message, error_type = await ended_outcome(handle, execution)
+    if status.state not in ENDED_STATES:
+        status = status.model_copy(
+            update={"state": state, "message": message or status.message}
+        )
+    elif not status.message and message:
+        # An invalid destroy or rollback records its state but no message.
+        status = status.model_copy(update={"message": message})
+    return status, error_type
 
 
 async def cmd_watch(client: Client, args: argparse.Namespace, console: Console) -> int:
@@ -836,7 +982,9 @@ async def cmd_rollback(
     except WorkflowFailureError as error:
         cause = error.cause
         message = cause.message if isinstance(cause, ApplicationError) else str(error)
-        raise CliError(f"rollback failed: {message}", EXIT_FAILED) from None
+        rejected = isinstance(cause, ApplicationError) and cause.type in REJECTED_TYPES
+        code = EXIT_USAGE if rejected else EXIT_FAILED
+        raise CliError(f"rollback failed: {message}", code) from None
 
     if args.json:
         print(status.model_dump_json())
@@ -888,7 +1036,7 @@ async def cmd_destroy(
     if not args.json:
         console.print(f"started {handle.id}", highlight=False)
     code = await follow(client, handle, args, console)
-    status = await fetch_status(handle)
+    status = await fetch_status(handle, DestroyStatus)
     if status.message and not args.json:
         console.print(status.message, highlight=False, soft_wrap=True)
     return code
