@@ -3,7 +3,9 @@
 Exit codes:
   0  success (the deploy succeeded, or the request was accepted)
   1  the deploy failed, was aborted, or a phase waits for retry
-  2  invalid arguments or deploy request (nothing was started)
+  2  invalid arguments or request, or a key ring problem (nothing was
+     started); also a run that the workflow rejected before applying
+     anything, such as chart values that validate rejected
   3  a deploy of this release is already running; for rollback and destroy
      also: the same rollback or destroy is already running
   4  no deploy with that workflow id
@@ -15,11 +17,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
+import re
 import sys
-import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -46,15 +49,21 @@ from temporalio.common import (
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from deployer.codec import PayloadDecryptionError
-from deployer.connect import connect
+from deployer import contracts
+from deployer.codec import KeyRingError, NoKeyRingError, PayloadDecryptionError
+from deployer.connect import connect, key_ring_configured
 from deployer.inputs import (
+    DEFAULT_TIMEOUT_S,
+    TIMEOUT_MAX_S,
+    TIMEOUT_MIN_S,
     DeployRequest,
     InvalidRequestError,
     parse_request,
     workflow_id_for,
 )
 from deployer.lifecycle import (
+    DRAIN_TIMEOUT_MAX_S,
+    DestroyStatus,
     RollbackStatus,
     destroy_workflow_id_for,
     parse_destroy_request,
@@ -76,6 +85,8 @@ WORKFLOW_TYPE = "VentrosDeploy"
 DESTROY_TYPE = "VentrosDestroy"
 ROLLBACK_TYPE = "VentrosRollback"
 FOLLOW_INTERVAL_S = 0.5
+# Commands that start a workflow, whose input then stays in its history.
+STARTING_COMMANDS = frozenset({"start", "rollback", "destroy"})
 # How long `abort` waits for the run to end after the abort was accepted.
 ABORT_WAIT_S = 60.0
 STATE_STYLE = {
@@ -88,26 +99,43 @@ STATE_STYLE = {
 }
 
 
+AnyStatus = DeployStatus | RollbackStatus
+StatusModel = type[DeployStatus] | type[RollbackStatus]
+# The status query's result type of each workflow type; DestroyStatus has the
+# deploy's shape and adds the objects a destroy kept.
+STATUS_MODELS: dict[str, StatusModel] = {
+    WORKFLOW_TYPE: DeployStatus,
+    DESTROY_TYPE: DestroyStatus,
+    ROLLBACK_TYPE: RollbackStatus,
+}
+
+
 class CliError(Exception):
     def __init__(self, message: str, code: int) -> None:
         super().__init__(message)
         self.code = code
 
 
-def parse_set(pairs: list[str]) -> dict[str, Any]:
-    """Turn ["a.b=1", "c=x"] into {"a": {"b": 1}, "c": "x"}, reading YAML scalars."""
+def parse_set(pairs: list[str], literal: bool = False) -> dict[str, Any]:
+    """Turn ["a.b=1", "c=x"] into {"a": {"b": 1}, "c": "x"}.
+
+    Values are read as YAML (see read_set_value), or kept as strings when
+    literal is set, as for --set-string.
+    """
+    option = "--set-string" if literal else "--set"
     values: dict[str, Any] = {}
     for pair in pairs:
         # Messages name the key only: the value may be a secret.
         key, sep, raw = pair.partition("=")
         if not sep:
             raise CliError(
-                "invalid --set without '=': expected KEY=VALUE such as app.replicas=3",
+                f"invalid {option} without '=': expected KEY=VALUE such as "
+                "app.replicas=3",
                 EXIT_USAGE,
             )
         if not key or any(not part for part in key.split(".")):
             raise CliError(
-                f"invalid --set key {key!r}: expected KEY=VALUE with a dotted KEY "
+                f"invalid {option} key {key!r}: expected KEY=VALUE with a dotted KEY "
                 "such as app.replicas=3, without empty parts",
                 EXIT_USAGE,
             )
@@ -117,17 +145,69 @@ def parse_set(pairs: list[str]) -> dict[str, Any]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise CliError(
-                    f"invalid --set {key}: {part} is already set to a scalar",
+                    f"invalid {option} {key}: {part} is already set to a scalar",
                     EXIT_USAGE,
                 )
+        if literal:
+            node[parts[-1]] = raw
+            continue
         try:
-            node[parts[-1]] = yaml.safe_load(raw) if raw else ""
+            node[parts[-1]] = read_set_value(raw)
         except yaml.YAMLError as error:
             raise CliError(
-                f"invalid --set {key}: {describe_yaml_error(error)}; quote the value",
+                f"invalid --set {key}: {describe_yaml_error(error)}; quote the "
+                "value, or pass it with --set-string",
                 EXIT_USAGE,
             ) from None
     return values
+
+
+def read_set_value(raw: str) -> Any:
+    """Read a --set value as YAML, unless that reading would change its text.
+
+    YAML drops a trailing comment ("pw #x" reads as "pw"), turns "00123" and
+    "0o17" into numbers and "yes" into true. Each such value stays the literal
+    string, so --set never stores anything but what was typed or its exact
+    YAML meaning. Quoted scalars and flow collections ("[1, 2]") are read as
+    YAML. Raises yaml.YAMLError for invalid YAML, such as an unclosed bracket.
+    """
+    if not raw:
+        return ""
+    node = yaml.compose(raw, Loader=yaml.SafeLoader)
+    if node is None:
+        return raw  # Only a comment, blanks or a document marker.
+    # Leading or trailing text outside the node is blanks or a comment.
+    spans_all = node.start_mark.index == 0 and node.end_mark.index == len(raw)
+    if not spans_all or not _reads_as_written(node):
+        return raw
+    return yaml.safe_load(raw)
+
+
+def _reads_as_written(node: yaml.Node) -> bool:
+    """Tell whether each plain scalar in node means what its text shows."""
+    if isinstance(node, yaml.SequenceNode):
+        return all(_reads_as_written(item) for item in node.value)
+    if isinstance(node, yaml.MappingNode):
+        return all(
+            _reads_as_written(key) and _reads_as_written(value)
+            for key, value in node.value
+        )
+    if not isinstance(node, yaml.ScalarNode) or node.style is not None:
+        return True  # Quoted or block scalars are strings as written.
+    text = str(node.value)
+    value = yaml.safe_load(text)
+    if isinstance(value, bool):
+        return text.lower() in ("true", "false")
+    if value is None:
+        return text == "null"
+    if isinstance(value, float) and not math.isfinite(value):
+        return False  # .inf and .nan have no JSON form.
+    if isinstance(value, int | float):
+        # The canonical form: "00123" and "1.50" read as 123 and 1.5.
+        canonical = str(yaml.safe_dump(value)).splitlines()[0]
+        return canonical == text
+    # Dates and timestamps are not JSON, so they stay strings.
+    return isinstance(value, str)
 
 
 def describe_yaml_error(error: yaml.YAMLError) -> str:
@@ -150,12 +230,7 @@ def describe_yaml_error(error: yaml.YAMLError) -> str:
 def build_request(args: argparse.Namespace) -> dict[str, Any]:
     request: dict[str, Any] = {}
     if args.request:
-        try:
-            request = json.loads(Path(args.request).read_text())
-        except (OSError, ValueError) as error:
-            raise CliError(
-                f"cannot read --request {args.request}: {error}", EXIT_USAGE
-            ) from None
+        request = read_request_file(args.request)
     values: dict[str, Any] = dict(request.get("values") or {})
     if args.values:
         try:
@@ -175,6 +250,8 @@ def build_request(args: argparse.Namespace) -> dict[str, Any]:
             )
         values = _merge(values, loaded)
     values = _merge(values, parse_set(args.set or []))
+    # Like helm, --set-string applies after --set.
+    values = _merge(values, parse_set(args.set_string or [], literal=True))
     if values:
         request["values"] = values
     for field, value in (
@@ -190,6 +267,45 @@ def build_request(args: argparse.Namespace) -> dict[str, Any]:
     if args.no_operators:
         request["install_operators"] = False
     return request
+
+
+def read_request_file(path: str) -> dict[str, Any]:
+    """Read a --request file: a JSON object whose values field is an object."""
+    try:
+        request = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise CliError(f"cannot read --request {path}: {error}", EXIT_USAGE) from None
+    if not isinstance(request, dict):
+        raise CliError(
+            f"invalid --request {path}: the file must contain a JSON object of "
+            f"deploy request fields, got {json_type_name(request)}; for example "
+            '{"release": "ventros-crm", "namespace": "ventros-crm"}',
+            EXIT_USAGE,
+        )
+    values = request.get("values")
+    if values is not None and not isinstance(values, dict):
+        raise CliError(
+            f"invalid --request {path}: field values must be a JSON object of "
+            f"chart values, got {json_type_name(values)}; for example "
+            '"values": {"app": {"replicas": 3}}',
+            EXIT_USAGE,
+        )
+    return request
+
+
+def json_type_name(value: Any) -> str:
+    """Return the JSON name of a parsed JSON value's type, such as array."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
 
 
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -243,8 +359,49 @@ def phase_table(status: DeployStatus, live: dict[str, str] | None = None) -> Tab
     return table
 
 
-async def fetch_status(handle: WorkflowHandle[Any, Any]) -> DeployStatus:
-    status: DeployStatus = await handle.query("status", result_type=DeployStatus)
+def rollback_table(status: RollbackStatus) -> Table:
+    title = f"{status.workflow_id} ({status.namespace}): {status.state}"
+    # The title sets the width: the two short columns would wrap it.
+    table = Table(
+        title=title, title_justify="left", show_header=False, min_width=len(title)
+    )
+    table.add_column("field")
+    table.add_column("value", overflow="fold")
+    for label, value in (
+        ("from version", status.from_version),
+        ("to version", status.to_version),
+        ("helm revision", status.helm_revision),
+    ):
+        table.add_row(label, "" if value is None else str(value))
+    return table
+
+
+def status_view(status: AnyStatus, live: dict[str, str] | None = None) -> Table:
+    if isinstance(status, RollbackStatus):
+        return rollback_table(status)
+    return phase_table(status, live)
+
+
+def status_model(workflow_id: str, workflow_type: str) -> StatusModel:
+    """Return the status query's result type for a workflow type."""
+    model = STATUS_MODELS.get(workflow_type)
+    if model is None:
+        raise CliError(
+            f"{workflow_id} is a {workflow_type} workflow; ventros-deploy shows "
+            f"{', '.join(STATUS_MODELS)} workflows only",
+            EXIT_USAGE,
+        )
+    return model
+
+
+async def fetch_status(
+    handle: WorkflowHandle[Any, Any],
+    model: StatusModel,
+    rpc_timeout: timedelta | None = None,
+) -> AnyStatus:
+    status: AnyStatus = await handle.query(
+        "status", result_type=model, rpc_timeout=rpc_timeout
+    )
     return status
 
 
@@ -349,23 +506,25 @@ async def follow(
     args: argparse.Namespace,
     console: Console,
 ) -> int:
-    started = time.monotonic()
-    status = await fetch_status(handle)
+    description = await handle.describe()
+    model = status_model(handle.id, description.workflow_type)
+    status = await fetch_status(handle, model)
     if args.json:
         while await is_running(handle) and not _needs_attention(status):
             await asyncio.sleep(FOLLOW_INTERVAL_S)
-            status = await fetch_status(handle)
-        status = await fetch_status(handle)
+            status = await fetch_status(handle, model)
+        status = await fetch_status(handle, model)
+        status, error_type, _ = await settle(handle, status)
         print(status.model_dump_json())
-        return _exit_code(status)
+        return outcome_code(status, error_type)
     with Live(
-        phase_table(status), console=console, refresh_per_second=4, transient=False
+        status_view(status), console=console, refresh_per_second=4, transient=False
     ) as live:
         while True:
             running = await is_running(handle)
-            status = await fetch_status(handle)
+            status = await fetch_status(handle, model)
             live.update(
-                phase_table(
+                status_view(
                     status, await live_statuses(client, handle) if running else None
                 )
             )
@@ -375,10 +534,9 @@ async def follow(
     if not console.is_terminal:
         # Off a terminal, Live leaves its last line without a line break.
         console.line()
-    console.print(
-        f"{status.state} after {time.monotonic() - started:.1f} s", highlight=False
-    )
-    if _needs_attention(status):
+    status, error_type, duration_s = await settle(handle, status)
+    console.print(f"{status.state} after {duration_s:.1f} s", highlight=False)
+    if isinstance(status, DeployStatus) and _needs_attention(status):
         failed = [r for r in status.phases if r.state is PhaseState.WAITING_FOR_RETRY]
         for record in failed:
             console.print(
@@ -392,10 +550,42 @@ async def follow(
             f"or `ventros-deploy abort {status.workflow_id}`",
             highlight=False,
         )
+    elif isinstance(status, RollbackStatus):
+        for line in (status.message, status.migration_note):
+            if line:
+                console.print(line, highlight=False, soft_wrap=True)
     elif status.state != "succeeded" and status.message:
         # An invalid or aborted deploy has no failed phase, only this message.
         console.print(status.message, highlight=False, soft_wrap=True)
-    return _exit_code(status)
+    if args.command == "start" and args.set and wants_set_string(status, error_type):
+        console.print(
+            "a --set value that reads as a number, boolean or null is sent as "
+            "one; pass a value that must stay text with --set-string KEY=VALUE",
+            highlight=False,
+        )
+    return outcome_code(status, error_type)
+
+
+async def settle(
+    handle: WorkflowHandle[Any, Any], status: AnyStatus
+) -> tuple[AnyStatus, str | None, float]:
+    """Return the status completed from Temporal for a run that has ended, its
+    failure's error type, and how long the run took or has run so far, in s."""
+    description = await handle.describe()
+    end = description.close_time
+    error_type = None
+    if end is not None:
+        execution = description.raw_description.workflow_execution_info.status
+        status, error_type = await ended_status(handle, execution, status)
+    duration = (end or datetime.now(UTC)) - description.start_time
+    return status, error_type, duration.total_seconds()
+
+
+def wants_set_string(status: AnyStatus, error_type: str | None) -> bool:
+    """Tell whether the chart's schema rejected a value for not being a string."""
+    if error_type != contracts.VALUES_REJECTED or not status.message:
+        return False
+    return SCHEMA_STRING_ERROR.search(status.message) is not None
 
 
 # States in which the workflow itself ended the run.
@@ -409,14 +599,42 @@ ENDED_EXECUTION_STATES = {
     WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_CANCELED: "canceled",
 }
 STATUS_QUERY_TIMEOUT = timedelta(seconds=10)
+# Error types of a run that ended because its request was rejected before
+# anything was applied: the workflow could not parse it, or validate found it
+# invalid. Such a run exits 2, like a request the client rejects itself.
+REJECTED_TYPES = frozenset(
+    {
+        contracts.INVALID_REQUEST,
+        contracts.VALUES_REJECTED,
+        contracts.CHART_NOT_FOUND,
+        contracts.KUBE_CONTEXT_NOT_FOUND,
+        contracts.OBJECT_INVALID,
+        contracts.OPERATORS_INSTALLED,
+        contracts.RELEASE_NAME_TAKEN,
+    }
+)
+# A schema error for a value that must be a string, in the two wordings of
+# helm's JSON schema libraries: "got number, want string" and "Expected:
+# string, given: integer". NOTE: matched by text, so other wordings get no hint.
+SCHEMA_STRING_ERROR = re.compile(
+    r"got (number|integer|boolean|null), want string"
+    r"|Expected: string, given: (number|integer|boolean|null)"
+)
 
 
-def _needs_attention(status: DeployStatus) -> bool:
+def _needs_attention(status: AnyStatus) -> bool:
+    if isinstance(status, RollbackStatus):
+        return False  # A rollback has no phase that waits for retry.
     return any(r.state is PhaseState.WAITING_FOR_RETRY for r in status.phases)
 
 
-def _exit_code(status: DeployStatus) -> int:
-    return EXIT_OK if status.state == "succeeded" else EXIT_FAILED
+def outcome_code(status: AnyStatus, error_type: str | None) -> int:
+    """Return the exit code for a run's status and its failure's error type."""
+    if status.state == "succeeded":
+        return EXIT_OK
+    if error_type in REJECTED_TYPES:
+        return EXIT_USAGE
+    return EXIT_FAILED
 
 
 def start_attributes(
@@ -446,12 +664,11 @@ async def cmd_status(client: Client, args: argparse.Namespace, console: Console)
     # starts meanwhile is not mixed in.
     description = await client.get_workflow_handle(resolve_id(args)).describe()
     handle = client.get_workflow_handle(description.id, run_id=description.run_id)
+    model = status_model(handle.id, description.workflow_type)
     info = description.raw_description.workflow_execution_info
     running = info.status == WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_RUNNING
     try:
-        status = await handle.query(
-            "status", result_type=DeployStatus, rpc_timeout=STATUS_QUERY_TIMEOUT
-        )
+        status = await fetch_status(handle, model, STATUS_QUERY_TIMEOUT)
     except RPCError as error:
         if error.status is RPCStatusCode.NOT_FOUND:
             raise
@@ -463,7 +680,7 @@ async def cmd_status(client: Client, args: argparse.Namespace, console: Console)
                 "check the worker's log",
                 EXIT_UNREACHABLE,
             ) from None
-        state, message = await ended_outcome(handle, info.status)
+        state, message, error_type = await ended_outcome(handle, info.status)
         note = (
             f"the status query failed ({error.message}), so the phases are not "
             f"shown; a worker on task queue {info.task_queue} answers it"
@@ -472,43 +689,73 @@ async def cmd_status(client: Client, args: argparse.Namespace, console: Console)
         _print(args, console, {**outcome, "phases": None}, f"{handle.id}: {state}")
         if not args.json:
             console.print(f"{message}\n{note}" if message else note, highlight=False)
-        return EXIT_OK if state == "succeeded" else EXIT_FAILED
-    if not running and status.state not in ENDED_STATES:
-        # Terminated, timed out, or failed before the workflow recorded why.
-        state, message = await ended_outcome(handle, info.status)
-        status = status.model_copy(
-            update={"state": state, "message": message or status.message}
-        )
+        if state == "succeeded":
+            return EXIT_OK
+        return EXIT_USAGE if error_type in REJECTED_TYPES else EXIT_FAILED
+    # A run that ended, also between describe and the query, gets Temporal's
+    # end state where the workflow recorded none (terminated, timed out, or
+    # failed before the workflow recorded why), and its failure's error type.
+    ended = not running or status.state in ENDED_STATES
+    error_type = None
+    if ended and status.state != "succeeded":
+        status, error_type = await ended_status(handle, info.status, status)
     if args.json:
         print(status.model_dump_json())
     else:
         console.print(
-            phase_table(
+            status_view(
                 status, await live_statuses(client, handle) if running else None
             )
         )
-        if status.message:
-            console.print(status.message, highlight=False)
-    # A run that ended without succeeding (invalid, aborted, terminated), also
-    # between describe and the query, and a phase that waits for retry exit 1,
-    # as start --follow does.
-    ended = not running or status.state in ENDED_STATES
-    if _needs_attention(status) or (ended and status.state != "succeeded"):
+        lines = [status.message]
+        if isinstance(status, RollbackStatus):
+            lines.append(status.migration_note)
+        for line in lines:
+            if line:
+                console.print(line, highlight=False)
+    # A run that ended without succeeding and a phase that waits for retry
+    # exit as start --follow does.
+    if _needs_attention(status):
         return EXIT_FAILED
+    if ended:
+        return outcome_code(status, error_type)
     return EXIT_OK
 
 
 async def ended_outcome(
     handle: WorkflowHandle[Any, Any], execution: WorkflowExecutionStatus.ValueType
-) -> tuple[str, str | None]:
-    """Return how a run that has ended ended, from Temporal, and why."""
+) -> tuple[str, str | None, str | None]:
+    """Return how a run that has ended ended, from Temporal: its state, the
+    failure's message and the failure's error type (None when it has none)."""
     state = ENDED_EXECUTION_STATES.get(execution, "ended")
     try:
         await handle.result(follow_runs=False)
     except WorkflowFailureError as failure:
         cause = failure.cause
-        return state, str(getattr(cause, "message", "") or cause)
-    return state, None
+        error_type = cause.type if isinstance(cause, ApplicationError) else None
+        return state, str(getattr(cause, "message", "") or cause), error_type
+    return state, None, None
+
+
+async def ended_status(
+    handle: WorkflowHandle[Any, Any],
+    execution: WorkflowExecutionStatus.ValueType,
+    status: AnyStatus,
+) -> tuple[AnyStatus, str | None]:
+    """Return the status of a run that has ended and its failure's error type.
+
+    The state and message come from Temporal when the workflow recorded no
+    end state itself.
+    """
+    state, message, error_type = await ended_outcome(handle, execution)
+    if status.state not in ENDED_STATES:
+        status = status.model_copy(
+            update={"state": state, "message": message or status.message}
+        )
+    elif not status.message and message:
+        # An invalid destroy or rollback records its state but no message.
+        status = status.model_copy(update={"message": message})
+    return status, error_type
 
 
 async def cmd_watch(client: Client, args: argparse.Namespace, console: Console) -> int:
@@ -717,8 +964,10 @@ async def cmd_rollback(
         raw["chart"] = deployed.chart.model_dump(exclude_none=True)
     if args.to_version:
         raw["to_version"] = args.to_version
-    timeout = args.timeout or (deployed.timeouts.app if deployed else None)
-    if timeout:
+    timeout = args.timeout
+    if timeout is None and deployed:
+        timeout = deployed.timeouts.app
+    if timeout is not None:
         raw["timeout_s"] = timeout
     try:
         request = parse_rollback_request(raw)
@@ -733,7 +982,9 @@ async def cmd_rollback(
     except WorkflowFailureError as error:
         cause = error.cause
         message = cause.message if isinstance(cause, ApplicationError) else str(error)
-        raise CliError(f"rollback failed: {message}", EXIT_FAILED) from None
+        rejected = isinstance(cause, ApplicationError) and cause.type in REJECTED_TYPES
+        code = EXIT_USAGE if rejected else EXIT_FAILED
+        raise CliError(f"rollback failed: {message}", code) from None
 
     if args.json:
         print(status.model_dump_json())
@@ -763,9 +1014,9 @@ async def cmd_destroy(
     kube_context = args.kube_context or (deployed.kube_context if deployed else None)
     if kube_context:
         raw["kube_context"] = kube_context
-    if args.drain_timeout:
+    if args.drain_timeout is not None:
         raw["drain_timeout_s"] = args.drain_timeout
-    if args.namespace_timeout:
+    if args.namespace_timeout is not None:
         raw["namespace_timeout_s"] = args.namespace_timeout
     try:
         request = parse_destroy_request(raw)
@@ -785,7 +1036,7 @@ async def cmd_destroy(
     if not args.json:
         console.print(f"started {handle.id}", highlight=False)
     code = await follow(client, handle, args, console)
-    status = await fetch_status(handle)
+    status = await fetch_status(handle, DestroyStatus)
     if status.message and not args.json:
         console.print(status.message, highlight=False, soft_wrap=True)
     return code
@@ -827,7 +1078,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--set",
         action="append",
         metavar="KEY=VALUE",
-        help="one chart value; repeatable",
+        help="one chart value, read as YAML where that keeps its text "
+        "(3 is a number, 00123 a string); repeatable",
+    )
+    start.add_argument(
+        "--set-string",
+        action="append",
+        metavar="KEY=VALUE",
+        help="one chart value, always a string; applied after --set; repeatable",
     )
     start.add_argument(
         "--app-version", help="app version: the image tag and the migration Job's name"
@@ -878,6 +1136,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def seconds_between(low: int, high: int) -> Callable[[str], int]:
+    """Return an argparse type for whole seconds from low to high."""
+
+    def parse(text: str) -> int:
+        try:
+            seconds = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected whole seconds, got {text!r}"
+            ) from None
+        if not low <= seconds <= high:
+            raise argparse.ArgumentTypeError(
+                f"must be {low} to {high} seconds, got {seconds}"
+            )
+        return seconds
+
+    return parse
+
+
 def add_lifecycle_parsers(
     sub: Any, with_id: Callable[[argparse.ArgumentParser], None]
 ) -> None:
@@ -896,8 +1173,9 @@ def add_lifecycle_parsers(
     rollback.add_argument("--kube-context", help="context in the worker's kubeconfig")
     rollback.add_argument(
         "--timeout",
-        type=int,
-        help="seconds the rollout may take (default: the deploy's app timeout)",
+        type=seconds_between(TIMEOUT_MIN_S, TIMEOUT_MAX_S),
+        help=f"seconds the rollout may take, {TIMEOUT_MIN_S} to {TIMEOUT_MAX_S} "
+        "(default: the deploy's app timeout)",
     )
 
     destroy = sub.add_parser(
@@ -924,13 +1202,15 @@ def add_lifecycle_parsers(
     destroy.add_argument("--kube-context", help="context in the worker's kubeconfig")
     destroy.add_argument(
         "--drain-timeout",
-        type=int,
-        help="seconds to wait for the queues to drain (default 300)",
+        type=seconds_between(TIMEOUT_MIN_S, DRAIN_TIMEOUT_MAX_S),
+        help="seconds to wait for the queues to drain, "
+        f"{TIMEOUT_MIN_S} to {DRAIN_TIMEOUT_MAX_S} (default {DEFAULT_TIMEOUT_S})",
     )
     destroy.add_argument(
         "--namespace-timeout",
-        type=int,
-        help="seconds to wait for the namespace to be deleted (default 300)",
+        type=seconds_between(TIMEOUT_MIN_S, TIMEOUT_MAX_S),
+        help="seconds to wait for the namespace to be deleted, "
+        f"{TIMEOUT_MIN_S} to {TIMEOUT_MAX_S} (default {DEFAULT_TIMEOUT_S})",
     )
     destroy.add_argument(
         "--follow", action="store_true", help="show a live table until it ends"
@@ -947,8 +1227,23 @@ async def run(args: argparse.Namespace) -> int:
         raise CliError(f"invalid settings: {error}", EXIT_USAGE) from None
     if args.command == "start":
         build_request(args)  # Fail on bad arguments before connecting.
+    if args.command in STARTING_COMMANDS and not key_ring_configured(settings):
+        raise CliError(
+            f"no payload key ring is configured, so `{args.command}` would store "
+            "the request, with any secret values in it, in plain text in the "
+            "Temporal history. Set VENTROS_DEPLOY_CODEC_KEYS_FILE to the key "
+            "ring file the worker uses (python -m deployer.codec generate PATH "
+            "creates one)",
+            EXIT_USAGE,
+        )
     try:
         client = await connect(settings)
+    except KeyRingError as error:
+        raise CliError(
+            f"cannot load the payload key ring: {error}. Fix the file, or point "
+            "VENTROS_DEPLOY_CODEC_KEYS_FILE to the key ring the worker uses",
+            EXIT_USAGE,
+        ) from None
     except RuntimeError as error:
         raise CliError(
             "cannot reach the bootstrap Temporal at "
@@ -981,6 +1276,12 @@ async def run(args: argparse.Namespace) -> int:
             f"the status query failed in the worker: {error}. Its log has the "
             "cause, for example a workflow change that an older run cannot replay",
             EXIT_FAILED,
+        ) from None
+    except NoKeyRingError as error:
+        raise CliError(
+            f"{error}. Set VENTROS_DEPLOY_CODEC_KEYS_FILE to the key ring file "
+            "the worker uses",
+            EXIT_USAGE,
         ) from None
     except PayloadDecryptionError as error:
         raise CliError(

@@ -63,6 +63,17 @@ class PayloadDecryptionError(ValueError):
     """Failure to decrypt a payload marked ``binary/encrypted``."""
 
 
+class NoKeyRingError(PayloadDecryptionError):
+    """Encrypted payload read by a process that has no key ring configured."""
+
+    def __init__(self, key_id: str) -> None:
+        super().__init__(
+            f"the run's payloads are encrypted (key id {key_id!r}), and no key "
+            "ring is configured here to decrypt them"
+        )
+        self.key_id = key_id
+
+
 class UnknownKeyIdError(PayloadDecryptionError):
     """Encrypted payload whose key id is not in the key ring."""
 
@@ -411,6 +422,29 @@ def _decrypt_data(cipher: AESGCM, data: bytes, key_id: str) -> bytes:
             "its data or metadata was modified, or the key stored under this id "
             "differs from the key that encrypted it"
         ) from None
+
+
+class PlaintextCodec(temporalio.converter.PayloadCodec):
+    """Payload codec for a process without a key ring.
+
+    It sends payloads unchanged. On reading an encrypted payload it raises
+    NoKeyRingError, where the plain payload converter would raise a bare
+    KeyError for the unknown encoding.
+    """
+
+    async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        return list(payloads)
+
+    async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        for payload in payloads:
+            if payload.metadata.get(ENCODING_METADATA_KEY) == ENCODING:
+                raise NoKeyRingError(_payload_key_id(payload))
+        return list(payloads)
+
+
+def plaintext_data_converter() -> temporalio.converter.DataConverter:
+    """Return the project's pydantic data converter without encryption."""
+    return dataclasses.replace(pydantic_data_converter, payload_codec=PlaintextCodec())
 
 
 def data_converter(key_ring: KeyRing) -> temporalio.converter.DataConverter:

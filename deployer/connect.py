@@ -10,18 +10,26 @@ from __future__ import annotations
 import os
 
 from temporalio.client import Client, Interceptor, TLSConfig
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter
 
 from deployer import codec
 from deployer.settings import TemporalSettings
 
 
+def key_ring_configured(settings: TemporalSettings) -> bool:
+    """Tell whether a key ring file or the key ring variable is set."""
+    return settings.codec_keys_file is not None or codec.KEYS_ENV_VAR in os.environ
+
+
 def data_converter(settings: TemporalSettings) -> DataConverter:
-    """Return the pydantic converter, with payload encryption when keys are set."""
+    """Return the pydantic converter, with payload encryption when keys are set.
+
+    Raises codec.KeyRingError when the configured key ring is missing, unsafe
+    or invalid.
+    """
+    if not key_ring_configured(settings):
+        return codec.plaintext_data_converter()
     path = str(settings.codec_keys_file) if settings.codec_keys_file else None
-    if path is None and codec.KEYS_ENV_VAR not in os.environ:
-        return pydantic_data_converter
     return codec.data_converter(codec.load_key_ring(path))
 
 

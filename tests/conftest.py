@@ -8,17 +8,19 @@ workflow tests, its own task queue, so tests do not see each other's work.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import shutil
 import socket
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, closing
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
+from temporalio.api.common.v1 import Payload
 from temporalio.client import Client, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
@@ -27,6 +29,7 @@ from temporalio.worker import Worker
 from activities.deploy import DeployActivities, terminating_namespaces
 from activities.helm import Helm
 from activities.kubeapi import KubeClient, NotFoundError, well_known
+from deployer import codec
 from deployer.phases import NAMESPACE_ATTRIBUTE, PHASE_ATTRIBUTE, RELEASE_ATTRIBUTE
 from deployer.settings import WorkerSettings
 from testbed.cluster import ETCD_PEER_OFFSET, LocalCluster, port_free, tool_path
@@ -44,6 +47,21 @@ FIXTURE_CHARTS = "tests/fixtures/charts"
 TEMPORAL_CLI = REPO_ROOT / ".venv" / "bin" / "temporal"
 HISTORIES = REPO_ROOT / "tests" / "workflow" / "histories"
 RECORD_HISTORY = "VENTROS_RECORD_HISTORY"
+# The key ring of `ventros-deploy` in tests that run it: it starts no workflow
+# without one. The dev server's client decrypts what it encrypts.
+CLIENT_KEY_RING = codec.KeyRing.generate()
+
+
+class DecryptOnlyCodec(codec.EncryptionCodec):
+    """Codec that decrypts encrypted payloads and sends payloads unencrypted.
+
+    Workers on the dev server's client read requests that `ventros-deploy`
+    encrypted, while every history stays readable with the plain converter,
+    as the recorded histories and the other tests expect.
+    """
+
+    async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        return list(payloads)
 
 
 def temporal_cli() -> str:
@@ -129,7 +147,9 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
     """A real Temporal dev server (the bootstrap Temporal), on a free port."""
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=temporal_cli(),
-        data_converter=pydantic_data_converter,
+        data_converter=dataclasses.replace(
+            pydantic_data_converter, payload_codec=DecryptOnlyCodec(CLIENT_KEY_RING)
+        ),
         dev_server_log_level="error",
         search_attributes=[RELEASE_ATTRIBUTE, NAMESPACE_ATTRIBUTE, PHASE_ATTRIBUTE],
     )

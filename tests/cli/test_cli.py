@@ -21,7 +21,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from client.cli import build_parser, build_request
 from deployer.settings import WorkerSettings
-from tests.conftest import REPO_ROOT, deploy_request, running_worker
+from tests.conftest import CLIENT_KEY_RING, REPO_ROOT, deploy_request, running_worker
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 PHASES = ("base", "data", "messaging", "cache", "temporal", "migration", "app")
@@ -35,12 +35,14 @@ def cli_env(env: WorkflowEnvironment, settings: WorkerSettings) -> dict[str, str
                 env.client.service_client.config.target_host
             ),
             "VENTROS_DEPLOY_TASK_QUEUE": settings.task_queue,
+            "VENTROS_DEPLOY_CODEC_KEYS": CLIENT_KEY_RING.to_json(),
             "COLUMNS": "140",
             "LINES": "40",
             "TERM": "xterm-256color",
         }
     )
     variables.pop("NO_COLOR", None)
+    variables.pop("VENTROS_DEPLOY_CODEC_KEYS_FILE", None)
     return variables
 
 
@@ -228,24 +230,25 @@ async def test_cli_invalid_values_message_shown(
     tmp_path: Path,
 ) -> None:
     """start --follow and status print why validate rejected the values, with
-    square brackets as text: a value like x[/bold]y is not Rich markup."""
+    square brackets as text: a value like x[/bold]y is not Rich markup. A
+    rejected request exits 2."""
     env = cli_env(temporal_env, worker_settings)
     values = {"temporal": {"namespace": "x[/bold]y"}}
     request = write_request(tmp_path, namespace, values=values)
     async with running_worker(temporal_env.client, worker_settings):
         followed = await run_cli(["start", "--request", request, "--follow"], env)
         status = await run_cli(["status", f"deploy-{namespace}-ventros-crm"], env)
-    assert followed.returncode == 1, followed.stderr
+    assert followed.returncode == 2, followed.stderr
     assert "\ninvalid after" in followed.stdout
     assert "/temporal/namespace" in followed.stdout
     assert "x[/bold]y" in followed.stdout
     # The worker has stopped: status still prints how the run ended.
     offline = await run_cli(["status", f"deploy-{namespace}-ventros-crm"], env)
-    # status exits 1 for a deploy that ended without succeeding.
-    assert status.returncode == 1, status.stderr
+    # status exits 2 for a deploy whose request validate rejected.
+    assert status.returncode == 2, status.stderr
     assert "Traceback" not in status.stderr
     assert "x[/bold]y" in status.stdout
-    assert offline.returncode == 1, offline.stderr
+    assert offline.returncode == 2, offline.stderr
     assert "Traceback" not in offline.stderr
     assert f"deploy-{namespace}-ventros-crm: failed" in offline.stdout
     assert "/temporal/namespace" in offline.stdout
@@ -280,7 +283,7 @@ async def test_cli_status_unparsable_request(
     temporal_env: WorkflowEnvironment, worker_settings: WorkerSettings
 ) -> None:
     """A run whose input the workflow could not parse shows as failed with
-    the reason, not as validating."""
+    the reason, not as validating, and exits 2 as an invalid request."""
     env = cli_env(temporal_env, worker_settings)
     async with running_worker(temporal_env.client, worker_settings):
         handle = await temporal_env.client.start_workflow(
@@ -293,7 +296,7 @@ async def test_cli_status_unparsable_request(
             await handle.result()
         status = await run_cli(["status", handle.id, "--json"], env)
     status_json = json.loads(status.stdout)
-    assert status.returncode == 1, status.stderr
+    assert status.returncode == 2, status.stderr
     assert status_json["state"] == "failed"
     assert "release" in status_json["message"]
     assert "DNS-1123" in status_json["message"]

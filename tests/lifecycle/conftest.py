@@ -26,7 +26,7 @@ from deployer.lifecycle import destroy_workflow_id_for
 from deployer.phases import DeployStatus, PhaseRecord, PhaseState
 from deployer.settings import WorkerSettings
 from testbed.rabbitmq_management import ManagementApi
-from tests.conftest import REPO_ROOT, deploy_request
+from tests.conftest import CLIENT_KEY_RING, REPO_ROOT, deploy_request
 
 RELEASE = "ventros-crm"
 RABBITMQ = well_known("rabbitmq.com/v1beta1", "RabbitmqCluster")
@@ -146,9 +146,11 @@ def cli_env(env: WorkflowEnvironment, settings: WorkerSettings) -> dict[str, str
                 env.client.service_client.config.target_host
             ),
             "VENTROS_DEPLOY_TASK_QUEUE": settings.task_queue,
+            "VENTROS_DEPLOY_CODEC_KEYS": CLIENT_KEY_RING.to_json(),
             "COLUMNS": "200",
         }
     )
+    variables.pop("VENTROS_DEPLOY_CODEC_KEYS_FILE", None)
     return variables
 
 

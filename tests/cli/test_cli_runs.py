@@ -1,0 +1,248 @@
+"""ventros-deploy status and watch on runs that need no cluster: deploys and
+destroys whose request the workflow rejects, and rollbacks whose activities
+are stand-ins. They run the real workflows on the real dev server, with
+payloads encrypted as in production."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from temporalio import activity
+from temporalio.client import Client, WorkflowFailureError
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from deployer import codec, contracts
+from deployer.contracts import ApplyResult, RollbackPlan, WaitResult
+from deployer.lifecycle import DestroyStatus, RollbackStatus
+from deployer.phases import ObjectRef, Phase
+from tests.cli.test_cli import run_cli
+from worker.main import WORKFLOWS
+
+RELEASE = "ventros-crm"
+
+
+@pytest.fixture
+def key_ring_file(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "codec-keys.json"
+    codec.generate_key_ring_file(str(path))
+    yield path
+
+
+@pytest_asyncio.fixture
+async def encrypted_client(
+    temporal_env: WorkflowEnvironment, key_ring_file: Path
+) -> AsyncIterator[Client]:
+    """A client of the dev server that encrypts with key_ring_file's keys."""
+    yield await Client.connect(
+        temporal_env.client.service_client.config.target_host,
+        namespace=temporal_env.client.namespace,
+        data_converter=codec.data_converter(codec.load_key_ring(str(key_ring_file))),
+    )
+
+
+def client_env(
+    temporal_env: WorkflowEnvironment, task_queue: str, key_ring: Path | None
+) -> dict[str, str]:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("VENTROS_DEPLOY_")
+    }
+    env["VENTROS_DEPLOY_TEMPORAL_ADDRESS"] = (
+        temporal_env.client.service_client.config.target_host
+    )
+    env["VENTROS_DEPLOY_TASK_QUEUE"] = task_queue
+    env["COLUMNS"] = "160"
+    if key_ring is not None:
+        env["VENTROS_DEPLOY_CODEC_KEYS_FILE"] = str(key_ring)
+    return env
+
+
+@activity.defn(name=contracts.PLAN_ROLLBACK)
+async def plan_rollback(request: Any) -> RollbackPlan:
+    """Stand-in plan: 1.1.0 runs, and revision 3 deployed 1.0.0."""
+    if request["namespace"].startswith("fail-"):
+        raise ApplicationError(
+            "an earlier app version is not in the history",
+            type=contracts.NOTHING_TO_ROLL_BACK,
+            non_retryable=True,
+        )
+    return RollbackPlan(
+        current_version="1.1.0",
+        target_version="1.0.0",
+        helm_revision=3,
+        app=ObjectRef(
+            api_version="apps/v1",
+            kind="Deployment",
+            name=RELEASE,
+            namespace=request["namespace"],
+        ),
+        migration_job=f"{RELEASE}-migrate-1-1-0",
+    )
+
+
+@activity.defn(name=contracts.ROLL_BACK_APP)
+async def roll_back_app(job: Any) -> ApplyResult:
+    return ApplyResult(phase=Phase.APP)
+
+
+@activity.defn(name=contracts.WAIT_READY)
+async def wait_ready(request: Any) -> WaitResult:
+    return WaitResult(phase=Phase.APP, statuses={})
+
+
+@asynccontextmanager
+async def workflows_worker(client: Client, task_queue: str) -> AsyncIterator[None]:
+    """Run the real workflows, with stand-ins for the rollback's activities."""
+    async with Worker(
+        client,
+        task_queue=task_queue,
+        workflows=WORKFLOWS,
+        activities=[plan_rollback, roll_back_app, wait_ready],
+    ):
+        yield
+
+
+async def test_status_encrypted_without_key_ring(
+    temporal_env: WorkflowEnvironment, encrypted_client: Client
+) -> None:
+    """status of a run with encrypted payloads, from a client without a key
+    ring, exits 2 and names the setting, without a traceback."""
+    task_queue = f"tq-{uuid.uuid4().hex[:8]}"
+    async with workflows_worker(encrypted_client, task_queue):
+        handle = await encrypted_client.start_workflow(
+            "VentrosDeploy",
+            {"release": "Bad_Name", "namespace": "bad"},
+            id=f"deploy-bad-{uuid.uuid4().hex[:8]}",
+            task_queue=task_queue,
+        )
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+        result = await run_cli(
+            ["status", handle.id], client_env(temporal_env, task_queue, None)
+        )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "the run's payloads are encrypted" in result.stderr
+    assert "VENTROS_DEPLOY_CODEC_KEYS_FILE" in result.stderr
+
+
+async def test_watch_shows_run_duration(
+    temporal_env: WorkflowEnvironment, encrypted_client: Client, key_ring_file: Path
+) -> None:
+    """watch of a run that ended prints how long the run took, not the watch,
+    and a request the workflow rejected exits 2."""
+    task_queue = f"tq-{uuid.uuid4().hex[:8]}"
+    handle = await encrypted_client.start_workflow(
+        "VentrosDeploy",
+        {"release": "Bad_Name", "namespace": "bad"},
+        id=f"deploy-bad-{uuid.uuid4().hex[:8]}",
+        task_queue=task_queue,
+    )
+    # No worker polls yet, so the run lasts at least this long.
+    await asyncio.sleep(3)
+    async with workflows_worker(encrypted_client, task_queue):
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+        env = client_env(temporal_env, task_queue, key_ring_file)
+        watched = await run_cli(["watch", handle.id], env)
+        watched_json = await run_cli(["watch", handle.id, "--json"], env)
+    assert watched.returncode == 2, watched.stderr
+    duration = re.search(r"failed after ([0-9.]+) s", watched.stdout)
+    assert duration, watched.stdout
+    assert float(duration.group(1)) >= 3.0
+    assert "DNS-1123" in watched.stdout
+    assert watched_json.returncode == 2, watched_json.stderr
+    assert json.loads(watched_json.stdout)["state"] == "failed"
+
+
+async def test_status_rollback_run(
+    temporal_env: WorkflowEnvironment, encrypted_client: Client, key_ring_file: Path
+) -> None:
+    """status, status --json and watch show a rollback's versions, helm
+    revision and migration note, and exit 0 once it succeeded."""
+    task_queue = f"tq-{uuid.uuid4().hex[:8]}"
+    namespace = f"ok-{uuid.uuid4().hex[:8]}"
+    env = client_env(temporal_env, task_queue, key_ring_file)
+    workflow_id = f"rollback-{namespace}-{RELEASE}"
+    async with workflows_worker(encrypted_client, task_queue):
+        started = await run_cli(
+            ["rollback", "--release", RELEASE, "--namespace", namespace], env
+        )
+        shown = await run_cli(["status", workflow_id], env)
+        shown_json = await run_cli(["status", workflow_id, "--json"], env)
+        watched = await run_cli(["watch", workflow_id], env)
+    assert started.returncode == 0, started.stderr
+    assert shown.returncode == 0, shown.stderr
+    assert f"{workflow_id} ({namespace}): succeeded" in shown.stdout
+    assert re.search(r"from version[\s│]+1\.1\.0", shown.stdout), shown.stdout
+    assert re.search(r"to version[\s│]+1\.0\.0", shown.stdout), shown.stdout
+    assert re.search(r"helm revision[\s│]+3", shown.stdout), shown.stdout
+    assert f"migration {RELEASE}-migrate-1-1-0 for 1.1.0 stays" in shown.stdout
+    status = RollbackStatus.model_validate_json(shown_json.stdout)
+    assert shown_json.returncode == 0, shown_json.stderr
+    assert status.state == "succeeded"
+    assert status.from_version == "1.1.0"
+    assert status.to_version == "1.0.0"
+    assert status.helm_revision == 3
+    assert watched.returncode == 0, watched.stderr
+    assert "succeeded after" in watched.stdout
+    assert "stays applied" in watched.stdout
+
+
+async def test_status_failed_rollback_exit_1(
+    temporal_env: WorkflowEnvironment, encrypted_client: Client, key_ring_file: Path
+) -> None:
+    """status of a rollback that failed shows why and exits 1."""
+    task_queue = f"tq-{uuid.uuid4().hex[:8]}"
+    namespace = f"fail-{uuid.uuid4().hex[:8]}"
+    env = client_env(temporal_env, task_queue, key_ring_file)
+    workflow_id = f"rollback-{namespace}-{RELEASE}"
+    async with workflows_worker(encrypted_client, task_queue):
+        started = await run_cli(
+            ["rollback", "--release", RELEASE, "--namespace", namespace], env
+        )
+        shown = await run_cli(["status", workflow_id], env)
+    assert started.returncode == 1, started.stderr
+    assert shown.returncode == 1, shown.stderr
+    assert f"{workflow_id} ({namespace}): failed" in shown.stdout
+    assert "an earlier app version is not in the history" in shown.stdout
+
+
+async def test_status_invalid_destroy(
+    temporal_env: WorkflowEnvironment, encrypted_client: Client, key_ring_file: Path
+) -> None:
+    """status --json of a destroy whose request was invalid prints the
+    destroy's status and exits 2."""
+    task_queue = f"tq-{uuid.uuid4().hex[:8]}"
+    workflow_id = f"destroy-bad-{uuid.uuid4().hex[:8]}"
+    async with workflows_worker(encrypted_client, task_queue):
+        handle = await encrypted_client.start_workflow(
+            "VentrosDestroy",
+            {"release": RELEASE, "namespace": "bad", "delete_namespace": True},
+            id=workflow_id,
+            task_queue=task_queue,
+        )
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+        shown = await run_cli(
+            ["status", workflow_id, "--json"],
+            client_env(temporal_env, task_queue, key_ring_file),
+        )
+    assert shown.returncode == 2, shown.stderr
+    status = DestroyStatus.model_validate_json(shown.stdout)
+    assert status.state == "invalid"
+    assert status.kept == []
+    assert "delete_data" in (status.message or "")

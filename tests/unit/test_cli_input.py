@@ -1,0 +1,223 @@
+"""The ventros-deploy command line's checks of its own input: --set values,
+--request files, timeouts and the key ring. Each runs before the client
+connects, so these tests need no Temporal server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from client.cli import build_parser, build_request, parse_set
+from deployer import codec
+from tests.conftest import REPO_ROOT
+
+# Nothing listens on port 9 (discard), so a test that got past its check
+# would exit 5, not 2.
+UNREACHABLE = "127.0.0.1:9"
+
+
+def run_client(args: list[str], **variables: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("VENTROS_DEPLOY_")
+    }
+    env.update(VENTROS_DEPLOY_TEMPORAL_ADDRESS=UNREACHABLE, **variables)
+    return subprocess.run(
+        [sys.executable, "-m", "client", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO_ROOT,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "PWHASH-9917 #tail",
+        "00123456",
+        "0o17",
+        "0x1F",
+        "+5",
+        "1_000",
+        "1.50",
+        "yes",
+        "off",
+        "~",
+        " padded",
+        "padded ",
+        "2024-01-01",
+        ".inf",
+        "[007, 1]",
+    ],
+)
+def test_set_keeps_changed_text(raw: str) -> None:
+    """A value whose YAML reading would change its text stays that text."""
+    assert parse_set([f"secrets.redisPassword={raw}"]) == {
+        "secrets": {"redisPassword": raw}
+    }
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("3", 3),
+        ("-3", -3),
+        ("1.5", 1.5),
+        ("true", True),
+        ("False", False),
+        ("null", None),
+        ("debug", "debug"),
+        ("a#b", "a#b"),
+        ('"00123"', "00123"),
+        ("[1, 2]", [1, 2]),
+        ("{a: 1}", {"a": 1}),
+        ("", ""),
+    ],
+)
+def test_set_reads_yaml(raw: str, expected: Any) -> None:
+    """A value that YAML reads as it is written gets YAML's type."""
+    assert parse_set([f"key={raw}"]) == {"key": expected}
+
+
+def test_set_string_keeps_text() -> None:
+    """--set-string stores strings and overrides --set for the same key."""
+    args = build_parser().parse_args(
+        [
+            "start",
+            "--set",
+            "secrets.redisPassword=123456",
+            "--set",
+            "app.replicas=3",
+            "--set-string",
+            "secrets.redisPassword=123456",
+            "--set-string",
+            "config.flag=true",
+        ]
+    )
+    values = build_request(args)["values"]
+    assert values["secrets"] == {"redisPassword": "123456"}
+    assert values["config"] == {"flag": "true"}
+    assert values["app"] == {"replicas": 3}
+
+
+def test_set_string_without_equals_exit_2() -> None:
+    """A --set-string without '=' names the option and the expected form."""
+    result = run_client(["start", "--set-string", "secrets.redisPassword"])
+    assert result.returncode == 2, result.stderr
+    assert "invalid --set-string without '='" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("null", "must contain a JSON object of deploy request fields, got null"),
+        ("[1, 2]", "must contain a JSON object of deploy request fields, got an"),
+        ('"str"', "must contain a JSON object of deploy request fields, got a str"),
+        ("42", "must contain a JSON object of deploy request fields, got a number"),
+        ('{"values": [1]}', "field values must be a JSON object of chart values"),
+        ('{"values": "x"}', "field values must be a JSON object of chart values"),
+    ],
+)
+def test_request_not_object_exit_2(tmp_path: Path, content: str, expected: str) -> None:
+    """A --request file of the wrong shape exits 2 naming the file and field."""
+    path = tmp_path / "request.json"
+    path.write_text(content)
+    result = run_client(["start", "--request", str(path)])
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"invalid --request {path}: " in result.stderr
+    assert expected in result.stderr
+    assert "for example" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "option", "limits"),
+    [
+        (["rollback", "--timeout", "0"], "--timeout", "10 to 3600 seconds"),
+        (["destroy", "--drain-timeout", "0"], "--drain-timeout", "10 to 86400"),
+        (["destroy", "--namespace-timeout", "0"], "--namespace-timeout", "10 to 3600"),
+    ],
+)
+def test_zero_timeout_exit_2(args: list[str], option: str, limits: str) -> None:
+    """A timeout of 0 is rejected with its range, not replaced by a default."""
+    result = run_client([*args, "--release", "r", "--namespace", "n"])
+    assert result.returncode == 2, result.stderr
+    assert f"argument {option}: must be {limits}" in result.stderr
+    assert "got 0" in result.stderr
+
+
+def test_timeout_in_range_accepted() -> None:
+    """The lowest allowed timeout reaches the request as given."""
+    args = build_parser().parse_args(["rollback", "--timeout", "10"])
+    assert args.timeout == 10
+
+
+def test_missing_key_ring_file_exit_2(tmp_path: Path) -> None:
+    """A key ring file that does not exist is one line of error, exit 2."""
+    missing = tmp_path / "nowhere.json"
+    result = run_client(
+        ["status", "deploy-x-y"], VENTROS_DEPLOY_CODEC_KEYS_FILE=str(missing)
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert f"file not found: {missing}" in result.stderr
+    assert "VENTROS_DEPLOY_CODEC_KEYS_FILE" in result.stderr
+
+
+def test_open_key_ring_file_exit_2(tmp_path: Path) -> None:
+    """A key ring file that others may read is rejected with the chmod fix."""
+    path = tmp_path / "keys.json"
+    codec.generate_key_ring_file(str(path))
+    path.chmod(0o644)
+    result = run_client(
+        ["status", "deploy-x-y"], VENTROS_DEPLOY_CODEC_KEYS_FILE=str(path)
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "has mode 0644" in result.stderr
+    assert f"chmod 600 {path}" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["start"],
+        ["rollback", "--release", "r", "--namespace", "n"],
+        ["destroy", "--release", "r", "--namespace", "n"],
+    ],
+)
+def test_start_without_key_ring_exit_2(args: list[str]) -> None:
+    """Commands that start a workflow exit 2 without a key ring."""
+    result = run_client(args)
+    assert result.returncode == 2, result.stderr
+    assert "no payload key ring is configured" in result.stderr
+    assert "VENTROS_DEPLOY_CODEC_KEYS_FILE" in result.stderr
+
+
+def test_start_with_key_ring_connects(tmp_path: Path) -> None:
+    """With a key ring, start passes the check and goes on to connect."""
+    path = tmp_path / "keys.json"
+    codec.generate_key_ring_file(str(path))
+    result = run_client(["start"], VENTROS_DEPLOY_CODEC_KEYS_FILE=str(path))
+    assert result.returncode == 5, result.stderr
+    assert UNREACHABLE in result.stderr
+
+
+def test_request_file_values_merge(tmp_path: Path) -> None:
+    """A request file's values object is kept and merged with --set."""
+    path = tmp_path / "request.json"
+    path.write_text(json.dumps({"values": {"app": {"replicas": 2, "x": 1}}}))
+    args = build_parser().parse_args(
+        ["start", "--request", str(path), "--set", "app.replicas=3"]
+    )
+    assert build_request(args)["values"] == {"app": {"replicas": 3, "x": 1}}
