@@ -24,7 +24,7 @@ import secrets
 import stat
 import sys
 import tempfile
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -345,8 +345,14 @@ class EncryptionCodec(temporalio.converter.PayloadCodec):
     decryption.
     """
 
-    def __init__(self, key_ring: KeyRing) -> None:
+    def __init__(
+        self,
+        key_ring: KeyRing,
+        on_plaintext: Callable[[Payload], None] | None = None,
+    ) -> None:
         self._key_ring = key_ring
+        # Called with each unencrypted payload that decode passes through.
+        self._on_plaintext = on_plaintext
 
     async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
         return [self.encrypt_payload(payload) for payload in payloads]
@@ -373,6 +379,8 @@ class EncryptionCodec(temporalio.converter.PayloadCodec):
     def decrypt_payload(self, payload: Payload) -> Payload:
         """Decrypt ``payload``, or return it unchanged if it is not encrypted."""
         if payload.metadata.get(ENCODING_METADATA_KEY) != ENCODING:
+            if self._on_plaintext is not None:
+                self._on_plaintext(payload)
             return payload
         key_id = _payload_key_id(payload)
         cipher = self._key_ring.cipher(key_id)
@@ -447,8 +455,12 @@ def plaintext_data_converter() -> temporalio.converter.DataConverter:
     return dataclasses.replace(pydantic_data_converter, payload_codec=PlaintextCodec())
 
 
-def data_converter(key_ring: KeyRing) -> temporalio.converter.DataConverter:
+def data_converter(
+    key_ring: KeyRing, on_plaintext: Callable[[Payload], None] | None = None
+) -> temporalio.converter.DataConverter:
     """Return the project's pydantic data converter with payload encryption.
+
+    on_plaintext is called with each payload that arrives unencrypted.
 
     Failure messages and stack traces move into an encoded payload too.
     Without that they are plain text in history, and a helm error quoted in
@@ -456,7 +468,7 @@ def data_converter(key_ring: KeyRing) -> temporalio.converter.DataConverter:
     """
     return dataclasses.replace(
         pydantic_data_converter,
-        payload_codec=EncryptionCodec(key_ring),
+        payload_codec=EncryptionCodec(key_ring, on_plaintext),
         failure_converter_class=(
             temporalio.converter.DefaultFailureConverterWithEncodedAttributes
         ),

@@ -8,7 +8,9 @@ the settings name certificate files.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
+from temporalio.api.common.v1 import Payload
 from temporalio.client import Client, Interceptor, TLSConfig
 from temporalio.converter import DataConverter
 
@@ -21,16 +23,20 @@ def key_ring_configured(settings: TemporalSettings) -> bool:
     return settings.codec_keys_file is not None or codec.KEYS_ENV_VAR in os.environ
 
 
-def data_converter(settings: TemporalSettings) -> DataConverter:
+def data_converter(
+    settings: TemporalSettings,
+    on_plaintext: Callable[[Payload], None] | None = None,
+) -> DataConverter:
     """Return the pydantic converter, with payload encryption when keys are set.
 
-    Raises codec.KeyRingError when the configured key ring is missing, unsafe
-    or invalid.
+    With keys, on_plaintext is called with each payload that arrives
+    unencrypted. Raises codec.KeyRingError when the configured key ring is
+    missing, unsafe or invalid.
     """
     if not key_ring_configured(settings):
         return codec.plaintext_data_converter()
     path = str(settings.codec_keys_file) if settings.codec_keys_file else None
-    return codec.data_converter(codec.load_key_ring(path))
+    return codec.data_converter(codec.load_key_ring(path), on_plaintext)
 
 
 def tls_config(settings: TemporalSettings) -> TLSConfig | bool:
@@ -78,11 +84,14 @@ def interceptors(settings: TemporalSettings) -> list[Interceptor]:
     return [TracingInterceptor()]
 
 
-async def connect(settings: TemporalSettings) -> Client:
+async def connect(
+    settings: TemporalSettings,
+    on_plaintext: Callable[[Payload], None] | None = None,
+) -> Client:
     return await Client.connect(
         settings.temporal_address,
         namespace=settings.temporal_namespace,
-        data_converter=data_converter(settings),
+        data_converter=data_converter(settings, on_plaintext),
         tls=tls_config(settings),
         interceptors=interceptors(settings),
     )

@@ -21,6 +21,7 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 from temporalio import activity, workflow
+from temporalio.api.common.v1 import Payload
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
@@ -93,7 +94,7 @@ async def run(settings: WorkerSettings) -> None:
             ),
             error_if_already_set=False,
         )
-    client = await connect(settings)
+    client = await connect(settings, on_plaintext=warn_plaintext)
     activities = DeployActivities(settings)
     worker = build_worker(client, settings, activities)
     log.info(
@@ -113,6 +114,18 @@ async def run(settings: WorkerSettings) -> None:
         log.info("worker stopping", grace_period_s=settings.graceful_shutdown_s)
     await activities.close()
     log.info("worker stopped")
+
+
+def warn_plaintext(payload: Payload) -> None:
+    """Log that a payload reached this worker unencrypted, so that a setup
+    that stores requests in plain text is noticed. Never logs the payload."""
+    log.warning(
+        "a payload reached the worker unencrypted, so the bootstrap Temporal "
+        "stores it in plain text in the workflow history; start, signal and "
+        "update runs through the codec (ventros-deploy, or the temporal CLI "
+        "with --codec-endpoint and --codec-auth)",
+        encoding=payload.metadata.get("encoding", b"").decode(errors="replace"),
+    )
 
 
 def main() -> None:

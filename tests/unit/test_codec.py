@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pydantic
 import pytest
+import structlog
 from temporalio.api.common.v1 import Payload
 
 from deployer.codec import (
@@ -31,6 +32,7 @@ from deployer.codec import (
     read_private_file,
     rotate_key_ring_file,
 )
+from worker.main import warn_plaintext
 
 PLAINTEXT = b'{"app": "ventros-demo", "image": "registry.local/secret-marker:1.0"}'
 
@@ -139,6 +141,32 @@ async def test_unencrypted_payload_passes_through() -> None:
     decoded = await _decrypt(key_ring, original)
 
     assert decoded == original
+
+
+@pytest.mark.asyncio
+async def test_unencrypted_payload_reported() -> None:
+    """The worker's codec reports each payload that arrived unencrypted, and
+    only those, so that a start without the codec is noticed."""
+    key_ring = KeyRing.generate()
+    seen: list[Payload] = []
+    codec = EncryptionCodec(key_ring, seen.append)
+    plain = _plain_payload()
+
+    decoded = await codec.decode([await _encrypt(key_ring, plain), plain])
+
+    assert decoded == [plain, plain]
+    assert seen == [plain]
+
+
+def test_worker_warning_omits_payload() -> None:
+    """The worker's warning names the encoding, never the payload's data."""
+    with structlog.testing.capture_logs() as logs:
+        warn_plaintext(_plain_payload())
+
+    assert len(logs) == 1
+    assert logs[0]["log_level"] == "warning"
+    assert logs[0]["encoding"] == "json/plain"
+    assert "secret-marker" not in json.dumps(logs[0])
 
 
 @pytest.mark.asyncio
