@@ -40,6 +40,7 @@ from activities.kubeapi import (
     JsonObject,
     KubeApiError,
     KubeClient,
+    KubeconfigError,
     NoKindMatchError,
     UnauthorizedError,
     well_known,
@@ -105,6 +106,17 @@ def _non_retryable(kind: str, message: str) -> ApplicationError:
     return ApplicationError(message, type=kind, non_retryable=True)
 
 
+# Hints for terse schema errors of our chart: for a `not` check, helm names
+# only the keyword that failed.
+SCHEMA_HINTS = (
+    (
+        "at '/temporal/namespace': 'not' failed",
+        "temporal.namespace may not be temporal-system, the Temporal server's own "
+        "namespace; use another name, for example ventros-crm",
+    ),
+)
+
+
 def translate_errors(func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     """Turn known failures into typed ApplicationErrors, chaining the cause."""
 
@@ -138,6 +150,13 @@ def translate_errors(func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R
             ) from None
         except InvalidRequestError as error:
             raise _non_retryable(contracts.INVALID_REQUEST, str(error)) from error
+        except KubeconfigError as error:
+            raise _non_retryable(
+                contracts.KUBECONFIG_INVALID,
+                f"the worker's {error}. Fix the file, or set "
+                "VENTROS_DEPLOY_KUBECONFIG to a working kubeconfig and restart the "
+                "worker; then retry",
+            ) from None
         except ChartNotFoundError as error:
             raise _non_retryable(contracts.CHART_NOT_FOUND, str(error)) from error
         except InvalidRenderError as error:
@@ -148,10 +167,13 @@ def translate_errors(func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R
             ) from error
         except HelmError as error:
             if error.schema_rejected or "execution error" in error.stderr:
+                hints = "".join(
+                    f" ({hint})" for text, hint in SCHEMA_HINTS if text in error.stderr
+                )
                 raise _non_retryable(
                     contracts.VALUES_REJECTED,
-                    f"the chart rejected the values: {error.stderr}. Fix the named "
-                    "value and start again",
+                    f"the chart rejected the values: {error.stderr}{hints}. Fix the "
+                    "named value and start again",
                 ) from error
             if error.owned_elsewhere:
                 # helm will not adopt the object however often it tries.

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
+import yaml
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
@@ -62,6 +64,10 @@ class ForbiddenError(KubeApiError):
 
 class InvalidError(KubeApiError):
     """HTTP 422: the object is invalid; retrying the same object cannot help."""
+
+
+class KubeconfigError(Exception):
+    """The kubeconfig cannot be read or used; the message names the file."""
 
 
 class NoKindMatchError(Exception):
@@ -460,16 +466,36 @@ async def _load_api_client(
     if kubeconfig is None and context is None and _in_cluster():
         # kubernetes_asyncio ships no type hints for this function.
         config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-    else:
+        return client.ApiClient(configuration)
+    path = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
+    if _missing(path):
+        # The loader would report a missing file as a config without
+        # current-context.
+        raise KubeconfigError(f"kubeconfig {path} does not exist")
+    try:
         await config.load_kube_config(
             config_file=kubeconfig, context=context, client_configuration=configuration
         )
+    except yaml.YAMLError as error:
+        # Only where it broke: the YAML error's own text quotes the file,
+        # whose lines can hold credentials.
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or "invalid YAML"
+        raise KubeconfigError(
+            f"kubeconfig {path} is not YAML: {problem}{where}"
+        ) from None
+    except (config.ConfigException, OSError, ValueError, TypeError) as error:
+        raise KubeconfigError(f"kubeconfig {path} cannot be used: {error}") from None
     return client.ApiClient(configuration)
 
 
-def _in_cluster() -> bool:
-    import os
+def _missing(path: str) -> bool:
+    """Tell whether the first file of a kubeconfig path list is missing."""
+    return not os.path.isfile(os.path.expanduser(path.split(os.pathsep)[0]))
 
+
+def _in_cluster() -> bool:
     return bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and not os.environ.get(
         "KUBECONFIG"
     )

@@ -44,6 +44,7 @@ NON_RETRYABLE_TYPES = (
 OWNED_ELSEWHERE = "OwnedElsewhere"
 OPERATORS_INSTALLED = "OperatorsInstalled"
 RELEASE_NAME_TAKEN = "ReleaseNameTaken"
+KUBECONFIG_INVALID = "KubeconfigInvalid"
 # An attempt cancelled after its workflow run ended; the server discards it.
 RUN_ENDED = "RunEnded"
 # Retried with backoff by the activity retry policy.

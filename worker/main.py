@@ -27,6 +27,7 @@ from temporalio.worker import Worker
 
 from activities.deploy import DeployActivities
 from activities.drain import DrainActivities
+from activities.kubeapi import KubeClient, KubeconfigError
 from activities.rollback import RollbackActivities
 from activities.teardown import TeardownActivities
 from deployer import codec, logs
@@ -116,6 +117,27 @@ async def run(settings: WorkerSettings) -> None:
     log.info("worker stopped")
 
 
+def kubeconfig_problem(settings: WorkerSettings) -> str | None:
+    """Describe why the configured kubeconfig cannot be used, or return None.
+
+    Only a kubeconfig set in the settings is checked here. Without one the
+    worker may run in a pod, or the file may appear later, and each deploy
+    reports the problem in its validate step.
+    """
+    if settings.kubeconfig is None:
+        return None
+
+    async def load() -> None:
+        kube = await KubeClient.connect(str(settings.kubeconfig))
+        await kube.close()
+
+    try:
+        asyncio.run(load())
+    except KubeconfigError as error:
+        return f"VENTROS_DEPLOY_KUBECONFIG: {error}"
+    return None
+
+
 def warn_plaintext(payload: Payload) -> None:
     """Log that a payload reached this worker unencrypted, so that a setup
     that stores requests in plain text is noticed. Never logs the payload."""
@@ -142,6 +164,14 @@ def main() -> None:
         print(
             f"helm binary {settings.helm!r} not found: install helm, or set "
             "VENTROS_DEPLOY_HELM to its path",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    problem = kubeconfig_problem(settings)
+    if problem is not None:
+        print(
+            f"{problem}: fix the file, or set VENTROS_DEPLOY_KUBECONFIG to a "
+            "working kubeconfig",
             file=sys.stderr,
         )
         sys.exit(2)

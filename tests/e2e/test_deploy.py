@@ -9,6 +9,7 @@ import datetime
 import json
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.helm import Helm
 from activities.kubeapi import KubeClient, NotFoundError, ResourceType, well_known
+from deployer import contracts
 from deployer.phases import DeployStatus, PhaseState
 from deployer.settings import WorkerSettings
 from testbed.leftovers import remove_namespace
@@ -394,6 +396,31 @@ async def test_unreachable_operator_chart_fails_validate(
     assert status.state == "invalid"
     assert all(r.attempts == 0 for r in status.phases)
     assert releases.strip() == ""
+
+
+async def test_unusable_kubeconfig_fails_validate(
+    temporal_env: WorkflowEnvironment,
+    worker_settings: WorkerSettings,
+    tmp_path: Path,
+) -> None:
+    """A worker whose kubeconfig is not YAML fails validate once, as
+    KubeconfigInvalid naming the file and the setting, without retries and
+    without quoting the file, which can hold credentials."""
+    garbage = tmp_path / "kubeconfig"
+    garbage.write_text("token: sEcReT-7781\n{[}: nope\n")
+    settings = worker_settings.model_copy(update={"kubeconfig": garbage})
+    async with running_worker(temporal_env.client, settings):
+        handle = await start(temporal_env, settings, deploy_request("unused"))
+        with pytest.raises(WorkflowFailureError) as failure:
+            await asyncio.wait_for(handle.result(), timeout=60)
+        status = await status_of(handle)
+    cause = failure.value.cause
+    assert isinstance(cause, ApplicationError)
+    assert cause.type == contracts.KUBECONFIG_INVALID
+    assert f"the worker's kubeconfig {garbage} is not YAML" in cause.message
+    assert "VENTROS_DEPLOY_KUBECONFIG" in cause.message
+    assert "sEcReT-7781" not in cause.message
+    assert status.state == "invalid"
 
 
 async def test_second_release_operators_rejected(

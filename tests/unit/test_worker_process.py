@@ -101,3 +101,26 @@ async def test_worker_without_helm_exits(
     assert process.returncode == 2
     assert f"helm binary '{missing}' not found" in err.decode()
     assert "VENTROS_DEPLOY_HELM" in err.decode()
+
+
+async def test_worker_rejects_bad_kubeconfig(tmp_path: Path) -> None:
+    """A kubeconfig set for the worker that is missing or not YAML stops it at
+    start with exit code 2, naming the setting and the file, and without
+    quoting the file's content."""
+    garbage = tmp_path / "garbage"
+    garbage.write_text("token: sEcReT-7781\n{[}: nope\n")
+    for path, expected in (
+        (tmp_path / "missing", "does not exist"),
+        (garbage, "is not YAML"),
+    ):
+        env = dict(
+            os.environ,
+            VENTROS_DEPLOY_HELM=str(stand_in_helm(tmp_path)),
+            VENTROS_DEPLOY_KUBECONFIG=str(path),
+        )
+        process = await start_worker(env)
+        _, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
+        message = stderr.decode()
+        assert process.returncode == 2, message
+        assert f"VENTROS_DEPLOY_KUBECONFIG: kubeconfig {path} {expected}" in message
+        assert "sEcReT-7781" not in message
