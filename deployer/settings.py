@@ -8,6 +8,8 @@ the app, so the settings reject a configuration where the two are the same.
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 from pathlib import Path
 from string import Formatter
 
@@ -18,15 +20,49 @@ DEFAULT_TASK_QUEUE = "ventros-deploy"
 
 
 def normalize_address(address: str) -> str:
-    """Return host:port in lowercase, with localhost spelled 127.0.0.1."""
+    """Return host:port in a form in which two spellings of one address match.
+
+    The host is lowercased and loses a trailing dot. Every loopback or
+    unspecified address becomes 127.0.0.1: localhost, 127.0.0.0/8 in any IPv4
+    spelling such as 127.1, ::1, ::ffff:127.0.0.1 and 0.0.0.0. The port loses
+    leading zeros, and no port means Temporal's default, 7233. Names are not
+    resolved, so two DNS names for one server still differ.
+    """
     text = address.strip().lower()
-    if text.endswith("]") or ":" not in text:
-        host, port = text, "7233"  # No port given: Temporal's default.
+    if text.endswith("]") or text.count(":") != 1:
+        host, port = text, ""
+        if text.startswith("[") and "]:" in text:
+            host, _, port = text.rpartition(":")
     else:
         host, _, port = text.rpartition(":")
-    if host in ("localhost", "[::1]", "::1", "0.0.0.0"):
+    host = host.removeprefix("[").removesuffix("]").rstrip(".")
+    if _is_local(host):
         host = "127.0.0.1"
-    return f"{host}:{port or '7233'}"
+    elif ":" in host:
+        host = f"[{host}]"
+    number = port.lstrip("0") or ("0" if port else "7233")
+    return f"{host}:{number}"
+
+
+def _is_local(host: str) -> bool:
+    """Tell whether host names this machine: loopback or unspecified."""
+    if host == "localhost":
+        return True
+    try:
+        # inet_aton reads the short IPv4 forms (127.1) that clients accept.
+        packed = socket.inet_aton(host)
+    except OSError:
+        try:
+            ip: ipaddress.IPv4Address | ipaddress.IPv6Address = (
+                ipaddress.ip_address(host)
+            )
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+    else:
+        ip = ipaddress.IPv4Address(packed)
+    return ip.is_loopback or ip.is_unspecified
 
 
 class TemporalSettings(BaseSettings):

@@ -46,6 +46,48 @@ def test_normalize_address_default_port() -> None:
     assert normalize_address("localhost") == "127.0.0.1:7233"
 
 
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        "127.0.0.1:47233",
+        "127.1:47233",
+        "localhost.:47233",
+        "LOCALHOST:47233",
+        "[::ffff:127.0.0.1]:47233",
+        "[::1]:47233",
+        "0.0.0.0:47233",
+        "127.0.0.1:047233",
+        " 127.0.0.1:47233 ",
+    ],
+)
+def test_normalize_address_loopback_spellings(spelling: str) -> None:
+    """Every spelling of this machine and the same port is one address, so the
+    bootstrap Temporal cannot be given as the app's in another spelling."""
+    assert normalize_address(spelling) == "127.0.0.1:47233"
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("127.0.0.1:47233", "127.0.0.1:7233"),
+        ("temporal.example.test:7233", "127.0.0.1:7233"),
+        ("[2001:db8::1]:7233", "127.0.0.1:7233"),
+        ("10.0.0.1:7233", "10.0.0.2:7233"),
+    ],
+)
+def test_normalize_address_keeps_others_apart(first: str, second: str) -> None:
+    assert normalize_address(first) != normalize_address(second)
+
+
+def test_normalize_address_names() -> None:
+    """Names compare without case or a trailing dot; an IPv6 host keeps
+    brackets."""
+    assert normalize_address("Temporal.Example.Test.:7233") == (
+        "temporal.example.test:7233"
+    )
+    assert normalize_address("[2001:DB8::1]:7233") == "[2001:db8::1]:7233"
+
+
 def test_parse_set_nested_and_typed() -> None:
     """Dotted keys nest, and values are read as YAML scalars."""
     parsed = parse_set(["app.replicas=3", "image.tag=1.4.2", "config.logLevel=debug"])
