@@ -640,7 +640,7 @@ BAD_CASES = [
         with_values({"temporal": {"namespace": "temporal-system"}}),
         REJECTED,
         "/temporal/namespace",
-        SCHEMA_FIX,
+        "may not be temporal-system, the Temporal server's own namespace",
     ),
     BadCase(
         "schema-retention-hours",
