@@ -28,6 +28,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from client.cli import EXIT_NOT_FOUND
 from deployer import codec
 from testbed.cluster import (
     REPO_ROOT,
@@ -194,6 +195,34 @@ def start_worker(group: ProcessGroup) -> None:
         raise ClusterError("the worker exited at start:\n" + group.log_tail("worker"))
 
 
+def shown_earlier_deploy(workflow_id: str) -> int | None:
+    """Show the demo's deploy if it ran before and return the status's exit code;
+    return None when it never ran.
+
+    So a second `make demo` (after a reboot, or to bring back a stopped
+    worker) restarts what stopped and leaves the release as the user left it,
+    instead of deploying the demo's request over a later upgrade.
+    """
+    result = subprocess.run(
+        [sys.executable, "-m", "client", "status", workflow_id],
+        env=worker_env(),
+        cwd=REPO_ROOT,
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode == EXIT_NOT_FOUND:
+        return None
+    print(result.stdout, end="")
+    print(result.stderr, end="", file=sys.stderr)
+    print(
+        f"{workflow_id} ran before, so make demo only restarted what had stopped. "
+        "To deploy the demo's request again: source .local/demo/env.sh; "
+        f"ventros-deploy start --request {STATE / 'request.json'} --follow"
+    )
+    return result.returncode
+
+
 def deploy() -> int:
     request = {
         "release": RELEASE,
@@ -238,8 +267,10 @@ def up() -> int:
     start_codec_server(group)
     start_temporal(group)
     start_worker(group)
-    code = deploy()
     workflow_id = f"deploy-{NAMESPACE}-{RELEASE}"
+    code = shown_earlier_deploy(workflow_id)
+    if code is None:
+        code = deploy()
     print()
     print(
         f"Temporal UI:  http://127.0.0.1:{UI_PORT}/namespaces/default/workflows/{workflow_id}"
