@@ -106,6 +106,15 @@ def _non_retryable(kind: str, message: str) -> ApplicationError:
     return ApplicationError(message, type=kind, non_retryable=True)
 
 
+# Kinds of our chart with fields that cannot change after creation, which
+# validate applies as a dry run when they exist, and the phases that the
+# deployer applies itself (helm applies base and temporal).
+DRY_RUN_KINDS = frozenset(
+    {("apps/v1", "StatefulSet"), ("apps/v1", "Deployment"), ("v1", "Service")}
+)
+DRY_RUN_PHASES = frozenset(
+    {Phase.CACHE.value, Phase.APP.value, Phase.DATA.value, Phase.MESSAGING.value}
+)
 # Hints for terse schema errors of our chart: for a `not` check, helm names
 # only the keyword that failed.
 SCHEMA_HINTS = (
@@ -513,6 +522,7 @@ class DeployActivities:
         app_temporal_namespace(
             [o for o in objects if object_phase(o) == Phase.BASE.value]
         )
+        await self._dry_run_changes(request, objects)
         return ValidateResult(
             chart=str(request.chart.path or request.chart.name), objects=len(objects)
         )
@@ -540,6 +550,46 @@ class DeployActivities:
             await preflight.check_no_other_operators(
                 kube, request.release, request.namespace
             )
+
+    async def _dry_run_changes(
+        self, request: DeployRequest, objects: list[JsonObject]
+    ) -> None:
+        """Apply, as a dry run, the rendered objects that exist already and
+        have fields that cannot change, so that new values the API server
+        refuses (a StatefulSet's volume size) fail validate, before the base
+        phase applies anything."""
+        kube = await self.kube(request.kube_context)
+        candidates = [
+            o
+            for o in objects
+            if (o["apiVersion"], o["kind"]) in DRY_RUN_KINDS
+            and object_phase(o) in DRY_RUN_PHASES
+        ]
+        namespaces = well_known("v1", "Namespace")
+        if not candidates or await kube.get(namespaces, request.namespace) is None:
+            return  # A first deploy: nothing exists that could refuse a change.
+
+        async def check(obj: JsonObject) -> None:
+            name = obj["metadata"]["name"]
+            rtype = well_known(obj["apiVersion"], obj["kind"])
+            if await kube.get(rtype, name, request.namespace) is None:
+                return
+            body = copy.deepcopy(obj)
+            body["metadata"]["namespace"] = request.namespace
+            try:
+                await kube.apply(body, dry_run=True)
+            except InvalidError as error:
+                raise _non_retryable(
+                    contracts.OBJECT_INVALID,
+                    f"{obj['kind']} {name} in namespace {request.namespace} "
+                    f"cannot take the new values: {error}. Some fields cannot "
+                    "change once the object exists, such as a StatefulSet's "
+                    "volume claim templates (redis.persistence.size). Keep the "
+                    "installed value, or delete the object and deploy again (a "
+                    "StatefulSet's volume claims stay)",
+                ) from error
+
+        await gather_or_cancel(*(check(o) for o in candidates))
 
     async def _fetch_chart(self, helm: Helm, key: str, chart: ChartRef) -> None:
         """Fetch a chart from its repository once, so that a registry that

@@ -354,7 +354,7 @@ def phase_table(status: DeployStatus, live: dict[str, str] | None = None) -> Tab
             Text(record.state.value, style=style),
             str(record.attempts),
             duration,
-            _short(detail, status.namespace, 200 if record.error else 60),
+            _short(detail, status.namespace, 200 if record.error or live else 60),
         )
     return table
 
@@ -699,14 +699,18 @@ async def cmd_status(client: Client, args: argparse.Namespace, console: Console)
     error_type = None
     if ended and status.state != "succeeded":
         status, error_type = await ended_status(handle, info.status, status)
+    live = await live_statuses(client, handle) if running else None
     if args.json:
-        print(status.model_dump_json())
+        data = status.model_dump(mode="json")
+        if live is not None and not isinstance(status, RollbackStatus):
+            # What the running waits saw last, by object, as the table shows it,
+            # and the error of a retried attempt.
+            data["live"] = {k: v for k, v in live.items() if k != "__attempt__"}
+            if "__attempt__" in live:
+                data["last_attempt_error"] = live["__attempt__"]
+        print(json.dumps(data))
     else:
-        console.print(
-            status_view(
-                status, await live_statuses(client, handle) if running else None
-            )
-        )
+        console.print(status_view(status, live))
         lines = [status.message]
         if isinstance(status, RollbackStatus):
             lines.append(status.migration_note)

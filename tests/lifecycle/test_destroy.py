@@ -218,6 +218,12 @@ async def test_destroy_waits_for_queues(
         )
         await wait_for_step(handle, "messaging", PhaseState.RUNNING)
         waiting = await drain_status(temporal_env, handle, "5 messages")
+        shown = await run_cli(
+            ["status", handle.id], cli_env(temporal_env, lifecycle_settings)
+        )
+        shown_json = await run_cli(
+            ["status", handle.id, "--json"], cli_env(temporal_env, lifecycle_settings)
+        )
         held = await kube.get(RABBITMQ, rabbit, namespace)
         still_running = await handle.query("status", result_type=DestroyStatus)
         # A deploy of the same release is refused while the destroy runs.
@@ -230,6 +236,10 @@ async def test_destroy_waits_for_queues(
         status = await destroy_status(handle)
     print(f"drain status while waiting: {waiting}")
     assert f"rabbitmqcluster/{rabbit}: 5 messages in 1 queue (" in waiting
+    # The table and the JSON both show the count, not only that it waits.
+    assert "5 messages in 1 queue" in " ".join(shown.stdout.replace("│", " ").split())
+    live = json.loads(shown_json.stdout)["live"]
+    assert "5 messages in 1 queue" in live[contracts.DRAIN_KEY]
     assert held is not None
     assert refused.returncode == 3
     assert f"destroy-{namespace}-{RELEASE} is removing" in refused.stderr

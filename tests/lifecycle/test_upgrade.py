@@ -7,10 +7,14 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import pytest
+from temporalio.client import WorkflowFailureError
+from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
 from activities.deploy import MIGRATION_HISTORY
 from activities.kubeapi import JsonObject, KubeClient, well_known
+from deployer import contracts
 from deployer.phases import PHASE_ORDER, DeployStatus, PhaseState
 from deployer.settings import WorkerSettings
 from tests.conftest import running_worker
@@ -23,9 +27,11 @@ from tests.lifecycle.conftest import (
     app_image_tag,
     deploy,
     record,
+    start_deploy,
 )
 
 STATEFULSET = well_known("apps/v1", "StatefulSet")
+SECRET = well_known("v1", "Secret")
 REPLICASET = well_known("apps/v1", "ReplicaSet")
 READY_AT = "sim.ventros.io/ready-at"
 MIGRATION_SELECTOR = (
@@ -174,3 +180,40 @@ async def test_migration_history_pruned(
         f"{RELEASE}-migrate-1-2-0",
         f"{RELEASE}-migrate-1-3-0",
     ]
+
+
+async def test_unchangeable_value_fails_validate(
+    temporal_env: WorkflowEnvironment,
+    lifecycle_settings: WorkerSettings,
+    kube: KubeClient,
+    namespace: str,
+) -> None:
+    """A new Redis volume size, which a StatefulSet cannot take, fails the
+    deploy in validate, naming the StatefulSet and the value, before the base
+    release gets a new revision. Before, base was upgraded and the cache phase
+    failed on the API server's refusal."""
+    values = {
+        "app": {"replicas": 2},
+        "rabbitmq": {"replicas": 1},
+        "redis": {"persistence": {"size": "2Gi"}},
+    }
+    async with running_worker(temporal_env.client, lifecycle_settings):
+        await deploy(temporal_env, lifecycle_settings, namespace, "1.0.0")
+        handle = await start_deploy(
+            temporal_env, lifecycle_settings, namespace, "1.0.0", values=values
+        )
+        with pytest.raises(WorkflowFailureError) as failure:
+            await handle.result()
+        status = await handle.query("status", result_type=DeployStatus)
+    records = await kube.list(
+        SECRET, namespace, label_selector=f"owner=helm,name={RELEASE}"
+    )
+    cause = failure.value.cause
+    assert isinstance(cause, ApplicationError)
+    assert cause.type == contracts.OBJECT_INVALID
+    assert f"StatefulSet {RELEASE}-redis in namespace {namespace}" in cause.message
+    assert "redis.persistence.size" in cause.message
+    assert status.state == "invalid"
+    assert all(r.attempts == 0 for r in status.phases)
+    # Only the first deploy's revision of the base release.
+    assert len(records["items"]) == 1
