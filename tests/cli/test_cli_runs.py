@@ -103,6 +103,11 @@ async def wait_ready(request: Any) -> WaitResult:
     return WaitResult(phase=Phase.APP, statuses={})
 
 
+@activity.defn(name=contracts.RECORD_DEPLOYED)
+async def record_deployed(target: Any) -> int:
+    return 4
+
+
 @asynccontextmanager
 async def workflows_worker(client: Client, task_queue: str) -> AsyncIterator[None]:
     """Run the real workflows, with stand-ins for the rollback's activities."""
@@ -110,7 +115,7 @@ async def workflows_worker(client: Client, task_queue: str) -> AsyncIterator[Non
         client,
         task_queue=task_queue,
         workflows=WORKFLOWS,
-        activities=[plan_rollback, roll_back_app, wait_ready],
+        activities=[plan_rollback, roll_back_app, wait_ready, record_deployed],
     ):
         yield
 

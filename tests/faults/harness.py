@@ -439,6 +439,7 @@ async def activity_runs(handle: WorkflowHandle[Any, Any]) -> list[ActivityRun]:
             completed = event.activity_task_completed_event_attributes
             payloads = completed.result.payloads
             if payloads:
-                result = converter.from_payload(payloads[0], dict)
-                runs[completed.scheduled_event_id].result = result
+                result = converter.from_payload(payloads[0])
+                if isinstance(result, dict):  # Not the revision a record returns.
+                    runs[completed.scheduled_event_id].result = result
     return list(runs.values())
