@@ -19,9 +19,13 @@ from datetime import timedelta
 from typing import TypeVar
 
 from temporalio import workflow
+from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from deployer import contracts
+    from deployer.inputs import DeployRequest
+    from deployer.lifecycle import ReleaseTarget, RollbackRequest
     from deployer.phases import Phase, PhaseRecord, PhaseState
 
 REASON_MAX = 500
@@ -33,6 +37,28 @@ ABORTED_TYPE = "Aborted"
 # revision; replaying them must not schedule the activity that notes it.
 RECORD_DEPLOYED_PATCH = "record-deployed-revision"
 RECORD_TIMEOUT = timedelta(seconds=60)
+
+
+def start_record_deployed(
+    request: DeployRequest | RollbackRequest,
+    retry_policy: RetryPolicy,
+    summary: str,
+) -> workflow.ActivityHandle[int]:
+    """Start the activity that notes the release's deployed base revision as
+    ran, once the app is ready, so that a later rollback may return to it."""
+    return workflow.start_activity(
+        contracts.RECORD_DEPLOYED,
+        ReleaseTarget(
+            release=request.release,
+            namespace=request.namespace,
+            kube_context=request.kube_context,
+        ),
+        result_type=int,
+        start_to_close_timeout=RECORD_TIMEOUT,
+        retry_policy=retry_policy,
+        summary=summary,
+    )
+
 
 T = TypeVar("T")
 

@@ -24,10 +24,10 @@ from temporalio.workflow import ActivityCancellationType
 from workflows.control import (
     ABORTED_TYPE,
     RECORD_DEPLOYED_PATCH,
-    RECORD_TIMEOUT,
     PhaseAborted,
     PhaseControl,
     cause_message,
+    start_record_deployed,
 )
 
 with workflow.unsafe.imports_passed_through():
@@ -40,7 +40,6 @@ with workflow.unsafe.imports_passed_through():
         WaitResult,
     )
     from deployer.inputs import DeployRequest, InvalidRequestError, parse_request
-    from deployer.lifecycle import ReleaseTarget
     from deployer.phases import (
         DEPENDENCIES,
         PHASE_ATTRIBUTE,
@@ -237,17 +236,10 @@ class VentrosDeploy(PhaseControl):
             # The app is ready, so this deploy's base revision ran: a later
             # rollback may return to it.
             await self.until_aborted(
-                workflow.start_activity(
-                    contracts.RECORD_DEPLOYED,
-                    ReleaseTarget(
-                        release=request.release,
-                        namespace=request.namespace,
-                        kube_context=request.kube_context,
-                    ),
-                    result_type=int,
-                    start_to_close_timeout=RECORD_TIMEOUT,
-                    retry_policy=APPLY_RETRY,
-                    summary="app: note the base release revision as deployed",
+                start_record_deployed(
+                    request,
+                    APPLY_RETRY,
+                    "app: note the base release revision as deployed",
                 )
             )
         record.state = PhaseState.SUCCEEDED

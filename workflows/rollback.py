@@ -32,14 +32,17 @@ with workflow.unsafe.imports_passed_through():
     )
     from deployer.inputs import InvalidRequestError
     from deployer.lifecycle import (
-        ReleaseTarget,
         RollbackRequest,
         RollbackStatus,
         parse_rollback_request,
     )
     from deployer.phases import Phase
 
-from workflows.control import RECORD_DEPLOYED_PATCH, RECORD_TIMEOUT, cause_message
+from workflows.control import (
+    RECORD_DEPLOYED_PATCH,
+    cause_message,
+    start_record_deployed,
+)
 
 WORKFLOW_TYPE = "VentrosRollback"
 ROLLBACK_FAILED = "RollbackFailed"
@@ -157,17 +160,10 @@ class VentrosRollback:
             summary=f"app: wait for the rollout of {plan.target_version}",
         )
         if workflow.patched(RECORD_DEPLOYED_PATCH):
-            await workflow.execute_activity(
-                contracts.RECORD_DEPLOYED,
-                ReleaseTarget(
-                    release=request.release,
-                    namespace=request.namespace,
-                    kube_context=request.kube_context,
-                ),
-                result_type=int,
-                start_to_close_timeout=RECORD_TIMEOUT,
-                retry_policy=ACTIVITY_RETRY,
-                summary="note the rolled-back base release revision as deployed",
+            await start_record_deployed(
+                request,
+                ACTIVITY_RETRY,
+                "note the rolled-back base release revision as deployed",
             )
         self._message = (
             f"rolled {request.release} in namespace {request.namespace} back from "
