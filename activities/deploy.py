@@ -565,19 +565,27 @@ class DeployActivities:
             if (o["apiVersion"], o["kind"]) in DRY_RUN_KINDS
             and object_phase(o) in DRY_RUN_PHASES
         ]
-        namespaces = well_known("v1", "Namespace")
-        if not candidates or await kube.get(namespaces, request.namespace) is None:
-            return  # A first deploy: nothing exists that could refuse a change.
+        if not candidates:
+            return
+        try:
+            if await kube.get(well_known("v1", "Namespace"), request.namespace) is None:
+                return  # A first deploy: nothing exists that could refuse a change.
+        except ForbiddenError:
+            return  # As below: the phases report the missing permission.
 
         async def check(obj: JsonObject) -> None:
             name = obj["metadata"]["name"]
             rtype = well_known(obj["apiVersion"], obj["kind"])
-            if await kube.get(rtype, name, request.namespace) is None:
-                return
             body = copy.deepcopy(obj)
             body["metadata"]["namespace"] = request.namespace
             try:
+                if await kube.get(rtype, name, request.namespace) is None:
+                    return
                 await kube.apply(body, dry_run=True)
+            except ForbiddenError:
+                # A check only: the phase that applies the object reports the
+                # missing permission, with the fix for it.
+                return
             except InvalidError as error:
                 raise _non_retryable(
                     contracts.OBJECT_INVALID,
