@@ -196,6 +196,9 @@ async def _spans(client: Client, events: Sequence[HistoryEvent]) -> list[Span]:
 def _span_of(activity: str, data: Any, when: float) -> Span:
     if activity == contracts.VALIDATE_REQUEST:
         return Span("validate", "validate", when)
+    if activity == contracts.RECORD_DEPLOYED:
+        # Noting the deployed revision, the app phase's last step.
+        return Span("app", "record", when)
     step = "apply" if activity == contracts.APPLY_PHASE else "wait"
     refs = list(data.get("refs", [])) if step == "wait" else []
     return Span(str(data["phase"]), step, when, refs=refs)
@@ -235,7 +238,8 @@ def _largest_in(message: Message) -> int:
 
 
 def phase_windows(run: OursRun) -> dict[str, dict[str, float]]:
-    """Return each phase's apply and wait start and end, in seconds from start."""
+    """Return each phase's apply, wait (and for app, record) start and end, in
+    seconds from start."""
     windows: dict[str, dict[str, float]] = {}
     for span in run.spans:
         if span.completed is None:

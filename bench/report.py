@@ -152,13 +152,16 @@ def _print_detections(ours: list[dict[str, Any]]) -> None:
 
 
 def _print_phases(ours: list[dict[str, Any]]) -> None:
-    print("ours, per phase (median s from start): apply start-end | wait start-end")
+    print(
+        "ours, per phase (median s from start): apply start-end | wait start-end"
+        " | record start-end (app)"
+    )
     for phase in ["validate", *PHASES]:
         rows = [run["phases"][phase] for run in ours if phase in run["phases"]]
         if not rows:
             continue
         cells = []
-        for step in ("apply", "wait", "validate"):
+        for step in ("apply", "wait", "record", "validate"):
             starts = [row[f"{step}_start"] for row in rows if f"{step}_start" in row]
             ends = [row[f"{step}_end"] for row in rows if f"{step}_end" in row]
             if starts:
@@ -221,6 +224,7 @@ def _plot_ours(axes: Any, run: dict[str, Any]) -> None:
             ("validate", "tab:gray"),
             ("apply", "tab:blue"),
             ("wait", "tab:orange"),
+            ("record", "tab:green"),
         ):
             if f"{step}_start" in window:
                 start = window[f"{step}_start"]
@@ -230,7 +234,7 @@ def _plot_ours(axes: Any, run: dict[str, Any]) -> None:
     axes.invert_yaxis()
     axes.set_title(
         f"ours (VentrosDeploy), done at {run['wall_s']:.1f} s (dashed)\n"
-        "blue: apply activity, orange: wait activity (history event times)",
+        "blue: apply, orange: wait, green: record revision (history event times)",
         fontsize=9,
     )
 
