@@ -135,7 +135,7 @@ class RollbackActivities:
         ran = ran_revisions(await kube.get(CONFIG_MAP, name, target.namespace))
         if revision in (ran or set()):
             return revision
-        kept = sorted((ran or set()) | {revision})[-RAN_KEPT:]
+        noted = sorted((ran or set()) | {revision})[-RAN_KEPT:]
         await kube.apply(
             {
                 "apiVersion": "v1",
@@ -150,7 +150,7 @@ class RollbackActivities:
                         "app.kubernetes.io/managed-by": "ventros-deploy",
                     },
                 },
-                "data": {RAN_KEY: ",".join(map(str, kept))},
+                "data": {RAN_KEY: ",".join(map(str, noted))},
             }
         )
         return revision

@@ -117,7 +117,7 @@ class CliError(Exception):
 
 
 def parse_set(pairs: list[str], literal: bool = False) -> dict[str, Any]:
-    """Turn ["a.b=1", "c=x"] into {"a": {"b": 1}, "c": "x"}.
+    """Return ["a.b=1", "c=x"] as {"a": {"b": 1}, "c": "x"}.
 
     Values are read as YAML (see read_set_value), or kept as strings when
     literal is set, as for --set-string.

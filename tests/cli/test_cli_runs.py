@@ -9,6 +9,7 @@ import asyncio
 import json
 import os
 import re
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -173,31 +174,46 @@ async def test_watch_shows_run_duration(
     assert json.loads(watched_json.stdout)["state"] == "failed"
 
 
+@asynccontextmanager
+async def rollback_run(
+    temporal_env: WorkflowEnvironment,
+    client: Client,
+    key_ring_file: Path,
+    namespace: str,
+) -> AsyncIterator[tuple[dict[str, str], subprocess.CompletedProcess[str]]]:
+    """Run `ventros-deploy rollback` on the stand-in workers; yield the CLI's
+    environment and its result while the workers still run."""
+    task_queue = f"tq-{uuid.uuid4().hex[:8]}"
+    env = client_env(temporal_env, task_queue, key_ring_file)
+    async with workflows_worker(client, task_queue):
+        started = await run_cli(
+            ["rollback", "--release", RELEASE, "--namespace", namespace], env
+        )
+        yield env, started
+
+
 async def test_status_rollback_run(
     temporal_env: WorkflowEnvironment, encrypted_client: Client, key_ring_file: Path
 ) -> None:
     """status, status --json and watch show a rollback's versions, helm
     revision and migration note, and exit 0 once it succeeded."""
-    task_queue = f"tq-{uuid.uuid4().hex[:8]}"
     namespace = f"ok-{uuid.uuid4().hex[:8]}"
-    env = client_env(temporal_env, task_queue, key_ring_file)
     workflow_id = f"rollback-{namespace}-{RELEASE}"
-    async with workflows_worker(encrypted_client, task_queue):
-        started = await run_cli(
-            ["rollback", "--release", RELEASE, "--namespace", namespace], env
-        )
-        shown = await run_cli(["status", workflow_id], env)
-        shown_json = await run_cli(["status", workflow_id, "--json"], env)
+    async with rollback_run(
+        temporal_env, encrypted_client, key_ring_file, namespace
+    ) as (env, started):
+        table = await run_cli(["status", workflow_id], env)
+        as_json = await run_cli(["status", workflow_id, "--json"], env)
         watched = await run_cli(["watch", workflow_id], env)
     assert started.returncode == 0, started.stderr
-    assert shown.returncode == 0, shown.stderr
-    assert f"{workflow_id} ({namespace}): succeeded" in shown.stdout
-    assert re.search(r"from version[\s│]+1\.1\.0", shown.stdout), shown.stdout
-    assert re.search(r"to version[\s│]+1\.0\.0", shown.stdout), shown.stdout
-    assert re.search(r"helm revision[\s│]+3", shown.stdout), shown.stdout
-    assert f"migration {RELEASE}-migrate-1-1-0 for 1.1.0 stays" in shown.stdout
-    status = RollbackStatus.model_validate_json(shown_json.stdout)
-    assert shown_json.returncode == 0, shown_json.stderr
+    assert table.returncode == 0, table.stderr
+    assert f"{workflow_id} ({namespace}): succeeded" in table.stdout
+    assert re.search(r"from version[\s│]+1\.1\.0", table.stdout), table.stdout
+    assert re.search(r"to version[\s│]+1\.0\.0", table.stdout), table.stdout
+    assert re.search(r"helm revision[\s│]+3", table.stdout), table.stdout
+    assert f"migration {RELEASE}-migrate-1-1-0 for 1.1.0 stays" in table.stdout
+    status = RollbackStatus.model_validate_json(as_json.stdout)
+    assert as_json.returncode == 0, as_json.stderr
     assert status.state == "succeeded"
     assert status.from_version == "1.1.0"
     assert status.to_version == "1.0.0"
@@ -211,19 +227,16 @@ async def test_status_failed_rollback_exit_1(
     temporal_env: WorkflowEnvironment, encrypted_client: Client, key_ring_file: Path
 ) -> None:
     """status of a rollback that failed shows why and exits 1."""
-    task_queue = f"tq-{uuid.uuid4().hex[:8]}"
     namespace = f"fail-{uuid.uuid4().hex[:8]}"
-    env = client_env(temporal_env, task_queue, key_ring_file)
     workflow_id = f"rollback-{namespace}-{RELEASE}"
-    async with workflows_worker(encrypted_client, task_queue):
-        started = await run_cli(
-            ["rollback", "--release", RELEASE, "--namespace", namespace], env
-        )
-        shown = await run_cli(["status", workflow_id], env)
+    async with rollback_run(
+        temporal_env, encrypted_client, key_ring_file, namespace
+    ) as (env, started):
+        table = await run_cli(["status", workflow_id], env)
     assert started.returncode == 1, started.stderr
-    assert shown.returncode == 1, shown.stderr
-    assert f"{workflow_id} ({namespace}): failed" in shown.stdout
-    assert "an earlier app version is not in the history" in shown.stdout
+    assert table.returncode == 1, table.stderr
+    assert f"{workflow_id} ({namespace}): failed" in table.stdout
+    assert "an earlier app version is not in the history" in table.stdout
 
 
 async def test_status_invalid_destroy(

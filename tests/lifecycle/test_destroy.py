@@ -218,10 +218,10 @@ async def test_destroy_waits_for_queues(
         )
         await wait_for_step(handle, "messaging", PhaseState.RUNNING)
         waiting = await drain_status(temporal_env, handle, "5 messages")
-        shown = await run_cli(
+        table = await run_cli(
             ["status", handle.id], cli_env(temporal_env, lifecycle_settings)
         )
-        shown_json = await run_cli(
+        as_json = await run_cli(
             ["status", handle.id, "--json"], cli_env(temporal_env, lifecycle_settings)
         )
         held = await kube.get(RABBITMQ, rabbit, namespace)
@@ -237,8 +237,8 @@ async def test_destroy_waits_for_queues(
     print(f"drain status while waiting: {waiting}")
     assert f"rabbitmqcluster/{rabbit}: 5 messages in 1 queue (" in waiting
     # The table and the JSON both show the count, not only that it waits.
-    assert "5 messages in 1 queue" in " ".join(shown.stdout.replace("│", " ").split())
-    live = json.loads(shown_json.stdout)["live"]
+    assert "5 messages in 1 queue" in " ".join(table.stdout.replace("│", " ").split())
+    live = json.loads(as_json.stdout)["live"]
     assert "5 messages in 1 queue" in live[contracts.DRAIN_KEY]
     assert held is not None
     assert refused.returncode == 3

@@ -234,7 +234,7 @@ def test_installing_operator_table(
 
 
 def test_installing_operator_since() -> None:
-    """The description says when helm created the record, from its label."""
+    """The description gives when helm created the record, from its label."""
     item = pending("other", "x-postgres-operator", "postgres-operator")
     item["metadata"]["labels"]["createdAt"] = "1796428800"
     (found,) = _installing_operators([item], "crm", "shop", {})
