@@ -42,6 +42,11 @@ class KubeApiError(Exception):
         super().__init__(f"{what}: HTTP {status} {reason}: {self.message}")
 
 
+class ApiUnreachableError(aiohttp.ClientConnectionError):
+    """No connection to the API server; the message names the server and where
+    its address came from (kubeconfig file and context, or in-cluster)."""
+
+
 class NotFoundError(KubeApiError):
     """HTTP 404."""
 
@@ -248,6 +253,20 @@ class KubeClient:
             raise api_error(
                 error.status or 0, str(error.body or error.reason), f"{method} {path}"
             ) from None
+        except aiohttp.ClientConnectorError as error:
+            raise ApiUnreachableError(
+                f"API server unreachable at {self._api.configuration.host} "
+                f"({error.os_error.strerror or error.os_error}), the address from "
+                f"{self.origin()}; check that the server runs there"
+            ) from error
+
+    def origin(self) -> str:
+        """Name where this client's server address and credentials came from."""
+        if self._kubeconfig is None and self._context is None and _in_cluster():
+            return "the in-cluster service account"
+        path = self._kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
+        context = f"context {self._context}" if self._context else "its current context"
+        return f"kubeconfig {path}, {context}"
 
     async def request(
         self,

@@ -18,6 +18,7 @@ import structlog
 
 from activities import readiness
 from activities.kubeapi import (
+    ApiUnreachableError,
     GoneError,
     JsonObject,
     KubeApiError,
@@ -170,6 +171,10 @@ async def wait_ready(
             if error.status < 500 and error.status != 429:
                 raise
             last = f"API server error {error.status} ({error.reason}); retrying"
+            on_status(ref, last)
+            await pause()
+        except ApiUnreachableError as error:
+            last = f"{error}; retrying"
             on_status(ref, last)
             await pause()
         except TRANSIENT_ERRORS as error:
