@@ -502,8 +502,10 @@ class DeployActivities:
         for chart in (request.chart, *self._operator_chart_paths(request)):
             if chart.path is not None:
                 helm.resolve_path(chart.path)
-        objects, _ = await gather_or_cancel(
-            self._render_all(request), self._check_cluster(request)
+        objects, _, existing = await gather_or_cancel(
+            self._render_all(request),
+            self._check_cluster(request),
+            self._existing_names(request),
         )
         phases = {
             obj.get("metadata", {}).get("labels", {}).get(PHASE_LABEL)
@@ -522,7 +524,7 @@ class DeployActivities:
         app_temporal_namespace(
             [o for o in objects if object_phase(o) == Phase.BASE.value]
         )
-        await self._dry_run_changes(request, objects)
+        await self._dry_run_changes(request, objects, existing)
         return ValidateResult(
             chart=str(request.chart.path or request.chart.name), objects=len(objects)
         )
@@ -551,36 +553,52 @@ class DeployActivities:
                 kube, request.release, request.namespace
             )
 
+    async def _existing_names(
+        self, request: DeployRequest
+    ) -> frozenset[tuple[str, str, str]] | None:
+        """Return (apiVersion, kind, name) of the namespace's objects of
+        DRY_RUN_KINDS, listed while the chart renders; None when the identity
+        may not list them."""
+        kube = await self.kube(request.kube_context)
+
+        async def names(api_version: str, kind: str) -> list[tuple[str, str, str]]:
+            listing = await kube.list(well_known(api_version, kind), request.namespace)
+            return [
+                (api_version, kind, item["metadata"]["name"])
+                for item in listing.get("items", [])
+            ]
+
+        try:
+            found = await gather_or_cancel(*(names(*k) for k in sorted(DRY_RUN_KINDS)))
+        except ForbiddenError:
+            return None  # As in the dry run: the phases report the permission.
+        return frozenset(name for kind in found for name in kind)
+
     async def _dry_run_changes(
-        self, request: DeployRequest, objects: list[JsonObject]
+        self,
+        request: DeployRequest,
+        objects: list[JsonObject],
+        existing: frozenset[tuple[str, str, str]] | None,
     ) -> None:
         """Apply, as a dry run, the rendered objects that exist already and
         have fields that cannot change, so that new values the API server
-        refuses (a StatefulSet's volume size) fail validate, before the base
+        rejects (a StatefulSet's volume size) fail validate, before the base
         phase applies anything."""
+        if existing is None:
+            return
         kube = await self.kube(request.kube_context)
         candidates = [
             o
             for o in objects
-            if (o["apiVersion"], o["kind"]) in DRY_RUN_KINDS
+            if (o["apiVersion"], o["kind"], o["metadata"]["name"]) in existing
             and object_phase(o) in DRY_RUN_PHASES
         ]
-        if not candidates:
-            return
-        try:
-            if await kube.get(well_known("v1", "Namespace"), request.namespace) is None:
-                return  # A first deploy: nothing exists that could refuse a change.
-        except ForbiddenError:
-            return  # As below: the phases report the missing permission.
 
         async def check(obj: JsonObject) -> None:
             name = obj["metadata"]["name"]
-            rtype = well_known(obj["apiVersion"], obj["kind"])
             body = copy.deepcopy(obj)
             body["metadata"]["namespace"] = request.namespace
             try:
-                if await kube.get(rtype, name, request.namespace) is None:
-                    return
                 await kube.apply(body, dry_run=True)
             except ForbiddenError:
                 # A check only: the phase that applies the object reports the
