@@ -68,6 +68,8 @@ class OursRun:
     first_task_s: float
     # Workflow tasks that timed out (a busy worker) or failed, then were retried.
     task_retries: int
+    # Seconds each workflow task waited in its queue, from scheduled to started.
+    task_queue_waits_s: list[float]
 
     @property
     def wall_s(self) -> float:
@@ -114,6 +116,7 @@ async def run_deploy(
         task_retries=sum(
             event.event_type in TASK_RETRY_EVENTS for event in history.events
         ),
+        task_queue_waits_s=task_queue_waits_s(history.events),
     )
 
 
@@ -211,6 +214,22 @@ def first_task_s(events: Sequence[HistoryEvent]) -> float:
         if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED:
             return float(event.event_time.ToMicroseconds() - started) / 1e6
     return float("nan")
+
+
+def task_queue_waits_s(events: Sequence[HistoryEvent]) -> list[float]:
+    """Return, for each started workflow task, the seconds from its scheduled
+    event to its started event: how long it waited for a worker's poll."""
+    scheduled: dict[int, int] = {}
+    waits = []
+    for event in events:
+        when = event.event_time.ToMicroseconds()
+        if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED:
+            scheduled[event.event_id] = when
+        elif event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED:
+            origin = event.workflow_task_started_event_attributes.scheduled_event_id
+            if origin in scheduled:
+                waits.append((when - scheduled[origin]) / 1e6)
+    return waits
 
 
 def largest_payload(events: Sequence[HistoryEvent]) -> int:

@@ -39,6 +39,12 @@ def print_report(results: dict[str, Any]) -> None:
     _print_ratios(ours, helm, critical)
     print(f"ours, unchanged re-deploy:  {_spread(ours, 'redeploy_s').show(' s')}")
     print(f"ours, first workflow task:  {_spread(ours, 'first_task_s').show(' s')}")
+    if any("task_queue_wait_s" in run for run in ours):
+        tasks = _spread(ours, "task_queue_waits").show("", 0)
+        print(
+            "ours, workflow tasks' wait for a poll, summed per deploy: "
+            f"{_spread(ours, 'task_queue_wait_s').show(' s')} over {tasks} tasks"
+        )
     print(f"history events per deploy:  {_spread(ours, 'history_events').show('', 0)}")
     print(
         "history events, re-deploy:  "

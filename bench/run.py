@@ -108,6 +108,7 @@ class Bench:
             codec_keys_file=self.services.keys_file,
         )
         self.client = await connect(settings)
+        await self.services.wait_for_worker(self.client)
         self.kube = await KubeClient.connect(str(self.cluster.kubeconfig))
         owned = await owned_cluster_roles(self.kube)
         if owned:
@@ -186,6 +187,8 @@ class Bench:
                 "all_ready_s": _all_ready_or_none(recorder, run.started),
                 "redeploy_s": again.wall_s,
                 "first_task_s": run.first_task_s,
+                "task_queue_wait_s": sum(run.task_queue_waits_s),
+                "task_queue_waits": len(run.task_queue_waits_s),
                 "service_ips": service_ips,
                 "history_events": run.history_events,
                 "redeploy_history_events": again.history_events,

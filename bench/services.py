@@ -7,6 +7,7 @@ its state in memory only.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -16,6 +17,11 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+from temporalio.client import Client
 
 from deployer import codec
 from testbed.cluster import REPO_ROOT, LocalCluster, tool_path
@@ -128,11 +134,38 @@ class Services:
     def _start_worker(self) -> None:
         argv = [sys.executable, "-m", "worker"]
         self.worker = self._spawn("worker", argv, self.worker_env())
-        time.sleep(1.0)
-        if self.worker.poll() is not None:
-            raise BenchError(
-                f"the worker exited at start; see {self.state / 'worker.log'}"
-            )
+
+    async def wait_for_worker(self, client: Client) -> None:
+        """Return once the worker polls both task queues, so that the first
+        deploy's time does not include the worker's start."""
+        assert self.worker is not None
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        kinds = (
+            TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+            TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
+        )
+        while time.monotonic() < deadline:
+            if self.worker.poll() is not None:
+                raise BenchError(
+                    f"the worker exited at start; see {self.state / 'worker.log'}"
+                )
+            described = [
+                await client.workflow_service.describe_task_queue(
+                    DescribeTaskQueueRequest(
+                        namespace=client.namespace,
+                        task_queue=TaskQueue(name=self.task_queue),
+                        task_queue_type=kind,
+                    )
+                )
+                for kind in kinds
+            ]
+            if all(queue.pollers for queue in described):
+                return
+            await asyncio.sleep(0.1)
+        raise BenchError(
+            f"the worker polled no task queue within {STARTUP_TIMEOUT_S:.0f} s; "
+            f"see {self.state / 'worker.log'}"
+        )
 
     def _spawn(
         self, name: str, argv: list[str], env: dict[str, str]
