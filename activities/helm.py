@@ -3,7 +3,7 @@
 Every value that comes from a request was validated (release, namespace,
 chart path or reference), and option values are passed as ``--flag=value``
 so that no input can become an option of its own. Values go to helm in a
-YAML file with mode 0600 inside a private temporary folder that is removed
+JSON file with mode 0600 inside a private temporary folder that is removed
 after the call, never on the command line where ``ps`` would show them.
 """
 
@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -29,14 +30,13 @@ from typing import Any
 
 import yaml
 
-from deployer.inputs import ChartRef
+from deployer.inputs import ChartRef, InvalidRequestError
 
 STDERR_CAP = 2000
-# libyaml's C parser and emitter when PyYAML was built with it. In a py-spy
+# libyaml's C parser when PyYAML was built with it. In a py-spy
 # profile of the worker running 20 deploys at once, the pure-Python parser
 # took 11 % of the samples, mostly on `helm template` output.
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-SAFE_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 PENDING_STATES = ("pending-install", "pending-upgrade", "pending-rollback")
 
 
@@ -516,17 +516,85 @@ def load_documents(text: str) -> Iterator[Any]:
     return yaml.load_all(text, Loader=SAFE_LOADER)
 
 
+class ValuesNotEncodableError(InvalidRequestError):
+    """The values hold a number that JSON cannot carry (NaN or infinity)."""
+
+
 @contextlib.contextmanager
 def values_file(values: dict[str, Any]) -> Iterator[str]:
-    """Write values to a 0600 YAML file in a private folder; remove both after."""
-    folder = tempfile.mkdtemp(prefix="ventros-values-")
+    """Write values to a 0600 file in a private folder; remove both after.
+
+    The file is JSON, which helm reads as YAML with the same meaning: every
+    string stays a string. A YAML dump leaves `1e3`, `y` or `0o17` unquoted,
+    and helm's YAML reader turns them into numbers or booleans.
+    """
+    try:
+        text = json.dumps(values, allow_nan=False)
+    except ValueError:
+        raise ValuesNotEncodableError(
+            "the values hold NaN or an infinite number, which helm cannot take; "
+            "give the value as a string or a finite number"
+        ) from None
+    folder = tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=_values_root())
     path = os.path.join(folder, "values.yaml")
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:
-            yaml.dump(values, handle, Dumper=SAFE_DUMPER)
+            handle.write(text)
         yield path
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
         os.rmdir(folder)
+
+
+_VALUES_ROOT: str | None = None
+
+
+def _values_root() -> str:
+    """Return this user's folder for values files, made on first use.
+
+    Each values folder starts with the pid of the worker that made it. A
+    worker killed while helm ran leaves its folder, secrets included, so the
+    first use in a process removes the folders of processes that are gone.
+    When the folder's path is taken by something this user does not own,
+    values folders go straight into the temporary folder instead.
+    """
+    global _VALUES_ROOT
+    if _VALUES_ROOT is None:
+        root = os.path.join(tempfile.gettempdir(), f"ventros-values-{os.getuid()}")
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(root, 0o700)
+        info = os.lstat(root)
+        private = (
+            stat.S_ISDIR(info.st_mode)
+            and info.st_uid == os.getuid()
+            and stat.S_IMODE(info.st_mode) == 0o700
+        )
+        _VALUES_ROOT = root if private else tempfile.gettempdir()
+        if private:
+            remove_stale_values(root)
+    return _VALUES_ROOT
+
+
+def remove_stale_values(root: str) -> list[str]:
+    """Remove the values folders under root whose process has ended; return
+    their names."""
+    removed = []
+    for name in os.listdir(root):
+        pid_text = name.split("-", 1)[0]
+        if not pid_text.isdigit() or _alive(int(pid_text)):
+            continue
+        shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+        removed.append(name)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -515,6 +515,8 @@ def test_secrets_digest_follows_values(helm_env: dict[str, str]) -> None:
         ("migration.waitForPostgresSeconds=0", "/migration/waitForPostgresSeconds"),
         ("secrets.existingSecret=Not_A_Name", "/secrets/existingSecret"),
         ("redis.persistence.size=lots", "/redis/persistence/size"),
+        ("postgresql.numberOfInstances=0", "/postgresql/numberOfInstances"),
+        ("rabbitmq.replicas=0", "/rabbitmq/replicas"),
     ],
 )
 def test_schema_rejects_value(helm_env: dict[str, str], value: str, field: str) -> None:

@@ -12,8 +12,11 @@ import asyncio
 import base64
 import io
 import logging
+import math
 import os
 import stat
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -28,11 +31,12 @@ from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
-from activities.helm import Helm, values_file
+from activities.deploy import object_phase
+from activities.helm import Helm, HelmError, remove_stale_values, values_file
 from activities.kubeapi import KubeClient, well_known
 from client.cli import CliError, build_parser, build_request, live_statuses, parse_set
 from deployer import codec, contracts, logs
-from deployer.inputs import ChartRef
+from deployer.inputs import ChartRef, InvalidRequestError
 from deployer.phases import DeployStatus
 from deployer.settings import WorkerSettings
 from tests.conftest import REPO_ROOT, deploy_request, running_worker
@@ -339,6 +343,70 @@ async def test_helm_values_not_on_command_line(worker_settings: WorkerSettings) 
     assert [a for a in args if secret in a] == []
     secret_object = next(o for o in objects if o["kind"] == "Secret")
     assert base64.b64decode(secret_object["data"]["app-secret-key"]).decode() == secret
+
+
+async def test_helm_strings_stay_strings(worker_settings: WorkerSettings) -> None:
+    """Strings that YAML 1.1 reads as numbers or booleans reach the chart as
+    the same strings: a password of `12e34`, an annotation of `y`."""
+    helm = Helm(worker_settings.helm, None, None, REPO_ROOT)
+    values = {
+        "secrets": {"appSecretKey": "0o17", "redisPassword": "12e34"},
+        "app": {"podAnnotations": {"note": "y", "size": "1e3", "odd": "NaN"}},
+    }
+    objects = await helm.template(
+        "ventros-crm", "ventros-crm", ChartRef(path="chart"), values
+    )
+    secret = next(o for o in objects if o["kind"] == "Secret")
+    app = next(
+        o for o in objects if o["kind"] == "Deployment" and object_phase(o) == "app"
+    )
+    annotations = app["spec"]["template"]["metadata"]["annotations"]
+    assert base64.b64decode(secret["data"]["redis-password"]) == b"12e34"
+    assert base64.b64decode(secret["data"]["app-secret-key"]) == b"0o17"
+    assert annotations["note"] == "y"
+    assert annotations["size"] == "1e3"
+    assert annotations["odd"] == "NaN"
+
+
+async def test_helm_string_replicas_rejected(worker_settings: WorkerSettings) -> None:
+    """`1e3` given as text for a count is rejected by the schema, not read as
+    1000 replicas."""
+    helm = Helm(worker_settings.helm, None, None, REPO_ROOT)
+    with pytest.raises(HelmError) as raised:
+        await helm.template(
+            "ventros-crm",
+            "ventros-crm",
+            ChartRef(path="chart"),
+            {"app": {"replicas": "1e3"}},
+        )
+    assert raised.value.schema_rejected
+    assert "/app/replicas" in raised.value.stderr
+
+
+def test_values_nan_rejected() -> None:
+    """A NaN among the values is an invalid request, not a crash."""
+    with pytest.raises(InvalidRequestError) as raised, values_file({"a": math.nan}):
+        pass
+    assert "NaN or an infinite number" in str(raised.value)
+
+
+def test_values_left_by_dead_worker_removed(tmp_path: Path) -> None:
+    """Values folders of processes that ended are removed; those of running
+    processes stay."""
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    stale = tmp_path / f"{ended.pid}-abc"
+    stale.mkdir()
+    (stale / "values.yaml").write_text("secret")
+    live = tmp_path / f"{os.getpid()}-def"
+    live.mkdir()
+    other = tmp_path / "not-ours"
+    other.mkdir()
+    removed = remove_stale_values(str(tmp_path))
+    assert removed == [stale.name]
+    assert not stale.exists()
+    assert live.exists()
+    assert other.exists()
 
 
 def test_cli_values_yaml_error_hides_line(tmp_path: Path) -> None:
