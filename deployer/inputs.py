@@ -36,6 +36,9 @@ CHART_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 CHART_VERSION = re.compile(r"^v?[0-9]+(\.[0-9]+){0,2}([-+][0-9A-Za-z.-]+)?$")
 KUBE_CONTEXT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@:/-]{0,252}$")
 MAX_VALUES_BYTES = 256 * 1024
+# Helm values nest a few levels; far deeper JSON makes recursive encoders and
+# decoders fail (the default recursion limit is 1000) in the worker.
+MAX_VALUES_DEPTH = 64
 TIMEOUT_MIN_S = 10
 TIMEOUT_MAX_S = 3600
 DEFAULT_TIMEOUT_S = 300
@@ -200,6 +203,11 @@ class DeployRequest(BaseModel):
     @field_validator("values")
     @classmethod
     def _values(cls, value: dict[str, Any]) -> dict[str, Any]:
+        depth = nesting_depth(value)
+        if depth > MAX_VALUES_DEPTH:
+            raise ValueError(
+                f"are nested {depth} levels deep; the limit is {MAX_VALUES_DEPTH}"
+            )
         size = len(json.dumps(value, default=str))
         if size > MAX_VALUES_BYTES:
             raise ValueError(
@@ -216,6 +224,23 @@ class DeployRequest(BaseModel):
     @property
     def workflow_id(self) -> str:
         return workflow_id_for(self.namespace, self.release)
+
+
+def nesting_depth(value: Any) -> int:
+    """Return how deep lists and dicts nest in value, without recursion."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children = list(item.values())
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def workflow_id_for(namespace: str, release: str) -> str:

@@ -16,17 +16,37 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
+from temporalio.common import RawValue, RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from deployer import contracts
-    from deployer.inputs import DeployRequest
+    from deployer.inputs import DeployRequest, InvalidRequestError
     from deployer.lifecycle import ReleaseTarget, RollbackRequest
     from deployer.phases import Phase, PhaseRecord, PhaseState
+
+
+def read_input(raw: RawValue) -> Any:
+    """Decode a run's input payload; raise InvalidRequestError when it cannot be
+    read.
+
+    The runs take a RawValue because the SDK decodes a typed argument before
+    the run starts: input it cannot decode (JSON nested past the decoder's
+    recursion limit) failed every workflow task, and the run never ended.
+    """
+    try:
+        return workflow.payload_converter().from_payload(raw.payload)
+    except (RecursionError, KeyError, RuntimeError, TypeError, ValueError) as error:
+        # Only the error's type: a decoder's message can quote the input. Deep
+        # JSON raises RecursionError, or ValidationError from pydantic's parser.
+        raise InvalidRequestError(
+            f"the request cannot be decoded ({type(error).__name__}): send a JSON "
+            "object whose values nest at most a few levels deep"
+        ) from None
+
 
 REASON_MAX = 500
 # Runs started before this patch let a running activity finish after an

@@ -17,7 +17,7 @@ from datetime import timedelta
 from typing import Any, NoReturn
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
+from temporalio.common import RawValue, RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.workflow import ActivityCancellationType
 
@@ -27,6 +27,7 @@ from workflows.control import (
     PhaseAborted,
     PhaseControl,
     cause_message,
+    read_input,
     start_record_deployed,
 )
 
@@ -97,12 +98,12 @@ class VentrosDeploy(PhaseControl):
         self._phase_attribute: str | None = None
 
     @workflow.run
-    async def run(self, raw: Any) -> dict[str, Any]:
-        # raw is typed Any so that the payload converter accepts any JSON: a
-        # dict hint would fail the workflow task on a string input, retry it
-        # forever and echo the input in the task failure.
+    async def run(self, raw: RawValue) -> dict[str, Any]:
+        # raw is a RawValue so that any input reaches parse_request, which names
+        # the invalid field: a dict hint would fail the workflow task on a
+        # string input, retry it forever and echo the input in the task failure.
         try:
-            request = parse_request(raw)
+            request = parse_request(read_input(raw))
         except InvalidRequestError as error:
             raise ApplicationError(
                 str(error), type=contracts.INVALID_REQUEST, non_retryable=True

@@ -18,11 +18,11 @@ from datetime import timedelta
 from typing import Any, NoReturn
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
+from temporalio.common import RawValue, RetryPolicy
 from temporalio.exceptions import ApplicationError
 from temporalio.workflow import ActivityCancellationType
 
-from workflows.control import ABORTED_TYPE, PhaseControl
+from workflows.control import ABORTED_TYPE, PhaseControl, read_input
 
 with workflow.unsafe.imports_passed_through():
     from deployer import contracts
@@ -89,11 +89,11 @@ class VentrosDestroy(PhaseControl):
         self._kept: list[str] = []
 
     @workflow.run
-    async def run(self, raw: Any) -> dict[str, Any]:
-        # raw is typed Any for the same reason as in VentrosDeploy: any JSON
+    async def run(self, raw: RawValue) -> dict[str, Any]:
+        # raw is a RawValue for the same reason as in VentrosDeploy: any input
         # must reach parse_destroy_request, which names the invalid field.
         try:
-            request = parse_destroy_request(raw)
+            request = parse_destroy_request(read_input(raw))
         except InvalidRequestError as error:
             self._state = "invalid"
             raise ApplicationError(

@@ -18,7 +18,7 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
+from temporalio.common import RawValue, RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
@@ -41,6 +41,7 @@ with workflow.unsafe.imports_passed_through():
 from workflows.control import (
     RECORD_DEPLOYED_PATCH,
     cause_message,
+    read_input,
     start_record_deployed,
 )
 
@@ -87,9 +88,9 @@ class VentrosRollback:
         self._message: str | None = None
 
     @workflow.run
-    async def run(self, raw: Any) -> dict[str, Any]:
+    async def run(self, raw: RawValue) -> dict[str, Any]:
         try:
-            request = parse_rollback_request(raw)
+            request = parse_rollback_request(read_input(raw))
         except InvalidRequestError as error:
             self._state = "invalid"
             raise ApplicationError(

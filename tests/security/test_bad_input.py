@@ -24,7 +24,9 @@ import pytest
 import pytest_asyncio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from temporalio.api.common.v1 import Payload
 from temporalio.client import WorkflowFailureError
+from temporalio.common import RawValue
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
@@ -264,6 +266,45 @@ def test_parse_rejects_oversized_values() -> None:
     message = rejection(set_field(("values",), {"config": {"blob": "x" * 300_000}}))
     assert "values: is 300" in message
     assert "the limit is 262144" in message
+
+
+def test_parse_rejects_deep_values() -> None:
+    """values nested deeper than 64 levels are rejected with the depth."""
+    deep: dict[str, Any] = {}
+    inner = deep
+    for _ in range(100):
+        inner["a"] = {}
+        inner = inner["a"]
+    message = rejection(set_field(("values",), {"config": deep}))
+    assert "values: are nested 102 levels deep; the limit is 64" in message
+
+
+@pytest.mark.parametrize("workflow_type", ["VentrosDeploy", "VentrosDestroy"])
+async def test_workflow_rejects_undecodable_input(
+    temporal_env: WorkflowEnvironment,
+    worker_settings: WorkerSettings,
+    workflow_type: str,
+) -> None:
+    """Input nested past the JSON decoder's recursion limit ends the run as
+    InvalidRequest, where the task used to fail until someone terminated it."""
+    depth = 5000
+    data = '{"release": "deep", "namespace": "deep-ns", "values": ' + '{"a": ' * depth
+    data += "{}" + "}" * depth + "}"
+    payload = Payload(metadata={"encoding": b"json/plain"}, data=data.encode())
+    async with running_worker(temporal_env.client, worker_settings):
+        handle = await temporal_env.client.start_workflow(
+            workflow_type,
+            RawValue(payload),
+            id=f"deep-{uuid.uuid4().hex[:8]}",
+            task_queue=worker_settings.task_queue,
+        )
+        with pytest.raises(WorkflowFailureError) as failure:
+            await asyncio.wait_for(handle.result(), timeout=30)
+    cause = failure.value.cause
+    assert isinstance(cause, ApplicationError)
+    assert cause.type == contracts.INVALID_REQUEST
+    assert "the request cannot be decoded" in cause.message
+    assert "nest at most a few levels deep" in cause.message
 
 
 def test_parse_hides_values_input() -> None:
