@@ -311,7 +311,14 @@ class RollbackActivities:
     @translate_errors
     @heartbeat_while_running
     async def roll_back_app(self, job: RollbackJob) -> ApplyResult:
-        """Roll the base release back, then apply the app phase at the old version."""
+        """Roll the base release back, then apply the cache and app phases at
+        the old version's values.
+
+        helm rollback restores the base release's Secret, passwords included.
+        So Redis (the cache phase) is applied from the same values as the app.
+        Its pod template's secrets digest then changes with the Secret, and
+        Redis restarts with the password that the app reads.
+        """
         request, plan = job.request, job.plan
         helm = self._deploy.helm(request.kube_context)
         kube = await self._deploy.kube(request.kube_context)
@@ -324,12 +331,12 @@ class RollbackActivities:
             ]
         )
 
-        objects = await self._render_app(helm, request, plan)
+        objects = await self._render_phases(helm, request, plan)
         for obj in objects:
             obj["metadata"]["namespace"] = request.namespace
             await kube.apply(obj)
         log.info(
-            "app phase applied at the previous version",
+            "cache and app phases applied at the previous version",
             release=request.release,
             namespace=request.namespace,
             version=plan.target_version,
@@ -345,28 +352,31 @@ class RollbackActivities:
             ],
             notes=[
                 f"rolled helm release {request.release} back to revision "
-                f"{plan.helm_revision}"
+                f"{plan.helm_revision}, and applied Redis with that revision's "
+                "values, so that it reads the same Secret as the app"
             ],
         )
 
-    async def _render_app(
+    async def _render_phases(
         self, helm: Helm, request: RollbackRequest, plan: RollbackPlan
     ) -> list[JsonObject]:
-        """Render the app phase from the target revision's values and version."""
+        """Render the cache and app phases from the target revision's values
+        and version, cache objects first."""
         values = await self._values(helm, request, plan.helm_revision)
         values.pop("deployer", None)
+        phases = [Phase.CACHE.value, Phase.APP.value]
         values = deep_merge(
             values,
-            {
-                "deployer": {"phases": [Phase.APP.value]},
-                "image": {"tag": plan.target_version},
-            },
+            {"deployer": {"phases": phases}, "image": {"tag": plan.target_version}},
         )
         rendered = await helm.template(
             request.release, request.namespace, request.chart, values
         )
-        return [
-            obj
-            for obj in rendered
-            if (obj["metadata"].get("labels") or {}).get(PHASE_LABEL) == Phase.APP.value
-        ]
+        return sorted(
+            (
+                obj
+                for obj in rendered
+                if (obj["metadata"].get("labels") or {}).get(PHASE_LABEL) in phases
+            ),
+            key=lambda obj: phases.index(obj["metadata"]["labels"][PHASE_LABEL]),
+        )

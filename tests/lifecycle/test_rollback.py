@@ -4,13 +4,14 @@ release to the previous app version, and leaves the migrations applied."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from temporalio.client import WorkflowFailureError
 from temporalio.testing import WorkflowEnvironment
 
 from activities.helm import Helm
-from activities.kubeapi import KubeClient
+from activities.kubeapi import KubeClient, well_known
 from activities.rollback import CONFIG_MAP, RAN_KEY, history_name
 from deployer.lifecycle import RollbackStatus, rollback_workflow_id_for
 from deployer.phases import PhaseState
@@ -30,6 +31,15 @@ from tests.lifecycle.conftest import (
     wait_for_step,
 )
 
+STATEFULSET = well_known("apps/v1", "StatefulSet")
+
+
+def secrets_digest(obj: dict[str, Any] | None) -> str:
+    """Return the secrets digest annotation of a pod template."""
+    assert obj is not None
+    annotations = obj["spec"]["template"]["metadata"]["annotations"]
+    return str(annotations["deploy.ventros.io/secrets-digest"])
+
 
 async def base_release_tag(settings: WorkerSettings, namespace: str) -> str:
     """Return image.tag of the base release's current revision."""
@@ -48,15 +58,31 @@ async def test_rollback_previous_version(
 ) -> None:
     """After 1.0.0 and then 1.1.0, rollback runs 1.0.0 again, completes its
     rollout, keeps the 1.1.0 migration Job and prints that it stays applied.
-    A second rollback returns to 1.1.0."""
+    1.1.0 set a Redis password, and the rollback takes Redis back to the
+    password of 1.0.0 along with the Secret and the app. A second rollback
+    returns to 1.1.0."""
+    values = {
+        "app": {"replicas": 2},
+        "rabbitmq": {"replicas": 1},
+        "secrets": {"redisPassword": "rollback-test-password"},
+    }
     async with running_worker(temporal_env.client, lifecycle_settings):
         await deploy(temporal_env, lifecycle_settings, namespace, "1.0.0")
-        await deploy(temporal_env, lifecycle_settings, namespace, "1.1.0")
+        first_digest = secrets_digest(
+            await kube.get(STATEFULSET, f"{RELEASE}-redis", namespace)
+        )
+        await deploy(
+            temporal_env, lifecycle_settings, namespace, "1.1.0", values=values
+        )
+        newer_digest = secrets_digest(
+            await kube.get(STATEFULSET, f"{RELEASE}-redis", namespace)
+        )
         result = await run_cli(
             ["rollback", "--release", RELEASE, "--namespace", namespace],
             cli_env(temporal_env, lifecycle_settings),
         )
         app = await kube.get(DEPLOYMENT, RELEASE, namespace)
+        redis = await kube.get(STATEFULSET, f"{RELEASE}-redis", namespace)
         helm_tag = await base_release_tag(lifecycle_settings, namespace)
         again = await run_cli(
             ["rollback", f"deploy-{namespace}-{RELEASE}", "--json"],
@@ -72,6 +98,12 @@ async def test_rollback_previous_version(
 
     assert app is not None
     assert app_image_tag(app) == "1.0.0"
+    assert newer_digest != first_digest
+    assert secrets_digest(redis) == first_digest
+    assert secrets_digest(app) == first_digest
+    assert redis is not None
+    assert redis["status"].get("readyReplicas") == redis["spec"]["replicas"]
+    assert redis["status"]["observedGeneration"] == redis["metadata"]["generation"]
     assert app["status"]["observedGeneration"] == app["metadata"]["generation"]
     assert app["status"]["updatedReplicas"] == 2
     assert app["status"]["availableReplicas"] == 2
