@@ -20,7 +20,9 @@ from typing import Any, ParamSpec, TypeVar
 import structlog
 import yaml
 from temporalio import activity
+from temporalio.client import WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
+from temporalio.service import RPCError, RPCStatusCode
 
 from activities import preflight, readiness
 from activities.claim import MAX_WAIT_S as CLAIM_MAX_WAIT_S
@@ -60,6 +62,7 @@ from deployer.contracts import (
     WaitResult,
 )
 from deployer.inputs import ChartRef, DeployRequest, InvalidRequestError, parse_request
+from deployer.lifecycle import destroy_workflow_id_for
 from deployer.phases import ObjectRef, Phase
 from deployer.settings import WorkerSettings, normalize_address
 
@@ -115,6 +118,21 @@ DRY_RUN_KINDS = frozenset(
 DRY_RUN_PHASES = frozenset(
     {Phase.CACHE.value, Phase.APP.value, Phase.DATA.value, Phase.MESSAGING.value}
 )
+# The phases whose objects the deployer applies itself, with force, and the
+# kinds of our chart in them, which validate lists beside the render to find
+# objects of the same name that belong to something else.
+OWN_APPLY_PHASES = DRY_RUN_PHASES | {Phase.MIGRATION.value}
+OWN_APPLY_KINDS = DRY_RUN_KINDS | {
+    ("batch/v1", "Job"),
+    ("acid.zalan.do/v1", "postgresql"),
+    ("rabbitmq.com/v1beta1", "RabbitmqCluster"),
+}
+ObjectKey = tuple[str, str, str]
+# The Job that helm's server-side apply names when the API server rejects it.
+IMMUTABLE_JOB = re.compile(r'Job\.batch \\?"([a-z0-9][-a-z0-9.]*)\\?" is invalid')
+# The API server's words for a change to a field that cannot change: the
+# generic check, and the StatefulSet's own list of fields that may.
+IMMUTABLE_TEXTS = ("field is immutable", "updates to statefulset spec")
 # Hints for terse schema errors of our chart: for a `not` check, helm names
 # only the keyword that failed.
 SCHEMA_HINTS = (
@@ -124,6 +142,25 @@ SCHEMA_HINTS = (
         "namespace; use another name, for example ventros-crm",
     ),
 )
+
+
+async def check_not_running(workflow_id: str, fix: str) -> None:
+    """Raise OtherRunActive when the workflow workflow_id has a running run.
+
+    A deploy and a destroy of one release would undo each other's work. The
+    client checks this too, but `temporal workflow start` does not.
+    """
+    handle = activity.client().get_workflow_handle(workflow_id)
+    try:
+        description = await handle.describe()
+    except RPCError as error:
+        if error.status == RPCStatusCode.NOT_FOUND:
+            return
+        raise
+    if description.status == WorkflowExecutionStatus.RUNNING:
+        raise _non_retryable(
+            contracts.OTHER_RUN_ACTIVE, f"{workflow_id} is running. {fix}"
+        )
 
 
 def translate_errors(func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
@@ -375,6 +412,22 @@ def temporal_chart_values(
     return values
 
 
+def owner_of(obj: JsonObject) -> str:
+    """Describe what an existing object belongs to, for error messages."""
+    metadata = obj.get("metadata", {})
+    labels = metadata.get("labels") or {}
+    parts = []
+    if labels.get(INSTANCE_LABEL):
+        parts.append(f"release {labels[INSTANCE_LABEL]}")
+    parts += [
+        f"owned by {ref.get('kind')} {ref.get('name')}"
+        for ref in metadata.get("ownerReferences") or []
+    ]
+    if labels.get("app.kubernetes.io/managed-by"):
+        parts.append(f"managed by {labels['app.kubernetes.io/managed-by']}")
+    return ", ".join(parts) or f"no {INSTANCE_LABEL} label"
+
+
 def object_phase(obj: JsonObject) -> str | None:
     """Return the deploy phase an object of our chart belongs to, from its label."""
     labels = (obj.get("metadata") or {}).get("labels") or {}
@@ -502,10 +555,16 @@ class DeployActivities:
         for chart in (request.chart, *self._operator_chart_paths(request)):
             if chart.path is not None:
                 helm.resolve_path(chart.path)
-        objects, _, existing = await gather_or_cancel(
+        destroy_id = destroy_workflow_id_for(request.namespace, request.release)
+        objects, _, existing, _ = await gather_or_cancel(
             self._render_all(request),
             self._check_cluster(request),
-            self._existing_names(request),
+            self._existing_objects(request),
+            check_not_running(
+                destroy_id,
+                f"Wait until it ends (`ventros-deploy watch {destroy_id}`) or "
+                f"abort it (`ventros-deploy abort {destroy_id}`), then deploy again",
+            ),
         )
         phases = {
             obj.get("metadata", {}).get("labels", {}).get(PHASE_LABEL)
@@ -524,7 +583,9 @@ class DeployActivities:
         app_temporal_namespace(
             [o for o in objects if object_phase(o) == Phase.BASE.value]
         )
-        await self._dry_run_changes(request, objects, existing)
+        if existing is not None:
+            await self._check_owners(request, objects, existing)
+            await self._dry_run_changes(request, objects, frozenset(existing))
         return ValidateResult(
             chart=str(request.chart.path or request.chart.name), objects=len(objects)
         )
@@ -553,44 +614,94 @@ class DeployActivities:
                 kube, request.release, request.namespace
             )
 
-    async def _existing_names(
+    async def _existing_objects(
         self, request: DeployRequest
-    ) -> frozenset[tuple[str, str, str]] | None:
-        """Return (apiVersion, kind, name) of the namespace's objects of
-        DRY_RUN_KINDS, listed while the chart renders; None when the identity
-        may not list them."""
+    ) -> dict[ObjectKey, JsonObject] | None:
+        """Return the namespace's objects of OWN_APPLY_KINDS by (apiVersion,
+        kind, name), listed while the chart renders; None when the identity may
+        not list them."""
         kube = await self.kube(request.kube_context)
 
-        async def names(api_version: str, kind: str) -> list[tuple[str, str, str]]:
-            listing = await kube.list(well_known(api_version, kind), request.namespace)
+        async def listed(
+            api_version: str, kind: str
+        ) -> list[tuple[ObjectKey, JsonObject]]:
+            try:
+                rtype = await kube.resource_type(api_version, kind)
+            except NoKindMatchError:
+                return []  # The operator's CRD is not installed yet.
+            listing = await kube.list(rtype, request.namespace)
             return [
-                (api_version, kind, item["metadata"]["name"])
+                ((api_version, kind, item["metadata"]["name"]), item)
                 for item in listing.get("items", [])
             ]
 
         try:
-            found = await gather_or_cancel(*(names(*k) for k in sorted(DRY_RUN_KINDS)))
+            found = await gather_or_cancel(
+                *(listed(*k) for k in sorted(OWN_APPLY_KINDS))
+            )
         except ForbiddenError:
             return None  # As in the dry run: the phases report the permission.
-        return frozenset(name for kind in found for name in kind)
+        return dict(pair for kind in found for pair in kind)
+
+    async def _check_owners(
+        self,
+        request: DeployRequest,
+        objects: list[JsonObject],
+        existing: dict[ObjectKey, JsonObject],
+    ) -> None:
+        """Raise OwnedElsewhere when an object that the deployer would apply
+        exists already and belongs to something other than this release.
+
+        The deployer applies these objects with force, so it would take over,
+        for example, another release's database Service when this release's
+        name makes the chart render a Service of that name, and this release's
+        destroy would then delete it.
+        """
+        kube = await self.kube(request.kube_context)
+        conflicts = []
+        for obj in objects:
+            if object_phase(obj) not in OWN_APPLY_PHASES:
+                continue
+            key = (obj["apiVersion"], obj["kind"], obj["metadata"]["name"])
+            current = existing.get(key)
+            if current is None and key[:2] not in OWN_APPLY_KINDS:
+                try:
+                    rtype = await kube.resource_type(key[0], key[1])
+                except NoKindMatchError:
+                    continue  # Not served yet, so no object of it exists.
+                current = await kube.get(rtype, key[2], request.namespace)
+            if current is None:
+                continue
+            labels = current.get("metadata", {}).get("labels") or {}
+            if labels.get(INSTANCE_LABEL) == request.release:
+                continue
+            conflicts.append(f"{key[1]} {key[2]} ({owner_of(current)})")
+        if conflicts:
+            raise _non_retryable(
+                contracts.OWNED_ELSEWHERE,
+                f"release {request.release} would take over objects in namespace "
+                f"{request.namespace} that belong to something else: "
+                f"{'; '.join(conflicts)}. The chart names these objects after the "
+                "release, so choose another release name, or delete those "
+                "objects if nothing uses them",
+            )
 
     async def _dry_run_changes(
         self,
         request: DeployRequest,
         objects: list[JsonObject],
-        existing: frozenset[tuple[str, str, str]] | None,
+        existing: frozenset[ObjectKey],
     ) -> None:
         """Apply, as a dry run, the rendered objects that exist already and
         have fields that cannot change, so that new values the API server
         rejects (a StatefulSet's volume size) fail validate, before the base
         phase applies anything."""
-        if existing is None:
-            return
         kube = await self.kube(request.kube_context)
         candidates = [
             o
             for o in objects
-            if (o["apiVersion"], o["kind"], o["metadata"]["name"]) in existing
+            if (o["apiVersion"], o["kind"]) in DRY_RUN_KINDS
+            and (o["apiVersion"], o["kind"], o["metadata"]["name"]) in existing
             and object_phase(o) in DRY_RUN_PHASES
         ]
 
@@ -605,14 +716,19 @@ class DeployActivities:
                 # missing permission, with the fix for it.
                 return
             except InvalidError as error:
+                fix = "Fix the value in the request that sets this field"
+                if any(text in error.message for text in IMMUTABLE_TEXTS):
+                    fix = (
+                        "Some fields cannot change once the object exists, such "
+                        "as a StatefulSet's volume claim templates "
+                        "(redis.persistence.size). Keep the installed value, or "
+                        "delete the object and deploy again (a StatefulSet's "
+                        "volume claims stay)"
+                    )
                 raise _non_retryable(
                     contracts.OBJECT_INVALID,
                     f"{obj['kind']} {name} in namespace {request.namespace} "
-                    f"cannot take the new values: {error}. Some fields cannot "
-                    "change once the object exists, such as a StatefulSet's "
-                    "volume claim templates (redis.persistence.size). Keep the "
-                    "installed value, or delete the object and deploy again (a "
-                    "StatefulSet's volume claims stay)",
+                    f"cannot take the new values: {error}. {fix}",
                 ) from error
 
         await gather_or_cancel(*(check(o) for o in candidates))
@@ -925,19 +1041,63 @@ class DeployActivities:
             await self._render_phase(request, Phase.BASE)
         )
         values = temporal_chart_values(clusters[0], namespace, retention)
-        objects, note = await helm.apply_release(
-            release, request.namespace, chart, values, manifest=True
-        )
+        notes: list[str] = []
+        try:
+            objects, note = await helm.apply_release(
+                release, request.namespace, chart, values, manifest=True
+            )
+        except HelmError as error:
+            replaced = await self._replace_finished_job(request, release, error)
+            if replaced is None:
+                raise
+            notes.append(replaced)
+            objects, note = await helm.apply_release(
+                release, request.namespace, chart, values, manifest=True
+            )
         if note:
             log.warning("recovered helm release", note=note)
+            notes.append(note)
         waits = [
             ref_of(o, request.namespace)
             for o in objects
             if o["kind"] in readiness.WAITED_KINDS
         ]
-        return ApplyResult(
-            phase=Phase.TEMPORAL, applied=1, waits=waits, notes=[note] if note else []
-        )
+        return ApplyResult(phase=Phase.TEMPORAL, applied=1, waits=waits, notes=notes)
+
+    async def _replace_finished_job(
+        self, request: DeployRequest, release: str, error: HelmError
+    ) -> str | None:
+        """Delete the finished Job of release whose pod template helm could not
+        change, and return a note; None when the error is another one.
+
+        A Job's pod template is immutable, so a changed value that reaches a
+        schema Job (a new temporal.namespace adds an init container) failed
+        every upgrade of the Temporal release. A finished Job can be replaced,
+        and the next upgrade creates it again. A running Job is left to finish.
+        """
+        found = IMMUTABLE_JOB.search(error.stderr)
+        if found is None or "field is immutable" not in error.stderr:
+            return None
+        name = found.group(1)
+        kube = await self.kube(request.kube_context)
+        job_type = well_known("batch/v1", "Job")
+        existing = await kube.get(job_type, name, request.namespace)
+        if existing is None:
+            return None
+        metadata = existing["metadata"]
+        owners = {
+            (metadata.get("annotations") or {}).get("meta.helm.sh/release-name"),
+            (metadata.get("labels") or {}).get(INSTANCE_LABEL),
+        }
+        if release not in owners:
+            return None
+        verdict = readiness.job(existing)
+        if not (verdict.ready or verdict.failure):
+            return None
+        await kube.delete(job_type, name, request.namespace, propagation="Foreground")
+        await self._wait_gone(kube, job_type, name, request.namespace)
+        log.info("replaced finished job whose pod template changed", job=name)
+        return f"replaced finished job/{name}, whose pod template changed"
 
     async def _apply_migration(self, request: DeployRequest) -> ApplyResult:
         objects = await self._render_phase(request, Phase.MIGRATION)

@@ -37,9 +37,17 @@ class KubeApiError(Exception):
     def __init__(self, status: int, reason: str, message: str, what: str) -> None:
         self.status = status
         self.reason = reason
-        self.message = message[:MESSAGE_CAP]
+        self.message = capped(message)
         self.what = what
         super().__init__(f"{what}: HTTP {status} {reason}: {self.message}")
+
+
+def capped(message: str) -> str:
+    """Cut message to MESSAGE_CAP characters at a word's end, marking the cut."""
+    if len(message) <= MESSAGE_CAP:
+        return message
+    cut = message[:MESSAGE_CAP].rsplit(" ", 1)[0]
+    return f"{cut} [cut]"
 
 
 class ApiUnreachableError(aiohttp.ClientConnectionError):

@@ -25,6 +25,7 @@ from activities.deploy import (
     PHASE_LABEL,
     DeployActivities,
     bind_log_context,
+    check_not_running,
     heartbeat_while_running,
     ref_of,
     terminating_namespaces,
@@ -46,12 +47,15 @@ from deployer.contracts import (
     TeardownRequest,
     TeardownResult,
 )
-from deployer.lifecycle import DestroyRequest
-from deployer.phases import ObjectRef, Phase
+from deployer.inputs import workflow_id_for
+from deployer.lifecycle import DestroyRequest, destroy_workflow_id_for
+from deployer.phases import TEARDOWN_ORDER, ObjectRef, Phase
 
 log = structlog.get_logger("ventros.teardown")
 
 KEEP_POLICY = "helm.sh/resource-policy"
+# The helm releases a deploy installs beside the base release, by name suffix.
+RELEASE_SUFFIXES = ("temporal", "postgres-operator", "rabbitmq-operator")
 GONE_POLL_S = 0.5
 # The kinds that the deploy applies itself, per phase. tests/lifecycle renders
 # the chart and checks that these cover every kind it labels with the phase.
@@ -147,6 +151,16 @@ class TeardownActivities:
         request, phase = job.request, job.phase
         bind_log_context(request.release, request.namespace, phase.value)
         try:
+            if phase is TEARDOWN_ORDER[0]:
+                deploy_id = workflow_id_for(request.namespace, request.release)
+                await check_not_running(
+                    deploy_id,
+                    f"Abort it (`ventros-deploy abort {deploy_id}`) or wait until "
+                    "it ends, then retry this step (`ventros-deploy retry "
+                    f"{destroy_workflow_id_for(request.namespace, request.release)}`)",
+                )
+            if phase is TEARDOWN_ORDER[0] and request.delete_namespace:
+                await self._check_release_present(request)
             if phase is Phase.TEMPORAL:
                 result = TeardownResult(phase=phase)
                 await self._uninstall(request, [f"{request.release}-temporal"], result)
@@ -162,6 +176,51 @@ class TeardownActivities:
             return result
         finally:
             structlog.contextvars.clear_contextvars()  # Bound above, per attempt.
+
+    async def _check_release_present(self, request: DestroyRequest) -> None:
+        """Raise ReleaseNotFound when nothing of the release is in its namespace.
+
+        Deleting the namespace is safe only where the release lived: with a
+        mistyped release name, the destroy would remove nothing of its own and
+        then delete a namespace full of other things. Evidence is a helm release
+        of it, of its Temporal or of its operators, or any object labelled with
+        its instance.
+        """
+        kube = await self._deploy.kube(request.kube_context)
+        secret = well_known("v1", "Secret")
+        for release in (
+            request.release,
+            *(f"{request.release}-{suffix}" for suffix in RELEASE_SUFFIXES),
+        ):
+            found = await kube.list(
+                secret, request.namespace, label_selector=f"owner=helm,name={release}"
+            )
+            if found.get("items"):
+                return
+        instance = f"{INSTANCE_LABEL}={request.release}"
+        for api_version, kind in (
+            ("v1", "ConfigMap"),
+            ("apps/v1", "Deployment"),
+            ("apps/v1", "StatefulSet"),
+            ("batch/v1", "Job"),
+        ):
+            found = await kube.list(
+                well_known(api_version, kind),
+                request.namespace,
+                label_selector=instance,
+            )
+            if found.get("items"):
+                return
+        raise ApplicationError(
+            f"no release {request.release} in namespace {request.namespace}: no "
+            f"helm release of that name and no object labelled {instance}, so "
+            "deleting the namespace would delete only what others put there. "
+            "Check the release name (`helm list --namespace "
+            f"{request.namespace}`). To delete the namespace anyway, run "
+            f"`kubectl delete namespace {request.namespace}`",
+            type=contracts.RELEASE_NOT_FOUND,
+            non_retryable=True,
+        )
 
     async def _delete_labelled(
         self, request: DestroyRequest, phase: Phase

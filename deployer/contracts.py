@@ -107,6 +107,9 @@ QUEUES_NOT_DRAINED = "QueuesNotDrained"
 NAMESPACE_STUCK = "NamespaceStuck"
 DELETION_TIMEOUT = "DeletionTimeout"
 OPERATORS_IN_USE = "OperatorsInUse"
+RELEASE_NOT_FOUND = "ReleaseNotFound"
+# A deploy and a destroy of one release never run at the same time.
+OTHER_RUN_ACTIVE = "OtherRunActive"
 
 # The key of the drain wait's heartbeat status, also the messaging step's
 # `waiting_on` entry, so `ventros-deploy status` shows the two together.

@@ -632,3 +632,40 @@ async def test_release_name_of_other_chart_rejected(
     )
     assert [entry["revision"] for entry in history] == [1]
     assert history[0]["chart"].startswith("rabbitmq-cluster-operator-")
+
+
+async def test_release_name_cannot_take_objects(
+    temporal_env: WorkflowEnvironment,
+    worker_settings: WorkerSettings,
+    kube: KubeClient,
+    namespace: str,
+) -> None:
+    """A second release named like an object of the first one fails validate as
+    OwnedElsewhere, naming that object, and changes nothing.
+
+    Release ventros-crm-db renders its app Service as ventros-crm-db, the name
+    of the first release's database Service that the postgres-operator made.
+    """
+    service = well_known("v1", "Service")
+    async with running_worker(temporal_env.client, worker_settings):
+        first = await start(temporal_env, worker_settings, deploy_request(namespace))
+        assert DeployStatus.model_validate(await first.result()).state == "succeeded"
+        before = await kube.get(service, "ventros-crm-db", namespace)
+
+        request = deploy_request(
+            namespace, release="ventros-crm-db", install_operators=False
+        )
+        taking = await start(temporal_env, worker_settings, request)
+        with pytest.raises(WorkflowFailureError) as failure:
+            await asyncio.wait_for(taking.result(), timeout=60)
+        status = await status_of(taking)
+    after = await kube.get(service, "ventros-crm-db", namespace)
+    cause = failure.value.cause
+    assert isinstance(cause, ApplicationError)
+    assert cause.type == contracts.OWNED_ELSEWHERE
+    assert "Service ventros-crm-db (owned by postgresql ventros-crm-db" in cause.message
+    assert "choose another release name" in cause.message
+    assert status.state == "invalid"
+    assert before is not None
+    assert after is not None
+    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from temporalio.client import WorkflowFailureError, WorkflowHandle
+from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
 from activities.helm import Helm
@@ -45,6 +46,7 @@ from tests.lifecycle.conftest import (
     deploy,
     record,
     run_cli,
+    start_deploy,
     start_destroy,
     wait_for_step,
 )
@@ -455,7 +457,9 @@ async def test_destroy_stuck_namespace(
     kube: KubeClient,
 ) -> None:
     """A namespace held by an object's finalizer stays Terminating; the base
-    step fails naming its conditions, and retry finishes once it is released."""
+    step fails naming its conditions, and retry finishes once it is released.
+    The held object carries the release's instance label, so the destroy finds
+    the release there and may delete the namespace."""
     namespace = f"t-{uuid.uuid4().hex[:10]}"
     await kube.create(
         NAMESPACE,
@@ -464,7 +468,11 @@ async def test_destroy_stuck_namespace(
     held = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": {"name": "held", "finalizers": [HOLD_FINALIZER]},
+        "metadata": {
+            "name": "held",
+            "finalizers": [HOLD_FINALIZER],
+            "labels": {"app.kubernetes.io/instance": RELEASE},
+        },
     }
     await kube.create(CONFIGMAP, held, namespace)
     try:
@@ -651,3 +659,91 @@ async def test_destroy_unknown_context_fails_once(
     assert app.error is not None
     assert "kube_context 'nope'" in app.error
     assert app.attempts == 1
+
+
+async def test_destroy_unknown_release_keeps_namespace(
+    temporal_env: WorkflowEnvironment,
+    lifecycle_settings: WorkerSettings,
+    kube: KubeClient,
+    namespace: str,
+) -> None:
+    """With --delete-namespace, a release that never lived in the namespace
+    fails the first step as ReleaseNotFound, and the namespace and what others
+    put there stay."""
+    body = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "important"},
+        "data": {"k": "v"},
+    }
+    await kube.create(CONFIGMAP, body, namespace)
+
+    async with running_worker(temporal_env.client, lifecycle_settings):
+        handle = await start_destroy(
+            temporal_env,
+            lifecycle_settings,
+            namespace,
+            delete_data=True,
+            delete_namespace=True,
+        )
+        status = await wait_for_step(
+            handle, "app", PhaseState.WAITING_FOR_RETRY, timeout_s=60
+        )
+        await handle.execute_update("abort", "test ends", result_type=str)
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+
+    app = record(status, "app")
+    assert app.error_type == contracts.RELEASE_NOT_FOUND
+    assert app.error is not None
+    assert f"no release {RELEASE} in namespace {namespace}" in app.error
+    assert app.attempts == 1
+    assert await kube.get(NAMESPACE, namespace) is not None
+    assert await kube.get(CONFIGMAP, "important", namespace) is not None
+
+
+async def test_deploy_and_destroy_exclude_each_other(
+    temporal_env: WorkflowEnvironment,
+    lifecycle_settings: WorkerSettings,
+    kube: KubeClient,
+    namespace: str,
+) -> None:
+    """Started as the `temporal` CLI would, without the client's checks: a
+    destroy during a running deploy fails its first step as OtherRunActive and
+    deletes nothing, and a deploy during that destroy fails validate the same
+    way."""
+    hold = {"sim.ventros.io/hold-init": "wait-for-redis"}
+    await annotate(kube, NAMESPACE, namespace, None, hold)
+    async with running_worker(temporal_env.client, lifecycle_settings):
+        first = await start_deploy(
+            temporal_env, lifecycle_settings, namespace, "1.0.0", timeouts={"app": 600}
+        )
+        await wait_for_step(first, "app", PhaseState.RUNNING, timeout_s=150)
+        destroy = await start_destroy(
+            temporal_env, lifecycle_settings, namespace, force=True
+        )
+        blocked = await wait_for_step(
+            destroy, "app", PhaseState.WAITING_FOR_RETRY, timeout_s=60
+        )
+        app_after_block = await kube.get(DEPLOYMENT, RELEASE, namespace)
+        await first.execute_update("abort", "test ends", result_type=str)
+        with pytest.raises(WorkflowFailureError):
+            await first.result()
+
+        second = await start_deploy(
+            temporal_env, lifecycle_settings, namespace, "1.0.0"
+        )
+        with pytest.raises(WorkflowFailureError) as rejected:
+            await asyncio.wait_for(second.result(), timeout=60)
+        await destroy.execute_update("abort", "test ends", result_type=str)
+        with pytest.raises(WorkflowFailureError):
+            await destroy.result()
+    step = record(blocked, "app")
+    assert step.error_type == contracts.OTHER_RUN_ACTIVE
+    assert step.error is not None
+    assert f"deploy-{namespace}-{RELEASE} is running" in step.error
+    assert app_after_block is not None
+    cause = rejected.value.cause
+    assert isinstance(cause, ApplicationError)
+    assert cause.type == contracts.OTHER_RUN_ACTIVE
+    assert f"destroy-{namespace}-{RELEASE} is running" in cause.message

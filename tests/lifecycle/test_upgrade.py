@@ -205,6 +205,15 @@ async def test_unchangeable_value_fails_validate(
         with pytest.raises(WorkflowFailureError) as failure:
             await handle.result()
         status = await handle.query("status", result_type=DeployStatus)
+
+        # An invalid value of a field that may change gets no advice on
+        # fields that cannot.
+        bad_key = {**values, "redis": {}, "app": {"podAnnotations": {"a/b/c": "x"}}}
+        handle = await start_deploy(
+            temporal_env, lifecycle_settings, namespace, "1.0.0", values=bad_key
+        )
+        with pytest.raises(WorkflowFailureError) as invalid:
+            await handle.result()
     records = await kube.list(
         SECRET, namespace, label_selector=f"owner=helm,name={RELEASE}"
     )
@@ -213,7 +222,48 @@ async def test_unchangeable_value_fails_validate(
     assert cause.type == contracts.OBJECT_INVALID
     assert f"StatefulSet {RELEASE}-redis in namespace {namespace}" in cause.message
     assert "redis.persistence.size" in cause.message
+    key_cause = invalid.value.cause
+    assert isinstance(key_cause, ApplicationError)
+    assert key_cause.type == contracts.OBJECT_INVALID
+    assert f"Deployment {RELEASE} in namespace {namespace}" in key_cause.message
+    assert "Fix the value in the request that sets this field" in key_cause.message
+    assert "cannot change once" not in key_cause.message
     assert status.state == "invalid"
     assert all(r.attempts == 0 for r in status.phases)
     # Only the first deploy's revision of the base release.
     assert len(records["items"]) == 1
+
+
+async def test_temporal_namespace_change_replaces_schema_job(
+    temporal_env: WorkflowEnvironment,
+    lifecycle_settings: WorkerSettings,
+    kube: KubeClient,
+    namespace: str,
+) -> None:
+    """A new temporal.namespace changes the finished schema Job's pod template,
+    which the API server rejects. The temporal phase replaces that Job, the
+    deploy succeeds, and the new Job creates the new namespace."""
+    values = {
+        "app": {"replicas": 2},
+        "rabbitmq": {"replicas": 1},
+        "temporal": {"namespace": "other-ns"},
+    }
+    async with running_worker(temporal_env.client, lifecycle_settings):
+        await deploy(temporal_env, lifecycle_settings, namespace, "1.0.0")
+        jobs = await kube.list(
+            JOB,
+            namespace,
+            label_selector=f"app.kubernetes.io/instance={RELEASE}-temporal",
+        )
+        [before] = jobs["items"]
+        status = await deploy(
+            temporal_env, lifecycle_settings, namespace, "1.0.0", values=values
+        )
+        after = await kube.get(JOB, before["metadata"]["name"], namespace)
+    assert status.state == "succeeded", status.model_dump_json(indent=1)
+    temporal = record(status, "temporal")
+    assert temporal.attempts == 1
+    assert after is not None
+    assert after["metadata"]["uid"] != before["metadata"]["uid"]
+    init = [c["name"] for c in after["spec"]["template"]["spec"]["initContainers"]]
+    assert "create-other-ns-namespace" in init
