@@ -264,3 +264,41 @@ async def test_status_invalid_destroy(
     assert status.state == "invalid"
     assert status.kept == []
     assert "delete_data" in (status.message or "")
+
+
+async def test_abort_and_retry_without_worker(
+    temporal_env: WorkflowEnvironment, encrypted_client: Client, key_ring_file: Path
+) -> None:
+    """With no worker on the task queue, abort and retry exit 5 naming the
+    task queue instead of waiting forever. abort --no-wait sends the
+    abort-signal signal, which aborts the run once a worker runs it."""
+    task_queue = f"tq-{uuid.uuid4().hex[:8]}"
+    env = client_env(temporal_env, task_queue, key_ring_file)
+    handle = await encrypted_client.start_workflow(
+        "VentrosDeploy",
+        {"release": RELEASE, "namespace": "no-worker"},
+        id=f"deploy-no-worker-{uuid.uuid4().hex[:8]}",
+        task_queue=task_queue,
+    )
+    try:
+        aborted = await run_cli(["abort", handle.id], env)
+        retried = await run_cli(["retry", handle.id], env)
+        signalled = await run_cli(
+            ["abort", handle.id, "--no-wait", "--reason", "no worker came"], env
+        )
+    except BaseException:
+        await handle.terminate("the test failed")
+        raise
+    for result in (aborted, retried):
+        assert result.returncode == 5, result.stderr
+        assert "Traceback" not in result.stderr
+        assert f"worker on task queue {task_queue}" in result.stderr
+    assert "the abort update of" in aborted.stderr
+    assert "the retry update of" in retried.stderr
+    assert signalled.returncode == 0, signalled.stderr
+    assert f"abort of {handle.id} requested" in signalled.stdout
+
+    async with workflows_worker(encrypted_client, task_queue):
+        with pytest.raises(WorkflowFailureError) as failure:
+            await asyncio.wait_for(handle.result(), 60)
+    assert "no worker came" in str(failure.value.cause)
