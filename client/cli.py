@@ -456,8 +456,8 @@ async def refuse_during_destroy(client: Client, namespace: str, release: str) ->
     if running:
         raise CliError(
             f"{destroy_id} is removing {release} in {namespace}; wait for it "
-            f"(`ventros-deploy destroy --release {release} --namespace {namespace}` "
-            "shows it) or abort it before deploying again",
+            f"(`ventros-deploy watch {destroy_id}` shows it) or abort it before "
+            "deploying again",
             EXIT_RUNNING,
         )
 

@@ -302,3 +302,28 @@ async def test_abort_and_retry_without_worker(
         with pytest.raises(WorkflowFailureError) as failure:
             await asyncio.wait_for(handle.result(), 60)
     assert "no worker came" in str(failure.value.cause)
+
+
+async def test_start_during_destroy_names_watch(
+    temporal_env: WorkflowEnvironment, encrypted_client: Client, key_ring_file: Path
+) -> None:
+    """start while a destroy of the release runs exits 3 and names the watch
+    command that follows the destroy."""
+    task_queue = f"tq-{uuid.uuid4().hex[:8]}"
+    namespace = f"busy-{uuid.uuid4().hex[:8]}"
+    # No worker runs it, so the destroy stays running.
+    handle = await encrypted_client.start_workflow(
+        "VentrosDestroy",
+        {"release": RELEASE, "namespace": namespace},
+        id=f"destroy-{namespace}-{RELEASE}",
+        task_queue=task_queue,
+    )
+    try:
+        refused = await run_cli(
+            ["start", "--release", RELEASE, "--namespace", namespace],
+            client_env(temporal_env, task_queue, key_ring_file),
+        )
+    finally:
+        await handle.terminate("the test is done")
+    assert refused.returncode == 3, refused.stderr
+    assert f"`ventros-deploy watch {handle.id}`" in refused.stderr
