@@ -1051,6 +1051,8 @@ async def cmd_rollback(
     handle = await start_lifecycle(client, settings, ROLLBACK_TYPE, request)
     if not args.json:
         console.print(f"started {handle.id}", highlight=False)
+    if args.follow:
+        return await follow(client, handle, args, console)
     try:
         status = RollbackStatus.model_validate(await handle.result())
     except WorkflowFailureError as error:
@@ -1250,6 +1252,12 @@ def add_lifecycle_parsers(
         type=seconds_between(TIMEOUT_MIN_S, TIMEOUT_MAX_S),
         help=f"seconds the rollout may take, {TIMEOUT_MIN_S} to {TIMEOUT_MAX_S} "
         "(default: the deploy's app timeout)",
+    )
+    rollback.add_argument(
+        "--follow",
+        action="store_true",
+        help="show a live table until it ends (without it, rollback waits too, "
+        "and prints the outcome)",
     )
 
     destroy = sub.add_parser(

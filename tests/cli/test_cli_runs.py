@@ -180,14 +180,16 @@ async def rollback_run(
     client: Client,
     key_ring_file: Path,
     namespace: str,
+    *options: str,
 ) -> AsyncIterator[tuple[dict[str, str], subprocess.CompletedProcess[str]]]:
-    """Run `ventros-deploy rollback` on the stand-in workers; yield the CLI's
-    environment and its result while the workers still run."""
+    """Run `ventros-deploy rollback` with options on the stand-in workers;
+    yield the CLI's environment and its result while the workers still run."""
     task_queue = f"tq-{uuid.uuid4().hex[:8]}"
     env = client_env(temporal_env, task_queue, key_ring_file)
     async with workflows_worker(client, task_queue):
         started = await run_cli(
-            ["rollback", "--release", RELEASE, "--namespace", namespace], env
+            ["rollback", "--release", RELEASE, "--namespace", namespace, *options],
+            env,
         )
         yield env, started
 
@@ -221,6 +223,30 @@ async def test_status_rollback_run(
     assert watched.returncode == 0, watched.stderr
     assert "succeeded after" in watched.stdout
     assert "stays applied" in watched.stdout
+
+
+async def test_rollback_follow_shows_table(
+    temporal_env: WorkflowEnvironment, encrypted_client: Client, key_ring_file: Path
+) -> None:
+    """rollback --follow shows the rollback's table and outcome as watch does,
+    and exits 0 once the rollback succeeded or 1 once it failed."""
+    namespace = f"ok-{uuid.uuid4().hex[:8]}"
+    async with rollback_run(
+        temporal_env, encrypted_client, key_ring_file, namespace, "--follow"
+    ) as (_, followed):
+        pass
+    failed_namespace = f"fail-{uuid.uuid4().hex[:8]}"
+    async with rollback_run(
+        temporal_env, encrypted_client, key_ring_file, failed_namespace, "--follow"
+    ) as (_, failed):
+        pass
+    assert followed.returncode == 0, followed.stderr
+    assert f"started rollback-{namespace}-{RELEASE}" in followed.stdout
+    assert re.search(r"to version[\s│]+1\.0\.0", followed.stdout), followed.stdout
+    assert "succeeded after" in followed.stdout
+    assert "stays applied" in followed.stdout
+    assert failed.returncode == 1, failed.stderr
+    assert "an earlier app version is not in the history" in failed.stdout
 
 
 async def test_status_failed_rollback_exit_1(
