@@ -603,20 +603,6 @@ ENDED_EXECUTION_STATES = {
 # How long a query or update waits for a worker to respond. Without a
 # worker, the server holds both until this timeout passes.
 WORKER_RESPONSE_TIMEOUT = timedelta(seconds=10)
-# Error types of a run that ended because its request was rejected before
-# anything was applied: the workflow could not parse it, or validate found it
-# invalid. Such a run exits 2, like a request the client rejects itself.
-REJECTED_TYPES = frozenset(
-    {
-        contracts.INVALID_REQUEST,
-        contracts.VALUES_REJECTED,
-        contracts.CHART_NOT_FOUND,
-        contracts.KUBE_CONTEXT_NOT_FOUND,
-        contracts.OBJECT_INVALID,
-        contracts.OPERATORS_INSTALLED,
-        contracts.RELEASE_NAME_TAKEN,
-    }
-)
 # A schema error for a value that must be a string, in the two wordings of
 # helm's JSON schema libraries: "got number, want string" and "Expected:
 # string, given: integer". NOTE: matched by text, so other wordings get no hint.
@@ -636,7 +622,7 @@ def outcome_code(status: AnyStatus, error_type: str | None) -> int:
     """Return the exit code for a run's status and its failure's error type."""
     if status.state == "succeeded":
         return EXIT_OK
-    if error_type in REJECTED_TYPES:
+    if error_type in contracts.REJECTED_REQUEST_TYPES:
         return EXIT_USAGE
     return EXIT_FAILED
 
@@ -693,7 +679,11 @@ async def cmd_status(client: Client, args: argparse.Namespace, console: Console)
             console.print(f"{message}\n{note}" if message else note, highlight=False)
         if state == "succeeded":
             return EXIT_OK
-        return EXIT_USAGE if error_type in REJECTED_TYPES else EXIT_FAILED
+        return (
+            EXIT_USAGE
+            if error_type in contracts.REJECTED_REQUEST_TYPES
+            else EXIT_FAILED
+        )
     # A run that ended, also between describe and the query, gets Temporal's
     # end state where the workflow recorded none (terminated, timed out, or
     # failed before the workflow recorded why), and its failure's error type.
@@ -1058,7 +1048,10 @@ async def cmd_rollback(
     except WorkflowFailureError as error:
         cause = error.cause
         message = cause.message if isinstance(cause, ApplicationError) else str(error)
-        rejected = isinstance(cause, ApplicationError) and cause.type in REJECTED_TYPES
+        rejected = (
+            isinstance(cause, ApplicationError)
+            and cause.type in contracts.REJECTED_REQUEST_TYPES
+        )
         code = EXIT_USAGE if rejected else EXIT_FAILED
         raise CliError(f"rollback failed: {message}", code) from None
 
