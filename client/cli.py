@@ -78,7 +78,7 @@ from deployer.phases import (
     DeployStatus,
     PhaseState,
 )
-from deployer.settings import TemporalSettings
+from deployer.settings import TemporalSettings, describe_settings_error
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_RUNNING, EXIT_NOT_FOUND, EXIT_UNREACHABLE = (
     range(6)
@@ -1299,7 +1299,9 @@ async def run(args: argparse.Namespace) -> int:
     try:
         settings = TemporalSettings()
     except ValidationError as error:
-        raise CliError(f"invalid settings: {error}", EXIT_USAGE) from None
+        raise CliError(
+            f"invalid settings: {describe_settings_error(error)}", EXIT_USAGE
+        ) from None
     if args.command == "start":
         build_request(args)  # Fail on bad arguments before connecting.
     if args.command in STARTING_COMMANDS and not key_ring_configured(settings):

@@ -31,8 +31,8 @@ from activities.kubeapi import KubeClient, KubeconfigError
 from activities.rollback import RollbackActivities
 from activities.teardown import TeardownActivities
 from deployer import codec, logs
-from deployer.connect import connect
-from deployer.settings import WorkerSettings
+from deployer.connect import connect, data_converter, key_ring_configured
+from deployer.settings import WorkerSettings, describe_settings_error
 from workflows.deploy import VentrosDeploy
 from workflows.destroy import VentrosDestroy
 from workflows.rollback import VentrosRollback
@@ -138,6 +138,26 @@ def kubeconfig_problem(settings: WorkerSettings) -> str | None:
     return None
 
 
+def key_ring_problem(settings: WorkerSettings) -> str | None:
+    """Describe why the configured payload key ring cannot be loaded, or
+    return None when it loads or none is configured."""
+    if not key_ring_configured(settings):
+        return None
+    try:
+        data_converter(settings)
+    except codec.KeyRingError as error:
+        variable = (
+            "VENTROS_DEPLOY_CODEC_KEYS_FILE"
+            if settings.codec_keys_file is not None
+            else codec.KEYS_ENV_VAR
+        )
+        return (
+            f"{variable}: {error}. Fix it, or point VENTROS_DEPLOY_CODEC_KEYS_FILE "
+            "to a key ring file (python -m deployer.codec generate PATH creates one)"
+        )
+    return None
+
+
 def warn_plaintext(payload: Payload) -> None:
     """Log that a payload reached this worker unencrypted, so that a setup
     that stores requests in plain text is noticed. Never logs the payload."""
@@ -158,7 +178,10 @@ def main() -> None:
     try:
         settings = WorkerSettings()
     except ValidationError as error:
-        print(f"invalid worker settings: {error}", file=sys.stderr)
+        print(
+            f"invalid worker settings: {describe_settings_error(error)}",
+            file=sys.stderr,
+        )
         sys.exit(2)
     if shutil.which(settings.helm) is None:
         print(
@@ -174,6 +197,10 @@ def main() -> None:
             "working kubeconfig",
             file=sys.stderr,
         )
+        sys.exit(2)
+    problem = key_ring_problem(settings)
+    if problem is not None:
+        print(problem, file=sys.stderr)
         sys.exit(2)
     logs.configure(settings.log_format)
     code = 1

@@ -124,3 +124,37 @@ async def test_worker_rejects_bad_kubeconfig(tmp_path: Path) -> None:
         assert process.returncode == 2, message
         assert f"VENTROS_DEPLOY_KUBECONFIG: kubeconfig {path} {expected}" in message
         assert "sEcReT-7781" not in message
+
+
+async def test_worker_rejects_bad_settings(tmp_path: Path) -> None:
+    """Each invalid setting stops the worker at start with exit code 2 and
+    one line that names the variable, without a traceback or a pydantic
+    link."""
+    missing = str(tmp_path / "missing")
+    cases = [
+        ({"VENTROS_DEPLOY_CODEC_KEYS_FILE": missing}, "file not found"),
+        ({"VENTROS_DEPLOY_CODEC_KEYS": "{bad"}, "VENTROS_DEPLOY_CODEC_KEYS"),
+        ({"VENTROS_DEPLOY_GRACEFUL_SHUTDOWN_S": "-5"}, "greater than or equal"),
+        ({"VENTROS_DEPLOY_LOG_FORMAT": "xml"}, "=xml:"),
+        ({"VENTROS_DEPLOY_CHART_ROOT": missing}, "existing folder"),
+        ({"VENTROS_DEPLOY_TEMPORAL_TLS_CA": missing}, "existing file"),
+    ]
+    base = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("VENTROS_DEPLOY_")
+    }
+    # A closed port: a worker that got past its checks would fail to connect.
+    base["VENTROS_DEPLOY_TEMPORAL_ADDRESS"] = "127.0.0.1:9"
+    base["VENTROS_DEPLOY_HELM"] = str(stand_in_helm(tmp_path))
+    for setting, expected in cases:
+        process = await start_worker({**base, **setting})
+        _, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
+        message = stderr.decode()
+        (variable,) = setting
+        assert process.returncode == 2, message
+        assert variable in message
+        assert expected in message
+        assert "Traceback" not in message
+        assert "errors.pydantic.dev" not in message
+        assert len(message.strip().splitlines()) == 1, message
