@@ -45,6 +45,9 @@ STATE = REPO_ROOT / ".local" / "demo"
 FIXTURE_CHARTS = "tests/fixtures/charts"
 RELEASE = "ventros-crm"
 NAMESPACE = "ventros-crm"
+# The bootstrap Temporal's SQLite database. SQLite may add files next to it
+# whose names start with this one (-wal, -shm).
+TEMPORAL_DB = "bootstrap-temporal.db"
 # Custom search attributes the workflow list can be filtered by.
 SEARCH_ATTRIBUTES = (
     "VentrosRelease=Keyword",
@@ -144,7 +147,7 @@ def start_temporal(group: ProcessGroup) -> None:
         "--ui-port",
         str(UI_PORT),
         "--db-filename",
-        str(STATE / "bootstrap-temporal.db"),
+        str(STATE / TEMPORAL_DB),
         "--ui-codec-endpoint",
         f"http://127.0.0.1:{CODEC_PORT}",
         "--ui-disable-news-fetch",
@@ -323,9 +326,20 @@ def _write_env_file() -> None:
 
 
 def down() -> int:
+    """Stop the demo and remove its cluster's data and its Temporal's history.
+
+    Both go together: a history that outlived the cluster would make the
+    next make demo show the earlier deploy as done on an empty cluster.
+    The key ring and the codec token stay.
+    """
     stopped = processes().stop_all()
     demo_cluster().down(quiet=True)
-    print(f"stopped {stopped} demo processes and the demo's cluster")
+    for path in STATE.glob(f"{TEMPORAL_DB}*"):
+        path.unlink()
+    print(
+        f"stopped {stopped} demo processes, and removed the demo cluster's data "
+        "and the bootstrap Temporal's history"
+    )
     return 0
 
 
