@@ -81,3 +81,19 @@ def test_demo_down_removes_history(demo_state: Path) -> None:
     assert not kept_after
     assert (demo_state / "codec-keys.json").exists()
 
+
+def test_demo_restart_after_failed_deploy(
+    demo_state: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A make demo that restarts the demo exits 0 when it shows an earlier
+    deploy that did not succeed."""
+    workflow_id = f"deploy-demo-{uuid.uuid4().hex[:8]}"
+    demo.start_temporal(demo.processes())
+    start_deploy(workflow_id)
+
+    code = demo.shown_earlier_deploy(workflow_id)
+    output = capsys.readouterr().out
+
+    assert code == 0, output
+    assert f"{workflow_id}: terminated" in output
+    assert "ran before, so make demo only restarted what had stopped" in output
