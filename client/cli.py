@@ -9,7 +9,8 @@ Exit codes:
   3  a deploy of this release is already running; for rollback and destroy
      also: the same rollback or destroy is already running
   4  no deploy with that workflow id
-  5  the bootstrap Temporal cannot be reached
+  5  the bootstrap Temporal cannot be reached, or no worker answered status,
+     retry or abort (without --no-wait) within 10 s
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from temporalio.client import (
     WorkflowHandle,
     WorkflowQueryFailedError,
     WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
 )
 from temporalio.common import (
     SearchAttributePair,
@@ -76,7 +78,7 @@ from deployer.phases import (
     DeployStatus,
     PhaseState,
 )
-from deployer.settings import TemporalSettings
+from deployer.settings import TemporalSettings, describe_settings_error
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_RUNNING, EXIT_NOT_FOUND, EXIT_UNREACHABLE = (
     range(6)
@@ -454,8 +456,8 @@ async def refuse_during_destroy(client: Client, namespace: str, release: str) ->
     if running:
         raise CliError(
             f"{destroy_id} is removing {release} in {namespace}; wait for it "
-            f"(`ventros-deploy destroy --release {release} --namespace {namespace}` "
-            "shows it) or abort it before deploying again",
+            f"(`ventros-deploy watch {destroy_id}` shows it) or abort it before "
+            "deploying again",
             EXIT_RUNNING,
         )
 
@@ -598,21 +600,9 @@ ENDED_EXECUTION_STATES = {
     WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_TIMED_OUT: "timed out",
     WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_CANCELED: "canceled",
 }
-STATUS_QUERY_TIMEOUT = timedelta(seconds=10)
-# Error types of a run that ended because its request was rejected before
-# anything was applied: the workflow could not parse it, or validate found it
-# invalid. Such a run exits 2, like a request the client rejects itself.
-REJECTED_TYPES = frozenset(
-    {
-        contracts.INVALID_REQUEST,
-        contracts.VALUES_REJECTED,
-        contracts.CHART_NOT_FOUND,
-        contracts.KUBE_CONTEXT_NOT_FOUND,
-        contracts.OBJECT_INVALID,
-        contracts.OPERATORS_INSTALLED,
-        contracts.RELEASE_NAME_TAKEN,
-    }
-)
+# How long a query or update waits for a worker to respond. Without a
+# worker, the server holds both until this timeout passes.
+WORKER_RESPONSE_TIMEOUT = timedelta(seconds=10)
 # A schema error for a value that must be a string, in the two wordings of
 # helm's JSON schema libraries: "got number, want string" and "Expected:
 # string, given: integer". NOTE: matched by text, so other wordings get no hint.
@@ -632,7 +622,7 @@ def outcome_code(status: AnyStatus, error_type: str | None) -> int:
     """Return the exit code for a run's status and its failure's error type."""
     if status.state == "succeeded":
         return EXIT_OK
-    if error_type in REJECTED_TYPES:
+    if error_type in contracts.REJECTED_REQUEST_TYPES:
         return EXIT_USAGE
     return EXIT_FAILED
 
@@ -668,17 +658,15 @@ async def cmd_status(client: Client, args: argparse.Namespace, console: Console)
     info = description.raw_description.workflow_execution_info
     running = info.status == WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_RUNNING
     try:
-        status = await fetch_status(handle, model, STATUS_QUERY_TIMEOUT)
+        status = await fetch_status(handle, model, WORKER_RESPONSE_TIMEOUT)
     except RPCError as error:
         if error.status is RPCStatusCode.NOT_FOUND:
             raise
         # A query needs a worker, also for a run that has ended.
         if running:
-            raise CliError(
-                f"the status query of {handle.id} failed: {error.message}. It "
-                f"needs a worker on task queue {info.task_queue}: start one, or "
-                "check the worker's log",
-                EXIT_UNREACHABLE,
+            raise no_worker_error(
+                f"the status query of {handle.id} failed: {error.message}",
+                info.task_queue,
             ) from None
         state, message, error_type = await ended_outcome(handle, info.status)
         note = (
@@ -691,7 +679,11 @@ async def cmd_status(client: Client, args: argparse.Namespace, console: Console)
             console.print(f"{message}\n{note}" if message else note, highlight=False)
         if state == "succeeded":
             return EXIT_OK
-        return EXIT_USAGE if error_type in REJECTED_TYPES else EXIT_FAILED
+        return (
+            EXIT_USAGE
+            if error_type in contracts.REJECTED_REQUEST_TYPES
+            else EXIT_FAILED
+        )
     # A run that ended, also between describe and the query, gets Temporal's
     # end state where the workflow recorded none (terminated, timed out, or
     # failed before the workflow recorded why), and its failure's error type.
@@ -768,61 +760,130 @@ async def cmd_watch(client: Client, args: argparse.Namespace, console: Console) 
     )
 
 
-def ended_error(workflow_id: str, verb: str, error: RPCError) -> Exception:
-    """Return the error to raise for an update the server rejected.
+def no_worker_error(failure: str, task_queue: str) -> CliError:
+    """Return the error (exit 5) for a query or update that no worker handled."""
+    return CliError(
+        f"{failure}. It needs a worker on task queue {task_queue}: start one, "
+        "or check the worker's log",
+        EXIT_UNREACHABLE,
+    )
 
-    An update to a run that has ended fails as NOT_FOUND. main would report
-    that as a missing deploy, so it gets its own message and exit code here.
+
+def already_ended_error(workflow_id: str, verb: str) -> CliError:
+    return CliError(
+        f"{workflow_id} has already ended, so there is nothing to {verb}; "
+        f"`ventros-deploy status {workflow_id}` shows how it ended",
+        EXIT_FAILED,
+    )
+
+
+def ended_error(workflow_id: str, verb: str, error: RPCError) -> Exception:
+    """Return the error to raise for an update or signal the server rejected.
+
+    An update or signal to a run that has ended fails as NOT_FOUND. main
+    would report that as a missing deploy, so it gets its own message and
+    exit code here.
     """
     if error.status is RPCStatusCode.NOT_FOUND and "completed" in error.message:
-        return CliError(
-            f"{workflow_id} has already ended, so there is nothing to {verb}; "
-            f"`ventros-deploy status {workflow_id}` shows how it ended",
-            EXIT_FAILED,
-        )
+        return already_ended_error(workflow_id, verb)
     return error
+
+
+async def execute_update(
+    handle: WorkflowHandle[Any, Any], name: str, arg: Any, result_type: type
+) -> Any:
+    """Run an update and return its result.
+
+    Raises CliError (exit 5) when no worker completes it within
+    WORKER_RESPONSE_TIMEOUT.
+    """
+    timeout = WORKER_RESPONSE_TIMEOUT
+    try:
+        # The SDK repeats the update RPC until a worker accepts it, so
+        # rpc_timeout alone does not bound the call.
+        return await asyncio.wait_for(
+            handle.execute_update(
+                name, arg, result_type=result_type, rpc_timeout=timeout
+            ),
+            timeout.total_seconds(),
+        )
+    except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
+        description = await handle.describe()
+        raise no_worker_error(
+            f"the {name} update of {handle.id} timed out after "
+            f"{timeout.total_seconds():.0f} s",
+            description.task_queue,
+        ) from None
+    except RPCError as error:
+        raise ended_error(handle.id, name, error) from None
 
 
 async def cmd_retry(client: Client, args: argparse.Namespace, console: Console) -> int:
     handle = client.get_workflow_handle(resolve_id(args))
     try:
-        phases = await handle.execute_update("retry", args.phase, result_type=list[str])
+        phases = await execute_update(handle, "retry", args.phase, list[str])
     except WorkflowUpdateFailedError as error:
         raise CliError(f"retry rejected: {error.cause}", EXIT_FAILED) from None
-    except RPCError as error:
-        raise ended_error(handle.id, "retry", error) from None
     _print(args, console, {"retried": phases}, f"retrying {', '.join(phases)}")
     if args.follow:
         return await follow(client, handle, args, console)
     return EXIT_OK
 
 
+async def send_abort_signal(handle: WorkflowHandle[Any, Any], reason: str) -> None:
+    """Send the abort-signal signal, which the server stores without a worker.
+
+    The run aborts once a worker next runs it. A rollback takes no abort, so
+    it is rejected here as the abort update would reject it.
+    """
+    description = await handle.describe()
+    if description.workflow_type == ROLLBACK_TYPE:
+        raise CliError(
+            f"abort rejected: {handle.id} is a rollback, and a rollback has "
+            "no phase that waits for the user, so it takes no abort",
+            EXIT_USAGE,
+        )
+    execution = description.raw_description.workflow_execution_info.status
+    if execution != WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_RUNNING:
+        raise already_ended_error(handle.id, "abort")
+    try:
+        await handle.signal("abort-signal", reason)
+    except RPCError as error:
+        raise ended_error(handle.id, "abort", error) from None
+
+
 async def cmd_abort(client: Client, args: argparse.Namespace, console: Console) -> int:
     handle = client.get_workflow_handle(resolve_id(args))
+    if args.no_wait:
+        await send_abort_signal(handle, args.reason)
+        _print(
+            args,
+            console,
+            {"aborted": handle.id},
+            f"abort of {handle.id} requested: the worker stops a running phase, "
+            "and finished phases stay as they are; `ventros-deploy status "
+            f"{handle.id}` shows when the run has ended",
+        )
+        return EXIT_OK
     try:
-        await handle.execute_update("abort", args.reason, result_type=str)
+        await execute_update(handle, "abort", args.reason, str)
     except WorkflowUpdateFailedError as error:
         # A rollback takes no abort: it has no phase that waits for the user.
         raise CliError(f"abort rejected: {error.cause}", EXIT_USAGE) from None
-    except RPCError as error:
-        raise ended_error(handle.id, "abort", error) from None
-    ended = True
-    if not args.no_wait:
-        # A running helm step is stopped before the run ends, which takes up
-        # to the worker's heartbeat interval (5 s).
-        try:
-            await asyncio.wait_for(handle.result(), ABORT_WAIT_S)
-            ended = False  # It succeeded before the abort took effect.
-        except WorkflowFailureError:
-            pass
-        except TimeoutError:
-            raise CliError(
-                f"abort of {handle.id} requested, but the run has not ended after "
-                f"{ABORT_WAIT_S:.0f} s; check that a worker runs, then "
-                f"`ventros-deploy status {handle.id}`",
-                EXIT_FAILED,
-            ) from None
-    if not ended:
+    # A running helm step is stopped before the run ends, which takes up
+    # to the worker's heartbeat interval (5 s).
+    try:
+        await asyncio.wait_for(handle.result(), ABORT_WAIT_S)
+    except WorkflowFailureError:
+        pass
+    except TimeoutError:
+        raise CliError(
+            f"abort of {handle.id} requested, but the run has not ended after "
+            f"{ABORT_WAIT_S:.0f} s; check that a worker runs, then "
+            f"`ventros-deploy status {handle.id}`",
+            EXIT_FAILED,
+        ) from None
+    else:
         _print(
             args,
             console,
@@ -830,13 +891,12 @@ async def cmd_abort(client: Client, args: argparse.Namespace, console: Console) 
             f"{handle.id} succeeded before the abort took effect",
         )
         return EXIT_OK
-    waited = "" if args.no_wait else "; the run has ended"
     _print(
         args,
         console,
         {"aborted": handle.id},
         f"aborted {handle.id}: a running phase is stopped, and finished phases "
-        f"stay as they are{waited}",
+        "stay as they are; the run has ended",
     )
     return EXIT_OK
 
@@ -981,12 +1041,17 @@ async def cmd_rollback(
     handle = await start_lifecycle(client, settings, ROLLBACK_TYPE, request)
     if not args.json:
         console.print(f"started {handle.id}", highlight=False)
+    if args.follow:
+        return await follow(client, handle, args, console)
     try:
         status = RollbackStatus.model_validate(await handle.result())
     except WorkflowFailureError as error:
         cause = error.cause
         message = cause.message if isinstance(cause, ApplicationError) else str(error)
-        rejected = isinstance(cause, ApplicationError) and cause.type in REJECTED_TYPES
+        rejected = (
+            isinstance(cause, ApplicationError)
+            and cause.type in contracts.REJECTED_REQUEST_TYPES
+        )
         code = EXIT_USAGE if rejected else EXIT_FAILED
         raise CliError(f"rollback failed: {message}", code) from None
 
@@ -1181,6 +1246,12 @@ def add_lifecycle_parsers(
         help=f"seconds the rollout may take, {TIMEOUT_MIN_S} to {TIMEOUT_MAX_S} "
         "(default: the deploy's app timeout)",
     )
+    rollback.add_argument(
+        "--follow",
+        action="store_true",
+        help="show a live table until it ends (without it, rollback waits too, "
+        "and prints the outcome)",
+    )
 
     destroy = sub.add_parser(
         "destroy",
@@ -1228,7 +1299,9 @@ async def run(args: argparse.Namespace) -> int:
     try:
         settings = TemporalSettings()
     except ValidationError as error:
-        raise CliError(f"invalid settings: {error}", EXIT_USAGE) from None
+        raise CliError(
+            f"invalid settings: {describe_settings_error(error)}", EXIT_USAGE
+        ) from None
     if args.command == "start":
         build_request(args)  # Fail on bad arguments before connecting.
     if args.command in STARTING_COMMANDS and not key_ring_configured(settings):

@@ -51,6 +51,21 @@ RUN_ENDED = "RunEnded"
 HELM_FAILED = "HelmFailed"
 OPERATOR_CLAIM_LOST = "OperatorClaimLost"
 KUBE_API_UNAVAILABLE = "KubeApiUnavailable"
+# Error types of a run that ended because its request was rejected before
+# anything was applied: the workflow could not parse it, or validate found it
+# invalid. Such a run has state "invalid", and the client exits 2 for it, as
+# for a request it rejects itself.
+REJECTED_REQUEST_TYPES = frozenset(
+    {
+        INVALID_REQUEST,
+        VALUES_REJECTED,
+        CHART_NOT_FOUND,
+        KUBE_CONTEXT_NOT_FOUND,
+        OBJECT_INVALID,
+        OPERATORS_INSTALLED,
+        RELEASE_NAME_TAKEN,
+    }
+)
 
 
 class ValidateResult(BaseModel):

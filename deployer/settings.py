@@ -13,10 +13,23 @@ import socket
 from pathlib import Path
 from string import Formatter
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import (
+    DirectoryPath,
+    Field,
+    FilePath,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_TASK_QUEUE = "ventros-deploy"
+ENV_PREFIX = "VENTROS_DEPLOY_"
+# The fix for a setting's value, by pydantic error type.
+SETTING_FIXES = {
+    "path_not_file": "point it to an existing file",
+    "path_not_directory": "point it to an existing folder",
+}
 
 
 def normalize_address(address: str) -> str:
@@ -68,14 +81,14 @@ def _is_local(host: str) -> bool:
 class TemporalSettings(BaseSettings):
     """How to reach the bootstrap Temporal (used by the worker and the client)."""
 
-    model_config = SettingsConfigDict(env_prefix="VENTROS_DEPLOY_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
     temporal_address: str = "127.0.0.1:7233"
     temporal_namespace: str = "default"
     task_queue: str = DEFAULT_TASK_QUEUE
-    temporal_tls_ca: Path | None = None
-    temporal_tls_cert: Path | None = None
-    temporal_tls_key: Path | None = None
+    temporal_tls_ca: FilePath | None = None
+    temporal_tls_cert: FilePath | None = None
+    temporal_tls_key: FilePath | None = None
     temporal_tls_server_name: str | None = None
     codec_keys_file: Path | None = None
     # OpenTelemetry spans for workflows and activities: off, console (stderr)
@@ -111,7 +124,7 @@ class WorkerSettings(TemporalSettings):
 
     kubeconfig: Path | None = None
     helm: str = "helm"
-    chart_root: Path = Field(default_factory=Path.cwd)
+    chart_root: DirectoryPath = Field(default_factory=Path.cwd)
     max_concurrent_activities: int = Field(100, ge=1, le=1000)
     graceful_shutdown_s: float = Field(20.0, ge=0, le=600)
     metrics_port: int | None = Field(None, ge=1, le=65535)
@@ -132,3 +145,24 @@ class WorkerSettings(TemporalSettings):
                 "placeholders are {name} and {namespace}"
             )
         return value
+
+
+def describe_settings_error(error: ValidationError) -> str:
+    """Describe each invalid setting by its variable, its problem and the fix.
+
+    Unlike str(error), the text names VENTROS_DEPLOY_* variables rather than
+    the Python fields, and has no link to the pydantic documentation.
+    """
+    problems = []
+    for item in error.errors(include_url=False):
+        message = str(item["msg"]).removeprefix("Value error, ")
+        if not item["loc"]:
+            # A check across settings, whose message names the variables.
+            problems.append(message)
+            continue
+        variable = ENV_PREFIX + str(item["loc"][0]).upper()
+        fix = SETTING_FIXES.get(
+            item["type"], "set a valid value, or unset it for the default"
+        )
+        problems.append(f"{variable}={item['input']!s}: {message}; {fix}")
+    return ". ".join(problems)

@@ -28,7 +28,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from client.cli import EXIT_NOT_FOUND
+from client.cli import EXIT_FAILED, EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE
 from deployer import codec
 from testbed.cluster import (
     REPO_ROOT,
@@ -45,6 +45,12 @@ STATE = REPO_ROOT / ".local" / "demo"
 FIXTURE_CHARTS = "tests/fixtures/charts"
 RELEASE = "ventros-crm"
 NAMESPACE = "ventros-crm"
+# The bootstrap Temporal's SQLite database. SQLite may add files next to it
+# whose names start with this one (-wal, -shm).
+TEMPORAL_DB = "bootstrap-temporal.db"
+# Exit codes of `ventros-deploy status` that report how the earlier deploy
+# ended (succeeded, failed or aborted, or rejected), not a demo that is broken.
+EARLIER_OUTCOME_CODES = frozenset({EXIT_OK, EXIT_FAILED, EXIT_USAGE})
 # Custom search attributes the workflow list can be filtered by.
 SEARCH_ATTRIBUTES = (
     "VentrosRelease=Keyword",
@@ -144,7 +150,7 @@ def start_temporal(group: ProcessGroup) -> None:
         "--ui-port",
         str(UI_PORT),
         "--db-filename",
-        str(STATE / "bootstrap-temporal.db"),
+        str(STATE / TEMPORAL_DB),
         "--ui-codec-endpoint",
         f"http://127.0.0.1:{CODEC_PORT}",
         "--ui-disable-news-fetch",
@@ -196,8 +202,13 @@ def start_worker(group: ProcessGroup) -> None:
 
 
 def shown_earlier_deploy(workflow_id: str) -> int | None:
-    """Show the demo's deploy if it ran before and return the status's exit code;
-    return None when it never ran.
+    """Show the demo's deploy if it ran before, and return make demo's exit
+    code, or None when it never ran.
+
+    The code is 0 when the status shows how that deploy ended, also when it
+    failed or was aborted, because the demo itself was restarted. It is the
+    status's code when the status could not be shown, such as exit 5 for a
+    worker that does not respond.
 
     So a second `make demo` (after a reboot, or to bring back a stopped
     worker) restarts what stopped and leaves the release as the user left it,
@@ -220,6 +231,8 @@ def shown_earlier_deploy(workflow_id: str) -> int | None:
         "To deploy the demo's request again: source .local/demo/env.sh; "
         f"ventros-deploy start --request {STATE / 'request.json'} --follow"
     )
+    if result.returncode in EARLIER_OUTCOME_CODES:
+        return EXIT_OK
     return result.returncode
 
 
@@ -323,9 +336,20 @@ def _write_env_file() -> None:
 
 
 def down() -> int:
+    """Stop the demo and remove its cluster's data and its Temporal's history.
+
+    Both go together: a history that outlived the cluster would make the
+    next make demo show the earlier deploy as done on an empty cluster.
+    The key ring and the codec token stay.
+    """
     stopped = processes().stop_all()
     demo_cluster().down(quiet=True)
-    print(f"stopped {stopped} demo processes and the demo's cluster")
+    for path in STATE.glob(f"{TEMPORAL_DB}*"):
+        path.unlink()
+    print(
+        f"stopped {stopped} demo processes, and removed the demo cluster's data "
+        "and the bootstrap Temporal's history"
+    )
     return 0
 
 

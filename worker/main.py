@@ -10,6 +10,7 @@ by the exit on another worker once its heartbeat timeout passes.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import signal
@@ -22,7 +23,14 @@ import structlog
 from pydantic import ValidationError
 from temporalio import activity, workflow
 from temporalio.api.common.v1 import Payload
-from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
+from temporalio.runtime import (
+    LogForwardingConfig,
+    LoggingConfig,
+    PrometheusConfig,
+    Runtime,
+    TelemetryConfig,
+    TelemetryFilter,
+)
 from temporalio.worker import Worker
 
 from activities.deploy import DeployActivities
@@ -31,8 +39,8 @@ from activities.kubeapi import KubeClient, KubeconfigError
 from activities.rollback import RollbackActivities
 from activities.teardown import TeardownActivities
 from deployer import codec, logs
-from deployer.connect import connect
-from deployer.settings import WorkerSettings
+from deployer.connect import connect, data_converter, key_ring_configured
+from deployer.settings import WorkerSettings, describe_settings_error
 from workflows.deploy import VentrosDeploy
 from workflows.destroy import VentrosDestroy
 from workflows.rollback import VentrosRollback
@@ -77,24 +85,43 @@ def build_worker(
     )
 
 
+def drop_core_entry(record: logging.LogRecord) -> bool:
+    """Remove the core's raw entry from a forwarded record and keep the record.
+
+    The entry's fields are in the message already, and the JSON log would
+    show the entry object's repr.
+    """
+    record.__dict__.pop("temporal_log", None)
+    return True
+
+
+def sdk_runtime(settings: WorkerSettings) -> Runtime:
+    """Build the SDK's runtime, which the worker's client and worker share.
+
+    The SDK's Rust core logs through Python logging, so its lines get the
+    worker's log format. Without forwarding, the core writes colored text to
+    stdout, which mixed into the JSON log. The levels are the SDK's defaults.
+    With a metrics port, the runtime serves Prometheus metrics on loopback.
+    """
+    metrics = None
+    if settings.metrics_port:
+        metrics = PrometheusConfig(bind_address=f"127.0.0.1:{settings.metrics_port}")
+    core_logger = logging.getLogger("temporalio.core")
+    core_logger.addFilter(drop_core_entry)
+    core_logging = LoggingConfig(
+        filter=TelemetryFilter(core_level="WARN", other_level="ERROR"),
+        forwarding=LogForwardingConfig(logger=core_logger),
+    )
+    return Runtime(telemetry=TelemetryConfig(logging=core_logging, metrics=metrics))
+
+
 async def run(settings: WorkerSettings) -> None:
     # Signals first: a stop requested while connecting still ends cleanly.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    if settings.metrics_port:
-        # The SDK's Prometheus endpoint, on loopback only.
-        Runtime.set_default(
-            Runtime(
-                telemetry=TelemetryConfig(
-                    metrics=PrometheusConfig(
-                        bind_address=f"127.0.0.1:{settings.metrics_port}"
-                    )
-                )
-            ),
-            error_if_already_set=False,
-        )
+    Runtime.set_default(sdk_runtime(settings), error_if_already_set=False)
     client = await connect(settings, on_plaintext=warn_plaintext)
     activities = DeployActivities(settings)
     worker = build_worker(client, settings, activities)
@@ -138,6 +165,26 @@ def kubeconfig_problem(settings: WorkerSettings) -> str | None:
     return None
 
 
+def key_ring_problem(settings: WorkerSettings) -> str | None:
+    """Describe why the configured payload key ring cannot be loaded, or
+    return None when it loads or none is configured."""
+    if not key_ring_configured(settings):
+        return None
+    try:
+        data_converter(settings)
+    except codec.KeyRingError as error:
+        variable = (
+            "VENTROS_DEPLOY_CODEC_KEYS_FILE"
+            if settings.codec_keys_file is not None
+            else codec.KEYS_ENV_VAR
+        )
+        return (
+            f"{variable}: {error}. Fix it, or point VENTROS_DEPLOY_CODEC_KEYS_FILE "
+            "to a key ring file (python -m deployer.codec generate PATH creates one)"
+        )
+    return None
+
+
 def warn_plaintext(payload: Payload) -> None:
     """Log that a payload reached this worker unencrypted, so that a setup
     that stores requests in plain text is noticed. Never logs the payload."""
@@ -158,7 +205,10 @@ def main() -> None:
     try:
         settings = WorkerSettings()
     except ValidationError as error:
-        print(f"invalid worker settings: {error}", file=sys.stderr)
+        print(
+            f"invalid worker settings: {describe_settings_error(error)}",
+            file=sys.stderr,
+        )
         sys.exit(2)
     if shutil.which(settings.helm) is None:
         print(
@@ -175,6 +225,10 @@ def main() -> None:
             file=sys.stderr,
         )
         sys.exit(2)
+    problem = key_ring_problem(settings)
+    if problem is not None:
+        print(problem, file=sys.stderr)
+        sys.exit(2)
     logs.configure(settings.log_format)
     code = 1
     try:
@@ -182,7 +236,9 @@ def main() -> None:
         code = 0
     except (OSError, RuntimeError) as error:
         log.error("worker failed", error=str(error))
-    except Exception:
+    except (Exception, asyncio.CancelledError):
+        # The SDK cancels the code inside `async with worker` when the worker
+        # fails, for example once the bootstrap Temporal is gone at stop.
         log.exception("worker failed")
     # The SDK's native threads can still call into Python while the
     # interpreter finalizes, which aborted a stopped worker with SIGABRT

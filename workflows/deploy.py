@@ -156,15 +156,18 @@ class VentrosDeploy(PhaseControl):
                 )
             )
         except ActivityError as error:
-            self._state = "invalid"
-            self._message = cause_message(error)
-            self._publish()
             cause = error.cause
             kind = cause.type if isinstance(cause, ApplicationError) else None
+            kind = kind or contracts.INVALID_REQUEST
+            # A request that validate rejected is invalid. A check that could
+            # not run, such as a chart fetch from an unreachable repository,
+            # leaves the state failed, because the same request may pass later.
+            rejected = kind in contracts.REJECTED_REQUEST_TYPES
+            self._state = "invalid" if rejected else "failed"
+            self._message = cause_message(error)
+            self._publish()
             raise ApplicationError(
-                self._message,
-                type=kind or contracts.INVALID_REQUEST,
-                non_retryable=True,
+                self._message, type=kind, non_retryable=True
             ) from None
 
     # -- phases -----------------------------------------------------------

@@ -180,14 +180,16 @@ async def rollback_run(
     client: Client,
     key_ring_file: Path,
     namespace: str,
+    *options: str,
 ) -> AsyncIterator[tuple[dict[str, str], subprocess.CompletedProcess[str]]]:
-    """Run `ventros-deploy rollback` on the stand-in workers; yield the CLI's
-    environment and its result while the workers still run."""
+    """Run `ventros-deploy rollback` with options on the stand-in workers;
+    yield the CLI's environment and its result while the workers still run."""
     task_queue = f"tq-{uuid.uuid4().hex[:8]}"
     env = client_env(temporal_env, task_queue, key_ring_file)
     async with workflows_worker(client, task_queue):
         started = await run_cli(
-            ["rollback", "--release", RELEASE, "--namespace", namespace], env
+            ["rollback", "--release", RELEASE, "--namespace", namespace, *options],
+            env,
         )
         yield env, started
 
@@ -221,6 +223,30 @@ async def test_status_rollback_run(
     assert watched.returncode == 0, watched.stderr
     assert "succeeded after" in watched.stdout
     assert "stays applied" in watched.stdout
+
+
+async def test_rollback_follow_shows_table(
+    temporal_env: WorkflowEnvironment, encrypted_client: Client, key_ring_file: Path
+) -> None:
+    """rollback --follow shows the rollback's table and outcome as watch does,
+    and exits 0 once the rollback succeeded or 1 once it failed."""
+    namespace = f"ok-{uuid.uuid4().hex[:8]}"
+    async with rollback_run(
+        temporal_env, encrypted_client, key_ring_file, namespace, "--follow"
+    ) as (_, followed):
+        pass
+    failed_namespace = f"fail-{uuid.uuid4().hex[:8]}"
+    async with rollback_run(
+        temporal_env, encrypted_client, key_ring_file, failed_namespace, "--follow"
+    ) as (_, failed):
+        pass
+    assert followed.returncode == 0, followed.stderr
+    assert f"started rollback-{namespace}-{RELEASE}" in followed.stdout
+    assert re.search(r"to version[\s│]+1\.0\.0", followed.stdout), followed.stdout
+    assert "succeeded after" in followed.stdout
+    assert "stays applied" in followed.stdout
+    assert failed.returncode == 1, failed.stderr
+    assert "an earlier app version is not in the history" in failed.stdout
 
 
 async def test_status_failed_rollback_exit_1(
@@ -264,3 +290,66 @@ async def test_status_invalid_destroy(
     assert status.state == "invalid"
     assert status.kept == []
     assert "delete_data" in (status.message or "")
+
+
+async def test_abort_and_retry_without_worker(
+    temporal_env: WorkflowEnvironment, encrypted_client: Client, key_ring_file: Path
+) -> None:
+    """With no worker on the task queue, abort and retry exit 5 naming the
+    task queue instead of waiting forever. abort --no-wait sends the
+    abort-signal signal, which aborts the run once a worker runs it."""
+    task_queue = f"tq-{uuid.uuid4().hex[:8]}"
+    env = client_env(temporal_env, task_queue, key_ring_file)
+    handle = await encrypted_client.start_workflow(
+        "VentrosDeploy",
+        {"release": RELEASE, "namespace": "no-worker"},
+        id=f"deploy-no-worker-{uuid.uuid4().hex[:8]}",
+        task_queue=task_queue,
+    )
+    try:
+        aborted = await run_cli(["abort", handle.id], env)
+        retried = await run_cli(["retry", handle.id], env)
+        signalled = await run_cli(
+            ["abort", handle.id, "--no-wait", "--reason", "no worker came"], env
+        )
+    except BaseException:
+        await handle.terminate("the test failed")
+        raise
+    for result in (aborted, retried):
+        assert result.returncode == 5, result.stderr
+        assert "Traceback" not in result.stderr
+        assert f"worker on task queue {task_queue}" in result.stderr
+    assert "the abort update of" in aborted.stderr
+    assert "the retry update of" in retried.stderr
+    assert signalled.returncode == 0, signalled.stderr
+    assert f"abort of {handle.id} requested" in signalled.stdout
+
+    async with workflows_worker(encrypted_client, task_queue):
+        with pytest.raises(WorkflowFailureError) as failure:
+            await asyncio.wait_for(handle.result(), 60)
+    assert "no worker came" in str(failure.value.cause)
+
+
+async def test_start_during_destroy_names_watch(
+    temporal_env: WorkflowEnvironment, encrypted_client: Client, key_ring_file: Path
+) -> None:
+    """start while a destroy of the release runs exits 3 and names the watch
+    command that follows the destroy."""
+    task_queue = f"tq-{uuid.uuid4().hex[:8]}"
+    namespace = f"busy-{uuid.uuid4().hex[:8]}"
+    # No worker runs it, so the destroy stays running.
+    handle = await encrypted_client.start_workflow(
+        "VentrosDestroy",
+        {"release": RELEASE, "namespace": namespace},
+        id=f"destroy-{namespace}-{RELEASE}",
+        task_queue=task_queue,
+    )
+    try:
+        refused = await run_cli(
+            ["start", "--release", RELEASE, "--namespace", namespace],
+            client_env(temporal_env, task_queue, key_ring_file),
+        )
+    finally:
+        await handle.terminate("the test is done")
+    assert refused.returncode == 3, refused.stderr
+    assert f"`ventros-deploy watch {handle.id}`" in refused.stderr

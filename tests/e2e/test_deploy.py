@@ -372,7 +372,8 @@ async def test_unreachable_operator_chart_fails_validate(
     """An operator chart whose repository cannot be reached (a closed port on
     loopback) fails validate, naming the chart, before anything is applied.
     Before, the base phase upgraded the app's base release on each retry
-    while the operator chart could not be fetched."""
+    while the operator chart could not be fetched. The request itself is
+    valid, so the run shows state failed, not invalid."""
     request = deploy_request(namespace)
     request["operator_charts"]["rabbitmq_operator"] = {
         "repository": "https://127.0.0.1:9/charts",
@@ -393,7 +394,7 @@ async def test_unreachable_operator_chart_fails_validate(
         "cannot fetch the rabbitmqOperator chart rabbitmq-cluster-operator 4.4.4 "
         "from https://127.0.0.1:9/charts" in cause.message
     )
-    assert status.state == "invalid"
+    assert status.state == "failed"
     assert all(r.attempts == 0 for r in status.phases)
     assert releases.strip() == ""
 
@@ -420,7 +421,8 @@ async def test_unusable_kubeconfig_fails_validate(
     assert f"the worker's kubeconfig {garbage} is not YAML" in cause.message
     assert "VENTROS_DEPLOY_KUBECONFIG" in cause.message
     assert "sEcReT-7781" not in cause.message
-    assert status.state == "invalid"
+    # The worker's kubeconfig, not the request, is at fault.
+    assert status.state == "failed"
 
 
 async def test_second_release_operators_rejected(

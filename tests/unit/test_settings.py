@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
 from client.cli import CliError, parse_set
 from deployer.settings import TemporalSettings, WorkerSettings, normalize_address
+from tests.conftest import REPO_ROOT
 
 
 @pytest.mark.parametrize(
@@ -39,6 +45,26 @@ def test_settings_read_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = TemporalSettings()
     assert settings.temporal_address == "temporal.internal:7233"
     assert settings.task_queue == "deploys"
+
+
+def test_client_names_invalid_setting(tmp_path: Path) -> None:
+    """The client exits 2 for a TLS file that does not exist, naming the
+    variable and without a pydantic link."""
+    missing = tmp_path / "ca.pem"
+    env = dict(os.environ, VENTROS_DEPLOY_TEMPORAL_TLS_CA=str(missing))
+    result = subprocess.run(
+        [sys.executable, "-m", "client", "status", "deploy-x-y"],
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert f"VENTROS_DEPLOY_TEMPORAL_TLS_CA={missing}" in result.stderr
+    assert "point it to an existing file" in result.stderr
+    assert "errors.pydantic.dev" not in result.stderr
 
 
 def test_normalize_address_default_port() -> None:
