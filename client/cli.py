@@ -246,6 +246,12 @@ def build_request(args: argparse.Namespace) -> dict[str, Any]:
                 f"invalid YAML in --values {args.values}: {describe_yaml_error(error)}",
                 EXIT_USAGE,
             ) from None
+        except RecursionError:
+            raise CliError(
+                f"cannot read --values {args.values}: it nests too deep to decode; "
+                "keep values a few levels deep",
+                EXIT_USAGE,
+            ) from None
         if not isinstance(loaded, dict):
             raise CliError(
                 f"--values {args.values} must hold a YAML mapping", EXIT_USAGE
@@ -277,6 +283,12 @@ def read_request_file(path: str) -> dict[str, Any]:
         request = json.loads(Path(path).read_text())
     except (OSError, ValueError) as error:
         raise CliError(f"cannot read --request {path}: {error}", EXIT_USAGE) from None
+    except RecursionError:
+        raise CliError(
+            f"cannot read --request {path}: its JSON nests too deep to decode; "
+            "keep values a few levels deep",
+            EXIT_USAGE,
+        ) from None
     if not isinstance(request, dict):
         raise CliError(
             f"invalid --request {path}: the file must contain a JSON object of "

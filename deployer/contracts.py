@@ -64,6 +64,7 @@ REJECTED_REQUEST_TYPES = frozenset(
         OBJECT_INVALID,
         OPERATORS_INSTALLED,
         RELEASE_NAME_TAKEN,
+        OWNED_ELSEWHERE,
     }
 )
 

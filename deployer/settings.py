@@ -66,8 +66,8 @@ def _is_local(host: str) -> bool:
         packed = socket.inet_aton(host)
     except OSError:
         try:
-            ip: ipaddress.IPv4Address | ipaddress.IPv6Address = (
-                ipaddress.ip_address(host)
+            ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(
+                host
             )
         except ValueError:
             return False

@@ -139,6 +139,20 @@ def test_request_not_object_exit_2(tmp_path: Path, content: str, expected: str) 
     assert "for example" in result.stderr
 
 
+@pytest.mark.parametrize("option", ["--request", "--values"])
+def test_deep_file_exit_2(tmp_path: Path, option: str) -> None:
+    """A --request or --values file nested past the decoder's recursion limit
+    exits 2 naming the file, without a traceback."""
+    depth = 5000
+    path = tmp_path / "deep.json"
+    path.write_text('{"values": ' + '{"a": ' * depth + "{}" + "}" * depth + "}")
+    result = run_client(["start", option, str(path)])
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"cannot read {option} {path}: " in result.stderr
+    assert "nests too deep to decode" in result.stderr
+
+
 @pytest.mark.parametrize(
     ("args", "option", "limits"),
     [
