@@ -248,14 +248,15 @@ class RollbackActivities:
         for entry in revisions:
             revision = int(entry["revision"])
             version = await self._version_of(helm, request, entry)
+            finished = ran is None or revision in ran
+            seen.append(
+                f"{revision}: {version}{'' if finished else ', did not finish'}"
+            )
             if version == current:
-                seen.append(f"{revision}: {version}")
                 passed_current = True
                 continue
-            if ran is not None and revision not in ran:
-                seen.append(f"{revision}: {version}, did not finish")
+            if not finished:
                 continue
-            seen.append(f"{revision}: {version}")
             wanted = request.to_version in (None, version)
             if passed_current and wanted:
                 return version, revision

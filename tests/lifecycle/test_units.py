@@ -8,11 +8,12 @@ from typing import Any
 
 import pytest
 from pydantic import ValidationError
+from temporalio.exceptions import ApplicationError
 
 from activities.deploy import PHASE_LABEL
 from activities.drain import ManagementError, queue_depth
 from activities.helm import Helm
-from activities.rollback import image_tag
+from activities.rollback import RollbackActivities, image_tag
 from activities.teardown import (
     PHASE_KINDS,
     deleting_status,
@@ -20,7 +21,11 @@ from activities.teardown import (
     needs_operator,
 )
 from deployer.inputs import ChartRef, InvalidRequestError
-from deployer.lifecycle import parse_destroy_request, parse_rollback_request
+from deployer.lifecycle import (
+    RollbackRequest,
+    parse_destroy_request,
+    parse_rollback_request,
+)
 from deployer.phases import Phase
 from deployer.settings import WorkerSettings
 from testbed.cluster import tool_path
@@ -256,3 +261,28 @@ async def test_phase_kinds_cover_chart() -> None:
         assert rendered[phase.value] <= set(kinds), phase
     # The rest is the base phase, which the destroy uninstalls with helm.
     assert set(rendered) - {p.value for p in PHASE_KINDS} == {Phase.BASE.value}
+
+
+class VersionsByRevision(RollbackActivities):
+    """Rollback activities whose revision versions come from a table."""
+
+    def __init__(self, versions: dict[int, str]) -> None:
+        self.versions = versions
+
+    async def _version_of(
+        self, helm: Any, request: RollbackRequest, entry: dict[str, Any]
+    ) -> str:
+        return self.versions[int(entry["revision"])]
+
+
+async def test_rollback_error_marks_unfinished_revisions() -> None:
+    """The error for a missing version marks every revision whose deploy did
+    not finish, the running version's ones included."""
+    versions = {6: "2.0.0", 5: "2.0.0", 2: "2.0.0", 1: "2.0.0"}
+    activities = VersionsByRevision(versions)
+    request = RollbackRequest(release="r", namespace="n")
+    revisions = [{"revision": r} for r in versions]
+    with pytest.raises(ApplicationError) as raised:
+        await activities._target(None, request, "2.0.0", revisions, {1, 5, 6})  # type: ignore[arg-type]
+    message = raised.value.message
+    assert "6: 2.0.0; 5: 2.0.0; 2: 2.0.0, did not finish; 1: 2.0.0" in message
