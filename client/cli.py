@@ -613,7 +613,7 @@ ENDED_EXECUTION_STATES = {
     WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_CANCELED: "canceled",
 }
 # How long a query or update waits for a worker to respond. Without a
-# worker, the server holds both until this timeout passes.
+# worker, the server keeps both waiting until this timeout passes.
 WORKER_RESPONSE_TIMEOUT = timedelta(seconds=10)
 # A schema error for a value that must be a string, in the two wordings of
 # helm's JSON schema libraries: "got number, want string" and "Expected:

@@ -345,11 +345,11 @@ async def test_start_during_destroy_names_watch(
         task_queue=task_queue,
     )
     try:
-        refused = await run_cli(
+        blocked = await run_cli(
             ["start", "--release", RELEASE, "--namespace", namespace],
             client_env(temporal_env, task_queue, key_ring_file),
         )
     finally:
         await handle.terminate("the test is done")
-    assert refused.returncode == 3, refused.stderr
-    assert f"`ventros-deploy watch {handle.id}`" in refused.stderr
+    assert blocked.returncode == 3, blocked.stderr
+    assert f"`ventros-deploy watch {handle.id}`" in blocked.stderr

@@ -16,8 +16,8 @@ def test_long_message_cut_at_word() -> None:
     cut = capped(words)
     assert len(cut) <= MESSAGE_CAP + len(" [cut]")
     assert cut.endswith(" [cut]")
-    kept = cut.removesuffix(" [cut]").split(" ")
-    assert kept == words.split(" ")[: len(kept)]
+    remaining = cut.removesuffix(" [cut]").split(" ")
+    assert remaining == words.split(" ")[: len(remaining)]
 
 
 def test_api_error_caps_message() -> None:

@@ -392,15 +392,15 @@ async def test_wait_outage_past_deadline_times_out() -> None:
 async def test_wait_outage_names_the_server() -> None:
     """A refused connection reports the server and the kubeconfig it came from
     in the wait's status, and times out as any outage does."""
-    refused = ApiUnreachableError(
+    unreachable = ApiUnreachableError(
         "API server unreachable at https://127.0.0.1:9 (Connect call failed), "
         "the address from kubeconfig /k, its current context; check that the "
         "server runs there"
     )
-    kube = FakeKube(gets=[refused] * 200, watches=[])
+    kube = FakeKube(gets=[unreachable] * 200, watches=[])
     with pytest.raises(waits.WaitTimeout) as raised:
         await wait(kube, seconds=0.3)
-    assert raised.value.status == f"{refused}; retrying"
+    assert raised.value.status == f"{unreachable}; retrying"
 
 
 # -- FakeApi: the HTTP layer under a real KubeClient ---------------------------
