@@ -149,6 +149,8 @@ async def check_not_running(workflow_id: str, fix: str) -> None:
 
     A deploy and a destroy of one release would undo each other's work. The
     client checks this too, but `temporal workflow start` does not.
+    NOTE: each run checks once, at its start, so two runs started in the same
+    instant can both pass.
     """
     handle = activity.client().get_workflow_handle(workflow_id)
     try:

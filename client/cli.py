@@ -56,6 +56,7 @@ from deployer.codec import KeyRingError, NoKeyRingError, PayloadDecryptionError
 from deployer.connect import connect, key_ring_configured
 from deployer.inputs import (
     DEFAULT_TIMEOUT_S,
+    MAX_VALUES_DEPTH,
     TIMEOUT_MAX_S,
     TIMEOUT_MIN_S,
     DeployRequest,
@@ -249,7 +250,7 @@ def build_request(args: argparse.Namespace) -> dict[str, Any]:
         except RecursionError:
             raise CliError(
                 f"cannot read --values {args.values}: it nests too deep to decode; "
-                "keep values a few levels deep",
+                f"keep values at most {MAX_VALUES_DEPTH} levels deep",
                 EXIT_USAGE,
             ) from None
         if not isinstance(loaded, dict):
@@ -286,7 +287,7 @@ def read_request_file(path: str) -> dict[str, Any]:
     except RecursionError:
         raise CliError(
             f"cannot read --request {path}: its JSON nests too deep to decode; "
-            "keep values a few levels deep",
+            f"keep values at most {MAX_VALUES_DEPTH} levels deep",
             EXIT_USAGE,
         ) from None
     if not isinstance(request, dict):

@@ -24,7 +24,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from deployer import contracts
-    from deployer.inputs import DeployRequest, InvalidRequestError
+    from deployer.inputs import MAX_VALUES_DEPTH, DeployRequest, InvalidRequestError
     from deployer.lifecycle import ReleaseTarget, RollbackRequest
     from deployer.phases import Phase, PhaseRecord, PhaseState
 
@@ -44,7 +44,7 @@ def read_input(raw: RawValue) -> Any:
         # JSON raises RecursionError, or ValidationError from pydantic's parser.
         raise InvalidRequestError(
             f"the request cannot be decoded ({type(error).__name__}): send a JSON "
-            "object whose values nest at most a few levels deep"
+            f"object whose values nest at most {MAX_VALUES_DEPTH} levels deep"
         ) from None
 
 

@@ -304,7 +304,7 @@ async def test_workflow_rejects_undecodable_input(
     assert isinstance(cause, ApplicationError)
     assert cause.type == contracts.INVALID_REQUEST
     assert "the request cannot be decoded" in cause.message
-    assert "nest at most a few levels deep" in cause.message
+    assert "nest at most 64 levels deep" in cause.message
 
 
 def test_parse_hides_values_input() -> None:
