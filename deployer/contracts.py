@@ -47,6 +47,9 @@ RELEASE_NAME_TAKEN = "ReleaseNameTaken"
 KUBECONFIG_INVALID = "KubeconfigInvalid"
 # An attempt cancelled after its workflow run ended; the server discards it.
 RUN_ENDED = "RunEnded"
+# A validate whose attempts ended without a verdict (timed out): the run
+# failed, and the request was not judged invalid.
+VALIDATE_UNFINISHED = "ValidateUnfinished"
 # Retried with backoff by the activity retry policy.
 HELM_FAILED = "HelmFailed"
 OPERATOR_CLAIM_LOST = "OperatorClaimLost"

@@ -55,6 +55,29 @@ with workflow.unsafe.imports_passed_through():
 WORKFLOW_TYPE = "VentrosDeploy"
 ABORTED = ABORTED_TYPE
 
+
+def validate_failure(error: ActivityError) -> tuple[str, str, str]:
+    """Return the error type, run state and message for a failed validate.
+
+    A request that validate rejected is invalid. A check that could not run,
+    such as a chart fetch from an unreachable repository, leaves the state
+    failed, because the same request may pass later. So does a validate that
+    never finished (its attempts timed out): it judged nothing.
+    """
+    cause = error.cause
+    if isinstance(cause, ApplicationError):
+        kind = cause.type or contracts.VALIDATE_UNFINISHED
+        state = "invalid" if kind in contracts.REJECTED_REQUEST_TYPES else "failed"
+        return kind, state, cause_message(error)
+    message = (
+        f"validate did not finish ({cause_message(error)}), so the request was "
+        "neither accepted nor rejected and nothing was applied. Check that the "
+        "worker reaches the Kubernetes API and the chart, then start the deploy "
+        "again"
+    )
+    return contracts.VALIDATE_UNFINISHED, "failed", message
+
+
 VALIDATE_RETRY = RetryPolicy(
     maximum_attempts=3, non_retryable_error_types=list(contracts.NON_RETRYABLE_TYPES)
 )
@@ -156,15 +179,7 @@ class VentrosDeploy(PhaseControl):
                 )
             )
         except ActivityError as error:
-            cause = error.cause
-            kind = cause.type if isinstance(cause, ApplicationError) else None
-            kind = kind or contracts.INVALID_REQUEST
-            # A request that validate rejected is invalid. A check that could
-            # not run, such as a chart fetch from an unreachable repository,
-            # leaves the state failed, because the same request may pass later.
-            rejected = kind in contracts.REJECTED_REQUEST_TYPES
-            self._state = "invalid" if rejected else "failed"
-            self._message = cause_message(error)
+            kind, self._state, self._message = validate_failure(error)
             self._publish()
             raise ApplicationError(
                 self._message, type=kind, non_retryable=True
