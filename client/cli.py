@@ -53,7 +53,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from deployer import contracts
 from deployer.codec import KeyRingError, NoKeyRingError, PayloadDecryptionError
-from deployer.connect import connect, key_ring_configured
+from deployer.connect import TlsFileError, connect, key_ring_configured
 from deployer.inputs import (
     DEFAULT_TIMEOUT_S,
     MAX_VALUES_DEPTH,
@@ -1334,6 +1334,8 @@ async def run(args: argparse.Namespace) -> int:
             "VENTROS_DEPLOY_CODEC_KEYS_FILE to the key ring the worker uses",
             EXIT_USAGE,
         ) from None
+    except TlsFileError as error:
+        raise CliError(str(error), EXIT_USAGE) from None
     except RuntimeError as error:
         raise CliError(
             "cannot reach the bootstrap Temporal at "

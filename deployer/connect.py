@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 from temporalio.api.common.v1 import Payload
 from temporalio.client import Client, Interceptor, TLSConfig
 from temporalio.converter import DataConverter
 
 from deployer import codec
-from deployer.settings import TemporalSettings
+from deployer.settings import ENV_PREFIX, TemporalSettings
 
 
 def key_ring_configured(settings: TemporalSettings) -> bool:
@@ -39,19 +40,34 @@ def data_converter(
     return codec.data_converter(codec.load_key_ring(path), on_plaintext)
 
 
+class TlsFileError(Exception):
+    """A TLS file that the settings name exists but cannot be read."""
+
+
+def _read_tls_file(variable: str, path: Path | None) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise TlsFileError(
+            f"{ENV_PREFIX}{variable}={path}: cannot be read ({error.strerror}). "
+            "Make it readable by the user that runs this process, or point the "
+            "variable at a readable copy"
+        ) from None
+
+
 def tls_config(settings: TemporalSettings) -> TLSConfig | bool:
+    """Return the TLS settings of the connection; raise TlsFileError when a
+    named file cannot be read."""
     if not (settings.temporal_tls_ca or settings.temporal_tls_cert):
         return False
     return TLSConfig(
-        server_root_ca_cert=settings.temporal_tls_ca.read_bytes()
-        if settings.temporal_tls_ca
-        else None,
-        client_cert=settings.temporal_tls_cert.read_bytes()
-        if settings.temporal_tls_cert
-        else None,
-        client_private_key=settings.temporal_tls_key.read_bytes()
-        if settings.temporal_tls_key
-        else None,
+        server_root_ca_cert=_read_tls_file("TEMPORAL_TLS_CA", settings.temporal_tls_ca),
+        client_cert=_read_tls_file("TEMPORAL_TLS_CERT", settings.temporal_tls_cert),
+        client_private_key=_read_tls_file(
+            "TEMPORAL_TLS_KEY", settings.temporal_tls_key
+        ),
         domain=settings.temporal_tls_server_name,
     )
 

@@ -8,12 +8,13 @@ workflow tests, its own task queue, so tests do not see each other's work.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import dataclasses
 import os
 import shutil
 import socket
 import uuid
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, closing
 from pathlib import Path
 from typing import Any
@@ -284,3 +285,44 @@ async def shared_operators(
             await uninstall_shared_operators(helm, name)
         finally:
             await remove_namespace(kube, name)
+
+
+# Linux capability numbers (linux/capability.h) and prctl's PR_CAPBSET_DROP.
+CAP_DAC_OVERRIDE = 1
+CAP_DAC_READ_SEARCH = 2
+PR_CAPBSET_DROP = 24
+
+
+def drop_file_read_override() -> None:
+    """Remove root's power to read any file from this process's children.
+
+    Runs in a child before exec: without the two capabilities in the bounding
+    set, the program that exec starts cannot get them, so a mode 000 file
+    stays unreadable to it even under root.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    for capability in (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH):
+        if libc.prctl(PR_CAPBSET_DROP, capability, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
+
+
+@dataclasses.dataclass
+class UnreadableFile:
+    """A mode 000 file, and what a child process needs to be denied it.
+
+    Pass ``preexec_fn`` to the process that should fail to read the file:
+    under root it drops the capabilities that would let the child read it.
+    """
+
+    path: Path
+    folder: Path
+    preexec_fn: Callable[[], None] | None
+
+
+@pytest.fixture
+def unreadable_file(tmp_path: Path) -> UnreadableFile:
+    path = tmp_path / "ca.pem"
+    path.write_text("-----BEGIN CERTIFICATE-----\n")
+    path.chmod(0)
+    dropping = drop_file_read_override if os.geteuid() == 0 else None
+    return UnreadableFile(path, tmp_path, dropping)

@@ -39,7 +39,13 @@ from activities.kubeapi import KubeClient, KubeconfigError
 from activities.rollback import RollbackActivities
 from activities.teardown import TeardownActivities
 from deployer import codec, logs
-from deployer.connect import connect, data_converter, key_ring_configured
+from deployer.connect import (
+    TlsFileError,
+    connect,
+    data_converter,
+    key_ring_configured,
+    tls_config,
+)
 from deployer.settings import WorkerSettings, describe_settings_error
 from workflows.deploy import VentrosDeploy
 from workflows.destroy import VentrosDestroy
@@ -185,6 +191,16 @@ def key_ring_problem(settings: WorkerSettings) -> str | None:
     return None
 
 
+def tls_problem(settings: WorkerSettings) -> str | None:
+    """Describe why a TLS file that the settings name cannot be read, or
+    return None."""
+    try:
+        tls_config(settings)
+    except TlsFileError as error:
+        return str(error)
+    return None
+
+
 def warn_plaintext(payload: Payload) -> None:
     """Log that a payload reached this worker unencrypted, so that a setup
     that stores requests in plain text is noticed. Never logs the payload."""
@@ -225,10 +241,11 @@ def main() -> None:
             file=sys.stderr,
         )
         sys.exit(2)
-    problem = key_ring_problem(settings)
-    if problem is not None:
-        print(problem, file=sys.stderr)
-        sys.exit(2)
+    for check in (key_ring_problem, tls_problem):
+        problem = check(settings)
+        if problem is not None:
+            print(problem, file=sys.stderr)
+            sys.exit(2)
     logs.configure(settings.log_format)
     code = 1
     try:

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from client.cli import CliError, parse_set
 from deployer.settings import TemporalSettings, WorkerSettings, normalize_address
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, UnreadableFile
 
 
 @pytest.mark.parametrize(
@@ -65,6 +65,33 @@ def test_client_names_invalid_setting(tmp_path: Path) -> None:
     assert f"VENTROS_DEPLOY_TEMPORAL_TLS_CA={missing}" in result.stderr
     assert "point it to an existing file" in result.stderr
     assert "errors.pydantic.dev" not in result.stderr
+
+
+def test_client_names_unreadable_tls_file(unreadable_file: UnreadableFile) -> None:
+    """The client exits 2 for a TLS file that exists but cannot be read,
+    naming the variable and the file, before it connects."""
+    env = dict(
+        os.environ,
+        VENTROS_DEPLOY_TEMPORAL_TLS_CA=str(unreadable_file.path),
+        VENTROS_DEPLOY_TEMPORAL_ADDRESS="127.0.0.1:9",
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "client", "status", "deploy-x-y"],
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        preexec_fn=unreadable_file.preexec_fn,
+    )
+
+    assert result.returncode == 2, result.stderr
+    assert (
+        f"VENTROS_DEPLOY_TEMPORAL_TLS_CA={unreadable_file.path}: cannot be read "
+        "(Permission denied)" in result.stderr
+    )
+    assert "Traceback" not in result.stderr
 
 
 def test_normalize_address_default_port() -> None:

@@ -11,11 +11,12 @@ import socket
 import sys
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from temporalio.testing import WorkflowEnvironment
 
-from tests.conftest import REPO_ROOT, temporal_cli
+from tests.conftest import REPO_ROOT, UnreadableFile, temporal_cli
 
 
 def free_port() -> int:
@@ -30,7 +31,9 @@ def scrape(port: int) -> str:
         return str(response.read().decode())
 
 
-async def start_worker(env: dict[str, str]) -> asyncio.subprocess.Process:
+async def start_worker(
+    env: dict[str, str], preexec_fn: Callable[[], None] | None = None
+) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -39,6 +42,7 @@ async def start_worker(env: dict[str, str]) -> asyncio.subprocess.Process:
         cwd=REPO_ROOT,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        preexec_fn=preexec_fn,
     )
 
 
@@ -159,6 +163,33 @@ async def test_worker_rejects_bad_settings(tmp_path: Path) -> None:
         assert "Traceback" not in message
         assert "errors.pydantic.dev" not in message
         assert len(message.strip().splitlines()) == 1, message
+
+
+async def test_worker_rejects_unreadable_tls_file(
+    unreadable_file: UnreadableFile,
+) -> None:
+    """A TLS file that exists but cannot be read stops the worker at start
+    with exit code 2 and one line naming the variable and the file."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("VENTROS_DEPLOY_")
+    }
+    env["VENTROS_DEPLOY_TEMPORAL_ADDRESS"] = "127.0.0.1:9"
+    env["VENTROS_DEPLOY_HELM"] = str(stand_in_helm(unreadable_file.folder))
+    env["VENTROS_DEPLOY_TEMPORAL_TLS_CA"] = str(unreadable_file.path)
+    process = await start_worker(env, preexec_fn=unreadable_file.preexec_fn)
+    _, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
+    message = stderr.decode()
+
+    assert process.returncode == 2, message
+    assert (
+        f"VENTROS_DEPLOY_TEMPORAL_TLS_CA={unreadable_file.path}: cannot be read "
+        "(Permission denied)" in message
+    )
+    assert "Make it readable" in message
+    assert "Traceback" not in message
+    assert len(message.strip().splitlines()) == 1, message
 
 
 async def start_dev_server(port: int) -> asyncio.subprocess.Process:
