@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -47,20 +48,27 @@ def test_settings_read_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.task_queue == "deploys"
 
 
-def test_client_names_invalid_setting(tmp_path: Path) -> None:
-    """The client exits 2 for a TLS file that does not exist, naming the
-    variable and without a pydantic link."""
-    missing = tmp_path / "ca.pem"
-    env = dict(os.environ, VENTROS_DEPLOY_TEMPORAL_TLS_CA=str(missing))
-    result = subprocess.run(
+def run_status(
+    settings: dict[str, str], preexec_fn: Callable[[], None] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the client's status command with settings added to the environment."""
+    return subprocess.run(
         [sys.executable, "-m", "client", "status", "deploy-x-y"],
-        env=env,
+        env={**os.environ, **settings},
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
+        preexec_fn=preexec_fn,
     )
+
+
+def test_client_names_invalid_setting(tmp_path: Path) -> None:
+    """The client exits 2 for a TLS file that does not exist, naming the
+    variable and without a pydantic link."""
+    missing = tmp_path / "ca.pem"
+    result = run_status({"VENTROS_DEPLOY_TEMPORAL_TLS_CA": str(missing)})
     assert result.returncode == 2, result.stderr
     assert f"VENTROS_DEPLOY_TEMPORAL_TLS_CA={missing}" in result.stderr
     assert "point it to an existing file" in result.stderr
@@ -70,21 +78,11 @@ def test_client_names_invalid_setting(tmp_path: Path) -> None:
 def test_client_names_unreadable_tls_file(unreadable_file: UnreadableFile) -> None:
     """The client exits 2 for a TLS file that exists but cannot be read,
     naming the variable and the file, before it connects."""
-    env = dict(
-        os.environ,
-        VENTROS_DEPLOY_TEMPORAL_TLS_CA=str(unreadable_file.path),
-        VENTROS_DEPLOY_TEMPORAL_ADDRESS="127.0.0.1:9",
-    )
-    result = subprocess.run(
-        [sys.executable, "-m", "client", "status", "deploy-x-y"],
-        env=env,
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        preexec_fn=unreadable_file.preexec_fn,
-    )
+    settings = {
+        "VENTROS_DEPLOY_TEMPORAL_TLS_CA": str(unreadable_file.path),
+        "VENTROS_DEPLOY_TEMPORAL_ADDRESS": "127.0.0.1:9",
+    }
+    result = run_status(settings, unreadable_file.preexec_fn)
 
     assert result.returncode == 2, result.stderr
     assert (
