@@ -13,7 +13,7 @@ import copy
 import functools
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -61,7 +61,13 @@ from deployer.contracts import (
     WaitRequest,
     WaitResult,
 )
-from deployer.inputs import ChartRef, DeployRequest, InvalidRequestError, parse_request
+from deployer.inputs import (
+    ChartRef,
+    DeployRequest,
+    InvalidRequestError,
+    parse_request,
+    repository_allowed,
+)
 from deployer.lifecycle import destroy_workflow_id_for
 from deployer.phases import ObjectRef, Phase
 from deployer.settings import WorkerSettings, normalize_address
@@ -557,6 +563,7 @@ class DeployActivities:
         for chart in (request.chart, *self._operator_chart_paths(request)):
             if chart.path is not None:
                 helm.resolve_path(chart.path)
+        await self._check_repositories(request)
         destroy_id = destroy_workflow_id_for(request.namespace, request.release)
         objects, _, existing, _ = await gather_or_cancel(
             self._render_all(request),
@@ -795,6 +802,61 @@ class DeployActivities:
                 f"it has: {', '.join(map(str, names)) or 'no contexts'}",
             )
 
+    def check_chart_repository(
+        self, field: str, chart: ChartRef, trusted: Sequence[str] = ()
+    ) -> None:
+        """Raise InvalidRequest when chart comes from a repository that neither
+        the worker's settings nor trusted (the chart's own defaults) allow.
+
+        The check comes before any helm call that would contact the repository,
+        so a request cannot make the worker connect to a host of its choosing.
+        """
+        listed = self.settings.allowed_repositories
+        if chart.repository is None or repository_allowed(
+            chart.repository, (*listed, *trusted)
+        ):
+            return
+        allowed = ", ".join((*listed, *trusted)) or "none"
+        raise _non_retryable(
+            contracts.INVALID_REQUEST,
+            f"{field}: chart repository {chart.repository} is not allowed. The "
+            "worker fetches charts only from the repositories in "
+            "VENTROS_DEPLOY_CHART_REPOSITORIES and those that the chart's "
+            f"dependencies name (now: {allowed}). Name a chart folder under the "
+            "worker's chart root, or add the repository to that setting on the "
+            "worker",
+        )
+
+    async def _check_repositories(self, request: DeployRequest) -> None:
+        """Reject the request's chart repositories that the worker may not use."""
+        self.check_chart_repository("chart", request.chart)
+        charts = request.operator_charts
+        named = {
+            f"operator_charts.{field}": chart
+            for field in type(charts).model_fields
+            if (chart := getattr(charts, field)) is not None
+            and chart.repository is not None
+        }
+        if not named:
+            return
+        if all(
+            repository_allowed(
+                str(chart.repository), self.settings.allowed_repositories
+            )
+            for chart in named.values()
+        ):
+            return
+        # Only now read the chart's defaults: that costs a helm call, and a
+        # request without repository charts never needs it.
+        dependencies = (await self._chart_defaults(request)).get("dependencies")
+        trusted = [
+            str(entry["repository"])
+            for entry in (dependencies or {}).values()
+            if isinstance(entry, dict) and entry.get("repository")
+        ]
+        for field, chart in named.items():
+            self.check_chart_repository(field, chart, trusted)
+
     def _check_app_temporal(self, request: DeployRequest) -> None:
         address = (request.values.get("temporal") or {}).get("address")
         if address and normalize_address(str(address)) == normalize_address(
@@ -906,14 +968,19 @@ class DeployActivities:
         }[key]
         if configured:
             return configured
+        defaults = await self._chart_defaults(request)
+        reference = (defaults.get("dependencies") or {}).get(key) or {}
+        return ChartRef.model_validate(reference)
+
+    async def _chart_defaults(self, request: DeployRequest) -> dict[str, Any]:
+        """Return the default values of the request's chart (`helm show values`)."""
         helm = self.helm(request.kube_context)
         text: str = await self.renders.get(
             helm.cache_key("show values", chart=request.chart),
             lambda: helm.run(["show", "values", *helm.chart_args(request.chart)]),
         )
         defaults = yaml.safe_load(text) or {}
-        reference = (defaults.get("dependencies") or {}).get(key) or {}
-        return ChartRef.model_validate(reference)
+        return defaults if isinstance(defaults, dict) else {}
 
     async def _apply_base(self, request: DeployRequest) -> ApplyResult:
         helm = self.helm(request.kube_context)

@@ -160,6 +160,7 @@ class RollbackActivities:
     @heartbeat_while_running
     async def plan_rollback(self, request: RollbackRequest) -> RollbackPlan:
         """Find the running version, the one to return to and its helm revision."""
+        self._deploy.check_chart_repository("chart", request.chart)
         kube = await self._deploy.kube(request.kube_context)
         helm = self._deploy.helm(request.kube_context)
         app = await self._app_deployment(kube, request)

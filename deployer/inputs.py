@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable
 from typing import Any
 
 from pydantic import (
@@ -34,6 +35,10 @@ RELEASE_MAX = 35
 APP_VERSION = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 CHART_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 CHART_VERSION = re.compile(r"^v?[0-9]+(\.[0-9]+){0,2}([-+][0-9A-Za-z.-]+)?$")
+# A chart repository: an https:// or oci:// URL, without options or spaces.
+REPOSITORY_URL = re.compile(
+    r"^(https://|oci://)[A-Za-z0-9.-]+(:[0-9]+)?(/[A-Za-z0-9._~/-]*)?$"
+)
 KUBE_CONTEXT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@:/-]{0,252}$")
 MAX_VALUES_BYTES = 256 * 1024
 # Helm values nest a few levels; far deeper JSON makes recursive encoders and
@@ -99,10 +104,7 @@ class ChartRef(BaseModel):
             return self
         if not (self.repository and self.name and self.version):
             raise ValueError("give path, or all of repository, name and version")
-        if not re.fullmatch(
-            r"^(https://|oci://)[A-Za-z0-9.-]+(:[0-9]+)?(/[A-Za-z0-9._~/-]*)?$",
-            self.repository,
-        ):
+        if not REPOSITORY_URL.fullmatch(self.repository):
             raise ValueError(
                 "repository must be an https:// or oci:// URL without spaces or options"
             )
@@ -113,6 +115,19 @@ class ChartRef(BaseModel):
         if not CHART_VERSION.fullmatch(self.version):
             raise ValueError("version must be a chart version such as 1.14.0")
         return self
+
+
+def repository_allowed(repository: str, allowed: Iterable[str]) -> bool:
+    """Tell whether repository is one of allowed, or lies under one of them.
+
+    "Under" goes by whole path parts, so https://charts.example.com allows
+    https://charts.example.com/stable but not https://charts.example.com.evil.
+    """
+    normalized = repository.rstrip("/")
+    return any(
+        normalized == base or normalized.startswith(base + "/")
+        for base in (entry.rstrip("/") for entry in allowed)
+    )
 
 
 def _check_chart_path(path: str) -> None:

@@ -23,6 +23,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from deployer.inputs import REPOSITORY_URL
+
 DEFAULT_TASK_QUEUE = "ventros-deploy"
 ENV_PREFIX = "VENTROS_DEPLOY_"
 # The fix for a setting's value, by pydantic error type.
@@ -132,6 +134,25 @@ class WorkerSettings(TemporalSettings):
     # Base URL of a RabbitMQ cluster's management API, with {name} and
     # {namespace} of the RabbitmqCluster; a destroy reads its queue depths there.
     rabbitmq_management_url: str = "http://{name}.{namespace}.svc:15672"
+    # Chart repositories that requests may name, comma-separated. The chart's
+    # own dependency defaults are allowed without being listed.
+    chart_repositories: str = ""
+
+    @field_validator("chart_repositories")
+    @classmethod
+    def _repositories(cls, value: str) -> str:
+        for entry in _split_list(value):
+            if not REPOSITORY_URL.fullmatch(entry):
+                raise ValueError(
+                    f"{entry!r} is not an https:// or oci:// repository URL; "
+                    "separate entries with commas"
+                )
+        return value
+
+    @property
+    def allowed_repositories(self) -> tuple[str, ...]:
+        """The entries of chart_repositories."""
+        return tuple(_split_list(self.chart_repositories))
 
     @field_validator("rabbitmq_management_url")
     @classmethod
@@ -145,6 +166,10 @@ class WorkerSettings(TemporalSettings):
                 "placeholders are {name} and {namespace}"
             )
         return value
+
+
+def _split_list(value: str) -> list[str]:
+    return [entry.strip() for entry in value.split(",") if entry.strip()]
 
 
 def describe_settings_error(error: ValidationError) -> str:

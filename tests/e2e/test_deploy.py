@@ -381,8 +381,11 @@ async def test_unreachable_operator_chart_fails_validate(
         "version": "4.4.4",
     }
     helm = Helm(worker_settings.helm, str(worker_settings.kubeconfig), None, REPO_ROOT)
-    async with running_worker(temporal_env.client, worker_settings):
-        handle = await start(temporal_env, worker_settings, request)
+    settings = worker_settings.model_copy(
+        update={"chart_repositories": "https://127.0.0.1:9"}
+    )
+    async with running_worker(temporal_env.client, settings):
+        handle = await start(temporal_env, settings, request)
         with pytest.raises(WorkflowFailureError) as failure:
             await asyncio.wait_for(handle.result(), timeout=120)
         status = await status_of(handle)
@@ -397,6 +400,51 @@ async def test_unreachable_operator_chart_fails_validate(
     assert status.state == "failed"
     assert all(r.attempts == 0 for r in status.phases)
     assert releases.strip() == ""
+
+
+async def test_unlisted_chart_repository_never_contacted(
+    temporal_env: WorkflowEnvironment,
+    worker_settings: WorkerSettings,
+    kube: KubeClient,
+    namespace: str,
+) -> None:
+    """An operator chart from a repository that the worker does not allow
+    fails validate as InvalidRequest, and the worker never connects to it: a
+    listening socket on loopback stands for that host and counts accepts."""
+    accepted: list[object] = []
+
+    async def on_connect(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer.get_extra_info("peername"))
+        writer.close()
+
+    server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    request = deploy_request(namespace)
+    request["operator_charts"]["rabbitmq_operator"] = {
+        "repository": f"https://127.0.0.1:{port}/charts",
+        "name": "rabbitmq-cluster-operator",
+        "version": "4.4.4",
+    }
+    try:
+        async with running_worker(temporal_env.client, worker_settings):
+            handle = await start(temporal_env, worker_settings, request)
+            with pytest.raises(WorkflowFailureError) as failure:
+                await asyncio.wait_for(handle.result(), timeout=120)
+            status = await status_of(handle)
+    finally:
+        server.close()
+        await server.wait_closed()
+    cause = failure.value.cause
+    assert isinstance(cause, ApplicationError)
+    assert cause.type == contracts.INVALID_REQUEST
+    assert (
+        f"operator_charts.rabbitmq_operator: chart repository "
+        f"https://127.0.0.1:{port}/charts is not allowed" in cause.message
+    )
+    assert status.state == "invalid"
+    assert all(r.attempts == 0 for r in status.phases)
+    assert accepted == []
+    assert await kube.get(CONFIG_MAP, "ventros-crm-config", namespace) is None
 
 
 async def test_unusable_kubeconfig_fails_validate(
