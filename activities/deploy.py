@@ -11,6 +11,9 @@ from __future__ import annotations
 import asyncio
 import copy
 import functools
+import hashlib
+import hmac
+import json
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -53,7 +56,8 @@ from activities.waits import (
     WaitTimeout,
     wait_object_ready,
 )
-from deployer import contracts
+from deployer import codec, contracts
+from deployer.connect import key_ring_configured
 from deployer.contracts import (
     ApplyRequest,
     ApplyResult,
@@ -336,12 +340,48 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     return merged
 
 
-def chart_values(request: DeployRequest, phases: list[Phase] | None) -> dict[str, Any]:
-    """Return the values for our chart: the request's, plus what the deployer sets."""
+# Mixed into the key before use, so that the digest key serves nothing else.
+DIGEST_KEY_LABEL = b"ventros-deploy secrets digest v1"
+
+
+def secrets_digest(
+    key: bytes, namespace: str, release: str, values: dict[str, Any]
+) -> str:
+    """Return a keyed digest (16 hex digits) of the secret values given.
+
+    It goes on the app and Redis pod templates, so that changing a secret
+    rolls them. Without the key, a reader of those objects cannot test a
+    guessed password against it, as the chart's own plain SHA-256 allowed.
+    """
+    secrets = values.get("secrets") or {}
+    parts = [
+        namespace,
+        release,
+        *(
+            secrets.get(name) or ""
+            for name in ("existingSecret", "appSecretKey", "redisPassword")
+        ),
+    ]
+    digest_key = hmac.new(key, DIGEST_KEY_LABEL, hashlib.sha256).digest()
+    text = json.dumps(parts, sort_keys=True).encode()
+    return hmac.new(digest_key, text, hashlib.sha256).hexdigest()[:16]
+
+
+def chart_values(
+    request: DeployRequest,
+    phases: list[Phase] | None,
+    digest_key: bytes | None = None,
+) -> dict[str, Any]:
+    """Return the values for our chart: the request's, plus what the deployer
+    sets. With digest_key, the secrets digest is keyed (secrets_digest)."""
     ours: dict[str, Any] = {
         "deployer": {"phases": [p.value for p in phases or []]},
         "migration": {"waitForPostgresSeconds": request.migration_wait_for_postgres_s},
     }
+    if digest_key is not None:
+        ours["deployer"]["secretsDigest"] = secrets_digest(
+            digest_key, request.namespace, request.release, request.values
+        )
     if request.app_version:
         ours["image"] = {"tag": request.app_version}
     return deep_merge(request.values, ours)
@@ -513,6 +553,19 @@ def ref_of(obj: JsonObject, namespace: str) -> ObjectRef:
     )
 
 
+def digest_key_of(settings: WorkerSettings) -> bytes | None:
+    """Return the key of the secrets digest: the oldest key of the payload key
+    ring, or None without a key ring.
+
+    The oldest key, so that adding a key to the ring does not roll the app
+    and Redis pods. Removing that key does, once.
+    """
+    if not key_ring_configured(settings):
+        return None
+    path = str(settings.codec_keys_file) if settings.codec_keys_file else None
+    return codec.load_key_ring(path).keys[0].key
+
+
 class DeployActivities:
     """Activities bound to the worker's settings and its Kubernetes clients."""
 
@@ -522,6 +575,7 @@ class DeployActivities:
         self._lock = asyncio.Lock()
         # Renders and chart values, shared by the phases of a deploy.
         self.renders = RenderCache()
+        self.digest_key = digest_key_of(settings)
 
     async def close(self) -> None:
         for kube in self._clients.values():
@@ -893,7 +947,7 @@ class DeployActivities:
     async def _render_all(self, request: DeployRequest) -> list[JsonObject]:
         """Render every phase of the chart, or take the render validation made."""
         helm = self.helm(request.kube_context)
-        values = chart_values(request, None)
+        values = chart_values(request, None, self.digest_key)
         key = helm.cache_key(
             "template", request.release, request.namespace, values, chart=request.chart
         )
@@ -986,7 +1040,11 @@ class DeployActivities:
         helm = self.helm(request.kube_context)
         notes: list[str] = []
         releases: list[tuple[str, ChartRef, dict[str, Any]]] = [
-            (request.release, request.chart, chart_values(request, [Phase.BASE]))
+            (
+                request.release,
+                request.chart,
+                chart_values(request, [Phase.BASE], self.digest_key),
+            )
         ]
         if request.install_operators:
             for key, suffix in (

@@ -36,6 +36,7 @@ from activities.deploy import (
     deep_merge,
     heartbeat_while_running,
     ref_of,
+    secrets_digest,
     translate_errors,
 )
 from activities.helm import Helm, HelmError
@@ -367,9 +368,14 @@ class RollbackActivities:
         values = await self._values(helm, request, plan.helm_revision)
         values.pop("deployer", None)
         phases = [Phase.CACHE.value, Phase.APP.value]
+        deployer: dict[str, Any] = {"phases": phases}
+        key = self._deploy.digest_key
+        if key is not None:
+            deployer["secretsDigest"] = secrets_digest(
+                key, request.namespace, request.release, values
+            )
         values = deep_merge(
-            values,
-            {"deployer": {"phases": phases}, "image": {"tag": plan.target_version}},
+            values, {"deployer": deployer, "image": {"tag": plan.target_version}}
         )
         rendered = await helm.template(
             request.release, request.namespace, request.chart, values

@@ -131,12 +131,18 @@ else R-secrets.
 A digest of the secret values given in the values, on the pod templates that
 read them, so that changing one rolls the pods; without it they would keep
 the old value until they restart. It covers the given values and the name of
-an existing Secret, not a change made inside that Secret. The fullname salts
-it, and 16 hex digits are enough to notice a change.
+an existing Secret, not a change made inside that Secret. The deployer passes
+a keyed digest in deployer.secretsDigest. Without it the chart takes a plain
+SHA-256, salted with the fullname, and 16 hex digits are enough to notice a
+change.
 */}}
 {{- define "ventros-crm.secretsDigest" -}}
+{{- if .Values.deployer.secretsDigest }}
+{{- .Values.deployer.secretsDigest }}
+{{- else }}
 {{- $given := list (include "ventros-crm.fullname" .) (include "ventros-crm.secretName" .) (toString (.Values.secrets.appSecretKey | default "")) (toString (.Values.secrets.redisPassword | default "")) }}
 {{- join "\n" $given | sha256sum | trunc 16 }}
+{{- end }}
 {{- end }}
 
 {{/*

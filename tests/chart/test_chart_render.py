@@ -501,6 +501,18 @@ def test_secrets_digest_follows_values(helm_env: dict[str, str]) -> None:
     assert deployment["spec"]["template"]["metadata"]["annotations"]["team"] == "crm"
 
 
+def test_secrets_digest_given_by_deployer(helm_env: dict[str, str]) -> None:
+    """A digest in deployer.secretsDigest goes on both pod templates as it is,
+    in place of the chart's plain one."""
+    expected = "0123456789abcdef"
+    plain = secrets_digests(render(helm_env, ["secrets.redisPassword=pw"]))
+    keyed = render(
+        helm_env, ["secrets.redisPassword=pw", f"deployer.secretsDigest={expected}"]
+    )
+    assert secrets_digests(keyed) == {expected}
+    assert expected not in plain
+
+
 # Schema and input checks
 
 
@@ -512,6 +524,7 @@ def test_secrets_digest_follows_values(helm_env: dict[str, str]) -> None:
         ("nameOverride=Bad_Name", "/nameOverride"),
         ("unknownKey=1", "unknownKey"),
         ("deployer.phases={later}", "/deployer/phases/0"),
+        ("deployer.secretsDigest=not-hex", "/deployer/secretsDigest"),
         ("migration.waitForPostgresSeconds=0", "/migration/waitForPostgresSeconds"),
         ("secrets.existingSecret=Not_A_Name", "/secrets/existingSecret"),
         ("redis.persistence.size=lots", "/redis/persistence/size"),

@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +23,7 @@ from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
 from activities.kubeapi import JsonObject, KubeClient, well_known
+from deployer import codec
 from deployer.lifecycle import destroy_workflow_id_for
 from deployer.phases import DeployStatus, PhaseRecord, PhaseState
 from deployer.settings import WorkerSettings
@@ -48,10 +50,14 @@ async def management_url(kube: KubeClient) -> AsyncIterator[str]:
 
 @pytest.fixture
 def lifecycle_settings(
-    worker_settings: WorkerSettings, management_url: str
+    worker_settings: WorkerSettings, management_url: str, tmp_path: Path
 ) -> WorkerSettings:
+    """The worker's settings, with a key ring file of its own, so that these
+    tests deploy with the keyed secrets digest."""
+    key_ring = tmp_path / "worker-keys.json"
+    codec.generate_key_ring_file(str(key_ring))
     return worker_settings.model_copy(
-        update={"rabbitmq_management_url": management_url}
+        update={"rabbitmq_management_url": management_url, "codec_keys_file": key_ring}
     )
 
 

@@ -10,6 +10,8 @@ import pytest
 from temporalio.client import WorkflowFailureError
 from temporalio.testing import WorkflowEnvironment
 
+from activities.deploy import digest_key_of
+from activities.deploy import secrets_digest as keyed_digest
 from activities.helm import Helm
 from activities.kubeapi import KubeClient, well_known
 from activities.rollback import CONFIG_MAP, RAN_KEY, history_name
@@ -98,6 +100,10 @@ async def test_rollback_previous_version(
 
     assert app is not None
     assert app_image_tag(app) == "1.0.0"
+    key = digest_key_of(lifecycle_settings)
+    assert key is not None
+    assert first_digest == keyed_digest(key, namespace, RELEASE, {})
+    assert newer_digest == keyed_digest(key, namespace, RELEASE, values)
     assert newer_digest != first_digest
     assert secrets_digest(redis) == first_digest
     assert secrets_digest(app) == first_digest
