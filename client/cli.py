@@ -822,10 +822,16 @@ async def execute_update(
         )
     except (TimeoutError, WorkflowUpdateRPCTimeoutOrCancelledError):
         description = await handle.describe()
-        raise no_worker_error(
+        # The server keeps an update that no worker accepted: giving up here
+        # does not withdraw it.
+        raise CliError(
             f"the {name} update of {handle.id} timed out after "
-            f"{timeout.total_seconds():.0f} s",
-            description.task_queue,
+            f"{timeout.total_seconds():.0f} s: no worker on task queue "
+            f"{description.task_queue} accepted it. The server keeps it, so it "
+            "still takes effect once a worker on that queue runs, unless the "
+            "server restarts first. Start a worker, or check the worker's log; "
+            f"`ventros-deploy status {handle.id}` then shows whether it applied",
+            EXIT_UNREACHABLE,
         ) from None
     except RPCError as error:
         raise ended_error(handle.id, name, error) from None

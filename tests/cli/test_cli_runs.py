@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 from temporalio import activity
-from temporalio.client import Client, WorkflowFailureError
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
@@ -292,6 +292,18 @@ async def test_status_invalid_destroy(
     assert "delete_data" in (status.message or "")
 
 
+async def start_without_worker(
+    client: Client, task_queue: str
+) -> WorkflowHandle[Any, Any]:
+    """Start a deploy on a task queue that no worker polls."""
+    return await client.start_workflow(
+        "VentrosDeploy",
+        {"release": RELEASE, "namespace": "no-worker"},
+        id=f"deploy-no-worker-{uuid.uuid4().hex[:8]}",
+        task_queue=task_queue,
+    )
+
+
 async def test_abort_and_retry_without_worker(
     temporal_env: WorkflowEnvironment, encrypted_client: Client, key_ring_file: Path
 ) -> None:
@@ -300,12 +312,7 @@ async def test_abort_and_retry_without_worker(
     abort-signal signal, which aborts the run once a worker runs it."""
     task_queue = f"tq-{uuid.uuid4().hex[:8]}"
     env = client_env(temporal_env, task_queue, key_ring_file)
-    handle = await encrypted_client.start_workflow(
-        "VentrosDeploy",
-        {"release": RELEASE, "namespace": "no-worker"},
-        id=f"deploy-no-worker-{uuid.uuid4().hex[:8]}",
-        task_queue=task_queue,
-    )
+    handle = await start_without_worker(encrypted_client, task_queue)
     try:
         aborted = await run_cli(["abort", handle.id], env)
         retried = await run_cli(["retry", handle.id], env)
@@ -318,7 +325,8 @@ async def test_abort_and_retry_without_worker(
     for result in (aborted, retried):
         assert result.returncode == 5, result.stderr
         assert "Traceback" not in result.stderr
-        assert f"worker on task queue {task_queue}" in result.stderr
+        assert f"no worker on task queue {task_queue} accepted it" in result.stderr
+        assert "still takes effect once a worker on that queue runs" in (result.stderr)
     assert "the abort update of" in aborted.stderr
     assert "the retry update of" in retried.stderr
     assert signalled.returncode == 0, signalled.stderr
@@ -328,6 +336,33 @@ async def test_abort_and_retry_without_worker(
         with pytest.raises(WorkflowFailureError) as failure:
             await asyncio.wait_for(handle.result(), 60)
     assert "no worker came" in str(failure.value.cause)
+
+
+async def test_queued_abort_applies_later(
+    temporal_env: WorkflowEnvironment, encrypted_client: Client, key_ring_file: Path
+) -> None:
+    """An abort update that timed out without a worker stays on the server, as
+    its error message states: the run aborts with its reason once a worker
+    starts."""
+    task_queue = f"tq-{uuid.uuid4().hex[:8]}"
+    env = client_env(temporal_env, task_queue, key_ring_file)
+    handle = await start_without_worker(encrypted_client, task_queue)
+    try:
+        aborted = await run_cli(
+            ["abort", handle.id, "--reason", "queued while no worker ran"], env
+        )
+    except BaseException:
+        await handle.terminate("the test failed")
+        raise
+    assert aborted.returncode == 5, aborted.stderr
+
+    async with workflows_worker(encrypted_client, task_queue):
+        with pytest.raises(WorkflowFailureError) as failure:
+            await asyncio.wait_for(handle.result(), 60)
+    cause = failure.value.cause
+    assert isinstance(cause, ApplicationError)
+    assert cause.type == "Aborted"
+    assert "queued while no worker ran" in cause.message
 
 
 async def test_start_during_destroy_names_watch(
