@@ -104,9 +104,12 @@ class ChartRef(BaseModel):
             return self
         if not (self.repository and self.name and self.version):
             raise ValueError("give path, or all of repository, name and version")
-        if not REPOSITORY_URL.fullmatch(self.repository):
+        if not REPOSITORY_URL.fullmatch(self.repository) or dot_segments(
+            self.repository
+        ):
             raise ValueError(
-                "repository must be an https:// or oci:// URL without spaces or options"
+                "repository must be an https:// or oci:// URL without spaces, "
+                "options, or '.' and '..' path parts"
             )
         if not CHART_NAME.fullmatch(self.name):
             raise ValueError(
@@ -115,6 +118,13 @@ class ChartRef(BaseModel):
         if not CHART_VERSION.fullmatch(self.version):
             raise ValueError("version must be a chart version such as 1.14.0")
         return self
+
+
+def dot_segments(url: str) -> bool:
+    """Tell whether the URL's path has a '.' or '..' part, which a client
+    resolves, so that a URL under an allowed path could leave it."""
+    path = url.split("://", 1)[-1].partition("/")[2]
+    return any(part in (".", "..") for part in path.split("/"))
 
 
 def repository_allowed(repository: str, allowed: Iterable[str]) -> bool:

@@ -23,7 +23,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from deployer.inputs import REPOSITORY_URL
+from deployer.inputs import REPOSITORY_URL, dot_segments
 
 DEFAULT_TASK_QUEUE = "ventros-deploy"
 ENV_PREFIX = "VENTROS_DEPLOY_"
@@ -142,10 +142,10 @@ class WorkerSettings(TemporalSettings):
     @classmethod
     def _repositories(cls, value: str) -> str:
         for entry in _split_list(value):
-            if not REPOSITORY_URL.fullmatch(entry):
+            if not REPOSITORY_URL.fullmatch(entry) or dot_segments(entry):
                 raise ValueError(
-                    f"{entry!r} is not an https:// or oci:// repository URL; "
-                    "separate entries with commas"
+                    f"{entry!r} is not an https:// or oci:// repository URL "
+                    "without '.' and '..' path parts; separate entries with commas"
                 )
         return value
 

@@ -7,6 +7,7 @@ Kubernetes call.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from temporalio.testing import ActivityEnvironment
 from activities.deploy import DeployActivities
 from activities.rollback import RollbackActivities
 from deployer import contracts
-from deployer.inputs import parse_request, repository_allowed
+from deployer.inputs import InvalidRequestError, parse_request, repository_allowed
 from deployer.lifecycle import RollbackRequest
 from deployer.settings import WorkerSettings, describe_settings_error
 from testbed.cluster import tool_path
@@ -65,6 +66,29 @@ def test_setting_rejects_plain_http() -> None:
     assert "'http://b.example.com' is not an https:// or oci:// repository URL" in (
         message
     )
+
+
+@pytest.mark.parametrize(
+    "repository",
+    [
+        "https://charts.example.com/stable/../other",
+        "https://charts.example.com/stable/..",
+        "https://charts.example.com/./stable",
+        "oci://r.io/team/../other",
+    ],
+)
+def test_dot_path_parts_rejected(repository: str) -> None:
+    """A URL under an allowed path could leave it through '..', once the
+    client resolves it, so such URLs fail in the request and in the setting."""
+    with pytest.raises(InvalidRequestError, match=re.escape("'.' and '..' path parts")):
+        request_with(temporal=chart_from(repository))
+    with pytest.raises(ValidationError):
+        WorkerSettings(chart_repositories=repository)
+
+
+def test_dots_inside_names_pass() -> None:
+    request = request_with(temporal=chart_from("https://charts.example.com/v1.2/x"))
+    assert request.operator_charts.temporal is not None
 
 
 def chart_root(tmp_path: Path) -> Path:
