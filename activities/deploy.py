@@ -32,6 +32,7 @@ from activities.claim import MAX_WAIT_S as CLAIM_MAX_WAIT_S
 from activities.claim import OperatorClaim, holder_identity
 from activities.diagnose import describe_blocked_pods
 from activities.helm import (
+    SAFE_LOADER,
     ChartNotFoundError,
     Helm,
     HelmError,
@@ -66,9 +67,11 @@ from deployer.contracts import (
     WaitResult,
 )
 from deployer.inputs import (
+    REPOSITORY_URL,
     ChartRef,
     DeployRequest,
     InvalidRequestError,
+    dot_segments,
     parse_request,
     repository_allowed,
 )
@@ -353,7 +356,9 @@ def secrets_digest(
     rolls them. Without the key, a reader of those objects cannot test a
     guessed password against it, as the chart's own plain SHA-256 allowed.
     """
-    secrets = values.get("secrets") or {}
+    secrets = values.get("secrets")
+    if not isinstance(secrets, dict):
+        secrets = {}  # The chart's schema rejects it when it renders.
     parts = [
         namespace,
         release,
@@ -884,6 +889,7 @@ class DeployActivities:
     async def _check_repositories(self, request: DeployRequest) -> None:
         """Reject the request's chart repositories that the worker may not use."""
         self.check_chart_repository("chart", request.chart)
+
         charts = request.operator_charts
         named = {
             f"operator_charts.{field}": chart
@@ -900,13 +906,21 @@ class DeployActivities:
             for chart in named.values()
         ):
             return
+
         # Only now read the chart's defaults: that costs a helm call, and a
         # request without repository charts never needs it.
         dependencies = (await self._chart_defaults(request)).get("dependencies")
+        if not isinstance(dependencies, dict):
+            dependencies = {}
+        # Only entries that a request could name itself count: an entry such
+        # as "https://" would otherwise allow every host.
         trusted = [
-            str(entry["repository"])
-            for entry in (dependencies or {}).values()
-            if isinstance(entry, dict) and entry.get("repository")
+            repository
+            for entry in dependencies.values()
+            if isinstance(entry, dict)
+            and isinstance(repository := entry.get("repository"), str)
+            and REPOSITORY_URL.fullmatch(repository)
+            and not dot_segments(repository)
         ]
         for field, chart in named.items():
             self.check_chart_repository(field, chart, trusted)
@@ -947,7 +961,11 @@ class DeployActivities:
     async def _render_all(self, request: DeployRequest) -> list[JsonObject]:
         """Render every phase of the chart, or take the render validation made."""
         helm = self.helm(request.kube_context)
-        values = chart_values(request, None, self.digest_key)
+        values = chart_values(
+            request,
+            None,
+            await self.digest_key_for(request.chart, request.kube_context),
+        )
         key = helm.cache_key(
             "template", request.release, request.namespace, values, chart=request.chart
         )
@@ -1026,6 +1044,32 @@ class DeployActivities:
         reference = (defaults.get("dependencies") or {}).get(key) or {}
         return ChartRef.model_validate(reference)
 
+    async def digest_key_for(
+        self, chart: ChartRef, kube_context: str | None
+    ) -> bytes | None:
+        """Return the key of the secrets digest when chart takes the digest in
+        deployer.secretsDigest, else None.
+
+        A chart from before that value rejects it (its schema allows no
+        unknown keys under deployer), so it keeps its own plain digest.
+        """
+        if self.digest_key is None:
+            return None
+        helm = self.helm(kube_context)
+        if chart.path is not None:
+            path = helm.resolve_path(chart.path) / "values.yaml"
+            text = path.read_text() if path.is_file() else ""
+        else:
+            text = await self.renders.get(
+                helm.cache_key("show values", chart=chart),
+                lambda: helm.run(["show", "values", *helm.chart_args(chart)]),
+            )
+        defaults = yaml.load(text, Loader=SAFE_LOADER) or {}
+        deployer = defaults.get("deployer") if isinstance(defaults, dict) else None
+        if isinstance(deployer, dict) and "secretsDigest" in deployer:
+            return self.digest_key
+        return None
+
     async def _chart_defaults(self, request: DeployRequest) -> dict[str, Any]:
         """Return the default values of the request's chart (`helm show values`)."""
         helm = self.helm(request.kube_context)
@@ -1043,7 +1087,11 @@ class DeployActivities:
             (
                 request.release,
                 request.chart,
-                chart_values(request, [Phase.BASE], self.digest_key),
+                chart_values(
+                    request,
+                    [Phase.BASE],
+                    await self.digest_key_for(request.chart, request.kube_context),
+                ),
             )
         ]
         if request.install_operators:

@@ -369,7 +369,7 @@ class RollbackActivities:
         values.pop("deployer", None)
         phases = [Phase.CACHE.value, Phase.APP.value]
         deployer: dict[str, Any] = {"phases": phases}
-        key = self._deploy.digest_key
+        key = await self._deploy.digest_key_for(request.chart, request.kube_context)
         if key is not None:
             deployer["secretsDigest"] = secrets_digest(
                 key, request.namespace, request.release, values

@@ -827,9 +827,10 @@ async def execute_update(
         raise CliError(
             f"the {name} update of {handle.id} timed out after "
             f"{timeout.total_seconds():.0f} s: no worker on task queue "
-            f"{description.task_queue} accepted it. The server keeps it, so it "
-            "still takes effect once a worker on that queue runs, unless the "
-            "server restarts first. Start a worker, or check the worker's log; "
+            f"{description.task_queue} accepted it. The server keeps it, so a "
+            "worker that starts on that queue still receives it, unless the "
+            "server restarts first, and applies it if the run still takes it. "
+            "Start a worker, or check the worker's log; "
             f"`ventros-deploy status {handle.id}` then shows whether it applied",
             EXIT_UNREACHABLE,
         ) from None

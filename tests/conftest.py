@@ -326,3 +326,28 @@ def unreadable_file(tmp_path: Path) -> UnreadableFile:
     path.chmod(0)
     dropping = drop_file_read_override if os.geteuid() == 0 else None
     return UnreadableFile(path, tmp_path, dropping)
+
+
+@dataclasses.dataclass
+class Listener:
+    """A loopback port that stands for a remote host, and who connected."""
+
+    port: int
+    accepted: list[object] = dataclasses.field(default_factory=list)
+
+
+@asynccontextmanager
+async def listener() -> AsyncIterator[Listener]:
+    """Listen on a free loopback port, closing each connection at once."""
+    found: list[object] = []
+
+    async def on_connect(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        found.append(writer.get_extra_info("peername"))
+        writer.close()
+
+    server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+    try:
+        yield Listener(server.sockets[0].getsockname()[1], found)
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -47,13 +47,18 @@ from deployer.connect import (
     tls_config,
 )
 from deployer.settings import WorkerSettings, describe_settings_error
+from worker.guard import WorkflowActivitiesOnly
+from workflows.deploy import WORKFLOW_TYPE as DEPLOY_TYPE
 from workflows.deploy import VentrosDeploy
+from workflows.destroy import WORKFLOW_TYPE as DESTROY_TYPE
 from workflows.destroy import VentrosDestroy
+from workflows.rollback import WORKFLOW_TYPE as ROLLBACK_TYPE
 from workflows.rollback import VentrosRollback
 
 log = structlog.get_logger("ventros.worker")
 
 WORKFLOWS = [VentrosDeploy, VentrosDestroy, VentrosRollback]
+WORKFLOW_TYPES = (DEPLOY_TYPE, DESTROY_TYPE, ROLLBACK_TYPE)
 # An activity learns of its cancellation (an abort) only from the response to
 # a heartbeat. The SDK sends heartbeats at most every 0.8 of the heartbeat
 # timeout (16 s here), so this cap, HEARTBEAT_EVERY_S, keeps an abort of a
@@ -88,6 +93,7 @@ def build_worker(
         max_concurrent_activities=settings.max_concurrent_activities,
         graceful_shutdown_timeout=timedelta(seconds=settings.graceful_shutdown_s),
         max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
+        interceptors=[WorkflowActivitiesOnly(WORKFLOW_TYPES)],
     )
 
 

@@ -18,7 +18,11 @@ from typing import Any, NoReturn
 
 from temporalio import workflow
 from temporalio.common import RawValue, RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    is_cancelled_exception,
+)
 from temporalio.workflow import ActivityCancellationType
 
 from workflows.control import (
@@ -53,6 +57,8 @@ with workflow.unsafe.imports_passed_through():
     )
 
 WORKFLOW_TYPE = "VentrosDeploy"
+# Marks runs in which a cancel request during validate cancels the run.
+VALIDATE_CANCEL_PATCH = "validate-cancel-ends-run"
 ABORTED = ABORTED_TYPE
 
 
@@ -179,6 +185,12 @@ class VentrosDeploy(PhaseControl):
                 )
             )
         except ActivityError as error:
+            # A cancelled run ends as cancelled, not as a failed validate. Runs
+            # recorded before this change failed there, and replay keeps that.
+            if is_cancelled_exception(error) and workflow.patched(
+                VALIDATE_CANCEL_PATCH
+            ):
+                raise
             kind, self._state, self._message = validate_failure(error)
             self._publish()
             raise ApplicationError(

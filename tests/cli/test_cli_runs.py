@@ -326,7 +326,7 @@ async def test_abort_and_retry_without_worker(
         assert result.returncode == 5, result.stderr
         assert "Traceback" not in result.stderr
         assert f"no worker on task queue {task_queue} accepted it" in result.stderr
-        assert "still takes effect once a worker on that queue runs" in (result.stderr)
+        assert "a worker that starts on that queue still receives it" in result.stderr
     assert "the abort update of" in aborted.stderr
     assert "the retry update of" in retried.stderr
     assert signalled.returncode == 0, signalled.stderr

@@ -24,7 +24,13 @@ from deployer import contracts
 from deployer.phases import DeployStatus, PhaseState
 from deployer.settings import WorkerSettings
 from testbed.leftovers import remove_namespace
-from tests.conftest import REPO_ROOT, deploy_request, running_worker, temporal_cli
+from tests.conftest import (
+    REPO_ROOT,
+    deploy_request,
+    listener,
+    running_worker,
+    temporal_cli,
+)
 
 NAMESPACE_TYPE = well_known("v1", "Namespace")
 DEPLOYMENT = well_known("apps/v1", "Deployment")
@@ -411,29 +417,19 @@ async def test_unlisted_chart_repository_never_contacted(
     """An operator chart from a repository that the worker does not allow
     fails validate as InvalidRequest, and the worker never connects to it: a
     listening socket on loopback stands for that host and counts accepts."""
-    accepted: list[object] = []
-
-    async def on_connect(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        accepted.append(writer.get_extra_info("peername"))
-        writer.close()
-
-    server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    request = deploy_request(namespace)
-    request["operator_charts"]["rabbitmq_operator"] = {
-        "repository": f"https://127.0.0.1:{port}/charts",
-        "name": "rabbitmq-cluster-operator",
-        "version": "4.4.4",
-    }
-    try:
+    async with listener() as remote:
+        port = remote.port
+        request = deploy_request(namespace)
+        request["operator_charts"]["rabbitmq_operator"] = {
+            "repository": f"https://127.0.0.1:{port}/charts",
+            "name": "rabbitmq-cluster-operator",
+            "version": "4.4.4",
+        }
         async with running_worker(temporal_env.client, worker_settings):
             handle = await start(temporal_env, worker_settings, request)
             with pytest.raises(WorkflowFailureError) as failure:
                 await asyncio.wait_for(handle.result(), timeout=120)
             status = await status_of(handle)
-    finally:
-        server.close()
-        await server.wait_closed()
     cause = failure.value.cause
     assert isinstance(cause, ApplicationError)
     assert cause.type == contracts.INVALID_REQUEST
@@ -443,7 +439,7 @@ async def test_unlisted_chart_repository_never_contacted(
     )
     assert status.state == "invalid"
     assert all(r.attempts == 0 for r in status.phases)
-    assert accepted == []
+    assert remote.accepted == []
     assert await kube.get(CONFIG_MAP, "ventros-crm-config", namespace) is None
 
 

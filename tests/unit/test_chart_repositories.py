@@ -163,6 +163,21 @@ async def test_chart_default_repository_passes(tmp_path: Path) -> None:
     await deploy._check_repositories(request)
 
 
+async def test_bare_default_entry_trusts_nothing(tmp_path: Path) -> None:
+    """A dependency default that a request could not name, such as
+    "https://", allows no host."""
+    (chart_root(tmp_path) / "chart" / "values.yaml").write_text(
+        "dependencies:\n  temporal:\n    repository: https://\n"
+    )
+    deploy = DeployActivities(
+        WorkerSettings(helm=str(tool_path("helm")), chart_root=tmp_path)
+    )
+    request = request_with(temporal=chart_from("https://evil.example.com/x"))
+    with pytest.raises(ApplicationError) as error:
+        await deploy._check_repositories(request)
+    assert "(now: none)" in error.value.message
+
+
 async def test_unlisted_chart_repository_rejected(tmp_path: Path) -> None:
     """The request's own chart from a repository must be listed: its
     defaults cannot vouch for it, since reading them contacts it."""

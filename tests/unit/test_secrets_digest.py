@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from activities.deploy import chart_values, digest_key_of, secrets_digest
+from activities.deploy import (
+    DeployActivities,
+    chart_values,
+    digest_key_of,
+    secrets_digest,
+)
 from deployer import codec
-from deployer.inputs import parse_request
+from deployer.inputs import ChartRef, parse_request
 from deployer.settings import WorkerSettings
+from testbed.cluster import tool_path
 
 KEY = bytes(range(32))
 OTHER_KEY = bytes(range(1, 33))
@@ -23,8 +30,7 @@ def digest(values: dict[str, Any], key: bytes = KEY) -> str:
 def test_digest_is_stable_hex() -> None:
     values = {"secrets": {"redisPassword": "pw"}}
     assert digest(values) == digest(values)
-    assert len(digest(values)) == 16
-    assert int(digest(values), 16) >= 0
+    assert re.fullmatch(r"[0-9a-f]{16}", digest(values))
 
 
 @pytest.mark.parametrize(
@@ -37,6 +43,12 @@ def test_digest_is_stable_hex() -> None:
 )
 def test_digest_follows_each_secret(changed: dict[str, Any]) -> None:
     assert digest(changed) != digest({"secrets": {"redisPassword": "pw"}})
+
+
+def test_digest_of_secrets_not_an_object() -> None:
+    """A secrets value that is not an object digests like no secrets; the
+    chart's schema then rejects the render with the value's path."""
+    assert digest({"secrets": "x"}) == digest({})
 
 
 def test_digest_ignores_other_values() -> None:
@@ -78,3 +90,30 @@ def test_no_key_without_key_ring(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(codec.KEYS_ENV_VAR, raising=False)
     monkeypatch.delenv("VENTROS_DEPLOY_CODEC_KEYS_FILE", raising=False)
     assert digest_key_of(WorkerSettings()) is None
+
+
+def chart_folder(root: Path, name: str, values: str) -> None:
+    folder = root / name
+    folder.mkdir()
+    (folder / "Chart.yaml").write_text(
+        f"apiVersion: v2\nname: {name}\nversion: 1.0.0\n"
+    )
+    (folder / "values.yaml").write_text(values)
+
+
+async def test_key_only_for_charts_that_take_it(tmp_path: Path) -> None:
+    """A chart from before deployer.secretsDigest rejects unknown keys under
+    deployer, so it gets no digest and renders as it did."""
+    path = tmp_path / "keys.json"
+    ring = codec.generate_key_ring_file(str(path))
+    chart_folder(tmp_path, "new", 'deployer:\n  phases: []\n  secretsDigest: ""\n')
+    chart_folder(tmp_path, "old", "deployer:\n  phases: []\n")
+    chart_folder(tmp_path, "bare", "")
+    deploy = DeployActivities(
+        WorkerSettings(
+            helm=str(tool_path("helm")), chart_root=tmp_path, codec_keys_file=path
+        )
+    )
+    assert await deploy.digest_key_for(ChartRef(path="new"), None) == ring.keys[0].key
+    assert await deploy.digest_key_for(ChartRef(path="old"), None) is None
+    assert await deploy.digest_key_for(ChartRef(path="bare"), None) is None

@@ -13,13 +13,14 @@ from typing import Any
 import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import (
+    WorkflowExecutionStatus,
     WorkflowFailureError,
     WorkflowHandle,
     WorkflowHistory,
     WorkflowUpdateFailedError,
 )
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer, Worker, WorkflowReplayResult
 
@@ -310,6 +311,24 @@ async def test_abort_stops_validate(temporal_env: WorkflowEnvironment) -> None:
     assert status.state == "aborted"
     assert status.message == "aborted: first reason"
     assert all(r.state is PhaseState.PENDING for r in status.phases)
+    assert sum(standins.applied.values()) == 0
+
+
+async def test_cancel_during_validate(temporal_env: WorkflowEnvironment) -> None:
+    """A cancel request while validate runs ends the run as cancelled, not as
+    a failed validate, and no phase starts."""
+    queue, standins = f"tq-{uuid.uuid4().hex[:8]}", StandIns(hold_validate=True)
+    async with worker(temporal_env, queue, standins):
+        handle = await start(temporal_env, queue, request())
+        await asyncio.wait_for(standins.holding.wait(), timeout=60)
+        await handle.cancel()
+        with pytest.raises(WorkflowFailureError) as failure:
+            await asyncio.wait_for(handle.result(), timeout=60)
+        description = await handle.describe()
+
+    assert isinstance(failure.value.cause, CancelledError)
+    assert description.status is WorkflowExecutionStatus.CANCELED
+    assert ("validate", Phase.BASE) in standins.cancelled
     assert sum(standins.applied.values()) == 0
 
 
