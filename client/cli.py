@@ -242,6 +242,12 @@ def build_request(args: argparse.Namespace) -> dict[str, Any]:
             raise CliError(
                 f"cannot read --values {args.values}: {error}", EXIT_USAGE
             ) from None
+        except UnicodeDecodeError as error:
+            raise CliError(
+                f"cannot read --values {args.values}: byte {error.start} is not "
+                "UTF-8; save the file as UTF-8 text",
+                EXIT_USAGE,
+            ) from None
         except yaml.YAMLError as error:
             raise CliError(
                 f"invalid YAML in --values {args.values}: {describe_yaml_error(error)}",
@@ -1323,7 +1329,11 @@ async def run(args: argparse.Namespace) -> int:
             f"invalid settings: {describe_settings_error(error)}", EXIT_USAGE
         ) from None
     if args.command == "start":
-        build_request(args)  # Fail on bad arguments before connecting.
+        # Fail on bad arguments and an invalid request before connecting.
+        try:
+            parse_request(build_request(args))
+        except InvalidRequestError as error:
+            raise CliError(str(error), EXIT_USAGE) from None
     if args.command in STARTING_COMMANDS and not key_ring_configured(settings):
         raise CliError(
             f"no payload key ring is configured, so `{args.command}` would store "

@@ -81,7 +81,7 @@ class UnknownKeyIdError(PayloadDecryptionError):
         super().__init__(
             f"payload was encrypted with key id {key_id!r}, which is not in the "
             f"key ring (known key ids: {', '.join(known_key_ids)}). Add the old "
-            "key back to the key ring to decrypt it."
+            "key back to the key ring to decrypt it"
         )
         self.key_id = key_id
 

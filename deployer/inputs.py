@@ -228,7 +228,15 @@ class DeployRequest(BaseModel):
     @field_validator("values")
     @classmethod
     def _values(cls, value: dict[str, Any]) -> dict[str, Any]:
-        depth = nesting_depth(value)
+        depth, floor = values_shape(value, MAX_VALUES_BYTES)
+        if floor > MAX_VALUES_BYTES:
+            # The walk stopped early: YAML aliases can make a small file
+            # expand to gigabytes, which json.dumps would build in memory.
+            raise ValueError(
+                f"is at least {floor} bytes of JSON; the limit is "
+                f"{MAX_VALUES_BYTES}. Keep large configuration in the chart or in "
+                "ConfigMaps"
+            )
         if depth > MAX_VALUES_DEPTH:
             raise ValueError(
                 f"are nested {depth} levels deep; the limit is {MAX_VALUES_DEPTH}"
@@ -251,21 +259,31 @@ class DeployRequest(BaseModel):
         return workflow_id_for(self.namespace, self.release)
 
 
-def nesting_depth(value: Any) -> int:
-    """Return how deep lists and dicts nest in value, without recursion."""
-    deepest = 0
+def values_shape(value: Any, max_bytes: int) -> tuple[int, int]:
+    """Return how deep lists and dicts nest in value, and a lower bound of its
+    size as JSON; stop walking once that bound passes max_bytes.
+
+    Each reference is counted each time it appears, as json.dumps would write
+    it, so the walk visits at most about max_bytes nodes. Runs without
+    recursion.
+    """
+    deepest, floor = 0, 0
     stack = [(value, 1)]
-    while stack:
+    while stack and floor <= max_bytes:
         item, depth = stack.pop()
         if isinstance(item, dict):
-            children = list(item.values())
+            deepest = max(deepest, depth)
+            floor += 2 + sum(len(str(key)) + 4 for key in item)
+            stack.extend((child, depth + 1) for child in item.values())
         elif isinstance(item, list):
-            children = item
+            deepest = max(deepest, depth)
+            floor += 2 + len(item)
+            stack.extend((child, depth + 1) for child in item)
+        elif isinstance(item, str):
+            floor += len(item) + 2
         else:
-            continue
-        deepest = max(deepest, depth)
-        stack.extend((child, depth + 1) for child in children)
-    return deepest
+            floor += len(str(item))
+    return deepest, floor
 
 
 def workflow_id_for(namespace: str, release: str) -> str:

@@ -264,7 +264,7 @@ def _is_json_object(text: str) -> bool:
 def test_parse_rejects_oversized_values() -> None:
     """values of more than 256 KiB of JSON are rejected with the size and the limit."""
     message = rejection(set_field(("values",), {"config": {"blob": "x" * 300_000}}))
-    assert "values: is 300" in message
+    assert "values: is at least 300024 bytes of JSON" in message
     assert "the limit is 262144" in message
 
 

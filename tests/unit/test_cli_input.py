@@ -153,6 +153,40 @@ def test_deep_file_exit_2(tmp_path: Path, option: str) -> None:
     assert "nests too deep to decode" in result.stderr
 
 
+def alias_bomb(levels: int) -> str:
+    """Return a small YAML text whose aliases expand to 9**levels items."""
+    lines = ["l0: &l0 [x, x, x, x, x, x, x, x, x]"]
+    for level in range(1, levels):
+        refs = ", ".join([f"*l{level - 1}"] * 9)
+        lines.append(f"l{level}: &l{level} [{refs}]")
+    return "\n".join(lines) + "\n"
+
+
+def test_alias_bomb_values_exit_2(tmp_path: Path) -> None:
+    """A --values file whose YAML aliases expand far past the size limit exits
+    2 before the client connects. The size check stops walking once the
+    limit is passed, instead of writing all the expanded JSON first."""
+    path = tmp_path / "bomb.yaml"
+    path.write_text(alias_bomb(12))
+    result = run_client(["start", "--values", str(path)])
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "values: is at least 26" in result.stderr
+    assert "bytes of JSON; the limit is 262144" in result.stderr
+
+
+def test_values_not_utf8_exit_2(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(b'secrets:\n  redisPassword: "caf\xe9"\n')
+    result = run_client(["start", "--values", str(path)])
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert (
+        f"cannot read --values {path}: byte 30 is not UTF-8; save the file as "
+        "UTF-8 text" in result.stderr
+    )
+
+
 @pytest.mark.parametrize(
     ("args", "option", "limits"),
     [
