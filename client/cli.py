@@ -142,6 +142,13 @@ def parse_set(pairs: list[str], literal: bool = False) -> dict[str, Any]:
                 "such as app.replicas=3, without empty parts",
                 EXIT_USAGE,
             )
+        if "[" in key or "]" in key:
+            raise CliError(
+                f"invalid {option} key {key!r}: list indexes are not supported. "
+                "Set the whole list, for example --set 'app.args=[a, b]', or "
+                "put the list in a --values file",
+                EXIT_USAGE,
+            )
         node = values
         parts = key.split(".")
         for part in parts[:-1]:

@@ -154,3 +154,13 @@ def test_parse_set_rejects_malformed(pair: str) -> None:
     """A --set without KEY=VALUE is a usage error naming the expected form."""
     with pytest.raises(CliError, match="expected KEY=VALUE"):
         parse_set([pair])
+
+
+@pytest.mark.parametrize("pair", ["app.replicas[0]=1", "app.args]=x"])
+def test_parse_set_rejects_index(pair: str) -> None:
+    """helm's list indexes in --set keys are not supported, and say so instead
+    of sending a key with brackets that the chart then rejects."""
+    with pytest.raises(CliError, match="list indexes are not supported") as error:
+        parse_set([pair])
+    assert error.value.code == 2
+    assert "--values file" in str(error.value)
