@@ -1055,30 +1055,34 @@ class DeployActivities:
         """
         if self.digest_key is None:
             return None
-        helm = self.helm(kube_context)
         if chart.path is not None:
-            path = helm.resolve_path(chart.path) / "values.yaml"
+            # A chart folder's own values.yaml, read without a helm process.
+            path = self.helm(kube_context).resolve_path(chart.path) / "values.yaml"
             text = path.read_text() if path.is_file() else ""
+            loaded = yaml.load(text, Loader=SAFE_LOADER) or {}
+            defaults = loaded if isinstance(loaded, dict) else {}
         else:
-            text = await self.renders.get(
-                helm.cache_key("show values", chart=chart),
-                lambda: helm.run(["show", "values", *helm.chart_args(chart)]),
-            )
-        defaults = yaml.load(text, Loader=SAFE_LOADER) or {}
-        deployer = defaults.get("deployer") if isinstance(defaults, dict) else None
+            defaults = await self._show_values(chart, kube_context)
+        deployer = defaults.get("deployer")
         if isinstance(deployer, dict) and "secretsDigest" in deployer:
             return self.digest_key
         return None
 
     async def _chart_defaults(self, request: DeployRequest) -> dict[str, Any]:
-        """Return the default values of the request's chart (`helm show values`)."""
-        helm = self.helm(request.kube_context)
+        """Return the default values of the request's chart."""
+        return await self._show_values(request.chart, request.kube_context)
+
+    async def _show_values(
+        self, chart: ChartRef, kube_context: str | None
+    ) -> dict[str, Any]:
+        """Return a chart's default values (`helm show values`, cached)."""
+        helm = self.helm(kube_context)
         text: str = await self.renders.get(
-            helm.cache_key("show values", chart=request.chart),
-            lambda: helm.run(["show", "values", *helm.chart_args(request.chart)]),
+            helm.cache_key("show values", chart=chart),
+            lambda: helm.run(["show", "values", *helm.chart_args(chart)]),
         )
-        defaults = yaml.safe_load(text) or {}
-        return defaults if isinstance(defaults, dict) else {}
+        loaded = yaml.load(text, Loader=SAFE_LOADER) or {}
+        return loaded if isinstance(loaded, dict) else {}
 
     async def _apply_base(self, request: DeployRequest) -> ApplyResult:
         helm = self.helm(request.kube_context)

@@ -158,8 +158,8 @@ def test_parse_set_rejects_malformed(pair: str) -> None:
 
 @pytest.mark.parametrize("pair", ["app.replicas[0]=1", "app.args]=x"])
 def test_parse_set_rejects_index(pair: str) -> None:
-    """helm's list indexes in --set keys are not supported, and say so instead
-    of sending a key with brackets that the chart then rejects."""
+    """A --set key with a list index, which helm reads, fails with exit 2 and
+    the ways to set a list, instead of reaching the chart as a bracketed key."""
     with pytest.raises(CliError, match="list indexes are not supported") as error:
         parse_set([pair])
     assert error.value.code == 2
