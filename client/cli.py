@@ -99,6 +99,7 @@ STATE_STYLE = {
     "failed": "red",
     "waiting-for-retry": "yellow",
     "aborted": "red",
+    "canceled": "red",
 }
 
 
@@ -617,7 +618,7 @@ def wants_set_string(status: AnyStatus, error_type: str | None) -> bool:
 
 
 # States in which the workflow itself ended the run.
-ENDED_STATES = frozenset({"succeeded", "invalid", "aborted", "failed"})
+ENDED_STATES = frozenset({"succeeded", "invalid", "aborted", "failed", "canceled"})
 # Temporal's end state of a run, as status shows it when the workflow recorded none.
 ENDED_EXECUTION_STATES = {
     WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_COMPLETED: "succeeded",

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -57,6 +57,11 @@ ABORTED_TYPE = "Aborted"
 # revision; replaying them must not schedule the activity that notes it.
 RECORD_DEPLOYED_PATCH = "record-deployed-revision"
 RECORD_TIMEOUT = timedelta(seconds=60)
+# Before this patch, a cancel request ended a deploy without waiting for a
+# running apply to stop, or, with no other phase pending, failed the running
+# phase and left the run waiting for a retry. Replaying such runs keeps that.
+CANCEL_ENDS_RUN_PATCH = "cancel-during-phase-ends-run"
+CANCELED_TYPE = "Canceled"
 
 
 def start_record_deployed(
@@ -110,6 +115,7 @@ class PhaseControl:
     _retry_requested: set[Phase]
     _abort_reason: str | None
     _state: str
+    _message: str | None
     # Set once an abort cancelled a running activity.
     _stopped_activity: bool = False
 
@@ -168,7 +174,13 @@ class PhaseControl:
                 # The workflow itself is cancelled: pass that on to the
                 # activity, as awaiting it directly would.
                 activity.cancel()
-                return await activity
+                if not workflow.patched(CANCEL_ENDS_RUN_PATCH):
+                    return await activity
+                # Wait for the activity to stop (for the steps that change
+                # the cluster), then end the phase with the run.
+                with contextlib.suppress(ActivityError, asyncio.CancelledError):
+                    await activity
+                raise
             finally:
                 aborted.cancel()
         if activity.done() or not workflow.patched(ABORT_CANCELS_PATCH):
@@ -205,6 +217,10 @@ class PhaseControl:
                 self.abort_attempt(record)
                 self._end_attempt(record)
                 return False
+            except asyncio.CancelledError:
+                # Only until_aborted raises it here, and only in patched runs.
+                self._cancel_attempt(record)
+                raise
             await workflow.wait_condition(
                 lambda: phase in self._retry_requested or self._abort_reason is not None
             )
@@ -252,6 +268,41 @@ class PhaseControl:
                 "error_type": record.error_type,
             },
         )
+
+    def _cancel_attempt(self, record: PhaseRecord) -> None:
+        """Mark the running attempt of record as stopped by a cancel request."""
+        record.state = PhaseState.ABORTED
+        record.error = "stopped while running: the run was canceled"
+        record.error_type = CANCELED_TYPE
+        workflow.logger.warning(
+            f"running {self._step} stopped by a cancel request",
+            extra={"phase": record.phase.value, "attempt": record.attempts},
+        )
+        self._end_attempt(record)
+
+    async def end_canceled(self, phases: Sequence[asyncio.Task[None]] = ()) -> None:
+        """Wait for phases to stop, then show the run as canceled.
+
+        Runs recorded before CANCEL_ENDS_RUN_PATCH skip both. Call it where a
+        cancel request reaches the run, then re-raise. gather ends as soon as
+        one of its tasks is canceled, while another may still wait for its
+        apply to stop, so a caller that gathered passes its tasks.
+        """
+        if not workflow.patched(CANCEL_ENDS_RUN_PATCH):
+            return
+        if phases:
+            await workflow.wait(phases)
+        # No retry can come after the run ends, so these phases failed.
+        for record in self._records.values():
+            if record.state is PhaseState.WAITING_FOR_RETRY:
+                record.state = PhaseState.FAILED
+        self._state = "canceled"
+        self._message = (
+            f"canceled: a cancel request stopped the {self._noun}. What the "
+            f"finished {self._step}s did stays; a {self._step} that was running "
+            "stopped where it was"
+        )
+        self._publish()
 
     async def settle_after_abort(self) -> None:
         """Wait ABORT_SETTLE when an abort cancelled an activity, so that the run

@@ -144,10 +144,17 @@ class VentrosDeploy(PhaseControl):
         except PhaseAborted:
             await self.settle_after_abort()
             self._raise_aborted(request)
+        except asyncio.CancelledError:
+            await self.end_canceled()
+            raise
 
         self._state = "running"
         tasks = [asyncio.create_task(self._run_phase(phase)) for phase in PHASE_ORDER]
-        await asyncio.gather(*tasks)
+        try:
+            await asyncio.gather(*tasks)
+        except asyncio.CancelledError:
+            await self.end_canceled(tasks)
+            raise
         if self._abort_reason is not None:
             await self.settle_after_abort()
             self._raise_aborted(request)

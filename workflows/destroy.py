@@ -14,6 +14,7 @@ Kubernetes imports.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from typing import Any, NoReturn
 
@@ -103,7 +104,12 @@ class VentrosDestroy(PhaseControl):
         self._state = "running"
         self._publish()
         for phase in TEARDOWN_ORDER:
-            if not await self._run_step(request, phase):
+            try:
+                done = await self._run_step(request, phase)
+            except asyncio.CancelledError:
+                await self.end_canceled()
+                raise
+            if not done:
                 await self.settle_after_abort()
                 self._raise_aborted(request)
         self._state = "succeeded"

@@ -19,7 +19,12 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RawValue, RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    is_cancelled_exception,
+)
+from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
     from deployer import contracts
@@ -39,6 +44,7 @@ with workflow.unsafe.imports_passed_through():
     from deployer.phases import Phase
 
 from workflows.control import (
+    CANCEL_ENDS_RUN_PATCH,
     RECORD_DEPLOYED_PATCH,
     cause_message,
     read_input,
@@ -100,6 +106,19 @@ class VentrosRollback:
         try:
             await self._roll_back(request)
         except ActivityError as error:
+            # A cancel request ends the run as canceled. Runs recorded before
+            # the patch failed there, and replay keeps that.
+            if is_cancelled_exception(error) and workflow.patched(
+                CANCEL_ENDS_RUN_PATCH
+            ):
+                self._state = "canceled"
+                self._message = (
+                    "canceled: a cancel request stopped the rollback where it "
+                    "was, so the app may run either version. Roll back again, "
+                    "or deploy the version you want"
+                )
+                self._publish()
+                raise
             self._state = "failed"
             self._message = cause_message(error)
             self._publish()
@@ -134,6 +153,13 @@ class VentrosRollback:
             start_to_close_timeout=ACTIVITY_TIMEOUT,
             heartbeat_timeout=HEARTBEAT_TIMEOUT,
             retry_policy=ACTIVITY_RETRY,
+            # A cancel request waits until the worker stopped helm, as an
+            # abort of a deploy does. Earlier runs did not wait.
+            cancellation_type=(
+                ActivityCancellationType.WAIT_CANCELLATION_COMPLETED
+                if workflow.patched(CANCEL_ENDS_RUN_PATCH)
+                else ActivityCancellationType.TRY_CANCEL
+            ),
             summary=(
                 f"roll back to {plan.target_version}: helm revision "
                 f"{plan.helm_revision}, then the app phase"

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowFailureError, WorkflowHandle
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.testing import WorkflowEnvironment
 
 from activities.kubeapi import KubeClient
@@ -63,6 +63,29 @@ async def cancel_requested(handle: WorkflowHandle[Any, Any]) -> bool:
     )
 
 
+async def start_held_app(
+    env: WorkflowEnvironment,
+    settings: WorkerSettings,
+    kube: KubeClient,
+    namespace: str,
+) -> WorkflowHandle[Any, Any]:
+    """Start a deploy whose app pods stay in an init container, with a 600 s
+    app timeout; return once the app phase waits on its objects."""
+    await annotate(
+        kube, NAMESPACE, namespace, None, {"sim.ventros.io/hold-init": "wait-for-redis"}
+    )
+    handle = await start_deploy(
+        env, settings, namespace, "1.0.0", timeouts={"app": 600}
+    )
+    await wait_for_step(handle, "app", PhaseState.RUNNING, timeout_s=150)
+    for _ in range(100):
+        status = await handle.query("status", result_type=DeployStatus)
+        if record(status, "app").waiting_on:
+            break
+        await asyncio.sleep(0.2)
+    return handle
+
+
 async def test_abort_stops_app_wait(
     temporal_env: WorkflowEnvironment,
     lifecycle_settings: WorkerSettings,
@@ -72,19 +95,8 @@ async def test_abort_stops_app_wait(
     """App pods held in an init container and a 600 s app timeout: an abort
     during the app's wait ends the deploy at once. The app phase is aborted,
     the other phases stay succeeded, and the app's Deployment stays."""
-    await annotate(
-        kube, NAMESPACE, namespace, None, {"sim.ventros.io/hold-init": "wait-for-redis"}
-    )
     async with running_worker(temporal_env.client, lifecycle_settings):
-        handle = await start_deploy(
-            temporal_env, lifecycle_settings, namespace, "1.0.0", timeouts={"app": 600}
-        )
-        await wait_for_step(handle, "app", PhaseState.RUNNING, timeout_s=150)
-        for _ in range(100):
-            status = await handle.query("status", result_type=DeployStatus)
-            if record(status, "app").waiting_on:
-                break
-            await asyncio.sleep(0.2)
+        handle = await start_held_app(temporal_env, lifecycle_settings, kube, namespace)
         output, cause = await abort_with_cli(temporal_env, lifecycle_settings, handle)
         status = await handle.query("status", result_type=DeployStatus)
         cancelled = await cancel_requested(handle)
@@ -162,3 +174,40 @@ async def test_abort_stops_destroy_drain(
     assert cancelled
     assert await kube.get(RABBITMQ, rabbit, namespace) is not None
     assert await kube.get(POSTGRESQL, f"{RELEASE}-db", namespace) is not None
+
+
+async def test_cancel_stops_app_wait(
+    temporal_env: WorkflowEnvironment,
+    lifecycle_settings: WorkerSettings,
+    kube: KubeClient,
+    namespace: str,
+) -> None:
+    """A cancel request (`temporal workflow cancel`) during the app's wait ends
+    the deploy as canceled, as an abort would: the worker's wait receives the
+    cancellation, `ventros-deploy status` shows the run canceled and exits 1,
+    and the app's Deployment stays."""
+    async with running_worker(temporal_env.client, lifecycle_settings):
+        handle = await start_held_app(temporal_env, lifecycle_settings, kube, namespace)
+        await handle.cancel()
+        # Without the cancel reaching the phase, the run waits for a retry.
+        with pytest.raises(WorkflowFailureError) as failure:
+            await asyncio.wait_for(handle.result(), timeout=60)
+        status = await handle.query("status", result_type=DeployStatus)
+        shown = await run_cli(
+            ["status", handle.id], cli_env(temporal_env, lifecycle_settings)
+        )
+        history = await handle.fetch_history()
+
+    assert isinstance(failure.value.cause, CancelledError)
+    assert status.state == "canceled"
+    app = record(status, "app")
+    assert app.state is PhaseState.ABORTED
+    assert app.error_type == "Canceled"
+    for phase in ("base", "data", "messaging", "cache", "temporal", "migration"):
+        assert record(status, phase).state is PhaseState.SUCCEEDED
+    assert shown.returncode == 1, shown.stderr
+    assert "canceled: a cancel request stopped the deploy" in shown.stdout
+    kinds = [event.event_type for event in history.events]
+    assert EventType.EVENT_TYPE_ACTIVITY_TASK_CANCEL_REQUESTED in kinds
+    assert kinds[-1] == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CANCELED
+    assert await kube.get(DEPLOYMENT, RELEASE, namespace) is not None

@@ -18,8 +18,14 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
+from temporalio.client import (
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowHandle,
+)
+from temporalio.exceptions import ApplicationError, CancelledError
 
 from deployer import contracts
 from deployer.contracts import (
@@ -32,6 +38,7 @@ from deployer.contracts import (
 from deployer.inputs import parse_request
 from deployer.lifecycle import ReleaseTarget
 from deployer.phases import ObjectRef, Phase
+from tests.conftest import keep_history
 
 DELAYS_S = {
     Phase.BASE: 0.2,
@@ -42,6 +49,21 @@ DELAYS_S = {
     Phase.MIGRATION: 0.2,
     Phase.APP: 0.2,
 }
+
+
+async def hold(
+    holding: asyncio.Event, cancelled: list[Any], what: tuple[str, Any]
+) -> None:
+    """Set holding, then heartbeat until the workflow cancels this activity;
+    append what to cancelled when it does."""
+    holding.set()
+    try:
+        while True:
+            activity.heartbeat()
+            await asyncio.sleep(0.1)
+    except asyncio.CancelledError:
+        cancelled.append(what)
+        raise
 
 
 @dataclass
@@ -110,17 +132,31 @@ class StandIns:
         return len(self.recorded)
 
     async def _hold(self, step: str, phase: Phase) -> None:
-        """Heartbeat until the workflow cancels this activity."""
-        self.holding.set()
-        try:
-            while True:
-                activity.heartbeat()
-                await asyncio.sleep(0.1)
-        except asyncio.CancelledError:
-            self.cancelled.append((step, phase))
-            raise
+        await hold(self.holding, self.cancelled, (step, phase))
 
     def span(self, phase: Phase) -> tuple[float, float]:
         starts = [t for p, kind, t in self.timeline if p is phase and kind == "start"]
         ends = [t for p, kind, t in self.timeline if p is phase and kind == "end"]
         return min(starts), max(ends)
+
+
+async def cancel_until_ended(
+    handle: WorkflowHandle[Any, Any], history_name: str | None
+) -> tuple[dict[str, Any], list[Any]]:
+    """Send a cancel request and wait until the run ended as canceled; return
+    its last status, as JSON, and its history's events.
+
+    A run that the cancel does not end waits for a retry forever, so the
+    60 s bound guards against hanging and measures nothing.
+    """
+    await handle.cancel()
+    with pytest.raises(WorkflowFailureError) as failure:
+        await asyncio.wait_for(handle.result(), timeout=60)
+    if history_name:
+        await keep_history(handle, history_name)
+    assert isinstance(failure.value.cause, CancelledError)
+    description = await handle.describe()
+    assert description.status is WorkflowExecutionStatus.CANCELED
+    status: dict[str, Any] = await handle.query("status", result_type=dict[str, Any])
+    history = await handle.fetch_history()
+    return status, list(history.events)

@@ -28,7 +28,7 @@ from client.cli import start_attributes
 from deployer.phases import PHASE_ORDER, DeployStatus, Phase, PhaseRecord, PhaseState
 from deployer.settings import TemporalSettings
 from tests.conftest import HISTORIES, RECORD_HISTORY, keep_history
-from tests.workflow.standins import StandIns
+from tests.workflow.standins import StandIns, cancel_until_ended
 from worker.main import HEARTBEAT_THROTTLE, WORKFLOWS
 from workflows.deploy import VentrosDeploy
 
@@ -61,7 +61,7 @@ async def wait_for_state(
     handle: WorkflowHandle[Any, Any], phase: Phase, state: PhaseState
 ) -> DeployStatus:
     for _ in range(200):
-        status = await handle.query("status", result_type=DeployStatus)
+        status: DeployStatus = await handle.query("status", result_type=DeployStatus)
         if next(r for r in status.phases if r.phase is phase).state is state:
             return status
         await asyncio.sleep(0.05)
@@ -330,6 +330,111 @@ async def test_cancel_during_validate(temporal_env: WorkflowEnvironment) -> None
     assert description.status is WorkflowExecutionStatus.CANCELED
     assert ("validate", Phase.BASE) in standins.cancelled
     assert sum(standins.applied.values()) == 0
+
+
+async def cancel_held(
+    env: WorkflowEnvironment,
+    standins: StandIns,
+    history_name: str | None = None,
+    phase_waiting: Phase | None = None,
+) -> tuple[DeployStatus, list[Any]]:
+    """Start a deploy, cancel it once a stand-in blocks (or once phase_waiting
+    waits for a retry), and wait until the run ended as canceled; return its
+    last status and its history's events."""
+    queue = f"tq-{uuid.uuid4().hex[:8]}"
+    async with worker(env, queue, standins):
+        handle = await start(env, queue, request())
+        if phase_waiting is None:
+            await asyncio.wait_for(standins.holding.wait(), timeout=60)
+        else:
+            await wait_for_state(handle, phase_waiting, PhaseState.WAITING_FOR_RETRY)
+        raw, events = await cancel_until_ended(handle, history_name)
+    return DeployStatus.model_validate(raw), events
+
+
+async def test_cancel_during_wait_ends_run(temporal_env: WorkflowEnvironment) -> None:
+    """A cancel request while a phase waits cancels the wait and ends the run
+    as canceled. The phase shows it was stopped by the cancel, finished phases
+    stay succeeded and later ones pending, and nothing more is applied."""
+    standins = StandIns()
+    standins.held_waits.add(Phase.TEMPORAL)
+    status, _ = await cancel_held(temporal_env, standins)
+    # A wait is cancelled without waiting for the worker, so its stand-in may
+    # learn of it after the run ended.
+    for _ in range(300):
+        if standins.cancelled:
+            break
+        await asyncio.sleep(0.05)
+
+    assert status.state == "canceled"
+    assert status.message is not None
+    assert status.message.startswith("canceled: a cancel request stopped the deploy")
+    temporal = record(status, Phase.TEMPORAL)
+    assert temporal.state is PhaseState.ABORTED
+    assert temporal.error == "stopped while running: the run was canceled"
+    assert temporal.error_type == "Canceled"
+    assert temporal.ended_at is not None
+    for phase in (Phase.BASE, Phase.DATA, Phase.MESSAGING, Phase.CACHE):
+        assert record(status, phase).state is PhaseState.SUCCEEDED
+    # The migration needs only the data phase, so it may have finished.
+    assert record(status, Phase.APP).state is PhaseState.PENDING
+    assert standins.applied[Phase.APP] == 0
+    assert standins.cancelled == [("wait", Phase.TEMPORAL)]
+    assert standins.recorded == []
+
+
+async def test_cancel_during_apply_waits_for_it(
+    temporal_env: WorkflowEnvironment,
+) -> None:
+    """A cancel request while a phase applies ends the run only once the
+    worker stopped the apply, so nothing is applied after the run ended."""
+    standins = StandIns()
+    standins.held_applies.add(Phase.MIGRATION)
+    status, events = await cancel_held(
+        temporal_env, standins, "deploy_cancel_during_apply"
+    )
+
+    assert standins.cancelled == [("apply", Phase.MIGRATION)]
+    assert record(status, Phase.MIGRATION).state is PhaseState.ABORTED
+    assert record(status, Phase.APP).state is PhaseState.PENDING
+    kinds = [event.event_type for event in events]
+    # The run ended after the activity's cancellation was recorded.
+    assert kinds.index(EventType.EVENT_TYPE_ACTIVITY_TASK_CANCELED) < kinds.index(
+        EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CANCELED
+    )
+
+
+async def test_cancel_during_last_wait_ends_run(
+    temporal_env: WorkflowEnvironment,
+) -> None:
+    """A cancel request during the app's wait, when no other phase is left,
+    ends the run as canceled too."""
+    standins = StandIns()
+    standins.held_waits.add(Phase.APP)
+    status, _ = await cancel_held(
+        temporal_env, standins, "deploy_cancel_during_last_wait"
+    )
+
+    assert status.state == "canceled"
+    assert record(status, Phase.APP).state is PhaseState.ABORTED
+    for phase in PHASE_ORDER[:-1]:
+        assert record(status, phase).state is PhaseState.SUCCEEDED
+
+
+async def test_cancel_while_waiting_for_retry(
+    temporal_env: WorkflowEnvironment,
+) -> None:
+    """A cancel request while a failed phase waits for a retry ends the run as
+    canceled. The phase then shows failed and keeps its error."""
+    standins = StandIns()
+    standins.failures[Phase.CACHE] = 1
+    status, _ = await cancel_held(temporal_env, standins, phase_waiting=Phase.CACHE)
+
+    assert status.state == "canceled"
+    cache = record(status, Phase.CACHE)
+    assert cache.state is PhaseState.FAILED
+    assert cache.error_type == "TerminalFailure"
+    assert record(status, Phase.APP).state is PhaseState.PENDING
 
 
 async def record_history(env: WorkflowEnvironment) -> str:

@@ -1,0 +1,189 @@
+"""A cancel request (`temporal workflow cancel`) ends a destroy or a rollback
+as canceled, on a real Temporal dev server with stand-in activities.
+
+The deploy's cases are in test_workflow.py. Each stand-in that changes the
+cluster here holds until it is cancelled, and the tests check that the run
+ends only after the worker stopped it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+from temporalio import activity
+from temporalio.api.enums.v1 import EventType
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from deployer import contracts
+from deployer.contracts import (
+    ApplyResult,
+    GoneRequest,
+    RollbackJob,
+    RollbackPlan,
+    StatusResult,
+    TeardownRequest,
+    TeardownResult,
+)
+from deployer.lifecycle import DestroyStatus, RollbackRequest, RollbackStatus
+from deployer.phases import TEARDOWN_ORDER, ObjectRef, Phase, PhaseState
+from tests.workflow.standins import cancel_until_ended, hold
+from worker.main import HEARTBEAT_THROTTLE
+from workflows.destroy import VentrosDestroy
+from workflows.rollback import VentrosRollback
+
+APP = ObjectRef(
+    api_version="apps/v1", kind="Deployment", name="ventros-crm", namespace="ns"
+)
+
+
+class BlockingStandIns:
+    """Stand-in activities. The one named in hold heartbeats until cancelled."""
+
+    def __init__(self, hold: tuple[str, Phase | None]) -> None:
+        self.hold = hold
+        self.holding = asyncio.Event()
+        self.cancelled: list[tuple[str, Phase | None]] = []
+        self.torn_down: list[Phase] = []
+
+    async def _maybe_hold(self, step: str, phase: Phase | None) -> None:
+        if (step, phase) == self.hold:
+            await hold(self.holding, self.cancelled, (step, phase))
+
+    @activity.defn(name=contracts.TEARDOWN_PHASE)
+    async def teardown_phase(self, job: TeardownRequest) -> TeardownResult:
+        self.torn_down.append(job.phase)
+        await self._maybe_hold("teardown", job.phase)
+        return TeardownResult(phase=job.phase, deleted=[f"{job.phase.value} objects"])
+
+    @activity.defn(name=contracts.WAIT_DELETED)
+    async def wait_deleted(self, job: GoneRequest) -> StatusResult:
+        await self._maybe_hold("wait", job.phase)
+        return StatusResult()
+
+    @activity.defn(name=contracts.WAIT_DRAINED)
+    async def wait_drained(self, job: Any) -> StatusResult:
+        return StatusResult(statuses={contracts.DRAIN_KEY: "no queues"})
+
+    @activity.defn(name=contracts.PLAN_ROLLBACK)
+    async def plan_rollback(self, request: RollbackRequest) -> RollbackPlan:
+        await self._maybe_hold("plan", None)
+        return RollbackPlan(
+            current_version="2.0.0", target_version="1.0.0", helm_revision=1, app=APP
+        )
+
+    @activity.defn(name=contracts.ROLL_BACK_APP)
+    async def roll_back_app(self, job: RollbackJob) -> ApplyResult:
+        await self._maybe_hold("roll back", None)
+        return ApplyResult(phase=Phase.APP, applied=1, waits=[job.plan.app])
+
+    def activities(self) -> list[Any]:
+        return [
+            self.teardown_phase,
+            self.wait_deleted,
+            self.wait_drained,
+            self.plan_rollback,
+            self.roll_back_app,
+        ]
+
+
+async def run_canceled(
+    env: WorkflowEnvironment,
+    workflow_type: str,
+    held: BlockingStandIns,
+    history_name: str | None = None,
+) -> tuple[dict[str, Any], list[Any]]:
+    """Start the workflow, cancel it once its held activity runs, and wait
+    until it ended as canceled; return its last status and its history's
+    events."""
+    queue = f"tq-{uuid.uuid4().hex[:8]}"
+    async with Worker(
+        env.client,
+        task_queue=queue,
+        workflows=[VentrosDestroy, VentrosRollback],
+        activities=held.activities(),
+        max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
+    ):
+        handle = await env.client.start_workflow(
+            workflow_type,
+            {"release": "ventros-crm", "namespace": "ns", "force": True}
+            if workflow_type == "VentrosDestroy"
+            else {"release": "ventros-crm", "namespace": "ns"},
+            id=f"wf-{uuid.uuid4().hex[:8]}",
+            task_queue=queue,
+        )
+        await asyncio.wait_for(held.holding.wait(), timeout=60)
+        return await cancel_until_ended(handle, history_name)
+
+
+def ended_after_cancel_completed(events: list[Any]) -> bool:
+    kinds = [event.event_type for event in events]
+    return kinds.index(EventType.EVENT_TYPE_ACTIVITY_TASK_CANCELED) < kinds.index(
+        EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CANCELED
+    )
+
+
+async def test_cancel_stops_destroy_step(temporal_env: WorkflowEnvironment) -> None:
+    """A cancel request during a removal step's delete ends the destroy as
+    canceled once the delete stopped; the steps after it do not run."""
+    held = BlockingStandIns(("teardown", Phase.CACHE))
+    raw, events = await run_canceled(
+        temporal_env, "VentrosDestroy", held, "destroy_cancel_during_delete"
+    )
+    status = DestroyStatus.model_validate(raw)
+
+    assert held.cancelled == [("teardown", Phase.CACHE)]
+    assert ended_after_cancel_completed(events)
+    assert status.state == "canceled"
+    assert status.message is not None
+    assert "a cancel request stopped the destroy" in status.message
+    records = {r.phase: r for r in status.phases}
+    assert records[Phase.CACHE].state is PhaseState.ABORTED
+    assert records[Phase.CACHE].error_type == "Canceled"
+    after = TEARDOWN_ORDER[TEARDOWN_ORDER.index(Phase.CACHE) + 1 :]
+    assert after
+    for phase in after:
+        assert records[phase].state is PhaseState.PENDING
+        assert phase not in held.torn_down
+
+
+async def test_cancel_stops_destroy_wait(temporal_env: WorkflowEnvironment) -> None:
+    """A cancel request while a step waits for objects to be gone ends the
+    destroy as canceled."""
+    held = BlockingStandIns(("wait", Phase.APP))
+    raw, _ = await run_canceled(temporal_env, "VentrosDestroy", held)
+    status = DestroyStatus.model_validate(raw)
+
+    assert status.state == "canceled"
+    assert held.torn_down == [Phase.APP]
+    records = {r.phase: r for r in status.phases}
+    assert records[Phase.APP].state is PhaseState.ABORTED
+
+
+async def test_cancel_stops_rollback(temporal_env: WorkflowEnvironment) -> None:
+    """A cancel request during the rollback's helm step ends the rollback as
+    canceled, not failed, and only once the worker stopped helm."""
+    held = BlockingStandIns(("roll back", None))
+    raw, events = await run_canceled(
+        temporal_env, "VentrosRollback", held, "rollback_cancel"
+    )
+    status = RollbackStatus.model_validate(raw)
+
+    assert held.cancelled == [("roll back", None)]
+    assert ended_after_cancel_completed(events)
+    assert status.state == "canceled"
+    assert status.message is not None
+    assert status.message.startswith("canceled: a cancel request stopped the rollback")
+
+
+async def test_cancel_during_rollback_plan(temporal_env: WorkflowEnvironment) -> None:
+    """A cancel request while the rollback plans ends it as canceled; nothing
+    is rolled back."""
+    held = BlockingStandIns(("plan", None))
+    raw, _ = await run_canceled(temporal_env, "VentrosRollback", held)
+    status = RollbackStatus.model_validate(raw)
+
+    assert status.state == "canceled"
+    assert status.from_version is None
