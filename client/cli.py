@@ -544,7 +544,7 @@ async def follow(
             status = await fetch_status(handle, model)
         status = await fetch_status(handle, model)
         status, error_type, _ = await settle(handle, status)
-        print(status.model_dump_json())
+        print(json.dumps(with_error_type(status.model_dump(mode="json"), error_type)))
         return outcome_code(status, error_type)
     with Live(
         status_view(status), console=console, refresh_per_second=4, transient=False
@@ -564,13 +564,20 @@ async def follow(
         # Off a terminal, Live leaves its last line without a line break.
         console.line()
     status, error_type, duration_s = await settle(handle, status)
-    console.print(f"{status.state} after {duration_s:.1f} s", highlight=False)
+    console.print(
+        f"{status.state} after {duration_s:.1f} s" + type_suffix(error_type),
+        highlight=False,
+    )
     if isinstance(status, DeployStatus) and _needs_attention(status):
         failed = [r for r in status.phases if r.state is PhaseState.WAITING_FOR_RETRY]
         for record in failed:
             console.print(
                 Text.assemble(
-                    (f"{record.phase.value} failed:", "red"), f" {record.error}"
+                    (
+                        f"{record.phase.value} failed{type_suffix(record.error_type)}:",
+                        "red",
+                    ),
+                    f" {record.error}",
                 ),
                 highlight=False,
             )
@@ -593,6 +600,21 @@ async def follow(
             highlight=False,
         )
     return outcome_code(status, error_type)
+
+
+def type_suffix(error_type: str | None) -> str:
+    """Return " (ERROR_TYPE)" to follow a state, or "" without an error type.
+
+    The README's troubleshooting table lists failures by these types.
+    """
+    return f" ({error_type})" if error_type else ""
+
+
+def with_error_type(data: dict[str, Any], error_type: str | None) -> dict[str, Any]:
+    """Add the run's failure's error type to a status's JSON, when it has one."""
+    if error_type:
+        data["error_type"] = error_type
+    return data
 
 
 async def settle(
@@ -701,7 +723,12 @@ async def cmd_status(client: Client, args: argparse.Namespace, console: Console)
             f"shown; a worker on task queue {info.task_queue} answers it"
         )
         outcome = {"workflow_id": handle.id, "state": state, "message": message}
-        _print(args, console, {**outcome, "phases": None}, f"{handle.id}: {state}")
+        _print(
+            args,
+            console,
+            with_error_type({**outcome, "phases": None}, error_type),
+            f"{handle.id}: {state}{type_suffix(error_type)}",
+        )
         if not args.json:
             console.print(f"{message}\n{note}" if message else note, highlight=False)
         if state == "succeeded":
@@ -727,12 +754,14 @@ async def cmd_status(client: Client, args: argparse.Namespace, console: Console)
             data["live"] = {k: v for k, v in live.items() if k != "__attempt__"}
             if "__attempt__" in live:
                 data["last_attempt_error"] = live["__attempt__"]
-        print(json.dumps(data))
+        print(json.dumps(with_error_type(data, error_type)))
     else:
         console.print(status_view(status, live))
         lines = [status.message]
         if isinstance(status, RollbackStatus):
             lines.append(status.migration_note)
+        if error_type:
+            lines.append(f"error type: {error_type}")
         for line in lines:
             if line:
                 console.print(line, highlight=False)

@@ -240,6 +240,7 @@ async def test_cli_invalid_values_message_shown(
         status = await run_cli(["status", f"deploy-{namespace}-ventros-crm"], env)
     assert followed.returncode == 2, followed.stderr
     assert "\ninvalid after" in followed.stdout
+    assert "s (ValuesRejected)\n" in followed.stdout
     assert "/temporal/namespace" in followed.stdout
     assert "x[/bold]y" in followed.stdout
     # The worker has stopped: status still prints how the run ended.
@@ -248,9 +249,10 @@ async def test_cli_invalid_values_message_shown(
     assert status.returncode == 2, status.stderr
     assert "Traceback" not in status.stderr
     assert "x[/bold]y" in status.stdout
+    assert "error type: ValuesRejected" in status.stdout
     assert offline.returncode == 2, offline.stderr
     assert "Traceback" not in offline.stderr
-    assert f"deploy-{namespace}-ventros-crm: failed" in offline.stdout
+    assert f"deploy-{namespace}-ventros-crm: failed (ValuesRejected)" in offline.stdout
     assert "/temporal/namespace" in offline.stdout
     assert "the status query failed" in offline.stdout
 
@@ -298,6 +300,7 @@ async def test_cli_status_unparsable_request(
     status_json = json.loads(status.stdout)
     assert status.returncode == 2, status.stderr
     assert status_json["state"] == "failed"
+    assert status_json["error_type"] == "InvalidRequest"
     assert "release" in status_json["message"]
     assert "DNS-1123" in status_json["message"]
 

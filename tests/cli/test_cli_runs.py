@@ -29,6 +29,7 @@ from deployer.contracts import ApplyResult, RollbackPlan, WaitResult
 from deployer.lifecycle import DestroyStatus, RollbackStatus
 from deployer.phases import ObjectRef, Phase
 from tests.cli.test_cli import run_cli
+from tests.workflow.standins import StandIns
 from worker.main import WORKFLOWS
 
 RELEASE = "ventros-crm"
@@ -166,12 +167,14 @@ async def test_watch_shows_run_duration(
         watched = await run_cli(["watch", handle.id], env)
         watched_json = await run_cli(["watch", handle.id, "--json"], env)
     assert watched.returncode == 2, watched.stderr
-    duration = re.search(r"failed after ([0-9.]+) s", watched.stdout)
+    duration = re.search(r"failed after ([0-9.]+) s \(InvalidRequest\)", watched.stdout)
     assert duration, watched.stdout
     assert float(duration.group(1)) >= 3.0
     assert "DNS-1123" in watched.stdout
     assert watched_json.returncode == 2, watched_json.stderr
-    assert json.loads(watched_json.stdout)["state"] == "failed"
+    shown = json.loads(watched_json.stdout)
+    assert shown["state"] == "failed"
+    assert shown["error_type"] == "InvalidRequest"
 
 
 @asynccontextmanager
@@ -388,3 +391,49 @@ async def test_start_during_destroy_names_watch(
         await handle.terminate("the test is done")
     assert blocked.returncode == 3, blocked.stderr
     assert f"`ventros-deploy watch {handle.id}`" in blocked.stderr
+
+
+async def test_watch_failed_phase_then_cancel(
+    temporal_env: WorkflowEnvironment, encrypted_client: Client, key_ring_file: Path
+) -> None:
+    """watch of a deploy whose phase waits for a retry names the phase's
+    error type and exits 1. After a cancel request, status shows the run
+    canceled with the failed phase, and exits 1."""
+    task_queue = f"tq-{uuid.uuid4().hex[:8]}"
+    standins = StandIns()
+    standins.failures[Phase.MIGRATION] = 1
+    env = client_env(temporal_env, task_queue, key_ring_file)
+    async with Worker(
+        encrypted_client,
+        task_queue=task_queue,
+        workflows=WORKFLOWS,
+        activities=standins.activities(),
+    ):
+        handle = await encrypted_client.start_workflow(
+            "VentrosDeploy",
+            {"release": RELEASE, "namespace": "cancel-me"},
+            id=f"deploy-cancel-{uuid.uuid4().hex[:8]}",
+            task_queue=task_queue,
+        )
+        watched = await run_cli(["watch", handle.id], env)
+        await handle.cancel()
+        with pytest.raises(WorkflowFailureError):
+            await asyncio.wait_for(handle.result(), timeout=60)
+        shown = await run_cli(["status", handle.id], env)
+        shown_json = await run_cli(["status", handle.id, "--json"], env)
+
+    assert watched.returncode == 1, watched.stderr
+    assert (
+        "migration failed (TerminalFailure): job/migration-object failed: "
+        "BackoffLimitExceeded"
+    ) in watched.stdout
+    assert f"ventros-deploy retry {handle.id}" in watched.stdout
+    assert shown.returncode == 1, shown.stderr
+    assert f"{handle.id} (cancel-me): canceled" in shown.stdout
+    assert "canceled: a cancel request stopped the deploy" in shown.stdout
+    status = json.loads(shown_json.stdout)
+    assert shown_json.returncode == 1, shown_json.stderr
+    assert status["state"] == "canceled"
+    phases = {record["phase"]: record["state"] for record in status["phases"]}
+    assert phases["migration"] == "failed"
+    assert phases["app"] == "pending"

@@ -152,11 +152,11 @@ async def cancel_until_ended(
     await handle.cancel()
     with pytest.raises(WorkflowFailureError) as failure:
         await asyncio.wait_for(handle.result(), timeout=60)
-    if history_name:
-        await keep_history(handle, history_name)
     assert isinstance(failure.value.cause, CancelledError)
     description = await handle.describe()
     assert description.status is WorkflowExecutionStatus.CANCELED
+    if history_name:
+        await keep_history(handle, history_name)
     status: dict[str, Any] = await handle.query("status", result_type=dict[str, Any])
     history = await handle.fetch_history()
     return status, list(history.events)
