@@ -571,6 +571,36 @@ def digest_key_of(settings: WorkerSettings) -> bytes | None:
     return codec.load_key_ring(path).keys[0].key
 
 
+APP_CONTAINER = "app"
+
+
+def image_tag(deployment: JsonObject) -> str:
+    """Return the app version a Deployment runs: its app container's image tag."""
+    template = deployment["spec"]["template"]
+    containers = template["spec"]["containers"]
+    container = next(
+        (c for c in containers if c["name"] == APP_CONTAINER), containers[0]
+    )
+    image = str(container["image"])
+    name, _, tag = image.rpartition(":")
+    if name and "/" not in tag and "@" not in image:
+        return tag
+    # A digest or an image without a tag: the chart's version label.
+    labels = template["metadata"].get("labels") or {}
+    return str(labels.get("app.kubernetes.io/version", image))
+
+
+def rendered_app_version(objects: list[JsonObject]) -> str | None:
+    """Return the app version that rendered objects deploy: the image tag of
+    the app phase's one Deployment, or None when there is not exactly one."""
+    apps = [
+        obj
+        for obj in objects
+        if obj.get("kind") == "Deployment" and object_phase(obj) == Phase.APP.value
+    ]
+    return image_tag(apps[0]) if len(apps) == 1 else None
+
+
 class DeployActivities:
     """Activities bound to the worker's settings and its Kubernetes clients."""
 
@@ -655,7 +685,9 @@ class DeployActivities:
             await self._check_owners(request, objects, existing)
             await self._dry_run_changes(request, objects, frozenset(existing))
         return ValidateResult(
-            chart=str(request.chart.path or request.chart.name), objects=len(objects)
+            chart=str(request.chart.path or request.chart.name),
+            objects=len(objects),
+            app_version=request.app_version or rendered_app_version(objects),
         )
 
     async def _check_cluster(self, request: DeployRequest) -> None:

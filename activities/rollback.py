@@ -35,6 +35,7 @@ from activities.deploy import (
     DeployActivities,
     deep_merge,
     heartbeat_while_running,
+    image_tag,
     ref_of,
     secrets_digest,
     translate_errors,
@@ -49,7 +50,6 @@ from deployer.phases import Phase
 
 log = structlog.get_logger("ventros.rollback")
 
-APP_CONTAINER = "app"
 VERSION_ANNOTATION = "deploy.ventros.io/app-version"
 # Revisions in these states ran; failed or pending ones never did.
 RAN_STATES = ("deployed", "superseded")
@@ -80,22 +80,6 @@ def ran_revisions(history: JsonObject | None) -> set[int] | None:
         return None
     noted = str((history.get("data") or {}).get(RAN_KEY, ""))
     return {int(part) for part in noted.split(",") if part.strip().isdigit()}
-
-
-def image_tag(deployment: JsonObject) -> str:
-    """Return the app version a Deployment runs: its app container's image tag."""
-    template = deployment["spec"]["template"]
-    containers = template["spec"]["containers"]
-    container = next(
-        (c for c in containers if c["name"] == APP_CONTAINER), containers[0]
-    )
-    image = str(container["image"])
-    name, _, tag = image.rpartition(":")
-    if name and "/" not in tag and "@" not in image:
-        return tag
-    # A digest or an image without a tag: the chart's version label.
-    labels = template["metadata"].get("labels") or {}
-    return str(labels.get("app.kubernetes.io/version", image))
 
 
 class RollbackActivities:

@@ -75,6 +75,9 @@ REJECTED_REQUEST_TYPES = frozenset(
 class ValidateResult(BaseModel):
     chart: str
     objects: int
+    # The app version the rendered chart deploys (its app image tag), also
+    # when the request gives none. None from workers before this field.
+    app_version: str | None = None
 
 
 class ApplyRequest(BaseModel):

@@ -125,6 +125,8 @@ class VentrosDeploy(PhaseControl):
         self._state = "validating"
         self._message: str | None = None
         self._phase_attribute: str | None = None
+        # The app version validate found in the rendered chart.
+        self._app_version: str | None = None
 
     @workflow.run
     async def run(self, raw: RawValue) -> dict[str, Any]:
@@ -177,7 +179,7 @@ class VentrosDeploy(PhaseControl):
     async def _validate(self, request: DeployRequest) -> None:
         """Run the validate activity; raise PhaseAborted when an abort stops it."""
         try:
-            await self.until_aborted(
+            validated = await self.until_aborted(
                 workflow.start_activity(
                     contracts.VALIDATE_REQUEST,
                     request.model_dump(mode="json"),
@@ -203,6 +205,7 @@ class VentrosDeploy(PhaseControl):
             raise ApplicationError(
                 self._message, type=kind, non_retryable=True
             ) from None
+        self._app_version = validated.app_version
 
     # -- phases -----------------------------------------------------------
 
@@ -298,11 +301,18 @@ class VentrosDeploy(PhaseControl):
             workflow_id=workflow.info().workflow_id,
             release=request.release if request else "",
             namespace=request.namespace if request else "",
-            app_version=(request.app_version or "chart default") if request else "",
+            app_version=self._shown_version(request),
             state=self._state,
             phases=[self._records[p] for p in PHASE_ORDER],
             message=self._message,
         )
+
+    def _shown_version(self, request: DeployRequest | None) -> str:
+        """Return the app version for the status: the requested one, else the
+        one validate found in the rendered chart."""
+        if request is None:
+            return ""
+        return request.app_version or self._app_version or "chart default"
 
     # -- UI -----------------------------------------------------------------
 

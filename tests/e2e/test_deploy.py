@@ -293,11 +293,13 @@ async def test_deploy_started_with_temporal_cli(
     """`temporal workflow start` with the same JSON input deploys the same way.
 
     The target namespace does not exist before: the base phase creates it,
-    with the `name` label that helm's --create-namespace used to set.
+    with the `name` label that helm's --create-namespace used to set. The
+    input gives no app version, so the status shows the chart's.
     """
     namespace = new_namespace
     assert await kube.get(NAMESPACE_TYPE, namespace) is None
     request = deploy_request(namespace)
+    del request["app_version"]
     workflow_id = f"deploy-{namespace}-ventros-crm"
     async with running_worker(temporal_env.client, worker_settings):
         process = await asyncio.create_subprocess_exec(
@@ -323,6 +325,8 @@ async def test_deploy_started_with_temporal_cli(
         result = DeployStatus.model_validate(await handle.result())
     assert result.state == "succeeded"
     assert [r.state for r in result.phases] == [PhaseState.SUCCEEDED] * 7
+    # chart/Chart.yaml's appVersion, which the app's image tag defaults to.
+    assert result.app_version == "1.0.0"
     app = await kube.get(well_known("apps/v1", "Deployment"), "ventros-crm", namespace)
     assert app is not None
     assert app["status"]["availableReplicas"] == 2

@@ -10,10 +10,10 @@ import pytest
 from pydantic import ValidationError
 from temporalio.exceptions import ApplicationError
 
-from activities.deploy import PHASE_LABEL
+from activities.deploy import PHASE_LABEL, image_tag
 from activities.drain import ManagementError, queue_depth
 from activities.helm import Helm
-from activities.rollback import RollbackActivities, image_tag
+from activities.rollback import RollbackActivities
 from activities.teardown import (
     PHASE_KINDS,
     deleting_status,

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from temporalio.exceptions import ApplicationError
 
-from activities.deploy import app_temporal_namespace
+from activities.deploy import PHASE_LABEL, app_temporal_namespace, rendered_app_version
 from activities.helm import HelmError, InvalidRenderError, rendered_objects
 from deployer import contracts
 
@@ -172,3 +172,28 @@ def test_helm_error_keeps_both_ends() -> None:
     assert error.stderr.endswith("field is immutable")
     assert "characters cut" in error.stderr
     assert len(error.stderr) < 2100
+
+
+def app_deployment(image: str, phase: str = "app") -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "ventros-crm", "labels": {PHASE_LABEL: phase}},
+        "spec": {
+            "template": {
+                "metadata": {"labels": {"app.kubernetes.io/version": "label"}},
+                "spec": {"containers": [{"name": "app", "image": image}]},
+            }
+        },
+    }
+
+
+def test_rendered_app_version_cases() -> None:
+    """The app version of a render is the image tag of the app phase's one
+    Deployment; without exactly one there is none."""
+    app = app_deployment("registry.local:5000/ventros/crm:2.3.1")
+    redis = app_deployment("redis:7", phase="cache")
+    assert rendered_app_version([redis, app]) == "2.3.1"
+    assert rendered_app_version([app_deployment("crm@sha256:abc")]) == "label"
+    assert rendered_app_version([redis]) is None
+    assert rendered_app_version([app, app_deployment("crm:other")]) is None
