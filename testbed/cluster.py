@@ -173,6 +173,12 @@ class ClusterConfig:
         return f"https://127.0.0.1:{self.apiserver_port}"
 
 
+def profiling_flag() -> str:
+    """Return kube-apiserver's --profiling value: "true" only when
+    VENTROS_CLUSTER_PROFILING is 1."""
+    return "true" if os.environ.get("VENTROS_CLUSTER_PROFILING") == "1" else "false"
+
+
 class LocalCluster:
     """A running (or startable) local control plane with simulated nodes."""
 
@@ -389,7 +395,9 @@ class LocalCluster:
             "--service-cluster-ip-range=10.0.0.0/16",
             "--authorization-mode=RBAC",
             "--allow-privileged=true",
-            "--profiling=false",
+            # pprof at /debug/pprof for the admin, to see where the API
+            # server's CPU goes (docs/benchmarks.md, "Scale").
+            "--profiling=" + profiling_flag(),
             "--enable-priority-and-fairness=false",
             f"--audit-log-path={self.config.log_dir / 'audit.log'}",
             f"--audit-policy-file={self._audit_policy()}",

@@ -177,3 +177,13 @@ def test_separate_cluster_up_down(
     assert not config.kubeconfig.exists()
     for port in (etcd_port, apiserver_port):
         assert port_free(port), f"port {port} is still in use after down()"
+
+
+def test_profiling_only_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """kube-apiserver serves pprof only with VENTROS_CLUSTER_PROFILING=1."""
+    monkeypatch.delenv("VENTROS_CLUSTER_PROFILING", raising=False)
+    assert "--profiling=false" in LocalCluster()._apiserver_args()
+    monkeypatch.setenv("VENTROS_CLUSTER_PROFILING", "yes")
+    assert "--profiling=false" in LocalCluster()._apiserver_args()
+    monkeypatch.setenv("VENTROS_CLUSTER_PROFILING", "1")
+    assert "--profiling=true" in LocalCluster()._apiserver_args()
