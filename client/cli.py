@@ -367,6 +367,9 @@ def phase_table(status: DeployStatus, live: dict[str, str] | None = None) -> Tab
     for record in status.phases:
         duration = f"{record.duration_s:.1f} s" if record.duration_s is not None else ""
         detail = record.error or ""
+        if detail and record.error_type:
+            # The README's troubleshooting table names failures by this type.
+            detail = f"{record.error_type}: {detail}"
         if not detail and record.state is PhaseState.RUNNING and live:
             detail = "; ".join(
                 f"{ref}: {live[ref]}" for ref in record.waiting_on if ref in live

@@ -62,6 +62,9 @@ RECORD_TIMEOUT = timedelta(seconds=60)
 # phase and left the run waiting for a retry. Replaying such runs keeps that.
 CANCEL_ENDS_RUN_PATCH = "cancel-during-phase-ends-run"
 CANCELED_TYPE = "Canceled"
+# Runs started before this patch let a cancel request that came after an abort
+# end the deploy as canceled, or lost it during a rollback's helm step.
+CANCEL_STOPS_EVERY_STEP_PATCH = "cancel-stops-every-step"
 
 
 def start_record_deployed(
@@ -93,6 +96,30 @@ T = TypeVar("T")
 # event arrives meanwhile (such as the cancelled activity's result), and the
 # server then fails the update too.
 ABORT_SETTLE = timedelta(milliseconds=200)
+
+
+async def until_stopped(activity: workflow.ActivityHandle[T]) -> T:
+    """Return the activity's result; on a cancel request of the run, cancel the
+    activity, wait until it stopped, and raise CancelledError.
+
+    Awaiting the activity directly loses the cancel request when the activity
+    finishes before its worker learns of the cancel.
+    """
+    try:
+        await workflow.wait([activity])
+    except asyncio.CancelledError:
+        activity.cancel()
+        await stopped(activity)
+        raise
+    return activity.result()
+
+
+async def stopped(activity: workflow.ActivityHandle[Any]) -> None:
+    """Wait until a cancelled activity ended, however it ended; a cancel
+    request of the run meanwhile does not end the wait."""
+    while not activity.done():
+        with contextlib.suppress(ActivityError, asyncio.CancelledError):
+            await activity
 
 
 class PhaseAborted(Exception):
@@ -187,9 +214,12 @@ class PhaseControl:
             return await activity
         activity.cancel()
         # The activity was cancelled, or it ended while stopping. The phase
-        # ends as aborted in both cases.
+        # ends as aborted in both cases. A cancel request of the run meanwhile
+        # must not end the wait before a change of the cluster stopped.
         with contextlib.suppress(ActivityError, asyncio.CancelledError):
             await activity
+        if not activity.done() and workflow.patched(CANCEL_STOPS_EVERY_STEP_PATCH):
+            await stopped(activity)
         self._stopped_activity = True
         raise PhaseAborted
 
@@ -280,18 +310,26 @@ class PhaseControl:
         )
         self._end_attempt(record)
 
-    async def end_canceled(self, phases: Sequence[asyncio.Task[None]] = ()) -> None:
+    async def end_canceled(self, phases: Sequence[asyncio.Task[None]] = ()) -> bool:
         """Wait for phases to stop, then show the run as canceled.
 
-        Runs recorded before CANCEL_ENDS_RUN_PATCH skip both. Call it where a
-        cancel request reaches the run, then re-raise. gather ends as soon as
-        one of its tasks is canceled, while another may still wait for its
-        apply to stop, so a caller that gathered passes its tasks.
+        Return True, and show nothing, when an abort came first: the run then
+        ends as aborted.
+
+        Runs recorded before CANCEL_ENDS_RUN_PATCH skip all of it. Call it where
+        a cancel request reaches the run, then re-raise unless it returned
+        True. gather ends as soon as one of its tasks is canceled, while
+        another may still wait for its apply to stop, so a caller that
+        gathered passes its tasks.
         """
         if not workflow.patched(CANCEL_ENDS_RUN_PATCH):
-            return
+            return False
         if phases:
             await workflow.wait(phases)
+        if self._abort_reason is not None and workflow.patched(
+            CANCEL_STOPS_EVERY_STEP_PATCH
+        ):
+            return True
         # No retry can come after the run ends, so these phases failed.
         for record in self._records.values():
             if record.state is PhaseState.WAITING_FOR_RETRY:
@@ -303,12 +341,19 @@ class PhaseControl:
             "stopped where it was"
         )
         self._publish()
+        return False
 
     async def settle_after_abort(self) -> None:
         """Wait ABORT_SETTLE when an abort cancelled an activity, so that the run
-        ends in a later workflow task than the one that took the abort."""
-        if self._stopped_activity:
+        ends in a later workflow task than the one that took the abort. A
+        cancel request meanwhile does not change how the run ends."""
+        if not self._stopped_activity:
+            return
+        try:
             await workflow.sleep(ABORT_SETTLE)
+        except asyncio.CancelledError:
+            if not workflow.patched(CANCEL_STOPS_EVERY_STEP_PATCH):
+                raise
 
     def abort_attempt(self, record: PhaseRecord) -> None:
         """Mark the running attempt of record as stopped by the abort."""

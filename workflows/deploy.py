@@ -147,16 +147,21 @@ class VentrosDeploy(PhaseControl):
             await self.settle_after_abort()
             self._raise_aborted(request)
         except asyncio.CancelledError:
-            await self.end_canceled()
-            raise
+            if not await self.end_canceled():
+                raise
+            await self.settle_after_abort()
+            self._raise_aborted(request)
 
         self._state = "running"
         tasks = [asyncio.create_task(self._run_phase(phase)) for phase in PHASE_ORDER]
         try:
             await asyncio.gather(*tasks)
         except asyncio.CancelledError:
-            await self.end_canceled(tasks)
-            raise
+            if not await self.end_canceled(tasks):
+                raise
+            # An abort came first: it decides how the run ends.
+            await self.settle_after_abort()
+            self._raise_aborted(request)
         if self._abort_reason is not None:
             await self.settle_after_abort()
             self._raise_aborted(request)

@@ -107,8 +107,9 @@ class VentrosDestroy(PhaseControl):
             try:
                 done = await self._run_step(request, phase)
             except asyncio.CancelledError:
-                await self.end_canceled()
-                raise
+                if not await self.end_canceled():
+                    raise
+                done = False
             if not done:
                 await self.settle_after_abort()
                 self._raise_aborted(request)

@@ -14,8 +14,9 @@ Kubernetes imports.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RawValue, RetryPolicy
@@ -45,11 +46,15 @@ with workflow.unsafe.imports_passed_through():
 
 from workflows.control import (
     CANCEL_ENDS_RUN_PATCH,
+    CANCEL_STOPS_EVERY_STEP_PATCH,
     RECORD_DEPLOYED_PATCH,
     cause_message,
     read_input,
     start_record_deployed,
+    until_stopped,
 )
+
+T = TypeVar("T")
 
 WORKFLOW_TYPE = "VentrosRollback"
 ROLLBACK_FAILED = "RollbackFailed"
@@ -105,19 +110,17 @@ class VentrosRollback:
         self._request = request
         try:
             await self._roll_back(request)
+        except asyncio.CancelledError:
+            # Only until_stopped raises it, in runs with its patch.
+            self._show_canceled()
+            raise
         except ActivityError as error:
             # A cancel request ends the run as canceled. Runs recorded before
             # the patch failed there, and replay keeps that.
             if is_cancelled_exception(error) and workflow.patched(
                 CANCEL_ENDS_RUN_PATCH
             ):
-                self._state = "canceled"
-                self._message = (
-                    "canceled: a cancel request stopped the rollback where it "
-                    "was, so the app may run either version. Roll back again, "
-                    "or deploy the version you want"
-                )
-                self._publish()
+                self._show_canceled()
                 raise
             self._state = "failed"
             self._message = cause_message(error)
@@ -129,68 +132,108 @@ class VentrosRollback:
         self._publish()
         return self.status().model_dump(mode="json")
 
+    def _show_canceled(self) -> None:
+        """Show the run as canceled, with what the step it stopped in left."""
+        plan = self._plan
+        if self._state == "rolling back" and plan is not None:
+            self._message = (
+                "canceled: a cancel request stopped the rollback while helm "
+                f"rolled back, so the app may run {plan.current_version} or "
+                f"{plan.target_version}. Roll back again, or deploy the version "
+                "you want"
+            )
+        elif self._state == "waiting for the rollout" and plan is not None:
+            self._message = (
+                f"canceled: the rollback to {plan.target_version} was applied, "
+                "and a cancel request stopped the wait for its rollout"
+            )
+        else:
+            self._message = (
+                "canceled: a cancel request stopped the rollback before it "
+                "changed anything"
+            )
+        self._state = "canceled"
+        self._publish()
+
+    async def _step(self, activity: workflow.ActivityHandle[T]) -> T:
+        """Return the activity's result. In runs with the patch, a cancel
+        request stops the activity and raises CancelledError even when the
+        activity finished first."""
+        if workflow.patched(CANCEL_STOPS_EVERY_STEP_PATCH):
+            return await until_stopped(activity)
+        return await activity
+
     async def _roll_back(self, request: RollbackRequest) -> None:
         self._state = "planning"
         self._publish()
-        plan = await workflow.execute_activity(
-            contracts.PLAN_ROLLBACK,
-            request,
-            result_type=RollbackPlan,
-            start_to_close_timeout=ACTIVITY_TIMEOUT,
-            heartbeat_timeout=HEARTBEAT_TIMEOUT,
-            retry_policy=ACTIVITY_RETRY,
-            summary=f"find the version before the running one of {request.release}",
+        plan = await self._step(
+            workflow.start_activity(
+                contracts.PLAN_ROLLBACK,
+                request,
+                result_type=RollbackPlan,
+                start_to_close_timeout=ACTIVITY_TIMEOUT,
+                heartbeat_timeout=HEARTBEAT_TIMEOUT,
+                retry_policy=ACTIVITY_RETRY,
+                summary=f"find the version before the running one of {request.release}",
+            )
         )
         self._plan = plan
 
         self._state = "rolling back"
         self._publish()
         deadline = workflow.now().timestamp() + request.timeout_s
-        applied = await workflow.execute_activity(
-            contracts.ROLL_BACK_APP,
-            RollbackJob(request=request, plan=plan),
-            result_type=ApplyResult,
-            start_to_close_timeout=ACTIVITY_TIMEOUT,
-            heartbeat_timeout=HEARTBEAT_TIMEOUT,
-            retry_policy=ACTIVITY_RETRY,
-            # A cancel request waits until the worker stopped helm, as an
-            # abort of a deploy does. Earlier runs did not wait.
-            cancellation_type=(
-                ActivityCancellationType.WAIT_CANCELLATION_COMPLETED
-                if workflow.patched(CANCEL_ENDS_RUN_PATCH)
-                else ActivityCancellationType.TRY_CANCEL
-            ),
-            summary=(
-                f"roll back to {plan.target_version}: helm revision "
-                f"{plan.helm_revision}, then the app phase"
-            ),
+        applied = await self._step(
+            workflow.start_activity(
+                contracts.ROLL_BACK_APP,
+                RollbackJob(request=request, plan=plan),
+                result_type=ApplyResult,
+                start_to_close_timeout=ACTIVITY_TIMEOUT,
+                heartbeat_timeout=HEARTBEAT_TIMEOUT,
+                retry_policy=ACTIVITY_RETRY,
+                # A cancel request waits until the worker stopped helm, as an
+                # abort of a deploy does. Earlier runs did not wait.
+                cancellation_type=(
+                    ActivityCancellationType.WAIT_CANCELLATION_COMPLETED
+                    if workflow.patched(CANCEL_ENDS_RUN_PATCH)
+                    else ActivityCancellationType.TRY_CANCEL
+                ),
+                summary=(
+                    f"roll back to {plan.target_version}: helm revision "
+                    f"{plan.helm_revision}, then the app phase"
+                ),
+            )
         )
 
         self._state = "waiting for the rollout"
         self._publish()
-        await workflow.execute_activity(
-            contracts.WAIT_READY,
-            WaitRequest(
-                phase=Phase.APP,
-                namespace=request.namespace,
-                kube_context=request.kube_context,
-                refs=applied.waits,
-                timeout_s=request.timeout_s,
-                deadline_epoch_s=deadline,
-            ),
-            result_type=WaitResult,
-            start_to_close_timeout=timedelta(seconds=request.timeout_s) + WAIT_MARGIN,
-            schedule_to_close_timeout=timedelta(seconds=request.timeout_s)
-            + 2 * WAIT_MARGIN,
-            heartbeat_timeout=HEARTBEAT_TIMEOUT,
-            retry_policy=WAIT_RETRY,
-            summary=f"app: wait for the rollout of {plan.target_version}",
+        await self._step(
+            workflow.start_activity(
+                contracts.WAIT_READY,
+                WaitRequest(
+                    phase=Phase.APP,
+                    namespace=request.namespace,
+                    kube_context=request.kube_context,
+                    refs=applied.waits,
+                    timeout_s=request.timeout_s,
+                    deadline_epoch_s=deadline,
+                ),
+                result_type=WaitResult,
+                start_to_close_timeout=timedelta(seconds=request.timeout_s)
+                + WAIT_MARGIN,
+                schedule_to_close_timeout=timedelta(seconds=request.timeout_s)
+                + 2 * WAIT_MARGIN,
+                heartbeat_timeout=HEARTBEAT_TIMEOUT,
+                retry_policy=WAIT_RETRY,
+                summary=f"app: wait for the rollout of {plan.target_version}",
+            )
         )
         if workflow.patched(RECORD_DEPLOYED_PATCH):
-            await start_record_deployed(
-                request,
-                ACTIVITY_RETRY,
-                "note the rolled-back base release revision as deployed",
+            await self._step(
+                start_record_deployed(
+                    request,
+                    ACTIVITY_RETRY,
+                    "note the rolled-back base release revision as deployed",
+                )
             )
         self._message = (
             f"rolled {request.release} in namespace {request.namespace} back from "

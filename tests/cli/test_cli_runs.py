@@ -430,6 +430,7 @@ async def test_watch_failed_phase_then_cancel(
     assert f"ventros-deploy retry {handle.id}" in watched.stdout
     assert shown.returncode == 1, shown.stderr
     assert f"{handle.id} (cancel-me): canceled" in shown.stdout
+    assert "TerminalFailure: job/migration-object failed" in shown.stdout
     assert "canceled: a cancel request stopped the deploy" in shown.stdout
     status = json.loads(shown_json.stdout)
     assert shown_json.returncode == 1, shown_json.stderr

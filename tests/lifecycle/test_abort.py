@@ -183,9 +183,9 @@ async def test_cancel_stops_app_wait(
     namespace: str,
 ) -> None:
     """A cancel request (`temporal workflow cancel`) during the app's wait ends
-    the deploy as canceled, as an abort would: the worker's wait receives the
-    cancellation, `ventros-deploy status` shows the run canceled and exits 1,
-    and the app's Deployment stays."""
+    the deploy as canceled, as an abort would: the run asks Temporal to cancel
+    the wait, `ventros-deploy status` shows the run canceled and exits 1, and
+    the app's Deployment stays."""
     async with running_worker(temporal_env.client, lifecycle_settings):
         handle = await start_held_app(temporal_env, lifecycle_settings, kube, namespace)
         await handle.cancel()

@@ -26,6 +26,8 @@ from deployer.contracts import (
     StatusResult,
     TeardownRequest,
     TeardownResult,
+    WaitRequest,
+    WaitResult,
 )
 from deployer.lifecycle import DestroyStatus, RollbackRequest, RollbackStatus
 from deployer.phases import TEARDOWN_ORDER, ObjectRef, Phase, PhaseState
@@ -42,15 +44,27 @@ APP = ObjectRef(
 class BlockingStandIns:
     """Stand-in activities. The one named in hold heartbeats until cancelled."""
 
-    def __init__(self, hold: tuple[str, Phase | None]) -> None:
+    def __init__(
+        self, hold: tuple[str, Phase | None], finish_s: float | None = None
+    ) -> None:
         self.hold = hold
+        # With finish_s, the held activity neither heartbeats nor notices a
+        # cancel: it returns after finish_s seconds, like a helm step that
+        # ends before its worker learns of the cancel.
+        self.finish_s = finish_s
         self.holding = asyncio.Event()
         self.cancelled: list[tuple[str, Phase | None]] = []
         self.torn_down: list[Phase] = []
+        self.waited: list[Phase] = []
 
     async def _maybe_hold(self, step: str, phase: Phase | None) -> None:
-        if (step, phase) == self.hold:
+        if (step, phase) != self.hold:
+            return
+        if self.finish_s is None:
             await hold(self.holding, self.cancelled, (step, phase))
+            return
+        self.holding.set()
+        await asyncio.shield(asyncio.sleep(self.finish_s))
 
     @activity.defn(name=contracts.TEARDOWN_PHASE)
     async def teardown_phase(self, job: TeardownRequest) -> TeardownResult:
@@ -79,6 +93,11 @@ class BlockingStandIns:
         await self._maybe_hold("roll back", None)
         return ApplyResult(phase=Phase.APP, applied=1, waits=[job.plan.app])
 
+    @activity.defn(name=contracts.WAIT_READY)
+    async def wait_ready(self, job: WaitRequest) -> WaitResult:
+        self.waited.append(job.phase)
+        return WaitResult(phase=job.phase, statuses={})
+
     def activities(self) -> list[Any]:
         return [
             self.teardown_phase,
@@ -86,6 +105,7 @@ class BlockingStandIns:
             self.wait_drained,
             self.plan_rollback,
             self.roll_back_app,
+            self.wait_ready,
         ]
 
 
@@ -187,3 +207,23 @@ async def test_cancel_during_rollback_plan(temporal_env: WorkflowEnvironment) ->
 
     assert status.state == "canceled"
     assert status.from_version is None
+    assert status.message is not None
+    assert "before it changed anything" in status.message
+
+
+async def test_cancel_kept_when_helm_step_ends(
+    temporal_env: WorkflowEnvironment,
+) -> None:
+    """A rollback's helm step that ends before its worker learns of a cancel
+    request does not swallow the cancel: the run ends as canceled and never
+    waits for the rollout."""
+    held = BlockingStandIns(("roll back", None), finish_s=1.5)
+    raw, _ = await run_canceled(temporal_env, "VentrosRollback", held)
+    status = RollbackStatus.model_validate(raw)
+
+    assert held.cancelled == []
+    assert held.waited == []
+    assert status.state == "canceled"
+    assert status.message is not None
+    assert "while helm rolled back" in status.message
+    assert "2.0.0 or 1.0.0" in status.message

@@ -421,6 +421,34 @@ async def test_cancel_during_last_wait_ends_run(
         assert record(status, phase).state is PhaseState.SUCCEEDED
 
 
+async def test_cancel_after_abort_stays_abort(
+    temporal_env: WorkflowEnvironment,
+) -> None:
+    """A cancel request that comes while an abort stops an apply does not
+    change how the run ends: it fails as aborted, with the abort's reason,
+    once the worker stopped the apply."""
+    queue, standins = f"tq-{uuid.uuid4().hex[:8]}", StandIns()
+    standins.held_applies.add(Phase.MIGRATION)
+    async with worker(temporal_env, queue, standins):
+        handle = await start(temporal_env, queue, request())
+        await asyncio.wait_for(standins.holding.wait(), timeout=60)
+        await handle.execute_update("abort", "operator gave up", result_type=str)
+        await handle.cancel()
+        cause = await aborted(handle)
+        cancelled_at_end = list(standins.cancelled)
+        status = await handle.query("status", result_type=DeployStatus)
+
+    assert cause.type == "Aborted"
+    assert "operator gave up" in cause.message
+    assert status.state == "aborted"
+    assert status.message == "aborted: operator gave up"
+    migration = record(status, Phase.MIGRATION)
+    assert migration.state is PhaseState.ABORTED
+    assert migration.error == "stopped while running: operator gave up"
+    assert cancelled_at_end == [("apply", Phase.MIGRATION)]
+    await keep_history(handle, "deploy_abort_then_cancel")
+
+
 async def test_cancel_while_waiting_for_retry(
     temporal_env: WorkflowEnvironment,
 ) -> None:
