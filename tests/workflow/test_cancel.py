@@ -2,7 +2,7 @@
 as canceled, on a real Temporal dev server with stand-in activities.
 
 The deploy's cases are in test_workflow.py. Each stand-in that changes the
-cluster here holds until it is cancelled, and the tests check that the run
+cluster here blocks until it is cancelled, and the tests check that the run
 ends only after the worker stopped it.
 """
 
