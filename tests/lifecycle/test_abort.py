@@ -70,7 +70,7 @@ async def start_held_app(
     namespace: str,
 ) -> WorkflowHandle[Any, Any]:
     """Start a deploy whose app pods stay in an init container, with a 600 s
-    app timeout; return once the app phase waits on its objects."""
+    app timeout. Return once the app phase waits on its objects."""
     await annotate(
         kube, NAMESPACE, namespace, None, {"sim.ventros.io/hold-init": "wait-for-redis"}
     )
@@ -183,8 +183,8 @@ async def test_cancel_stops_app_wait(
     namespace: str,
 ) -> None:
     """A cancel request (`temporal workflow cancel`) during the app's wait ends
-    the deploy as canceled, as an abort would: the run asks Temporal to cancel
-    the wait, `ventros-deploy status` shows the run canceled and exits 1, and
+    the deploy as canceled, as an abort would: the run requests the wait's
+    cancellation, `ventros-deploy status` shows the run canceled and exits 1, and
     the app's Deployment stays."""
     async with running_worker(temporal_env.client, lifecycle_settings):
         handle = await start_held_app(temporal_env, lifecycle_settings, kube, namespace)

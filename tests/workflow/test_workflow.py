@@ -338,9 +338,9 @@ async def cancel_held(
     history_name: str | None = None,
     phase_waiting: Phase | None = None,
 ) -> tuple[DeployStatus, list[Any]]:
-    """Start a deploy, cancel it once a stand-in blocks (or once phase_waiting
-    waits for a retry), and wait until the run ended as canceled; return its
-    last status and its history's events."""
+    """Start a deploy, and cancel it once a stand-in blocks (or once
+    phase_waiting waits for a retry). Return the canceled run's last status
+    and its history's events."""
     queue = f"tq-{uuid.uuid4().hex[:8]}"
     async with worker(env, queue, standins):
         handle = await start(env, queue, request())
