@@ -592,13 +592,25 @@ def image_tag(deployment: JsonObject) -> str:
 
 def rendered_app_version(objects: list[JsonObject]) -> str | None:
     """Return the app version that rendered objects deploy: the image tag of
-    the app phase's one Deployment, or None when there is not exactly one."""
+    the app container of the app phase's one Deployment.
+
+    Return None when there is not exactly one such Deployment, or when it has
+    no container named APP_CONTAINER (another chart's layout).
+    """
     apps = [
         obj
         for obj in objects
         if obj.get("kind") == "Deployment" and object_phase(obj) == Phase.APP.value
     ]
-    return image_tag(apps[0]) if len(apps) == 1 else None
+    if len(apps) != 1:
+        return None
+    try:
+        containers = apps[0]["spec"]["template"]["spec"]["containers"]
+        if not any(c.get("name") == APP_CONTAINER for c in containers):
+            return None
+        return image_tag(apps[0])
+    except (AttributeError, KeyError, TypeError):
+        return None
 
 
 class DeployActivities:

@@ -935,7 +935,14 @@ async def cmd_abort(client: Client, args: argparse.Namespace, console: Console) 
         await execute_update(handle, "abort", args.reason, str)
     except WorkflowUpdateFailedError as error:
         # A rollback takes no abort: it has no phase that waits for the user.
-        raise CliError(f"abort rejected: {error.cause}", EXIT_USAGE) from None
+        # A run that took a cancel request is ending, so that is no usage error.
+        cause = error.cause
+        canceling = (
+            isinstance(cause, ApplicationError)
+            and cause.type == contracts.BEING_CANCELED
+        )
+        code = EXIT_FAILED if canceling else EXIT_USAGE
+        raise CliError(f"abort rejected: {cause}", code) from None
     # A running helm step is stopped before the run ends, which takes up
     # to the worker's heartbeat interval (5 s).
     try:

@@ -18,6 +18,8 @@ APPLY_PHASE = "apply_phase"
 WAIT_READY = "wait_ready"
 
 # ApplicationError type names. The first group cannot be fixed by retrying.
+# A retry or abort update that came after the run took a cancel request.
+BEING_CANCELED = "BeingCanceled"
 INVALID_REQUEST = "InvalidRequest"
 VALUES_REJECTED = "ValuesRejected"
 CHART_NOT_FOUND = "ChartNotFound"

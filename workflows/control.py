@@ -65,6 +65,9 @@ CANCELED_TYPE = "Canceled"
 # Runs started before this patch let a cancel request that came after an abort
 # end the deploy as canceled, or lost it during a rollback's helm step.
 CANCEL_STOPS_EVERY_STEP_PATCH = "cancel-stops-every-step"
+# Runs started before this patch took an abort signal that came after a cancel
+# request, and ended as aborted.
+CANCEL_BEFORE_ABORT_PATCH = "cancel-before-abort-wins"
 
 
 def start_record_deployed(
@@ -109,17 +112,12 @@ async def until_stopped(activity: workflow.ActivityHandle[T]) -> T:
         await workflow.wait([activity])
     except asyncio.CancelledError:
         activity.cancel()
-        await stopped(activity)
-        raise
-    return activity.result()
-
-
-async def stopped(activity: workflow.ActivityHandle[Any]) -> None:
-    """Wait until a cancelled activity ended, however it ended; a cancel
-    request of the run meanwhile does not end the wait."""
-    while not activity.done():
+        # The SDK's activity handle returns only once the activity ended,
+        # for a cancellation type that waits for that.
         with contextlib.suppress(ActivityError, asyncio.CancelledError):
             await activity
+        raise
+    return activity.result()
 
 
 class PhaseAborted(Exception):
@@ -155,6 +153,7 @@ class PhaseControl:
 
     @retry.validator
     def _validate_retry(self, phase: str | None = None) -> None:
+        self._reject_after_cancel("retry")
         self._failed_phases(phase)
 
     @workflow.update(name="abort")
@@ -167,9 +166,14 @@ class PhaseControl:
             self._abort_reason = reason[:REASON_MAX] or "aborted by request"
         return self._state
 
+    @abort.validator
+    def _validate_abort(self, reason: str = "aborted by request") -> None:
+        self._reject_after_cancel("abort")
+
     @workflow.signal(name="retry-signal")
     def retry_signal(self, phase: str | None = None) -> None:
         try:
+            self._reject_after_cancel("retry")
             self._retry_requested.update(self._failed_phases(phase))
         except ApplicationError as error:
             workflow.logger.warning(
@@ -178,8 +182,25 @@ class PhaseControl:
 
     @workflow.signal(name="abort-signal")
     def abort_signal(self, reason: str = "aborted by signal") -> None:
+        if workflow.cancellation_reason() is not None and workflow.patched(
+            CANCEL_BEFORE_ABORT_PATCH
+        ):
+            workflow.logger.warning(
+                "abort signal ignored", extra={"reason": "the run is being canceled"}
+            )
+            return
         if self._abort_reason is None:
             self._abort_reason = reason[:REASON_MAX] or "aborted by signal"
+
+    def _reject_after_cancel(self, request: str) -> None:
+        """Raise ApplicationError once a cancel request reached the run: it then
+        ends as canceled, and a retry or an abort would change nothing."""
+        if workflow.cancellation_reason() is not None:
+            raise ApplicationError(
+                f"this {self._noun} is being canceled, so it takes no {request}; "
+                "`ventros-deploy status` shows how it ends",
+                type=contracts.BEING_CANCELED,
+            )
 
     async def until_aborted(self, activity: workflow.ActivityHandle[T]) -> T:
         """Return the activity's result, or cancel it on abort and raise PhaseAborted.
@@ -214,12 +235,9 @@ class PhaseControl:
             return await activity
         activity.cancel()
         # The activity was cancelled, or it ended while stopping. The phase
-        # ends as aborted in both cases. A cancel request of the run meanwhile
-        # must not end the wait before a change of the cluster stopped.
+        # ends as aborted in both cases.
         with contextlib.suppress(ActivityError, asyncio.CancelledError):
             await activity
-        if not activity.done() and workflow.patched(CANCEL_STOPS_EVERY_STEP_PATCH):
-            await stopped(activity)
         self._stopped_activity = True
         raise PhaseAborted
 

@@ -142,6 +142,13 @@ class VentrosRollback:
                 f"{plan.target_version}. Roll back again, or deploy the version "
                 "you want"
             )
+        elif self._state == "recording the revision" and plan is not None:
+            self._message = (
+                f"canceled: the rollback to {plan.target_version} is done and "
+                "its rollout is ready, but a cancel request stopped the step "
+                "that notes its helm revision, so a later rollback may not "
+                "return to it"
+            )
         elif self._state == "waiting for the rollout" and plan is not None:
             self._message = (
                 f"canceled: the rollback to {plan.target_version} was applied, "
@@ -228,6 +235,9 @@ class VentrosRollback:
             )
         )
         if workflow.patched(RECORD_DEPLOYED_PATCH):
+            # Only the status shows this state: publishing issues no command.
+            self._state = "recording the revision"
+            self._publish()
             await self._step(
                 start_record_deployed(
                     request,

@@ -197,3 +197,22 @@ def test_rendered_app_version_cases() -> None:
     assert rendered_app_version([app_deployment("crm@sha256:abc")]) == "label"
     assert rendered_app_version([redis]) is None
     assert rendered_app_version([app, app_deployment("crm:other")]) is None
+
+
+def test_rendered_app_version_other_layouts() -> None:
+    """A Deployment of another chart's layout gives no version, and no error
+    in validate: a first container that is not the app, no containers, no
+    pod template metadata."""
+    sidecar_first = app_deployment("crm:3.0.0")
+    containers = sidecar_first["spec"]["template"]["spec"]["containers"]
+    containers[0]["name"] = "envoy"
+    assert rendered_app_version([sidecar_first]) is None
+    empty = app_deployment("crm:3.0.0")
+    empty["spec"]["template"]["spec"]["containers"] = []
+    assert rendered_app_version([empty]) is None
+    bare = app_deployment("crm:3.0.0")
+    del bare["spec"]["template"]["metadata"]
+    assert rendered_app_version([bare]) == "3.0.0"
+    no_spec = app_deployment("crm:3.0.0")
+    del no_spec["spec"]
+    assert rendered_app_version([no_spec]) is None

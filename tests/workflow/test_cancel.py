@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import pytest
 from temporalio import activity
 from temporalio.api.enums.v1 import EventType
+from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
@@ -29,7 +32,12 @@ from deployer.contracts import (
     WaitRequest,
     WaitResult,
 )
-from deployer.lifecycle import DestroyStatus, RollbackRequest, RollbackStatus
+from deployer.lifecycle import (
+    DestroyStatus,
+    ReleaseTarget,
+    RollbackRequest,
+    RollbackStatus,
+)
 from deployer.phases import TEARDOWN_ORDER, ObjectRef, Phase, PhaseState
 from tests.workflow.standins import cancel_until_ended, hold
 from worker.main import HEARTBEAT_THROTTLE
@@ -98,6 +106,11 @@ class BlockingStandIns:
         self.waited.append(job.phase)
         return WaitResult(phase=job.phase, statuses={})
 
+    @activity.defn(name=contracts.RECORD_DEPLOYED)
+    async def record_deployed(self, target: ReleaseTarget) -> int:
+        await self._maybe_hold("record", None)
+        return 1
+
     def activities(self) -> list[Any]:
         return [
             self.teardown_phase,
@@ -106,6 +119,7 @@ class BlockingStandIns:
             self.plan_rollback,
             self.roll_back_app,
             self.wait_ready,
+            self.record_deployed,
         ]
 
 
@@ -114,6 +128,8 @@ async def run_canceled(
     workflow_type: str,
     held: BlockingStandIns,
     history_name: str | None = None,
+    while_canceling: Callable[[WorkflowHandle[Any, Any]], Awaitable[None]]
+    | None = None,
 ) -> tuple[dict[str, Any], list[Any]]:
     """Start the workflow, cancel it once its held activity runs, and wait
     until it ended as canceled; return its last status and its history's
@@ -135,7 +151,26 @@ async def run_canceled(
             task_queue=queue,
         )
         await asyncio.wait_for(held.holding.wait(), timeout=60)
+        if while_canceling is None:
+            return await cancel_until_ended(handle, history_name)
+        await handle.cancel()
+        await cancel_seen(handle)
+        await while_canceling(handle)
         return await cancel_until_ended(handle, history_name)
+
+
+async def cancel_seen(handle: WorkflowHandle[Any, Any]) -> None:
+    """Return once a workflow task completed after the cancel request, so the
+    workflow has taken it."""
+    for _ in range(200):
+        kinds = [event.event_type for event in (await handle.fetch_history()).events]
+        requested = kinds.index(
+            EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CANCEL_REQUESTED
+        )
+        if EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED in kinds[requested:]:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the workflow never took the cancel request")
 
 
 def ended_after_cancel_completed(events: list[Any]) -> bool:
@@ -227,3 +262,45 @@ async def test_cancel_kept_when_helm_step_ends(
     assert status.message is not None
     assert "while helm rolled back" in status.message
     assert "2.0.0 or 1.0.0" in status.message
+
+
+async def test_retry_and_abort_rejected_after_cancel(
+    temporal_env: WorkflowEnvironment,
+) -> None:
+    """Once the run took a cancel request, retry and abort updates are
+    rejected, and the run still ends as canceled, not aborted."""
+    rejected: list[str] = []
+
+    async def retry_and_abort(handle: WorkflowHandle[Any, Any]) -> None:
+        for name, arg in (("retry", None), ("abort", "too late")):
+            with pytest.raises(WorkflowUpdateFailedError) as failure:
+                await handle.execute_update(name, arg)
+            rejected.append(str(failure.value.cause))
+
+    held = BlockingStandIns(("teardown", Phase.CACHE), finish_s=3)
+    raw, _ = await run_canceled(
+        temporal_env, "VentrosDestroy", held, while_canceling=retry_and_abort
+    )
+    status = DestroyStatus.model_validate(raw)
+
+    assert len(rejected) == 2
+    for message in rejected:
+        assert "this destroy is being canceled" in message
+    assert status.state == "canceled"
+    records = {r.phase: r for r in status.phases}
+    assert records[Phase.CACHE].error_type == "Canceled"
+
+
+async def test_cancel_during_rollback_record(
+    temporal_env: WorkflowEnvironment,
+) -> None:
+    """A cancel request while the rollback notes its helm revision reports that
+    the rollback itself is done."""
+    held = BlockingStandIns(("record", None))
+    raw, _ = await run_canceled(temporal_env, "VentrosRollback", held)
+    status = RollbackStatus.model_validate(raw)
+
+    assert held.waited == [Phase.APP]
+    assert status.state == "canceled"
+    assert status.message is not None
+    assert "the rollback to 1.0.0 is done" in status.message
