@@ -20,7 +20,7 @@ import pytest
 import pytest_asyncio
 from temporalio import activity
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
@@ -29,7 +29,7 @@ from deployer.contracts import ApplyResult, RollbackPlan, WaitResult
 from deployer.lifecycle import DestroyStatus, RollbackStatus
 from deployer.phases import ObjectRef, Phase
 from tests.cli.test_cli import run_cli
-from tests.workflow.standins import StandIns
+from tests.workflow.standins import BlockingStandIns, StandIns, cancel_seen
 from worker.main import WORKFLOWS
 
 RELEASE = "ventros-crm"
@@ -438,3 +438,38 @@ async def test_watch_failed_phase_then_cancel(
     phases = {record["phase"]: record["state"] for record in status["phases"]}
     assert phases["migration"] == "failed"
     assert phases["app"] == "pending"
+
+
+async def test_abort_while_canceling_exit_1(
+    temporal_env: WorkflowEnvironment, encrypted_client: Client, key_ring_file: Path
+) -> None:
+    """abort of a destroy that took a cancel request is rejected with exit 1,
+    naming the cancel, and the destroy ends as canceled."""
+    task_queue = f"tq-{uuid.uuid4().hex[:8]}"
+    held = BlockingStandIns(("teardown", Phase.CACHE), finish_s=3)
+    env = client_env(temporal_env, task_queue, key_ring_file)
+    async with Worker(
+        encrypted_client,
+        task_queue=task_queue,
+        workflows=WORKFLOWS,
+        activities=held.activities(),
+    ):
+        handle = await encrypted_client.start_workflow(
+            "VentrosDestroy",
+            {"release": RELEASE, "namespace": "canceling", "force": True},
+            id=f"destroy-canceling-{uuid.uuid4().hex[:8]}",
+            task_queue=task_queue,
+        )
+        await asyncio.wait_for(held.holding.wait(), timeout=60)
+        await handle.cancel()
+        await cancel_seen(handle)
+        aborted = await run_cli(["abort", handle.id, "--reason", "too late"], env)
+        with pytest.raises(WorkflowFailureError) as failure:
+            await asyncio.wait_for(handle.result(), timeout=60)
+
+    assert aborted.returncode == 1, aborted.stderr
+    assert (
+        "abort rejected: BeingCanceled: this destroy is being canceled"
+        in aborted.stderr
+    )
+    assert isinstance(failure.value.cause, CancelledError)

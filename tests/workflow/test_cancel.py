@@ -14,113 +14,24 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from temporalio import activity
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from deployer import contracts
-from deployer.contracts import (
-    ApplyResult,
-    GoneRequest,
-    RollbackJob,
-    RollbackPlan,
-    StatusResult,
-    TeardownRequest,
-    TeardownResult,
-    WaitRequest,
-    WaitResult,
-)
 from deployer.lifecycle import (
     DestroyStatus,
-    ReleaseTarget,
-    RollbackRequest,
     RollbackStatus,
 )
-from deployer.phases import TEARDOWN_ORDER, ObjectRef, Phase, PhaseState
-from tests.workflow.standins import cancel_until_ended, hold
+from deployer.phases import TEARDOWN_ORDER, Phase, PhaseState
+from tests.workflow.standins import (
+    BlockingStandIns,
+    cancel_seen,
+    cancel_until_ended,
+)
 from worker.main import HEARTBEAT_THROTTLE
 from workflows.destroy import VentrosDestroy
 from workflows.rollback import VentrosRollback
-
-APP = ObjectRef(
-    api_version="apps/v1", kind="Deployment", name="ventros-crm", namespace="ns"
-)
-
-
-class BlockingStandIns:
-    """Stand-in activities. The one named in hold heartbeats until cancelled."""
-
-    def __init__(
-        self, hold: tuple[str, Phase | None], finish_s: float | None = None
-    ) -> None:
-        self.hold = hold
-        # With finish_s, the held activity neither heartbeats nor notices a
-        # cancel: it returns after finish_s seconds, like a helm step that
-        # ends before its worker learns of the cancel.
-        self.finish_s = finish_s
-        self.holding = asyncio.Event()
-        self.cancelled: list[tuple[str, Phase | None]] = []
-        self.torn_down: list[Phase] = []
-        self.waited: list[Phase] = []
-
-    async def _maybe_hold(self, step: str, phase: Phase | None) -> None:
-        if (step, phase) != self.hold:
-            return
-        if self.finish_s is None:
-            await hold(self.holding, self.cancelled, (step, phase))
-            return
-        self.holding.set()
-        await asyncio.shield(asyncio.sleep(self.finish_s))
-
-    @activity.defn(name=contracts.TEARDOWN_PHASE)
-    async def teardown_phase(self, job: TeardownRequest) -> TeardownResult:
-        self.torn_down.append(job.phase)
-        await self._maybe_hold("teardown", job.phase)
-        return TeardownResult(phase=job.phase, deleted=[f"{job.phase.value} objects"])
-
-    @activity.defn(name=contracts.WAIT_DELETED)
-    async def wait_deleted(self, job: GoneRequest) -> StatusResult:
-        await self._maybe_hold("wait", job.phase)
-        return StatusResult()
-
-    @activity.defn(name=contracts.WAIT_DRAINED)
-    async def wait_drained(self, job: Any) -> StatusResult:
-        return StatusResult(statuses={contracts.DRAIN_KEY: "no queues"})
-
-    @activity.defn(name=contracts.PLAN_ROLLBACK)
-    async def plan_rollback(self, request: RollbackRequest) -> RollbackPlan:
-        await self._maybe_hold("plan", None)
-        return RollbackPlan(
-            current_version="2.0.0", target_version="1.0.0", helm_revision=1, app=APP
-        )
-
-    @activity.defn(name=contracts.ROLL_BACK_APP)
-    async def roll_back_app(self, job: RollbackJob) -> ApplyResult:
-        await self._maybe_hold("roll back", None)
-        return ApplyResult(phase=Phase.APP, applied=1, waits=[job.plan.app])
-
-    @activity.defn(name=contracts.WAIT_READY)
-    async def wait_ready(self, job: WaitRequest) -> WaitResult:
-        self.waited.append(job.phase)
-        return WaitResult(phase=job.phase, statuses={})
-
-    @activity.defn(name=contracts.RECORD_DEPLOYED)
-    async def record_deployed(self, target: ReleaseTarget) -> int:
-        await self._maybe_hold("record", None)
-        return 1
-
-    def activities(self) -> list[Any]:
-        return [
-            self.teardown_phase,
-            self.wait_deleted,
-            self.wait_drained,
-            self.plan_rollback,
-            self.roll_back_app,
-            self.wait_ready,
-            self.record_deployed,
-        ]
 
 
 async def run_canceled(
@@ -157,20 +68,6 @@ async def run_canceled(
         await cancel_seen(handle)
         await while_canceling(handle)
         return await cancel_until_ended(handle, history_name)
-
-
-async def cancel_seen(handle: WorkflowHandle[Any, Any]) -> None:
-    """Return once a workflow task completed after the cancel request, so the
-    workflow has taken it."""
-    for _ in range(200):
-        kinds = [event.event_type for event in (await handle.fetch_history()).events]
-        requested = kinds.index(
-            EventType.EVENT_TYPE_WORKFLOW_EXECUTION_CANCEL_REQUESTED
-        )
-        if EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED in kinds[requested:]:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("the workflow never took the cancel request")
 
 
 def ended_after_cancel_completed(events: list[Any]) -> bool:
