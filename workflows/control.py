@@ -102,7 +102,7 @@ ABORT_SETTLE = timedelta(milliseconds=200)
 
 
 async def until_stopped(activity: workflow.ActivityHandle[T]) -> T:
-    """Return the activity's result; on a cancel request of the run, cancel the
+    """Return the activity's result. On a cancel request of the run, cancel the
     activity, wait until it stopped, and raise CancelledError.
 
     Awaiting the activity directly loses the cancel request when the activity
@@ -112,12 +112,19 @@ async def until_stopped(activity: workflow.ActivityHandle[T]) -> T:
         await workflow.wait([activity])
     except asyncio.CancelledError:
         activity.cancel()
-        # The SDK's activity handle returns only once the activity ended,
-        # for a cancellation type that waits for that.
-        with contextlib.suppress(ActivityError, asyncio.CancelledError):
-            await activity
+        await stopped(activity)
         raise
     return activity.result()
+
+
+async def stopped(activity: workflow.ActivityHandle[Any]) -> None:
+    """Wait until a cancelled activity ended, however it ended.
+
+    The SDK's activity handle returns only once the activity ended, for a
+    cancellation type that waits for that.
+    """
+    with contextlib.suppress(ActivityError, asyncio.CancelledError):
+        await activity
 
 
 class PhaseAborted(Exception):
@@ -192,12 +199,12 @@ class PhaseControl:
         if self._abort_reason is None:
             self._abort_reason = reason[:REASON_MAX] or "aborted by signal"
 
-    def _reject_after_cancel(self, request: str) -> None:
-        """Raise ApplicationError once a cancel request reached the run: it then
-        ends as canceled, and a retry or an abort would change nothing."""
+    def _reject_after_cancel(self, update: str) -> None:
+        """Raise ApplicationError once a cancel request reached the run, because
+        the run then ends as canceled and a retry or an abort changes nothing."""
         if workflow.cancellation_reason() is not None:
             raise ApplicationError(
-                f"this {self._noun} is being canceled, so it takes no {request}; "
+                f"this {self._noun} is being canceled, so it takes no {update}; "
                 "`ventros-deploy status` shows how it ends",
                 type=contracts.BEING_CANCELED,
             )
@@ -226,8 +233,7 @@ class PhaseControl:
                     return await activity
                 # Wait for the activity to stop (for the steps that change
                 # the cluster), then end the phase with the run.
-                with contextlib.suppress(ActivityError, asyncio.CancelledError):
-                    await activity
+                await stopped(activity)
                 raise
             finally:
                 aborted.cancel()
@@ -236,8 +242,7 @@ class PhaseControl:
         activity.cancel()
         # The activity was cancelled, or it ended while stopping. The phase
         # ends as aborted in both cases.
-        with contextlib.suppress(ActivityError, asyncio.CancelledError):
-            await activity
+        await stopped(activity)
         self._stopped_activity = True
         raise PhaseAborted
 

@@ -446,13 +446,13 @@ async def test_abort_while_canceling_exit_1(
     """abort of a destroy that took a cancel request is rejected with exit 1,
     naming the cancel, and the destroy ends as canceled."""
     task_queue = f"tq-{uuid.uuid4().hex[:8]}"
-    held = BlockingStandIns(("teardown", Phase.CACHE), finish_s=3)
+    blocking = BlockingStandIns(("teardown", Phase.CACHE), finish_s=3)
     env = client_env(temporal_env, task_queue, key_ring_file)
     async with Worker(
         encrypted_client,
         task_queue=task_queue,
         workflows=WORKFLOWS,
-        activities=held.activities(),
+        activities=blocking.activities(),
     ):
         handle = await encrypted_client.start_workflow(
             "VentrosDestroy",
@@ -460,7 +460,7 @@ async def test_abort_while_canceling_exit_1(
             id=f"destroy-canceling-{uuid.uuid4().hex[:8]}",
             task_queue=task_queue,
         )
-        await asyncio.wait_for(held.holding.wait(), timeout=60)
+        await asyncio.wait_for(blocking.holding.wait(), timeout=60)
         await handle.cancel()
         await cancel_seen(handle)
         aborted = await run_cli(["abort", handle.id, "--reason", "too late"], env)

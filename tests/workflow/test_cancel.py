@@ -37,12 +37,12 @@ from workflows.rollback import VentrosRollback
 async def run_canceled(
     env: WorkflowEnvironment,
     workflow_type: str,
-    held: BlockingStandIns,
+    blocking: BlockingStandIns,
     history_name: str | None = None,
     while_canceling: Callable[[WorkflowHandle[Any, Any]], Awaitable[None]]
     | None = None,
 ) -> tuple[dict[str, Any], list[Any]]:
-    """Start the workflow, cancel it once its held activity runs, and wait
+    """Start the workflow, cancel it once its blocking activity runs, and wait
     until it ended as canceled; return its last status and its history's
     events."""
     queue = f"tq-{uuid.uuid4().hex[:8]}"
@@ -50,7 +50,7 @@ async def run_canceled(
         env.client,
         task_queue=queue,
         workflows=[VentrosDestroy, VentrosRollback],
-        activities=held.activities(),
+        activities=blocking.activities(),
         max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
     ):
         handle = await env.client.start_workflow(
@@ -61,7 +61,7 @@ async def run_canceled(
             id=f"wf-{uuid.uuid4().hex[:8]}",
             task_queue=queue,
         )
-        await asyncio.wait_for(held.holding.wait(), timeout=60)
+        await asyncio.wait_for(blocking.holding.wait(), timeout=60)
         if while_canceling is None:
             return await cancel_until_ended(handle, history_name)
         await handle.cancel()
@@ -80,13 +80,13 @@ def ended_after_cancel_completed(events: list[Any]) -> bool:
 async def test_cancel_stops_destroy_step(temporal_env: WorkflowEnvironment) -> None:
     """A cancel request during a removal step's delete ends the destroy as
     canceled once the delete stopped; the steps after it do not run."""
-    held = BlockingStandIns(("teardown", Phase.CACHE))
+    blocking = BlockingStandIns(("teardown", Phase.CACHE))
     raw, events = await run_canceled(
-        temporal_env, "VentrosDestroy", held, "destroy_cancel_during_delete"
+        temporal_env, "VentrosDestroy", blocking, "destroy_cancel_during_delete"
     )
     status = DestroyStatus.model_validate(raw)
 
-    assert held.cancelled == [("teardown", Phase.CACHE)]
+    assert blocking.cancelled == [("teardown", Phase.CACHE)]
     assert ended_after_cancel_completed(events)
     assert status.state == "canceled"
     assert status.message is not None
@@ -98,18 +98,18 @@ async def test_cancel_stops_destroy_step(temporal_env: WorkflowEnvironment) -> N
     assert after
     for phase in after:
         assert records[phase].state is PhaseState.PENDING
-        assert phase not in held.torn_down
+        assert phase not in blocking.torn_down
 
 
 async def test_cancel_stops_destroy_wait(temporal_env: WorkflowEnvironment) -> None:
     """A cancel request while a step waits for objects to be gone ends the
     destroy as canceled."""
-    held = BlockingStandIns(("wait", Phase.APP))
-    raw, _ = await run_canceled(temporal_env, "VentrosDestroy", held)
+    blocking = BlockingStandIns(("wait", Phase.APP))
+    raw, _ = await run_canceled(temporal_env, "VentrosDestroy", blocking)
     status = DestroyStatus.model_validate(raw)
 
     assert status.state == "canceled"
-    assert held.torn_down == [Phase.APP]
+    assert blocking.torn_down == [Phase.APP]
     records = {r.phase: r for r in status.phases}
     assert records[Phase.APP].state is PhaseState.ABORTED
 
@@ -117,13 +117,13 @@ async def test_cancel_stops_destroy_wait(temporal_env: WorkflowEnvironment) -> N
 async def test_cancel_stops_rollback(temporal_env: WorkflowEnvironment) -> None:
     """A cancel request during the rollback's helm step ends the rollback as
     canceled, not failed, and only once the worker stopped helm."""
-    held = BlockingStandIns(("roll back", None))
+    blocking = BlockingStandIns(("roll back", None))
     raw, events = await run_canceled(
-        temporal_env, "VentrosRollback", held, "rollback_cancel"
+        temporal_env, "VentrosRollback", blocking, "rollback_cancel"
     )
     status = RollbackStatus.model_validate(raw)
 
-    assert held.cancelled == [("roll back", None)]
+    assert blocking.cancelled == [("roll back", None)]
     assert ended_after_cancel_completed(events)
     assert status.state == "canceled"
     assert status.message is not None
@@ -133,8 +133,8 @@ async def test_cancel_stops_rollback(temporal_env: WorkflowEnvironment) -> None:
 async def test_cancel_during_rollback_plan(temporal_env: WorkflowEnvironment) -> None:
     """A cancel request while the rollback plans ends it as canceled; nothing
     is rolled back."""
-    held = BlockingStandIns(("plan", None))
-    raw, _ = await run_canceled(temporal_env, "VentrosRollback", held)
+    blocking = BlockingStandIns(("plan", None))
+    raw, _ = await run_canceled(temporal_env, "VentrosRollback", blocking)
     status = RollbackStatus.model_validate(raw)
 
     assert status.state == "canceled"
@@ -149,12 +149,12 @@ async def test_cancel_kept_when_helm_step_ends(
     """A rollback's helm step that ends before its worker learns of a cancel
     request does not swallow the cancel: the run ends as canceled and never
     waits for the rollout."""
-    held = BlockingStandIns(("roll back", None), finish_s=1.5)
-    raw, _ = await run_canceled(temporal_env, "VentrosRollback", held)
+    blocking = BlockingStandIns(("roll back", None), finish_s=1.5)
+    raw, _ = await run_canceled(temporal_env, "VentrosRollback", blocking)
     status = RollbackStatus.model_validate(raw)
 
-    assert held.cancelled == []
-    assert held.waited == []
+    assert blocking.cancelled == []
+    assert blocking.waited == []
     assert status.state == "canceled"
     assert status.message is not None
     assert "while helm rolled back" in status.message
@@ -174,9 +174,9 @@ async def test_retry_and_abort_rejected_after_cancel(
                 await handle.execute_update(name, arg)
             rejected.append(str(failure.value.cause))
 
-    held = BlockingStandIns(("teardown", Phase.CACHE), finish_s=3)
+    blocking = BlockingStandIns(("teardown", Phase.CACHE), finish_s=3)
     raw, _ = await run_canceled(
-        temporal_env, "VentrosDestroy", held, while_canceling=retry_and_abort
+        temporal_env, "VentrosDestroy", blocking, while_canceling=retry_and_abort
     )
     status = DestroyStatus.model_validate(raw)
 
@@ -193,11 +193,11 @@ async def test_cancel_during_rollback_record(
 ) -> None:
     """A cancel request while the rollback notes its helm revision reports that
     the rollback itself is done."""
-    held = BlockingStandIns(("record", None))
-    raw, _ = await run_canceled(temporal_env, "VentrosRollback", held)
+    blocking = BlockingStandIns(("record", None))
+    raw, _ = await run_canceled(temporal_env, "VentrosRollback", blocking)
     status = RollbackStatus.model_validate(raw)
 
-    assert held.waited == [Phase.APP]
+    assert blocking.waited == [Phase.APP]
     assert status.state == "canceled"
     assert status.message is not None
     assert "the rollback to 1.0.0 is done" in status.message
