@@ -75,7 +75,7 @@ from deployer.inputs import (
     parse_request,
     repository_allowed,
 )
-from deployer.lifecycle import destroy_workflow_id_for
+from deployer.lifecycle import how_to_stop, other_runs
 from deployer.phases import ObjectRef, Phase
 from deployer.settings import WorkerSettings, normalize_address
 
@@ -155,6 +155,44 @@ SCHEMA_HINTS = (
         "namespace; use another name, for example ventros-crm",
     ),
 )
+
+
+def check_own_id(kind: str, expected: str, fix: str) -> None:
+    """Raise InvalidRequest when this run does not use its release's workflow id.
+
+    Temporal runs one workflow per id at a time, and the checks of
+    check_release_idle look up the other runs by their ids. A run of the same
+    release under any other id would escape both.
+    """
+    actual = activity.info().workflow_id
+    if actual != expected:
+        raise _non_retryable(
+            contracts.INVALID_REQUEST,
+            f"this {kind} runs as workflow id {actual}, but a {kind} of this "
+            f"release must run as {expected}, so that one run at a time changes "
+            f"the release. {fix} with --workflow-id {expected}",
+        )
+
+
+async def check_release_idle(
+    kind: str, namespace: str, release: str, then: str
+) -> None:
+    """Raise OtherRunActive when another kind of run of the release runs.
+
+    A deploy, a rollback and a destroy of one release change the same objects.
+    kind is the caller's own kind (deploy, rollback or destroy); then is
+    what to do once the other run ended.
+    """
+    await gather_or_cancel(
+        *(
+            check_not_running(
+                workflow_id,
+                f"Wait until it ends (`ventros-deploy watch {workflow_id}`) or "
+                f"{how_to_stop(other, workflow_id)}, then {then}",
+            )
+            for other, workflow_id in other_runs(kind, namespace, release).items()
+        )
+    )
 
 
 async def check_not_running(workflow_id: str, fix: str) -> None:
@@ -658,6 +696,7 @@ class DeployActivities:
     async def validate_request(self, raw: dict[str, Any]) -> ValidateResult:
         """Check everything that can be checked before anything is applied."""
         request = parse_request(raw)
+        check_own_id("deploy", request.workflow_id, "Start it again")
         helm = self.helm(request.kube_context)
         self._check_kube_context(request.kube_context)
         self._check_app_temporal(request)
@@ -665,15 +704,12 @@ class DeployActivities:
             if chart.path is not None:
                 helm.resolve_path(chart.path)
         await self._check_repositories(request)
-        destroy_id = destroy_workflow_id_for(request.namespace, request.release)
         objects, _, existing, _ = await gather_or_cancel(
             self._render_all(request),
             self._check_cluster(request),
             self._existing_objects(request),
-            check_not_running(
-                destroy_id,
-                f"Wait until it ends (`ventros-deploy watch {destroy_id}`) or "
-                f"abort it (`ventros-deploy abort {destroy_id}`), then deploy again",
+            check_release_idle(
+                "deploy", request.namespace, request.release, "deploy again"
             ),
         )
         phases = {

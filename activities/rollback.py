@@ -33,6 +33,8 @@ from activities.deploy import (
     INSTANCE_LABEL,
     PHASE_LABEL,
     DeployActivities,
+    check_own_id,
+    check_release_idle,
     deep_merge,
     heartbeat_while_running,
     image_tag,
@@ -146,6 +148,10 @@ class RollbackActivities:
     async def plan_rollback(self, request: RollbackRequest) -> RollbackPlan:
         """Find the running version, the one to return to and its helm revision."""
         self._deploy.check_chart_repository("chart", request.chart)
+        check_own_id("rollback", request.workflow_id, "Start it again")
+        await check_release_idle(
+            "rollback", request.namespace, request.release, "run the rollback again"
+        )
         kube = await self._deploy.kube(request.kube_context)
         helm = self._deploy.helm(request.kube_context)
         app = await self._app_deployment(kube, request)

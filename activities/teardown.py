@@ -25,7 +25,8 @@ from activities.deploy import (
     PHASE_LABEL,
     DeployActivities,
     bind_log_context,
-    check_not_running,
+    check_own_id,
+    check_release_idle,
     heartbeat_while_running,
     ref_of,
     terminating_namespaces,
@@ -47,7 +48,6 @@ from deployer.contracts import (
     TeardownRequest,
     TeardownResult,
 )
-from deployer.inputs import workflow_id_for
 from deployer.lifecycle import DestroyRequest, destroy_workflow_id_for
 from deployer.phases import TEARDOWN_ORDER, ObjectRef, Phase
 
@@ -152,12 +152,18 @@ class TeardownActivities:
         bind_log_context(request.release, request.namespace, phase.value)
         try:
             if phase is TEARDOWN_ORDER[0]:
-                deploy_id = workflow_id_for(request.namespace, request.release)
-                await check_not_running(
-                    deploy_id,
-                    f"Abort it (`ventros-deploy abort {deploy_id}`) or wait until "
-                    "it ends, then retry this step (`ventros-deploy retry "
-                    f"{destroy_workflow_id_for(request.namespace, request.release)}`)",
+                destroy_id = destroy_workflow_id_for(request.namespace, request.release)
+                check_own_id(
+                    "destroy",
+                    destroy_id,
+                    "Abort this run (`ventros-deploy abort "
+                    f"{activity.info().workflow_id}`) and start the destroy again",
+                )
+                await check_release_idle(
+                    "destroy",
+                    request.namespace,
+                    request.release,
+                    f"retry this step (`ventros-deploy retry {destroy_id}`)",
                 )
             if phase is TEARDOWN_ORDER[0] and request.delete_namespace:
                 await self._check_release_present(request)

@@ -68,7 +68,8 @@ from deployer.lifecycle import (
     DRAIN_TIMEOUT_MAX_S,
     DestroyStatus,
     RollbackStatus,
-    destroy_workflow_id_for,
+    how_to_stop,
+    other_runs,
     parse_destroy_request,
     parse_rollback_request,
 )
@@ -474,22 +475,29 @@ async def is_running(handle: WorkflowHandle[Any, Any]) -> bool:
 # -- commands -----------------------------------------------------------------
 
 
-async def refuse_during_destroy(client: Client, namespace: str, release: str) -> None:
-    """Raise CliError when a destroy of the same release is running."""
-    destroy_id = destroy_workflow_id_for(namespace, release)
-    try:
-        running = await is_running(client.get_workflow_handle(destroy_id))
-    except RPCError as error:
-        if error.status is RPCStatusCode.NOT_FOUND:
-            return
-        raise
-    if running:
-        raise CliError(
-            f"{destroy_id} is removing {release} in {namespace}; wait for it "
-            f"(`ventros-deploy watch {destroy_id}` shows it) or abort it before "
-            "deploying again",
-            EXIT_RUNNING,
-        )
+async def reject_while_other_runs(
+    client: Client, kind: str, namespace: str, release: str
+) -> None:
+    """Raise CliError when a run of another kind of the same release runs.
+
+    A deploy, a rollback and a destroy of one release change the same objects,
+    so at most one of them runs. The workflows check this too, for starts that
+    do not come through this client.
+    """
+    for other, workflow_id in other_runs(kind, namespace, release).items():
+        try:
+            running = await is_running(client.get_workflow_handle(workflow_id))
+        except RPCError as error:
+            if error.status is RPCStatusCode.NOT_FOUND:
+                continue
+            raise
+        if running:
+            raise CliError(
+                f"a {other} of {release} in {namespace} is running: {workflow_id}. "
+                f"Wait for it (`ventros-deploy watch {workflow_id}` shows it) or "
+                f"{how_to_stop(other, workflow_id)}, then start the {kind} again",
+                EXIT_RUNNING,
+            )
 
 
 async def cmd_start(
@@ -503,7 +511,7 @@ async def cmd_start(
         request = parse_request(raw)
     except InvalidRequestError as error:
         raise CliError(str(error), EXIT_USAGE) from None
-    await refuse_during_destroy(client, request.namespace, request.release)
+    await reject_while_other_runs(client, "deploy", request.namespace, request.release)
     try:
         handle = await client.start_workflow(
             WORKFLOW_TYPE,
@@ -995,7 +1003,7 @@ async def deploy_request_of(client: Client, workflow_id: str) -> DeployRequest |
             if started.workflow_type.name != WORKFLOW_TYPE:
                 raise CliError(
                     f"{workflow_id} is a {started.workflow_type.name} workflow; "
-                    "give the id of a deploy (deploy-<namespace>-<release>)",
+                    "give the id of a deploy (deploy-<namespace>.<release>)",
                     EXIT_USAGE,
                 )
             inputs = await client.data_converter.decode(started.input.payloads)
@@ -1030,22 +1038,6 @@ async def lifecycle_target(
     raise CliError(
         "give the deploy's workflow id, or --release and --namespace", EXIT_USAGE
     )
-
-
-async def refuse_while_deploying(client: Client, namespace: str, release: str) -> None:
-    workflow_id = workflow_id_for(namespace, release)
-    try:
-        running = await is_running(client.get_workflow_handle(workflow_id))
-    except RPCError as error:
-        if error.status is RPCStatusCode.NOT_FOUND:
-            return
-        raise
-    if running:
-        raise CliError(
-            f"a deploy of {release} in {namespace} is running: {workflow_id}. "
-            f"Let it finish, or stop it with `ventros-deploy abort {workflow_id}`",
-            EXIT_RUNNING,
-        )
 
 
 async def start_lifecycle(
@@ -1088,7 +1080,7 @@ async def cmd_rollback(
     console: Console,
 ) -> int:
     release, namespace, deployed = await lifecycle_target(client, args)
-    await refuse_while_deploying(client, namespace, release)
+    await reject_while_other_runs(client, "rollback", namespace, release)
 
     # The last deploy's chart, context and app timeout are the defaults.
     raw: dict[str, Any] = {"release": release, "namespace": namespace}
@@ -1144,7 +1136,7 @@ async def cmd_destroy(
     console: Console,
 ) -> int:
     release, namespace, deployed = await lifecycle_target(client, args)
-    await refuse_while_deploying(client, namespace, release)
+    await reject_while_other_runs(client, "destroy", namespace, release)
 
     raw: dict[str, Any] = {
         "release": release,
@@ -1200,7 +1192,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "workflow_id",
             nargs="?",
-            help="workflow id, e.g. deploy-ventros-crm-ventros-crm",
+            help="workflow id, for example deploy-ventros-crm.ventros-crm",
         )
         p.add_argument(
             "--release", help="release name (with --namespace, instead of the id)"

@@ -287,8 +287,13 @@ def values_shape(value: Any, max_bytes: int) -> tuple[int, int]:
 
 
 def workflow_id_for(namespace: str, release: str) -> str:
-    """Return the workflow id of a release: one deploy per release at a time."""
-    return f"deploy-{namespace}-{release}"
+    """Return the workflow id of a release: one deploy per release at a time.
+
+    A dot joins the two names because neither may hold one (both are DNS-1123
+    labels), so no two releases share an id. With a dash, namespace a-b and
+    release c shared deploy-a-b-c with namespace a and release b-c.
+    """
+    return f"deploy-{namespace}.{release}"
 
 
 class InvalidRequestError(ValueError):

@@ -30,6 +30,7 @@ from deployer.inputs import (
     check_namespace,
     check_release,
     describe_validation_error,
+    workflow_id_for,
 )
 from deployer.phases import DeployStatus
 
@@ -42,12 +43,33 @@ DRAIN_TIMEOUT_MAX_S = 24 * 3600
 
 def destroy_workflow_id_for(namespace: str, release: str) -> str:
     """Return the workflow id of a release's destroy: one at a time per release."""
-    return f"destroy-{namespace}-{release}"
+    return f"destroy-{namespace}.{release}"
 
 
 def rollback_workflow_id_for(namespace: str, release: str) -> str:
     """Return the workflow id of a release's rollback: one at a time per release."""
-    return f"rollback-{namespace}-{release}"
+    return f"rollback-{namespace}.{release}"
+
+
+def run_ids_for(namespace: str, release: str) -> dict[str, str]:
+    """Return the workflow id of each kind of run of a release."""
+    return {
+        "deploy": workflow_id_for(namespace, release),
+        "rollback": rollback_workflow_id_for(namespace, release),
+        "destroy": destroy_workflow_id_for(namespace, release),
+    }
+
+
+def other_runs(kind: str, namespace: str, release: str) -> dict[str, str]:
+    """Return the workflow ids of the runs that exclude a run of kind."""
+    return {k: v for k, v in run_ids_for(namespace, release).items() if k != kind}
+
+
+def how_to_stop(kind: str, workflow_id: str) -> str:
+    """Return how a user stops a running run of kind (a rollback has no abort)."""
+    if kind == "rollback":
+        return f"cancel it with `temporal workflow cancel --workflow-id {workflow_id}`"
+    return f"abort it with `ventros-deploy abort {workflow_id}`"
 
 
 class ReleaseTarget(BaseModel):

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from client.cli import EXIT_FAILED, EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE
 from deployer import codec
+from deployer.inputs import workflow_id_for
 from testbed.cluster import (
     REPO_ROOT,
     ClusterConfig,
@@ -280,7 +281,7 @@ def up() -> int:
     start_codec_server(group)
     start_temporal(group)
     start_worker(group)
-    workflow_id = f"deploy-{NAMESPACE}-{RELEASE}"
+    workflow_id = workflow_id_for(NAMESPACE, RELEASE)
     code = shown_earlier_deploy(workflow_id)
     if code is None:
         code = deploy()

@@ -125,8 +125,16 @@ class VentrosRollback:
             self._state = "failed"
             self._message = cause_message(error)
             self._publish()
+            # The step's own type (PhaseTimeout, OtherRunActive, ...), which the
+            # README's troubleshooting table is keyed by. Only the failure's
+            # content changes, not the command, so replay is unaffected.
+            cause = error.cause
             raise ApplicationError(
-                self._message, type=ROLLBACK_FAILED, non_retryable=True
+                self._message,
+                type=cause.type
+                if isinstance(cause, ApplicationError) and cause.type
+                else ROLLBACK_FAILED,
+                non_retryable=True,
             ) from None
         self._state = "succeeded"
         self._publish()

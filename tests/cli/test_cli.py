@@ -118,7 +118,7 @@ async def test_cli_follow_shows_live_table(
             ["start", "--request", write_request(tmp_path, namespace), "--follow"], env
         )
     assert code == 0, screen[-2000:]
-    assert f"started deploy-{namespace}-ventros-crm" in screen
+    assert f"started deploy-{namespace}.ventros-crm" in screen
     for phase in PHASES:
         assert re.search(rf"{phase}\s+.\s*succeeded", screen) or re.search(
             rf"{phase}\s+succeeded", screen
@@ -146,7 +146,7 @@ async def test_cli_json_outputs_parse(
             ["status", "--release", "ventros-crm", "--namespace", namespace, "--json"],
             env,
         )
-    assert workflow_id == f"deploy-{namespace}-ventros-crm"
+    assert workflow_id == f"deploy-{namespace}.ventros-crm"
     assert followed.returncode == 0, followed.stderr
     assert json.loads(followed.stdout)["state"] == "succeeded"
     phases = json.loads(status.stdout)["phases"]
@@ -166,10 +166,10 @@ async def test_cli_second_start_rejected(
     async with running_worker(temporal_env.client, worker_settings):
         first = await run_cli(["start", "--request", request], env)
         second = await run_cli(["start", "--request", request], env)
-        await run_cli(["watch", f"deploy-{namespace}-ventros-crm", "--json"], env)
+        await run_cli(["watch", f"deploy-{namespace}.ventros-crm", "--json"], env)
     assert first.returncode == 0, first.stderr
     assert second.returncode == 3
-    assert f"already running: deploy-{namespace}-ventros-crm" in second.stderr
+    assert f"already running: deploy-{namespace}.ventros-crm" in second.stderr
 
 
 async def test_cli_invalid_request_exit_2(
@@ -237,14 +237,14 @@ async def test_cli_invalid_values_message_shown(
     request = write_request(tmp_path, namespace, values=values)
     async with running_worker(temporal_env.client, worker_settings):
         followed = await run_cli(["start", "--request", request, "--follow"], env)
-        status = await run_cli(["status", f"deploy-{namespace}-ventros-crm"], env)
+        status = await run_cli(["status", f"deploy-{namespace}.ventros-crm"], env)
     assert followed.returncode == 2, followed.stderr
     assert "\ninvalid after" in followed.stdout
     assert "s (ValuesRejected)\n" in followed.stdout
     assert "/temporal/namespace" in followed.stdout
     assert "x[/bold]y" in followed.stdout
     # The worker has stopped: status still prints how the run ended.
-    offline = await run_cli(["status", f"deploy-{namespace}-ventros-crm"], env)
+    offline = await run_cli(["status", f"deploy-{namespace}.ventros-crm"], env)
     # status exits 2 for a deploy whose request validate rejected.
     assert status.returncode == 2, status.stderr
     assert "Traceback" not in status.stderr
@@ -252,7 +252,7 @@ async def test_cli_invalid_values_message_shown(
     assert "error type: ValuesRejected" in status.stdout
     assert offline.returncode == 2, offline.stderr
     assert "Traceback" not in offline.stderr
-    assert f"deploy-{namespace}-ventros-crm: failed (ValuesRejected)" in offline.stdout
+    assert f"deploy-{namespace}.ventros-crm: failed (ValuesRejected)" in offline.stdout
     assert "/temporal/namespace" in offline.stdout
     assert "the status query failed" in offline.stdout
 
@@ -269,7 +269,7 @@ async def test_cli_status_terminated_run(
         handle = await temporal_env.client.start_workflow(
             "VentrosDeploy",
             deploy_request(namespace),
-            id=f"deploy-{namespace}-ventros-crm",
+            id=f"deploy-{namespace}.ventros-crm",
             task_queue=worker_settings.task_queue,
         )
         # A query returns once the run's first workflow task has completed.

@@ -21,6 +21,7 @@ import pytest_asyncio
 from temporalio import activity
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError, CancelledError
+from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
@@ -203,7 +204,7 @@ async def test_status_rollback_run(
     """status, status --json and watch show a rollback's versions, helm
     revision and migration note, and exit 0 once it succeeded."""
     namespace = f"ok-{uuid.uuid4().hex[:8]}"
-    workflow_id = f"rollback-{namespace}-{RELEASE}"
+    workflow_id = f"rollback-{namespace}.{RELEASE}"
     async with rollback_run(
         temporal_env, encrypted_client, key_ring_file, namespace
     ) as (env, started):
@@ -244,7 +245,7 @@ async def test_rollback_follow_shows_table(
     ) as (_, failed):
         pass
     assert followed.returncode == 0, followed.stderr
-    assert f"started rollback-{namespace}-{RELEASE}" in followed.stdout
+    assert f"started rollback-{namespace}.{RELEASE}" in followed.stdout
     assert re.search(r"to version[\s│]+1\.0\.0", followed.stdout), followed.stdout
     assert "succeeded after" in followed.stdout
     assert "stays applied" in followed.stdout
@@ -257,7 +258,7 @@ async def test_status_failed_rollback_exit_1(
 ) -> None:
     """status of a rollback that failed shows why and exits 1."""
     namespace = f"fail-{uuid.uuid4().hex[:8]}"
-    workflow_id = f"rollback-{namespace}-{RELEASE}"
+    workflow_id = f"rollback-{namespace}.{RELEASE}"
     async with rollback_run(
         temporal_env, encrypted_client, key_ring_file, namespace
     ) as (env, started):
@@ -368,29 +369,59 @@ async def test_queued_abort_applies_later(
     assert "queued while no worker ran" in cause.message
 
 
-async def test_start_during_destroy_names_watch(
-    temporal_env: WorkflowEnvironment, encrypted_client: Client, key_ring_file: Path
+RUN_TYPES = {
+    "deploy": "VentrosDeploy",
+    "rollback": "VentrosRollback",
+    "destroy": "VentrosDestroy",
+}
+COMMANDS = {"deploy": "start", "rollback": "rollback", "destroy": "destroy"}
+
+
+@pytest.mark.parametrize(
+    ("running", "started"),
+    [(a, b) for a in RUN_TYPES for b in RUN_TYPES if a != b],
+)
+async def test_one_run_per_release(
+    temporal_env: WorkflowEnvironment,
+    encrypted_client: Client,
+    key_ring_file: Path,
+    running: str,
+    started: str,
 ) -> None:
-    """start while a destroy of the release runs exits 3 and names the watch
-    command that follows the destroy."""
+    """A deploy, rollback or destroy is refused with exit 3 while a run of
+    another kind of the same release runs, naming the run, how to follow it
+    and how to stop it; the refused run is not started."""
     task_queue = f"tq-{uuid.uuid4().hex[:8]}"
     namespace = f"busy-{uuid.uuid4().hex[:8]}"
-    # No worker runs it, so the destroy stays running.
+    # No worker runs it, so it stays running.
     handle = await encrypted_client.start_workflow(
-        "VentrosDestroy",
+        RUN_TYPES[running],
         {"release": RELEASE, "namespace": namespace},
-        id=f"destroy-{namespace}-{RELEASE}",
+        id=f"{running}-{namespace}.{RELEASE}",
         task_queue=task_queue,
     )
     try:
         blocked = await run_cli(
-            ["start", "--release", RELEASE, "--namespace", namespace],
+            [COMMANDS[started], "--release", RELEASE, "--namespace", namespace],
             client_env(temporal_env, task_queue, key_ring_file),
         )
+        refused_id = f"{started}-{namespace}.{RELEASE}"
+        with pytest.raises(RPCError):
+            await encrypted_client.get_workflow_handle(refused_id).describe()
     finally:
         await handle.terminate("the test is done")
     assert blocked.returncode == 3, blocked.stderr
-    assert f"`ventros-deploy watch {handle.id}`" in blocked.stderr
+    message = " ".join(blocked.stderr.split())
+    assert f"a {running} of {RELEASE} in {namespace} is running: {handle.id}" in (
+        message
+    )
+    assert f"`ventros-deploy watch {handle.id}`" in message
+    stop = (
+        f"`temporal workflow cancel --workflow-id {handle.id}`"
+        if running == "rollback"
+        else f"`ventros-deploy abort {handle.id}`"
+    )
+    assert stop in message
 
 
 async def test_watch_failed_phase_then_cancel(

@@ -44,7 +44,7 @@ async def start(
     return await env.client.start_workflow(
         "VentrosDeploy",
         request,
-        id=f"deploy-{request['namespace']}-{request['release']}",
+        id=f"deploy-{request['namespace']}.{request['release']}",
         task_queue=settings.task_queue,
     )
 
@@ -300,7 +300,7 @@ async def test_deploy_started_with_temporal_cli(
     assert await kube.get(NAMESPACE_TYPE, namespace) is None
     request = deploy_request(namespace)
     del request["app_version"]
-    workflow_id = f"deploy-{namespace}-ventros-crm"
+    workflow_id = f"deploy-{namespace}.ventros-crm"
     async with running_worker(temporal_env.client, worker_settings):
         process = await asyncio.create_subprocess_exec(
             temporal_cli(),
@@ -661,7 +661,7 @@ async def test_release_name_of_other_chart_rejected(
         handle = await temporal_env.client.start_workflow(
             "VentrosDeploy",
             request,
-            id=f"deploy-{namespace}-{operator_release}",
+            id=f"deploy-{namespace}.{operator_release}",
             task_queue=worker_settings.task_queue,
         )
         with pytest.raises(WorkflowFailureError) as failure:

@@ -73,7 +73,7 @@ async def deploy(
     handle = await env.client.start_workflow(
         "VentrosDeploy",
         request,
-        id=f"deploy-{namespace}-{RELEASE}",
+        id=f"deploy-{namespace}.{RELEASE}",
         task_queue=settings.task_queue,
     )
     return DeployStatus.model_validate(await handle.result())
@@ -89,7 +89,7 @@ async def start_deploy(
     return await env.client.start_workflow(
         "VentrosDeploy",
         deploy_request(namespace, app_version=version, **overrides),
-        id=f"deploy-{namespace}-{RELEASE}",
+        id=f"deploy-{namespace}.{RELEASE}",
         task_queue=settings.task_queue,
     )
 

@@ -244,7 +244,7 @@ async def test_destroy_waits_for_queues(
     assert "5 messages in 1 queue" in live[contracts.DRAIN_KEY]
     assert held is not None
     assert refused.returncode == 3
-    assert f"destroy-{namespace}-{RELEASE} is removing" in refused.stderr
+    assert f"a destroy of {RELEASE} in {namespace} is running" in refused.stderr
     assert record(still_running, "messaging").state is PhaseState.RUNNING
     assert record(still_running, "messaging").waiting_on == [contracts.DRAIN_KEY]
     assert status.state == "succeeded"
@@ -270,7 +270,7 @@ async def test_destroy_force_skips_drain(
         result = await run_cli(
             [
                 "destroy",
-                f"deploy-{namespace}-{RELEASE}",
+                f"deploy-{namespace}.{RELEASE}",
                 "--force",
                 "--delete-data",
                 "--follow",
@@ -281,7 +281,7 @@ async def test_destroy_force_skips_drain(
     print(result.stdout, result.stderr)
     assert result.returncode == 0
     status = DestroyStatus.model_validate(json.loads(result.stdout.splitlines()[-1]))
-    assert status.workflow_id == f"destroy-{namespace}-{RELEASE}"
+    assert status.workflow_id == f"destroy-{namespace}.{RELEASE}"
     assert status.state == "succeeded"
     messaging = record(status, "messaging")
     assert messaging.last_status is not None
@@ -741,9 +741,9 @@ async def test_deploy_and_destroy_exclude_each_other(
     step = record(blocked, "app")
     assert step.error_type == contracts.OTHER_RUN_ACTIVE
     assert step.error is not None
-    assert f"deploy-{namespace}-{RELEASE} is running" in step.error
+    assert f"deploy-{namespace}.{RELEASE} is running" in step.error
     assert app_after_block is not None
     cause = rejected.value.cause
     assert isinstance(cause, ApplicationError)
     assert cause.type == contracts.OTHER_RUN_ACTIVE
-    assert f"destroy-{namespace}-{RELEASE} is running" in cause.message
+    assert f"destroy-{namespace}.{RELEASE} is running" in cause.message

@@ -87,7 +87,7 @@ async def test_rollback_previous_version(
         redis = await kube.get(STATEFULSET, f"{RELEASE}-redis", namespace)
         helm_tag = await base_release_tag(lifecycle_settings, namespace)
         again = await run_cli(
-            ["rollback", f"deploy-{namespace}-{RELEASE}", "--json"],
+            ["rollback", f"deploy-{namespace}.{RELEASE}", "--json"],
             cli_env(temporal_env, lifecycle_settings),
         )
     print(result.stdout, result.stderr)
@@ -140,7 +140,7 @@ async def test_rollback_without_history(
     async with running_worker(temporal_env.client, lifecycle_settings):
         await deploy(temporal_env, lifecycle_settings, namespace, "1.0.0")
         result = await run_cli(
-            ["rollback", f"deploy-{namespace}-{RELEASE}"],
+            ["rollback", f"deploy-{namespace}.{RELEASE}"],
             cli_env(temporal_env, lifecycle_settings),
         )
     assert result.returncode == 1

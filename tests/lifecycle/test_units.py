@@ -205,7 +205,7 @@ def test_destroy_request_namespace_needs_data() -> None:
     with pytest.raises(InvalidRequestError, match="set delete_data too"):
         parse_destroy_request({"delete_namespace": True})
     request = parse_destroy_request({"delete_namespace": True, "delete_data": True})
-    assert request.workflow_id == "destroy-ventros-crm-ventros-crm"
+    assert request.workflow_id == "destroy-ventros-crm.ventros-crm"
 
 
 @pytest.mark.parametrize(

@@ -168,7 +168,7 @@ async def start(
     return await env.client.start_workflow(
         "VentrosDeploy",
         request,
-        id=f"deploy-{request['namespace']}-{request['release']}",
+        id=f"deploy-{request['namespace']}.{request['release']}",
         task_queue=settings.task_queue,
     )
 

@@ -159,7 +159,7 @@ async def start(
     return await client.start_workflow(
         "VentrosDeploy",
         request,
-        id=f"deploy-{request['namespace']}-{request['release']}",
+        id=f"deploy-{request['namespace']}.{request['release']}",
         task_queue=settings.task_queue,
     )
 
