@@ -1006,7 +1006,10 @@ class DeployActivities:
             self.check_chart_repository(field, chart, trusted)
 
     def _check_app_temporal(self, request: DeployRequest) -> None:
-        address = (request.values.get("temporal") or {}).get("address")
+        temporal = request.values.get("temporal")
+        if not isinstance(temporal, dict):
+            return  # The chart's schema rejects it, naming the value, at render.
+        address = temporal.get("address")
         if address and normalize_address(str(address)) == normalize_address(
             self.settings.temporal_address
         ):

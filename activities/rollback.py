@@ -264,7 +264,8 @@ class RollbackActivities:
         self, helm: Helm, request: RollbackRequest, entry: dict[str, Any]
     ) -> str:
         values = await self._values(helm, request, int(entry["revision"]))
-        tag = (values.get("image") or {}).get("tag")
+        image = values.get("image")
+        tag = image.get("tag") if isinstance(image, dict) else None
         return str(tag or entry.get("app_version") or "")
 
     @staticmethod

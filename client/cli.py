@@ -222,16 +222,25 @@ def _reads_as_written(node: yaml.Node) -> bool:
     return isinstance(value, str)
 
 
-def describe_yaml_error(error: yaml.YAMLError) -> str:
-    """Describe a YAML error by problem and position, without the offending line.
+# A token that PyYAML quotes in a problem text ("found undefined alias 'pw'"),
+# except its names of token kinds ('<scalar>').
+QUOTED_TOKEN = re.compile(r"'(?!<[a-z ]+>')[^']*'|\"[^\"]*\"")
 
-    PyYAML's own message quotes the line, which may hold a secret value.
+
+def describe_yaml_error(error: yaml.YAMLError) -> str:
+    """Describe a YAML error by problem and position, without the offending text.
+
+    PyYAML's own message quotes the line, and its problem texts quote the
+    alias or tag they did not understand: both may be part of a secret value
+    such as a password that starts with '*' or '!'.
     """
     parts = []
     for text, mark in (
         (getattr(error, "context", None), getattr(error, "context_mark", None)),
         (getattr(error, "problem", None), getattr(error, "problem_mark", None)),
     ):
+        if text:
+            text = QUOTED_TOKEN.sub("(text not shown)", str(text))
         if text and mark:
             parts.append(f"{text} at line {mark.line + 1}, column {mark.column + 1}")
         elif text:

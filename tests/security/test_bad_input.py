@@ -670,6 +670,13 @@ BAD_CASES = [
         "schema-unknown-key", with_values({"bogus": 1}), REJECTED, "bogus", SCHEMA_FIX
     ),
     BadCase(
+        "schema-temporal-not-object",
+        with_values({"temporal": "oops"}),
+        REJECTED,
+        "/temporal",
+        SCHEMA_FIX,
+    ),
+    BadCase(
         "schema-temporal-namespace",
         with_values({"temporal": {"namespace": "Ventros_CRM"}}),
         REJECTED,

@@ -269,3 +269,27 @@ def test_request_file_values_merge(tmp_path: Path) -> None:
         ["start", "--request", str(path), "--set", "app.replicas=3"]
     )
     assert build_request(args)["values"] == {"app": {"replicas": 3, "x": 1}}
+
+
+@pytest.mark.parametrize(
+    ("raw", "problem"),
+    [
+        ("*SEKRET11", "found undefined alias"),
+        ("!SEKRET12 x", "could not determine a constructor for the tag"),
+        ("&SEKRET13 [", "expected"),
+    ],
+)
+def test_yaml_errors_hide_the_value(tmp_path: Path, raw: str, problem: str) -> None:
+    """A --set value or --values file that YAML cannot read is named by key,
+    problem and position, never by the text it holds: a password may start
+    with '*', '&' or '!'."""
+    secret = raw.split()[0].strip("*!&")
+    by_set = run_client(["start", "--set", f"secrets.appSecretKey={raw}"])
+    path = tmp_path / "values.yaml"
+    path.write_text(f"secrets:\n  appSecretKey: {raw}\n")
+    by_file = run_client(["start", "--values", str(path)])
+    for result in (by_set, by_file):
+        assert result.returncode == 2, result.stderr
+        assert problem in result.stderr
+        assert "line " in result.stderr
+        assert secret not in result.stdout + result.stderr
