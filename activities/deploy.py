@@ -48,6 +48,7 @@ from activities.kubeapi import (
     KubeClient,
     KubeconfigError,
     NoKindMatchError,
+    NotFoundError,
     UnauthorizedError,
     well_known,
 )
@@ -122,25 +123,31 @@ def _non_retryable(kind: str, message: str) -> ApplicationError:
     return ApplicationError(message, type=kind, non_retryable=True)
 
 
-# Kinds of our chart with fields that cannot change after creation, which
-# validate applies as a dry run when they exist, and the phases that the
-# deployer applies itself (helm applies base and temporal).
-DRY_RUN_KINDS = frozenset(
-    {("apps/v1", "StatefulSet"), ("apps/v1", "Deployment"), ("v1", "Service")}
-)
-DRY_RUN_PHASES = frozenset(
-    {Phase.CACHE.value, Phase.APP.value, Phase.DATA.value, Phase.MESSAGING.value}
-)
 # The phases whose objects the deployer applies itself, with force, and the
 # kinds of our chart in them, which validate lists beside the render to find
 # objects of the same name that belong to something else.
-OWN_APPLY_PHASES = DRY_RUN_PHASES | {Phase.MIGRATION.value}
-OWN_APPLY_KINDS = DRY_RUN_KINDS | {
-    ("batch/v1", "Job"),
-    ("acid.zalan.do/v1", "postgresql"),
-    ("rabbitmq.com/v1beta1", "RabbitmqCluster"),
-}
+OWN_APPLY_PHASES = frozenset(
+    {
+        Phase.CACHE.value,
+        Phase.APP.value,
+        Phase.DATA.value,
+        Phase.MESSAGING.value,
+        Phase.MIGRATION.value,
+    }
+)
+OWN_APPLY_KINDS = frozenset(
+    {
+        ("apps/v1", "StatefulSet"),
+        ("apps/v1", "Deployment"),
+        ("v1", "Service"),
+        ("batch/v1", "Job"),
+        ("acid.zalan.do/v1", "postgresql"),
+        ("rabbitmq.com/v1beta1", "RabbitmqCluster"),
+    }
+)
 ObjectKey = tuple[str, str, str]
+# The annotation with which the chart's migration Job names its app version.
+APP_VERSION_ANNOTATION = "deploy.ventros.io/app-version"
 # The Job that helm's server-side apply names when the API server rejects it.
 IMMUTABLE_JOB = re.compile(r'Job\.batch \\?"([a-z0-9][-a-z0-9.]*)\\?" is invalid')
 # The API server's words for a change to a field that cannot change: the
@@ -612,6 +619,13 @@ def digest_key_of(settings: WorkerSettings) -> bytes | None:
 APP_CONTAINER = "app"
 
 
+def version_of_job(job: JsonObject) -> str | None:
+    """Return the app version a migration Job runs for, from its annotation."""
+    annotations = job.get("metadata", {}).get("annotations") or {}
+    version = annotations.get(APP_VERSION_ANNOTATION)
+    return str(version) if version is not None else None
+
+
 def image_tag(deployment: JsonObject) -> str:
     """Return the app version a Deployment runs: its app container's image tag."""
     template = deployment["spec"]["template"]
@@ -731,7 +745,9 @@ class DeployActivities:
         )
         if existing is not None:
             await self._check_owners(request, objects, existing)
-            await self._dry_run_changes(request, objects, frozenset(existing))
+        await self._dry_run_objects(
+            request, objects, None if existing is None else frozenset(existing)
+        )
         return ValidateResult(
             chart=str(request.chart.path or request.chart.name),
             objects=len(objects),
@@ -834,23 +850,36 @@ class DeployActivities:
                 "objects if nothing uses them",
             )
 
-    async def _dry_run_changes(
+    async def _dry_run_objects(
         self,
         request: DeployRequest,
         objects: list[JsonObject],
-        existing: frozenset[ObjectKey],
+        existing: frozenset[ObjectKey] | None,
     ) -> None:
-        """Apply, as a dry run, the rendered objects that exist already and
-        have fields that cannot change, so that new values the API server
-        rejects (a StatefulSet's volume size) fail validate, before the base
-        phase applies anything."""
+        """Apply every rendered object of our chart as a dry run, so that values
+        the API server rejects fail validate before the base phase applies
+        anything: an invalid annotation or resource request, or a new value for
+        a field that cannot change (a StatefulSet's volume size).
+
+        An object whose kind is not served yet (the operators' CRDs on a first
+        deploy) is not checked. In a namespace that does not exist yet, each
+        object is checked as a new one in namespace default. An object of the
+        same name there, or a missing permission, skips the check. existing is
+        None when the identity may not list the namespace, and then no Job is
+        checked.
+        """
         kube = await self.kube(request.kube_context)
         candidates = [
             o
             for o in objects
-            if (o["apiVersion"], o["kind"]) in DRY_RUN_KINDS
-            and (o["apiVersion"], o["kind"], o["metadata"]["name"]) in existing
-            and object_phase(o) in DRY_RUN_PHASES
+            if object_phase(o) is not None
+            and not (
+                o["kind"] == "Job"
+                and (
+                    existing is None
+                    or (o["apiVersion"], o["kind"], o["metadata"]["name"]) in existing
+                )
+            )
         ]
 
         async def check(obj: JsonObject) -> None:
@@ -858,20 +887,32 @@ class DeployActivities:
             body = copy.deepcopy(obj)
             body["metadata"]["namespace"] = request.namespace
             try:
-                await kube.apply(body, dry_run=True)
-            except ForbiddenError:
-                # A check only: the phase that applies the object reports the
-                # missing permission, with the fix for it.
+                try:
+                    await kube.apply(body, dry_run=True)
+                except NotFoundError:
+                    # The namespace does not exist yet: the base phase creates it.
+                    body["metadata"]["namespace"] = "default"
+                    await kube.create(
+                        await kube.resource_type(obj["apiVersion"], obj["kind"]),
+                        body,
+                        "default",
+                        dry_run=True,
+                    )
+            except (NoKindMatchError, ForbiddenError, ConflictError, NotFoundError):
+                # A check only: the phase that applies the object reports a
+                # missing permission or kind, with the fix for it.
                 return
             except InvalidError as error:
                 fix = "Fix the value in the request that sets this field"
                 if any(text in error.message for text in IMMUTABLE_TEXTS):
                     fix = (
-                        "Some fields cannot change once the object exists, such "
-                        "as a StatefulSet's volume claim templates "
-                        "(redis.persistence.size). Keep the installed value, or "
-                        "delete the object and deploy again (a StatefulSet's "
-                        "volume claims stay)"
+                        "Some fields cannot change once the object exists: a "
+                        "StatefulSet's selector, service name and volume claim "
+                        "templates (set by nameOverride or "
+                        "redis.persistence.size, for example), a Service's "
+                        "clusterIP, a Deployment's selector. Keep the installed "
+                        "value, or delete the object and deploy again (a "
+                        "StatefulSet's volume claims stay)"
                     )
                 raise _non_retryable(
                     contracts.OBJECT_INVALID,
@@ -1372,6 +1413,19 @@ class DeployActivities:
         for job in jobs:
             name = job["metadata"]["name"]
             existing = await kube.get(job_type, name, request.namespace)
+            other = version_of_job(existing) if existing else None
+            if existing and other != version_of_job(job):
+                # Versions such as 1.0.0 and 1-0-0 give one Job name. The Job
+                # ran for the other version, so it is replaced, not counted.
+                await kube.delete(
+                    job_type, name, request.namespace, propagation="Foreground"
+                )
+                await self._wait_gone(kube, job_type, name, request.namespace)
+                notes.append(
+                    f"replaced job/{name}, which ran for app version {other}: "
+                    f"that version and {version_of_job(job)} give the same Job name"
+                )
+                existing = None
             verdict = readiness.job(existing) if existing else None
             if verdict and verdict.ready:
                 notes.append(
@@ -1456,13 +1510,15 @@ class DeployActivities:
             first = timeouts.exceptions[0]
             assert isinstance(first, WaitTimeout)
             raise _non_retryable(
-                contracts.PHASE_TIMEOUT, await self._timeout_message(kube, first)
+                contracts.PHASE_TIMEOUT,
+                await self._timeout_message(kube, first, job.then),
             ) from first
         except* TerminalFailure as failures:
             first_failure = failures.exceptions[0]
             assert isinstance(first_failure, TerminalFailure)
             raise _non_retryable(
-                contracts.TERMINAL_FAILURE, self._failure_message(first_failure)
+                contracts.TERMINAL_FAILURE,
+                self._failure_message(first_failure, job.then),
             ) from first_failure
         except* (KubeApiError, *TRANSIENT_ERRORS) as errors:
             raise errors.exceptions[0] from None
@@ -1470,7 +1526,9 @@ class DeployActivities:
             beating.cancel()
         return WaitResult(phase=job.phase, statuses=statuses)
 
-    async def _timeout_message(self, kube: KubeClient, error: WaitTimeout) -> str:
+    async def _timeout_message(
+        self, kube: KubeClient, error: WaitTimeout, then: str | None
+    ) -> str:
         message = str(error)
         ref = error.ref
         if ref.kind in ("Deployment", "StatefulSet") and ref.namespace:
@@ -1489,18 +1547,21 @@ class DeployActivities:
                         message += ". Pods not ready: " + "; ".join(blocked)
             except (KubeApiError, *TRANSIENT_ERRORS):
                 message += ". (could not list its pods)"
-        return message + ". Check with: ventros-deploy status, then retry or abort"
+        return (
+            f"{message}. Check with: ventros-deploy status, then "
+            f"{then or 'retry or abort'}"
+        )
 
     @staticmethod
-    def _failure_message(error: TerminalFailure) -> str:
+    def _failure_message(error: TerminalFailure, then: str | None) -> str:
         hints = {
-            "Job": "read the Job's pod logs and events, fix the cause, then run "
-            "`ventros-deploy retry`",
+            "Job": "read the Job's pod logs and events, fix the cause",
             "postgresql": "check the postgres-operator's log and the postgresql "
-            "manifest, then retry",
+            "manifest",
             "RabbitmqCluster": "check the RabbitMQ operator's log and the "
-            "cluster's events, then retry",
+            "cluster's events",
             "Deployment": "check the new ReplicaSet's pods (`ventros-deploy "
-            "status`), fix the image or config, then retry",
+            "status`), fix the image or config",
         }
-        return f"{error}. {hints.get(error.ref.kind, 'fix the cause, then retry')}"
+        hint = hints.get(error.ref.kind, "fix the cause")
+        return f"{error}. {hint}, then {then or 'run `ventros-deploy retry`'}"

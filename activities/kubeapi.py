@@ -356,9 +356,15 @@ class KubeClient:
         return await self.request("GET", rtype.path(namespace), query=query)
 
     async def create(
-        self, rtype: ResourceType, obj: JsonObject, namespace: str | None = None
+        self,
+        rtype: ResourceType,
+        obj: JsonObject,
+        namespace: str | None = None,
+        *,
+        dry_run: bool = False,
     ) -> JsonObject:
-        return await self.request("POST", rtype.path(namespace), body=obj)
+        query = {"dryRun": "All"} if dry_run else None
+        return await self.request("POST", rtype.path(namespace), query=query, body=obj)
 
     async def merge_patch(
         self,

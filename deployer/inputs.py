@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import (
     BaseModel,
@@ -167,18 +167,22 @@ class OperatorCharts(BaseModel):
     temporal: ChartRef | None = None
 
 
+# Seconds a phase may take: a JSON integer, never a string or a float.
+PhaseTimeoutS = Annotated[int, Field(ge=TIMEOUT_MIN_S, le=TIMEOUT_MAX_S, strict=True)]
+
+
 class PhaseTimeouts(BaseModel):
     """Seconds each phase may take before it fails with its last observed status."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    base: int = Field(DEFAULT_TIMEOUT_S, ge=TIMEOUT_MIN_S, le=TIMEOUT_MAX_S)
-    data: int = Field(DEFAULT_TIMEOUT_S, ge=TIMEOUT_MIN_S, le=TIMEOUT_MAX_S)
-    messaging: int = Field(DEFAULT_TIMEOUT_S, ge=TIMEOUT_MIN_S, le=TIMEOUT_MAX_S)
-    cache: int = Field(DEFAULT_TIMEOUT_S, ge=TIMEOUT_MIN_S, le=TIMEOUT_MAX_S)
-    temporal: int = Field(DEFAULT_TIMEOUT_S, ge=TIMEOUT_MIN_S, le=TIMEOUT_MAX_S)
-    migration: int = Field(DEFAULT_TIMEOUT_S, ge=TIMEOUT_MIN_S, le=TIMEOUT_MAX_S)
-    app: int = Field(DEFAULT_TIMEOUT_S, ge=TIMEOUT_MIN_S, le=TIMEOUT_MAX_S)
+    base: PhaseTimeoutS = DEFAULT_TIMEOUT_S
+    data: PhaseTimeoutS = DEFAULT_TIMEOUT_S
+    messaging: PhaseTimeoutS = DEFAULT_TIMEOUT_S
+    cache: PhaseTimeoutS = DEFAULT_TIMEOUT_S
+    temporal: PhaseTimeoutS = DEFAULT_TIMEOUT_S
+    migration: PhaseTimeoutS = DEFAULT_TIMEOUT_S
+    app: PhaseTimeoutS = DEFAULT_TIMEOUT_S
 
     def for_phase(self, phase: Phase) -> int:
         return int(getattr(self, phase.value))
@@ -195,9 +199,11 @@ class DeployRequest(BaseModel):
     values: dict[str, Any] = Field(default_factory=dict)
     app_version: str | None = None
     timeouts: PhaseTimeouts = PhaseTimeouts()
-    migration_wait_for_postgres_s: int = Field(300, ge=TIMEOUT_MIN_S, le=TIMEOUT_MAX_S)
+    migration_wait_for_postgres_s: int = Field(
+        300, ge=TIMEOUT_MIN_S, le=TIMEOUT_MAX_S, strict=True
+    )
     kube_context: str | None = None
-    install_operators: bool = True
+    install_operators: bool = Field(True, strict=True)
     operator_charts: OperatorCharts = OperatorCharts()
 
     @field_validator("release")
@@ -241,7 +247,13 @@ class DeployRequest(BaseModel):
             raise ValueError(
                 f"are nested {depth} levels deep; the limit is {MAX_VALUES_DEPTH}"
             )
-        size = len(json.dumps(value, default=str))
+        try:
+            size = len(json.dumps(value, default=str, allow_nan=False))
+        except ValueError:
+            raise ValueError(
+                "must not hold NaN or Infinity, which JSON has no form for; give "
+                "a number or a quoted string"
+            ) from None
         if size > MAX_VALUES_BYTES:
             raise ValueError(
                 f"is {size} bytes of JSON; the limit is {MAX_VALUES_BYTES}. "

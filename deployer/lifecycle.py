@@ -21,10 +21,10 @@ from pydantic import (
 from deployer.inputs import (
     APP_VERSION,
     DEFAULT_TIMEOUT_S,
-    TIMEOUT_MAX_S,
     TIMEOUT_MIN_S,
     ChartRef,
     InvalidRequestError,
+    PhaseTimeoutS,
     PhaseTimeouts,
     check_kube_context,
     check_namespace,
@@ -101,19 +101,17 @@ class DestroyRequest(ReleaseTarget):
     """The input of VentrosDestroy: what to remove and what to keep."""
 
     # Delete the RabbitMQ cluster without waiting for its queues to drain.
-    force: bool = False
+    force: bool = Field(False, strict=True)
     # Delete the postgresql resource and the Redis volumes too.
-    delete_data: bool = False
+    delete_data: bool = Field(False, strict=True)
     # Delete the namespace at the end, with everything left in it.
-    delete_namespace: bool = False
+    delete_namespace: bool = Field(False, strict=True)
     # Seconds each removal step may take before it waits for retry.
     timeouts: PhaseTimeouts = PhaseTimeouts()
     drain_timeout_s: int = Field(
-        DEFAULT_TIMEOUT_S, ge=TIMEOUT_MIN_S, le=DRAIN_TIMEOUT_MAX_S
+        DEFAULT_TIMEOUT_S, ge=TIMEOUT_MIN_S, le=DRAIN_TIMEOUT_MAX_S, strict=True
     )
-    namespace_timeout_s: int = Field(
-        DEFAULT_TIMEOUT_S, ge=TIMEOUT_MIN_S, le=TIMEOUT_MAX_S
-    )
+    namespace_timeout_s: PhaseTimeoutS = DEFAULT_TIMEOUT_S
 
     @model_validator(mode="after")
     def _namespace_needs_data(self) -> DestroyRequest:
@@ -136,7 +134,7 @@ class RollbackRequest(ReleaseTarget):
     chart: ChartRef = ChartRef(path="chart")
     # The app version to return to; None means the one before the running one.
     to_version: str | None = None
-    timeout_s: int = Field(DEFAULT_TIMEOUT_S, ge=TIMEOUT_MIN_S, le=TIMEOUT_MAX_S)
+    timeout_s: PhaseTimeoutS = DEFAULT_TIMEOUT_S
 
     @field_validator("to_version")
     @classmethod

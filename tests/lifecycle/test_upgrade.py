@@ -158,6 +158,29 @@ async def test_redeploy_unchanged(
     assert await unchanged_objects(kube, namespace) == before
 
 
+async def test_version_with_the_same_job_name_migrates(
+    temporal_env: WorkflowEnvironment,
+    lifecycle_settings: WorkerSettings,
+    kube: KubeClient,
+    namespace: str,
+) -> None:
+    """Versions 1.0.0 and 1-0-0 give one migration Job name. The Job that ran
+    for 1.0.0 is replaced, so 1-0-0 migrates too, with its own image."""
+    async with running_worker(temporal_env.client, lifecycle_settings):
+        await deploy(temporal_env, lifecycle_settings, namespace, "1.0.0")
+        before = await get(kube, JOB, f"{RELEASE}-migrate-1-0-0", namespace)
+        status = await deploy(temporal_env, lifecycle_settings, namespace, "1-0-0")
+    assert status.state == "succeeded"
+    after = await get(kube, JOB, f"{RELEASE}-migrate-1-0-0", namespace)
+    assert after["metadata"]["uid"] != before["metadata"]["uid"]
+    assert after["metadata"]["annotations"]["deploy.ventros.io/app-version"] == (
+        "1-0-0"
+    )
+    image = after["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image.endswith(":1-0-0")
+    assert after["status"].get("succeeded") == 1
+
+
 async def test_migration_history_pruned(
     temporal_env: WorkflowEnvironment,
     lifecycle_settings: WorkerSettings,

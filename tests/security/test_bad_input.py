@@ -94,9 +94,13 @@ NOT_STRINGS = st.one_of(
     st.lists(SAFE_TEXT, max_size=3),
     st.dictionaries(SAFE_TEXT, SAFE_TEXT, max_size=3),
 )
-# Values that are not whole numbers, for the timeout fields.
+# Values that are not JSON integers, for the timeout fields: "30" and 30.0
+# too, which a lax parser would take as 30.
 NOT_INTEGERS = st.one_of(
     st.text(alphabet="abcxyz -", min_size=1, max_size=8),
+    st.integers(min_value=10, max_value=3600).map(str),
+    st.integers(min_value=10, max_value=3600).map(float),
+    st.booleans(),
     st.floats(allow_nan=False, allow_infinity=False).filter(lambda f: f != int(f)),
     st.lists(st.integers(), max_size=3),
     st.dictionaries(SAFE_TEXT, st.integers(), max_size=3),
@@ -205,6 +209,21 @@ def test_parse_rejects_bad_timeouts(path: tuple[str, ...], value: Any) -> None:
     """Timeouts that are not whole seconds within 10..3600 are rejected by field."""
     message = rejection(set_field(path, value))
     assert names_field(message, path), message
+
+
+@pytest.mark.parametrize("value", ["yes", "off", "true", 0, 1, None])
+def test_parse_rejects_non_boolean_install_operators(value: Any) -> None:
+    """install_operators takes only true or false, not text or numbers that a
+    lax parser would turn into one."""
+    message = rejection(set_field(("install_operators",), value))
+    assert names_field(message, ("install_operators",)), message
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_parse_rejects_non_finite_values(value: float) -> None:
+    """NaN and Infinity in values have no JSON form, so they are rejected."""
+    message = rejection(set_field(("values",), {"app": {"weight": value}}))
+    assert "must not hold NaN or Infinity" in message, message
 
 
 @PROPERTY_SETTINGS
@@ -670,6 +689,22 @@ BAD_CASES = [
         "schema-unknown-key", with_values({"bogus": 1}), REJECTED, "bogus", SCHEMA_FIX
     ),
     BadCase(
+        "object-bad-annotation",
+        with_values({"app": {"podAnnotations": {"bad key!": "x"}}}),
+        contracts.OBJECT_INVALID,
+        "spec.template.annotations",
+        "Fix the value in the request that sets this field",
+    ),
+    BadCase(
+        "object-request-over-limit",
+        with_values(
+            {"app": {"resources": {"requests": {"cpu": "2"}, "limits": {"cpu": "1"}}}}
+        ),
+        contracts.OBJECT_INVALID,
+        "must be less than or equal to cpu limit",
+        "Fix the value in the request that sets this field",
+    ),
+    BadCase(
         "schema-temporal-not-object",
         with_values({"temporal": "oops"}),
         REJECTED,
@@ -969,3 +1004,30 @@ async def test_bad_render_rejected_before_apply(
     assert "Fix the template, or the value it renders from" in error.message
     assert outcome.activity_attempts == 1
     assert await namespace_objects(kube, namespace) == []
+
+
+async def test_invalid_object_rejected_before_namespace_exists(
+    temporal_env: WorkflowEnvironment, worker_settings: WorkerSettings, kube: KubeClient
+) -> None:
+    """Values that pass the chart's schema but make an object the API server
+    rejects fail validate also on a first deploy, whose namespace does not
+    exist yet: the namespace is still missing afterwards, and no phase ran."""
+    namespace = f"t-new-{uuid.uuid4().hex[:8]}"
+    case = BadCase(
+        "new-namespace-bad-annotation",
+        with_values({"app": {"podAnnotations": {"bad key!": "x"}}}),
+        contracts.OBJECT_INVALID,
+        "spec.template.annotations",
+        "Fix the value",
+    )
+    async with running_worker(temporal_env.client, worker_settings):
+        outcome = await run_bad_case(
+            temporal_env, worker_settings.task_queue, namespace, case
+        )
+    error = outcome.error
+    assert isinstance(error, ApplicationError), repr(error)
+    assert error.type == contracts.OBJECT_INVALID, error.message
+    assert error.non_retryable
+    assert f"in namespace {namespace}" in error.message
+    assert case.field in error.message
+    assert await kube.get(well_known("v1", "Namespace"), namespace) is None
