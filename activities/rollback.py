@@ -30,6 +30,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities import readiness
 from activities.deploy import (
+    APP_VERSION_ANNOTATION,
     INSTANCE_LABEL,
     PHASE_LABEL,
     DeployActivities,
@@ -41,6 +42,7 @@ from activities.deploy import (
     ref_of,
     secrets_digest,
     translate_errors,
+    version_of_job,
 )
 from activities.helm import Helm, HelmError
 from activities.kubeapi import JsonObject, KubeClient, well_known
@@ -52,7 +54,6 @@ from deployer.phases import Phase
 
 log = structlog.get_logger("ventros.rollback")
 
-VERSION_ANNOTATION = "deploy.ventros.io/app-version"
 # Revisions in these states ran; failed or pending ones never did.
 RAN_STATES = ("deployed", "superseded")
 # In the history ConfigMap: the base release revisions whose deploy or
@@ -169,6 +170,7 @@ class RollbackActivities:
             helm_revision=revision,
             app=listed_ref(app, "apps/v1", "Deployment", request.namespace),
             migration_job=await self._migration_job(kube, request, current),
+            kept_migrations=await self._kept_migrations(kube, request, target),
         )
         log.info(
             "rollback planned",
@@ -236,6 +238,7 @@ class RollbackActivities:
                 f"already runs version {current}"
             )
         seen: list[str] = []
+        unfinished: set[str] = set()
         passed_current = request.to_version is not None
         for entry in revisions:
             revision = int(entry["revision"])
@@ -248,16 +251,28 @@ class RollbackActivities:
                 passed_current = True
                 continue
             if not finished:
+                unfinished.add(version)
                 continue
             wanted = request.to_version in (None, version)
             if passed_current and wanted:
                 return version, revision
+        listed = (
+            f"(revision: version, newest first: {'; '.join(seen) or 'none'}); "
+            f"the running version is {current}"
+        )
+        if request.to_version in unfinished:
+            raise _nothing_to_roll_back(
+                f"no deploy of {request.to_version} finished in helm release "
+                f"{request.release} in namespace {request.namespace} {listed}. "
+                "A rollback returns only to a version whose app became ready; "
+                "deploy that version instead, or name another with --to-version"
+            )
         wanted_text = request.to_version or "an earlier app version"
         raise _nothing_to_roll_back(
             f"{wanted_text} is not in the history of helm release {request.release} "
-            f"in namespace {request.namespace} (revision: version, newest first: "
-            f"{'; '.join(seen) or 'none'}); the running version is {current}. "
-            "Helm keeps the last 10 revisions by default"
+            f"in namespace {request.namespace} {listed}. Helm keeps the last 10 "
+            "revisions by default; deploy the version you need instead, or name "
+            "another with --to-version"
         )
 
     async def _version_of(
@@ -287,6 +302,34 @@ class RollbackActivities:
         return values if isinstance(values, dict) else {}
 
     @staticmethod
+    async def _kept_migrations(
+        kube: KubeClient, request: RollbackRequest, target: str
+    ) -> list[tuple[str, str]]:
+        """Return (name, version) of the completed migration Jobs of other
+        versions than target that were created after target's own Job, oldest
+        first. When target's Job is gone, return all of them."""
+        listing = await kube.list(
+            JOB,
+            request.namespace,
+            label_selector=phase_selector(request.release, Phase.MIGRATION),
+        )
+        jobs = sorted(
+            listing.get("items", []),
+            key=lambda j: str(j["metadata"].get("creationTimestamp") or ""),
+        )
+        since = ""
+        for job in jobs:
+            if version_of_job(job) == target:
+                since = str(job["metadata"].get("creationTimestamp") or "")
+        return [
+            (str(job["metadata"]["name"]), str(version_of_job(job)))
+            for job in jobs
+            if version_of_job(job) not in (None, target)
+            and str(job["metadata"].get("creationTimestamp") or "") > since
+            and readiness.job(job).ready
+        ]
+
+    @staticmethod
     async def _migration_job(
         kube: KubeClient, request: RollbackRequest, version: str
     ) -> str | None:
@@ -297,7 +340,7 @@ class RollbackActivities:
         )
         for job in listing.get("items", []):
             annotations = job["metadata"].get("annotations") or {}
-            if annotations.get(VERSION_ANNOTATION) == version:
+            if annotations.get(APP_VERSION_ANNOTATION) == version:
                 return str(job["metadata"]["name"])
         return None
 

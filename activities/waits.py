@@ -81,13 +81,17 @@ async def wait_ready(
     soft_failure_since: float | None = None
     reloaded = False
     attempt = 0
+    seen = False
 
     def judge(obj: JsonObject | None) -> bool:
-        nonlocal last, soft_failure_since
+        nonlocal last, soft_failure_since, seen
         if obj is None:
-            last = "not found yet"
+            # Something else deleted an object that the wait saw, for example
+            # a destroy of the release: the wait goes on until the deadline.
+            last = "deleted after it was seen" if seen else "not found yet"
             on_status(ref, last)
             return False
+        seen = True
         verdict = readiness.evaluate(obj)
         last = verdict.status
         on_status(ref, last)

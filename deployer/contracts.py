@@ -104,6 +104,9 @@ class WaitRequest(BaseModel):
     # Unix time when the phase times out, fixed at the phase's start so that a
     # retried wait (after a worker crash) keeps the original deadline.
     deadline_epoch_s: float
+    # What the user runs once the cause is fixed, when it is not `retry`. A
+    # deploy's or destroy's step waits for a retry, but a rollback has ended.
+    then: str | None = None
 
 
 class WaitResult(BaseModel):
@@ -165,6 +168,10 @@ class RollbackPlan(BaseModel):
     app: ObjectRef
     # The migration Job of current_version, when it still exists.
     migration_job: str | None = None
+    # The completed migration Jobs, as (name, app version), of every version
+    # but the target that ran after the target's own Job, oldest first. Plans
+    # made before this field have it empty.
+    kept_migrations: list[tuple[str, str]] = []
 
 
 class RollbackJob(BaseModel):

@@ -76,7 +76,17 @@ WAIT_MARGIN = timedelta(seconds=60)
 
 
 def migration_note(plan: RollbackPlan) -> str:
-    """Return the sentence that names the migration that stays applied."""
+    """Return the sentence that names the migrations that stay applied."""
+    if plan.kept_migrations:
+        return (
+            "database migrations are not undone: "
+            + ", ".join(
+                f"migration {name} for {version}"
+                for name, version in plan.kept_migrations
+            )
+            + (" stays" if len(plan.kept_migrations) == 1 else " stay")
+            + " applied"
+        )
     if plan.migration_job:
         return (
             "database migrations are not undone: migration "
@@ -231,6 +241,7 @@ class VentrosRollback:
                     refs=applied.waits,
                     timeout_s=request.timeout_s,
                     deadline_epoch_s=deadline,
+                    then="run the rollback again",
                 ),
                 result_type=WaitResult,
                 start_to_close_timeout=timedelta(seconds=request.timeout_s)

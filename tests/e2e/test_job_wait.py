@@ -139,3 +139,32 @@ async def test_pod_watch_failure_falls_back(
     monkeypatch.setattr(waits, "job_pods_succeeded", broken)
     line, _ = await run_job(kube, namespace, {}, {STEER + "job-duration": "0.5"})
     assert line.startswith("Complete: 1 succeeded, 0 failed")
+
+
+async def test_deleted_object_is_reported_as_deleted(
+    kube: KubeClient, namespace: str
+) -> None:
+    """An object deleted by someone else during its wait shows as deleted, not
+    as not found yet, and the timeout names that last status."""
+    await wait_default_service_account(kube, namespace)
+    name = f"job-{uuid.uuid4().hex[:6]}"
+    manifest = job_manifest(name, {}, {STEER + "job-duration": "60"})
+    await kube.create(JOB, manifest, namespace)
+    ref = ObjectRef(api_version="batch/v1", kind="Job", name=name, namespace=namespace)
+    seen: list[str] = []
+    observed = asyncio.Event()
+
+    def on_status(_: ObjectRef, status: str) -> None:
+        seen.append(status)
+        observed.set()
+
+    async def delete_once_seen() -> None:
+        await observed.wait()
+        await kube.delete(JOB, name, namespace, propagation="Background")
+
+    deleting = asyncio.create_task(delete_once_seen())
+    with pytest.raises(waits.WaitTimeout) as timeout:
+        await wait_object_ready(kube, ref, time.monotonic() + 4.0, on_status)
+    await deleting
+    assert seen[-1] == "deleted after it was seen"
+    assert "deleted after it was seen" in str(timeout.value)

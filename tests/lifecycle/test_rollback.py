@@ -156,7 +156,7 @@ async def test_rollback_skips_unfinished_deploy(
 ) -> None:
     """1.0.0 ran, 2.0.0 was aborted while its app pods were held, 2.0.1 ran:
     rollback returns to 1.0.0, not to 2.0.0, whose base revision exists but
-    whose app never became ready."""
+    whose app never became ready, and names both later migrations as kept."""
     hold = {"sim.ventros.io/hold-init": "wait-for-redis"}
     async with running_worker(temporal_env.client, lifecycle_settings):
         await deploy(temporal_env, lifecycle_settings, namespace, "1.0.0")
@@ -180,8 +180,20 @@ async def test_rollback_skips_unfinished_deploy(
         )
         app = await kube.get(DEPLOYMENT, RELEASE, namespace)
         history = await kube.get(CONFIG_MAP, history_name(RELEASE), namespace)
+        to_unfinished = await run_cli(
+            [
+                "rollback",
+                *("--release", RELEASE, "--namespace", namespace),
+                *("--to-version", "2.0.0"),
+            ],
+            cli_env(temporal_env, lifecycle_settings),
+        )
 
     assert latest.state == "succeeded"
+    # 2.0.0 is in the history, but no deploy of it finished.
+    assert to_unfinished.returncode == 1, to_unfinished.stderr
+    assert "no deploy of 2.0.0 finished" in to_unfinished.stderr
+    assert "deploy that version instead" in to_unfinished.stderr
     assert noted is not None
     # Revisions 1 (1.0.0) and 3 (2.0.1) ran; 2 (2.0.0) was aborted.
     assert noted["data"][RAN_KEY] == "1,3"
@@ -190,6 +202,13 @@ async def test_rollback_skips_unfinished_deploy(
     assert status.from_version == "2.0.1"
     assert status.to_version == "1.0.0"
     assert status.helm_revision == 1
+    # Both migrations that ran after 1.0.0's stay applied, 2.0.0's too,
+    # although its deploy did not finish.
+    assert status.migration_note is not None
+    assert (
+        f"migration {RELEASE}-migrate-2-0-0 for 2.0.0, migration "
+        f"{RELEASE}-migrate-2-0-1 for 2.0.1 stay applied"
+    ) in status.migration_note
     assert app is not None
     assert app_image_tag(app) == "1.0.0"
     # The rollback's own revision (4) ran too, so a second rollback may
