@@ -360,10 +360,12 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 # -- rendering ----------------------------------------------------------------
 
 
-def _short(text: str, namespace: str, limit: int = 60) -> str:
+def _short(text: str, namespace: str, limit: int | None = 60) -> str:
     """Drop the namespace (shown in the title) and cut the text to limit."""
     text = text.replace(f" in namespace {namespace}", "")
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    if limit is None or len(text) <= limit:
+        return text
+    return text[: limit - 1] + "…"
 
 
 def phase_table(status: DeployStatus, live: dict[str, str] | None = None) -> Table:
@@ -396,7 +398,12 @@ def phase_table(status: DeployStatus, live: dict[str, str] | None = None) -> Tab
             Text(record.state.value, style=style),
             str(record.attempts),
             duration,
-            _short(detail, status.namespace, 200 if record.error or live else 60),
+            # An error is shown whole, because its end names the next step.
+            _short(
+                detail,
+                status.namespace,
+                None if record.error else 200 if live else 60,
+            ),
         )
     return table
 

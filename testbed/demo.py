@@ -202,6 +202,18 @@ def start_worker(group: ProcessGroup) -> None:
         raise ClusterError("the worker exited at start:\n" + group.log_tail("worker"))
 
 
+def namespace_exists(kubeconfig: Path) -> bool:
+    """Tell whether the demo's namespace exists on the demo's cluster."""
+    result = subprocess.run(
+        [str(tool_path("kubectl")), "get", "namespace", NAMESPACE, "-o", "name"],
+        env={**os.environ, "KUBECONFIG": str(kubeconfig)},
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    return result.returncode == 0
+
+
 def shown_earlier_deploy(workflow_id: str) -> int | None:
     """Show the demo's deploy if it ran before, and return make demo's exit
     code, or None when it never ran.
@@ -282,7 +294,11 @@ def up() -> int:
     start_temporal(group)
     start_worker(group)
     workflow_id = workflow_id_for(NAMESPACE, RELEASE)
-    code = shown_earlier_deploy(workflow_id)
+    if namespace_exists(cluster.kubeconfig):
+        code = shown_earlier_deploy(workflow_id)
+    else:
+        # A destroy with --delete-namespace, or a first run: nothing to keep.
+        code = None
     if code is None:
         code = deploy()
     print()

@@ -1,0 +1,65 @@
+"""How the client's phase table shows a phase: an error whole, other details
+cut to fit."""
+
+from __future__ import annotations
+
+from rich.console import Console
+
+from client.cli import phase_table
+from deployer.phases import PHASE_ORDER, DeployStatus, Phase, PhaseRecord, PhaseState
+
+NEXT_STEP = "read the Job's pod logs and events, fix the cause, then run retry"
+
+
+def rendered(status: DeployStatus, width: int = 100) -> str:
+    console = Console(width=width, record=True)
+    console.print(phase_table(status))
+    return " ".join(console.export_text().replace("│", " ").split())
+
+
+def status_with(record: PhaseRecord) -> DeployStatus:
+    phases = [
+        record if p is record.phase else PhaseRecord(phase=p, state=PhaseState.PENDING)
+        for p in PHASE_ORDER
+    ]
+    return DeployStatus(
+        workflow_id="deploy-shop.crm",
+        release="crm",
+        namespace="shop",
+        app_version="1.1.0",
+        state="running",
+        phases=phases,
+    )
+
+
+def test_error_is_shown_whole() -> None:
+    """A long error keeps its end, which names the next step."""
+    error = (
+        "job/crm-migrate-1-1-0 in namespace shop failed: BackoffLimitExceeded "
+        + "(pod crm-migrate-1-1-0-abcde exited 1) " * 8
+        + NEXT_STEP
+    )
+    record = PhaseRecord(
+        phase=Phase.MIGRATION,
+        state=PhaseState.WAITING_FOR_RETRY,
+        attempts=1,
+        error=error,
+        error_type="TerminalFailure",
+    )
+    text = rendered(status_with(record))
+    assert "TerminalFailure: job/crm-migrate-1-1-0 failed" in text
+    assert NEXT_STEP in text
+    assert "…" not in text
+
+
+def test_long_status_of_a_succeeded_phase_is_cut() -> None:
+    """A succeeded phase's status line is cut to 60 characters."""
+    record = PhaseRecord(
+        phase=Phase.APP,
+        state=PhaseState.SUCCEEDED,
+        attempts=1,
+        last_status="deployment/crm: " + "ready " * 30,
+    )
+    text = rendered(status_with(record))
+    assert "…" in text
+    assert "ready " * 20 not in text
