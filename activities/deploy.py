@@ -883,14 +883,15 @@ class DeployActivities:
         ]
 
         async def check(obj: JsonObject) -> None:
-            name = obj["metadata"]["name"]
             body = copy.deepcopy(obj)
             body["metadata"]["namespace"] = request.namespace
+            in_default = False
             try:
                 try:
                     await kube.apply(body, dry_run=True)
                 except NotFoundError:
                     # The namespace does not exist yet: the base phase creates it.
+                    in_default = True
                     body["metadata"]["namespace"] = "default"
                     await kube.create(
                         await kube.resource_type(obj["apiVersion"], obj["kind"]),
@@ -898,29 +899,56 @@ class DeployActivities:
                         "default",
                         dry_run=True,
                     )
-            except (NoKindMatchError, ForbiddenError, ConflictError, NotFoundError):
-                # A check only: the phase that applies the object reports a
-                # missing permission or kind, with the fix for it.
-                return
             except InvalidError as error:
-                fix = "Fix the value in the request that sets this field"
-                if any(text in error.message for text in IMMUTABLE_TEXTS):
-                    fix = (
-                        "Some fields cannot change once the object exists: a "
-                        "StatefulSet's selector, service name and volume claim "
-                        "templates (set by nameOverride or "
-                        "redis.persistence.size, for example), a Service's "
-                        "clusterIP, a Deployment's selector. Keep the installed "
-                        "value, or delete the object and deploy again (a "
-                        "StatefulSet's volume claims stay)"
-                    )
+                denied = "denied" in error.message
+                if in_default and (denied or not error.fields):
+                    # Namespace default may have admission rules of its own, so
+                    # only the API server's checks of the object itself count.
+                    return
                 raise _non_retryable(
                     contracts.OBJECT_INVALID,
-                    f"{obj['kind']} {name} in namespace {request.namespace} "
-                    f"cannot take the new values: {error}. {fix}",
+                    self._dry_run_message(request, obj, error, in_default, denied),
                 ) from error
+            except (NoKindMatchError, KubeApiError):
+                # A check only: the phase that applies the object reports a
+                # missing permission or kind, or another refusal, with its fix.
+                return
 
         await gather_or_cancel(*(check(o) for o in candidates))
+
+    @staticmethod
+    def _dry_run_message(
+        request: DeployRequest,
+        obj: JsonObject,
+        error: InvalidError,
+        in_default: bool,
+        denied: bool,
+    ) -> str:
+        fix = "Fix the value in the request that sets this field"
+        if denied:
+            fix = (
+                "An admission policy or webhook of the cluster denied it: change "
+                "the value that it names, or ask the cluster's administrators"
+            )
+        elif any(text in error.message for text in IMMUTABLE_TEXTS):
+            fix = (
+                "Some fields cannot change once the object exists: a "
+                "StatefulSet's selector, service name and volume claim templates "
+                "(set by nameOverride or redis.persistence.size, for example), a "
+                "Service's clusterIP, a Deployment's selector. Keep the installed "
+                "value, or delete the object and deploy again (a StatefulSet's "
+                "volume claims stay)"
+            )
+        where = (
+            " (checked as a new object in namespace default, because the namespace "
+            "does not exist yet)"
+            if in_default
+            else ""
+        )
+        return (
+            f"{obj['kind']} {obj['metadata']['name']} in namespace "
+            f"{request.namespace} cannot take the new values{where}: {error}. {fix}"
+        )
 
     async def _fetch_chart(self, helm: Helm, key: str, chart: ChartRef) -> None:
         """Fetch a chart from its repository once, so that a registry that
@@ -1416,7 +1444,17 @@ class DeployActivities:
             other = version_of_job(existing) if existing else None
             if existing and other != version_of_job(job):
                 # Versions such as 1.0.0 and 1-0-0 give one Job name. The Job
-                # ran for the other version, so it is replaced, not counted.
+                # ran for the other version, so it is replaced, not counted,
+                # but only once it ended: a running migration is not killed.
+                ended = readiness.job(existing)
+                if not (ended.ready or ended.failure):
+                    raise _non_retryable(
+                        contracts.MIGRATION_BUSY,
+                        f"job/{name} in namespace {request.namespace} still runs the "
+                        f"migration of app version {other}, which gives the same Job "
+                        f"name as {version_of_job(job)}. Wait until it ends (or "
+                        "delete it if it must not finish), then retry",
+                    )
                 await kube.delete(
                     job_type, name, request.namespace, propagation="Foreground"
                 )

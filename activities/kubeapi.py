@@ -34,6 +34,10 @@ JsonObject = dict[str, Any]
 class KubeApiError(Exception):
     """A request to the Kubernetes API failed; ``status`` is the HTTP status."""
 
+    # The object fields that the Status's causes name, as in
+    # "spec.template.annotations"; empty when it names none.
+    fields: tuple[str, ...] = ()
+
     def __init__(self, status: int, reason: str, message: str, what: str) -> None:
         self.status = status
         self.reason = reason
@@ -108,13 +112,18 @@ _ERRORS_BY_STATUS: dict[int, type[KubeApiError]] = {
 def api_error(status: int, body: str, what: str) -> KubeApiError:
     """Build the typed error for an HTTP status and a Kubernetes Status body."""
     reason, message = "", body
+    fields: tuple[str, ...] = ()
     try:
         decoded = json.loads(body)
         reason = str(decoded.get("reason", ""))
         message = str(decoded.get("message", body))
-    except (ValueError, AttributeError):
+        causes = (decoded.get("details") or {}).get("causes") or []
+        fields = tuple(str(c["field"]) for c in causes if c.get("field"))
+    except (ValueError, AttributeError, TypeError):
         pass
-    return _ERRORS_BY_STATUS.get(status, KubeApiError)(status, reason, message, what)
+    error = _ERRORS_BY_STATUS.get(status, KubeApiError)(status, reason, message, what)
+    error.fields = fields
+    return error
 
 
 @dataclass(frozen=True)

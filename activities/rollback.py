@@ -304,10 +304,12 @@ class RollbackActivities:
     @staticmethod
     async def _kept_migrations(
         kube: KubeClient, request: RollbackRequest, target: str
-    ) -> list[tuple[str, str]]:
-        """Return (name, version) of the completed migration Jobs of other
+    ) -> list[tuple[str, str, str]]:
+        """Return (name, version, outcome) of the migration Jobs of other
         versions than target that were created after target's own Job, oldest
-        first. When target's Job is gone, return all of them."""
+        first. When target's Job is gone, return all of them. The outcome is
+        complete, failed or running: a failed Job may have applied part of
+        its migration."""
         listing = await kube.list(
             JOB,
             request.namespace,
@@ -321,13 +323,18 @@ class RollbackActivities:
         for job in jobs:
             if version_of_job(job) == target:
                 since = str(job["metadata"].get("creationTimestamp") or "")
-        return [
-            (str(job["metadata"]["name"]), str(version_of_job(job)))
-            for job in jobs
-            if version_of_job(job) not in (None, target)
-            and str(job["metadata"].get("creationTimestamp") or "") > since
-            and readiness.job(job).ready
-        ]
+        kept = []
+        for job in jobs:
+            version = version_of_job(job)
+            created = str(job["metadata"].get("creationTimestamp") or "")
+            if version in (None, target) or created <= since:
+                continue
+            verdict = readiness.job(job)
+            outcome = "complete" if verdict.ready else "running"
+            if verdict.failure:
+                outcome = "failed"
+            kept.append((str(job["metadata"]["name"]), str(version), outcome))
+        return kept
 
     @staticmethod
     async def _migration_job(

@@ -165,7 +165,7 @@ def parse_set(pairs: list[str], literal: bool = False) -> dict[str, Any]:
             continue
         try:
             node[parts[-1]] = read_set_value(raw)
-        except yaml.YAMLError as error:
+        except YAML_READ_ERRORS as error:
             raise CliError(
                 f"invalid --set {key}: {describe_yaml_error(error)}; quote the "
                 "value, or pass it with --set-string",
@@ -222,25 +222,43 @@ def _reads_as_written(node: yaml.Node) -> bool:
     return isinstance(value, str)
 
 
-# A token that PyYAML quotes in a problem text ("found undefined alias 'pw'"),
-# except its names of token kinds ('<scalar>').
-QUOTED_TOKEN = re.compile(r"'(?!<[a-z ]+>')[^']*'|\"[^\"]*\"")
+# A token that PyYAML quotes in a problem text ("found undefined alias 'pw'").
+QUOTED_TOKEN = re.compile(r"'[^']*'|\"[^\"]*\"")
+# Quoted tokens that are kept: PyYAML's names of token kinds ('<scalar>'), and
+# one or two characters of punctuation or an escape ("expected ',' or ']'").
+STRUCTURAL_TOKEN = re.compile(r"""['"](?:<[a-z ]+>|[^\w\s'"]{1,2}|\\\w)['"]""")
 
 
-def describe_yaml_error(error: yaml.YAMLError) -> str:
+def _hide_token(match: re.Match[str]) -> str:
+    token = match.group(0)
+    return token if STRUCTURAL_TOKEN.fullmatch(token) else "(text not shown)"
+
+
+# The errors PyYAML raises while it reads text. A tag such as !!int or
+# !!timestamp builds its value with Python, which puts the text in its error.
+YAML_READ_ERRORS = (yaml.YAMLError, ValueError, TypeError, AttributeError)
+
+
+def describe_yaml_error(error: Exception) -> str:
     """Describe a YAML error by problem and position, without the offending text.
 
     PyYAML's own message quotes the line, and its problem texts quote the
     alias or tag they did not understand: both may be part of a secret value
-    such as a password that starts with '*' or '!'.
+    such as a password that starts with '*' or '!'. An error that a tag's
+    constructor raised (int() of the text) is named by its kind only.
     """
+    if not isinstance(error, yaml.YAMLError):
+        return (
+            "a YAML tag could not build its value "
+            f"({type(error).__name__}; the text is not shown)"
+        )
     parts = []
     for text, mark in (
         (getattr(error, "context", None), getattr(error, "context_mark", None)),
         (getattr(error, "problem", None), getattr(error, "problem_mark", None)),
     ):
         if text:
-            text = QUOTED_TOKEN.sub("(text not shown)", str(text))
+            text = QUOTED_TOKEN.sub(_hide_token, str(text))
         if text and mark:
             parts.append(f"{text} at line {mark.line + 1}, column {mark.column + 1}")
         elif text:
@@ -266,7 +284,7 @@ def build_request(args: argparse.Namespace) -> dict[str, Any]:
                 "UTF-8; save the file as UTF-8 text",
                 EXIT_USAGE,
             ) from None
-        except yaml.YAMLError as error:
+        except YAML_READ_ERRORS as error:
             raise CliError(
                 f"invalid YAML in --values {args.values}: {describe_yaml_error(error)}",
                 EXIT_USAGE,
@@ -1023,7 +1041,9 @@ async def deploy_request_of(client: Client, workflow_id: str) -> DeployRequest |
                     EXIT_USAGE,
                 )
             inputs = await client.data_converter.decode(started.input.payloads)
-            return parse_request(inputs[0]) if inputs else None
+            # Laxly, as the workflow of a run recorded before the strict JSON
+            # types took it: such a run deployed with it.
+            return parse_request(inputs[0], lax=True) if inputs else None
     except RPCError as error:
         if error.status is RPCStatusCode.NOT_FOUND:
             return None
@@ -1050,6 +1070,19 @@ async def lifecycle_target(
         deployed = await deploy_request_of(
             client, workflow_id_for(args.namespace, args.release)
         )
+        if deployed is None:
+            # Releases last deployed before the ids joined the names with a dot.
+            # That id may be another release's (namespace a-b with release c
+            # and namespace a with release b-c shared it), so its request must
+            # name this release.
+            legacy = await deploy_request_of(
+                client, f"deploy-{args.namespace}-{args.release}"
+            )
+            if legacy and (legacy.release, legacy.namespace) == (
+                args.release,
+                args.namespace,
+            ):
+                deployed = legacy
         return args.release, args.namespace, deployed
     raise CliError(
         "give the deploy's workflow id, or --release and --namespace", EXIT_USAGE

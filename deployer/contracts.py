@@ -47,6 +47,8 @@ OWNED_ELSEWHERE = "OwnedElsewhere"
 OPERATORS_INSTALLED = "OperatorsInstalled"
 RELEASE_NAME_TAKEN = "ReleaseNameTaken"
 KUBECONFIG_INVALID = "KubeconfigInvalid"
+# A migration Job of another app version with the same name still runs.
+MIGRATION_BUSY = "MigrationBusy"
 # An attempt cancelled after its workflow run ended; the server discards it.
 RUN_ENDED = "RunEnded"
 # A validate whose attempts ended without a verdict (timed out): the run
@@ -168,10 +170,10 @@ class RollbackPlan(BaseModel):
     app: ObjectRef
     # The migration Job of current_version, when it still exists.
     migration_job: str | None = None
-    # The completed migration Jobs, as (name, app version), of every version
-    # but the target that ran after the target's own Job, oldest first. Plans
-    # made before this field have it empty.
-    kept_migrations: list[tuple[str, str]] = []
+    # The migration Jobs, as (name, app version, outcome: complete, failed or
+    # running), of every version but the target created after the target's
+    # own Job, oldest first. Plans made before this field have it empty.
+    kept_migrations: list[tuple[str, str, str]] = []
 
 
 class RollbackJob(BaseModel):

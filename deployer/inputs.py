@@ -10,15 +10,18 @@ the file system or the cluster run in the ``validate_request`` activity.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterable
 from typing import Annotated, Any
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -167,8 +170,34 @@ class OperatorCharts(BaseModel):
     temporal: ChartRef | None = None
 
 
+# The validation context key under which the workflows of runs recorded before
+# the strict JSON types parse their input as those runs did: "30" as 30, "yes"
+# as true. Replay must take the same input the same way.
+LAX = "lax"
+
+
+def _lax(info: ValidationInfo) -> bool:
+    return bool((info.context or {}).get(LAX))
+
+
+def json_int(value: Any, info: ValidationInfo) -> Any:
+    if _lax(info) or (isinstance(value, int) and not isinstance(value, bool)):
+        return value
+    raise ValueError("must be a JSON integer of seconds, such as 300 (no quotes)")
+
+
+def _json_bool(value: Any, info: ValidationInfo) -> Any:
+    if _lax(info) or isinstance(value, bool):
+        return value
+    raise ValueError("must be true or false (a JSON boolean, no quotes)")
+
+
 # Seconds a phase may take: a JSON integer, never a string or a float.
-PhaseTimeoutS = Annotated[int, Field(ge=TIMEOUT_MIN_S, le=TIMEOUT_MAX_S, strict=True)]
+PhaseTimeoutS = Annotated[
+    int, BeforeValidator(json_int), Field(ge=TIMEOUT_MIN_S, le=TIMEOUT_MAX_S)
+]
+# A flag of a request: a JSON boolean, never "yes" or 0.
+JsonBool = Annotated[bool, BeforeValidator(_json_bool)]
 
 
 class PhaseTimeouts(BaseModel):
@@ -199,11 +228,9 @@ class DeployRequest(BaseModel):
     values: dict[str, Any] = Field(default_factory=dict)
     app_version: str | None = None
     timeouts: PhaseTimeouts = PhaseTimeouts()
-    migration_wait_for_postgres_s: int = Field(
-        300, ge=TIMEOUT_MIN_S, le=TIMEOUT_MAX_S, strict=True
-    )
+    migration_wait_for_postgres_s: PhaseTimeoutS = 300
     kube_context: str | None = None
-    install_operators: bool = Field(True, strict=True)
+    install_operators: JsonBool = True
     operator_charts: OperatorCharts = OperatorCharts()
 
     @field_validator("release")
@@ -247,13 +274,7 @@ class DeployRequest(BaseModel):
             raise ValueError(
                 f"are nested {depth} levels deep; the limit is {MAX_VALUES_DEPTH}"
             )
-        try:
-            size = len(json.dumps(value, default=str, allow_nan=False))
-        except ValueError:
-            raise ValueError(
-                "must not hold NaN or Infinity, which JSON has no form for; give "
-                "a number or a quoted string"
-            ) from None
+        size = len(json.dumps(value, default=str))
         if size > MAX_VALUES_BYTES:
             raise ValueError(
                 f"is {size} bytes of JSON; the limit is {MAX_VALUES_BYTES}. "
@@ -312,8 +333,12 @@ class InvalidRequestError(ValueError):
     """The request is invalid; the message names each field, its value and the fix."""
 
 
-def parse_request(raw: Any) -> DeployRequest:
-    """Validate raw JSON (a dict, or a JSON string) into a DeployRequest."""
+def parse_request(raw: Any, lax: bool = False) -> DeployRequest:
+    """Validate raw JSON (a dict, or a JSON string) into a DeployRequest.
+
+    lax takes the types the way runs recorded before the strict JSON types
+    took them (see LAX), for their replay only.
+    """
     if isinstance(raw, str | bytes):
         try:
             raw = json.loads(raw)
@@ -328,9 +353,33 @@ def parse_request(raw: Any) -> DeployRequest:
             'pass for example {"release": "ventros-crm", "namespace": "ventros-crm"}'
         )
     try:
-        return DeployRequest.model_validate(raw)
+        request = DeployRequest.model_validate(raw, context={LAX: lax})
     except ValidationError as error:
         raise InvalidRequestError(describe_validation_error(error)) from None
+    if not lax:
+        # After the model's checks, which bound the values' size: an alias bomb
+        # would make this walk take exponential time.
+        check_finite(request.values, "values")
+    return request
+
+
+def check_finite(value: Any, where: str) -> None:
+    """Raise InvalidRequestError naming the first NaN or Infinity in value.
+
+    JSON has no form for them, so helm would get text it cannot read.
+    """
+    stack = [(value, where)]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            raise InvalidRequestError(
+                f"invalid deploy request: {path}: must be a finite number; NaN "
+                "and Infinity have no JSON form. Give a number, or quote the text"
+            )
+        if isinstance(item, dict):
+            stack.extend((child, f"{path}.{key}") for key, child in item.items())
+        elif isinstance(item, list):
+            stack.extend((child, f"{path}[{i}]") for i, child in enumerate(item))
 
 
 def describe_validation_error(error: ValidationError) -> str:

@@ -7,10 +7,11 @@ message that names the field. Nothing here does I/O.
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -21,15 +22,18 @@ from pydantic import (
 from deployer.inputs import (
     APP_VERSION,
     DEFAULT_TIMEOUT_S,
+    LAX,
     TIMEOUT_MIN_S,
     ChartRef,
     InvalidRequestError,
+    JsonBool,
     PhaseTimeoutS,
     PhaseTimeouts,
     check_kube_context,
     check_namespace,
     check_release,
     describe_validation_error,
+    json_int,
     workflow_id_for,
 )
 from deployer.phases import DeployStatus
@@ -101,16 +105,16 @@ class DestroyRequest(ReleaseTarget):
     """The input of VentrosDestroy: what to remove and what to keep."""
 
     # Delete the RabbitMQ cluster without waiting for its queues to drain.
-    force: bool = Field(False, strict=True)
+    force: JsonBool = False
     # Delete the postgresql resource and the Redis volumes too.
-    delete_data: bool = Field(False, strict=True)
+    delete_data: JsonBool = False
     # Delete the namespace at the end, with everything left in it.
-    delete_namespace: bool = Field(False, strict=True)
+    delete_namespace: JsonBool = False
     # Seconds each removal step may take before it waits for retry.
     timeouts: PhaseTimeouts = PhaseTimeouts()
-    drain_timeout_s: int = Field(
-        DEFAULT_TIMEOUT_S, ge=TIMEOUT_MIN_S, le=DRAIN_TIMEOUT_MAX_S, strict=True
-    )
+    drain_timeout_s: Annotated[
+        int, BeforeValidator(json_int), Field(ge=TIMEOUT_MIN_S, le=DRAIN_TIMEOUT_MAX_S)
+    ] = DEFAULT_TIMEOUT_S
     namespace_timeout_s: PhaseTimeoutS = DEFAULT_TIMEOUT_S
 
     @model_validator(mode="after")
@@ -176,24 +180,30 @@ class RollbackStatus(BaseModel):
     message: str | None = None
 
 
-def parse_destroy_request(raw: Any) -> DestroyRequest:
-    """Validate raw JSON into a DestroyRequest; raise InvalidRequestError."""
-    return _validate(DestroyRequest, raw, "destroy")
+def parse_destroy_request(raw: Any, lax: bool = False) -> DestroyRequest:
+    """Validate raw JSON into a DestroyRequest; raise InvalidRequestError.
+
+    lax is for the replay of runs recorded before the strict JSON types.
+    """
+    return _validate(DestroyRequest, raw, "destroy", lax)
 
 
-def parse_rollback_request(raw: Any) -> RollbackRequest:
-    """Validate raw JSON into a RollbackRequest; raise InvalidRequestError."""
-    return _validate(RollbackRequest, raw, "rollback")
+def parse_rollback_request(raw: Any, lax: bool = False) -> RollbackRequest:
+    """Validate raw JSON into a RollbackRequest; raise InvalidRequestError.
+
+    lax is for the replay of runs recorded before the strict JSON types.
+    """
+    return _validate(RollbackRequest, raw, "rollback", lax)
 
 
-def _validate(model: type[M], raw: Any, what: str) -> M:
+def _validate(model: type[M], raw: Any, what: str, lax: bool) -> M:
     if not isinstance(raw, dict):
         raise InvalidRequestError(
             f"the {what} request must be a JSON object, got {type(raw).__name__}; "
             'pass for example {"release": "ventros-crm", "namespace": "ventros-crm"}'
         )
     try:
-        return model.model_validate(raw)
+        return model.model_validate(raw, context={LAX: lax})
     except ValidationError as error:
         message = describe_validation_error(error)
         raise InvalidRequestError(

@@ -31,6 +31,7 @@ from pathlib import Path
 from client.cli import EXIT_FAILED, EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE
 from deployer import codec
 from deployer.inputs import workflow_id_for
+from deployer.lifecycle import destroy_workflow_id_for
 from testbed.cluster import (
     REPO_ROOT,
     ClusterConfig,
@@ -202,8 +203,8 @@ def start_worker(group: ProcessGroup) -> None:
         raise ClusterError("the worker exited at start:\n" + group.log_tail("worker"))
 
 
-def namespace_exists(kubeconfig: Path) -> bool:
-    """Tell whether the demo's namespace exists on the demo's cluster."""
+def namespace_gone(kubeconfig: Path) -> bool:
+    """Tell whether the API server reports the demo's namespace as not found."""
     result = subprocess.run(
         [str(tool_path("kubectl")), "get", "namespace", NAMESPACE, "-o", "name"],
         env={**os.environ, "KUBECONFIG": str(kubeconfig)},
@@ -211,7 +212,30 @@ def namespace_exists(kubeconfig: Path) -> bool:
         capture_output=True,
         text=True,
     )
-    return result.returncode == 0
+    return result.returncode != 0 and "NotFound" in result.stderr
+
+
+def destroyed() -> bool:
+    """Tell whether the demo release's last destroy succeeded."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "client",
+            "status",
+            destroy_workflow_id_for(NAMESPACE, RELEASE),
+            "--json",
+        ],
+        env=worker_env(),
+        cwd=REPO_ROOT,
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    try:
+        return bool(json.loads(result.stdout).get("state") == "succeeded")
+    except (ValueError, AttributeError):
+        return False
 
 
 def shown_earlier_deploy(workflow_id: str) -> int | None:
@@ -294,11 +318,11 @@ def up() -> int:
     start_temporal(group)
     start_worker(group)
     workflow_id = workflow_id_for(NAMESPACE, RELEASE)
-    if namespace_exists(cluster.kubeconfig):
-        code = shown_earlier_deploy(workflow_id)
-    else:
-        # A destroy with --delete-namespace, or a first run: nothing to keep.
+    if namespace_gone(cluster.kubeconfig) and destroyed():
+        # destroy --delete-namespace removed what the earlier deploy made.
         code = None
+    else:
+        code = shown_earlier_deploy(workflow_id)
     if code is None:
         code = deploy()
     print()

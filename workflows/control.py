@@ -68,6 +68,10 @@ CANCEL_STOPS_EVERY_STEP_PATCH = "cancel-stops-every-step"
 # Runs started before this patch took an abort signal that came after a cancel
 # request, and ended as aborted.
 CANCEL_BEFORE_ABORT_PATCH = "cancel-before-abort-wins"
+# Runs with this patch take their input's timeouts and flags only as JSON
+# integers and booleans, and no NaN in values. Runs recorded before it took
+# "30" as 30 and "yes" as true, and must replay that way.
+STRICT_INPUT_PATCH = "strict-json-input"
 
 
 def start_record_deployed(

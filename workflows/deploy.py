@@ -28,6 +28,7 @@ from temporalio.workflow import ActivityCancellationType
 from workflows.control import (
     ABORTED_TYPE,
     RECORD_DEPLOYED_PATCH,
+    STRICT_INPUT_PATCH,
     PhaseAborted,
     PhaseControl,
     cause_message,
@@ -134,7 +135,9 @@ class VentrosDeploy(PhaseControl):
         # the invalid field: a dict hint would fail the workflow task on a
         # string input, retry it forever and echo the input in the task failure.
         try:
-            request = parse_request(read_input(raw))
+            request = parse_request(
+                read_input(raw), lax=not workflow.patched(STRICT_INPUT_PATCH)
+            )
         except InvalidRequestError as error:
             raise ApplicationError(
                 str(error), type=contracts.INVALID_REQUEST, non_retryable=True

@@ -23,7 +23,12 @@ from temporalio.common import RawValue, RetryPolicy
 from temporalio.exceptions import ApplicationError
 from temporalio.workflow import ActivityCancellationType
 
-from workflows.control import ABORTED_TYPE, PhaseControl, read_input
+from workflows.control import (
+    ABORTED_TYPE,
+    STRICT_INPUT_PATCH,
+    PhaseControl,
+    read_input,
+)
 
 with workflow.unsafe.imports_passed_through():
     from deployer import contracts
@@ -94,7 +99,9 @@ class VentrosDestroy(PhaseControl):
         # raw is a RawValue for the same reason as in VentrosDeploy: any input
         # must reach parse_destroy_request, which names the invalid field.
         try:
-            request = parse_destroy_request(read_input(raw))
+            request = parse_destroy_request(
+                read_input(raw), lax=not workflow.patched(STRICT_INPUT_PATCH)
+            )
         except InvalidRequestError as error:
             self._state = "invalid"
             raise ApplicationError(

@@ -48,6 +48,7 @@ from workflows.control import (
     CANCEL_ENDS_RUN_PATCH,
     CANCEL_STOPS_EVERY_STEP_PATCH,
     RECORD_DEPLOYED_PATCH,
+    STRICT_INPUT_PATCH,
     cause_message,
     read_input,
     start_record_deployed,
@@ -78,11 +79,16 @@ WAIT_MARGIN = timedelta(seconds=60)
 def migration_note(plan: RollbackPlan) -> str:
     """Return the sentence that names the migrations that stay applied."""
     if plan.kept_migrations:
+        outcomes = {
+            "complete": "",
+            "failed": " (failed, and may be applied in part)",
+            "running": " (still running)",
+        }
         return (
             "database migrations are not undone: "
             + ", ".join(
-                f"migration {name} for {version}"
-                for name, version in plan.kept_migrations
+                f"migration {name} for {version}{outcomes.get(outcome, '')}"
+                for name, version, outcome in plan.kept_migrations
             )
             + (" stays" if len(plan.kept_migrations) == 1 else " stay")
             + " applied"
@@ -111,7 +117,9 @@ class VentrosRollback:
     @workflow.run
     async def run(self, raw: RawValue) -> dict[str, Any]:
         try:
-            request = parse_rollback_request(read_input(raw))
+            request = parse_rollback_request(
+                read_input(raw), lax=not workflow.patched(STRICT_INPUT_PATCH)
+            )
         except InvalidRequestError as error:
             self._state = "invalid"
             raise ApplicationError(
@@ -137,14 +145,18 @@ class VentrosRollback:
             self._publish()
             # The step's own type (PhaseTimeout, OtherRunActive, ...), which the
             # README's troubleshooting table is keyed by. Only the failure's
-            # content changes, not the command, so replay is unaffected.
+            # content changes, not the command, so replay is unaffected. Once
+            # the plan was made, helm may have rolled back, so a type that
+            # means the request was rejected before anything was applied (exit
+            # 2) becomes RollbackFailed.
             cause = error.cause
+            kind = ROLLBACK_FAILED
+            if isinstance(cause, ApplicationError) and cause.type:
+                kind = cause.type
+                if self._plan and kind in contracts.REJECTED_REQUEST_TYPES:
+                    kind = ROLLBACK_FAILED
             raise ApplicationError(
-                self._message,
-                type=cause.type
-                if isinstance(cause, ApplicationError) and cause.type
-                else ROLLBACK_FAILED,
-                non_retryable=True,
+                self._message, type=kind, non_retryable=True
             ) from None
         self._state = "succeeded"
         self._publish()

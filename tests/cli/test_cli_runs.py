@@ -98,6 +98,14 @@ async def plan_rollback(request: Any) -> RollbackPlan:
 
 @activity.defn(name=contracts.ROLL_BACK_APP)
 async def roll_back_app(job: Any) -> ApplyResult:
+    """Stand-in: in namespaces named invalid-*, the API server rejects the
+    app's objects after helm rolled the base release back."""
+    if job["request"]["namespace"].startswith("invalid-"):
+        raise ApplicationError(
+            "Deployment ventros-crm cannot take the old values",
+            type=contracts.OBJECT_INVALID,
+            non_retryable=True,
+        )
     return ApplyResult(phase=Phase.APP)
 
 
@@ -269,6 +277,23 @@ async def test_status_failed_rollback_exit_1(
     assert "an earlier app version is not in the history" in table.stdout
 
 
+async def test_rollback_failed_after_planning_exits_1(
+    temporal_env: WorkflowEnvironment, encrypted_client: Client, key_ring_file: Path
+) -> None:
+    """A rollback whose app step the API server rejects, after helm already
+    rolled back, exits 1 as RollbackFailed, not 2, because exit 2 means that
+    nothing was applied."""
+    namespace = f"invalid-{uuid.uuid4().hex[:8]}"
+    async with rollback_run(
+        temporal_env, encrypted_client, key_ring_file, namespace
+    ) as (env, started):
+        watched = await run_cli(["watch", f"rollback-{namespace}.{RELEASE}"], env)
+    assert started.returncode == 1, started.stderr
+    assert "cannot take the old values" in started.stderr
+    assert watched.returncode == 1, watched.stdout
+    assert "(RollbackFailed)" in watched.stdout
+
+
 async def test_status_invalid_destroy(
     temporal_env: WorkflowEnvironment, encrypted_client: Client, key_ring_file: Path
 ) -> None:
@@ -389,8 +414,8 @@ async def test_one_run_per_release(
     started: str,
 ) -> None:
     """A deploy, rollback or destroy is refused with exit 3 while a run of
-    another kind of the same release runs, naming the run, how to follow it
-    and how to stop it; the refused run is not started."""
+    another kind of the same release runs. The message names the run, how to
+    follow it and how to stop it, and the refused run is not started."""
     task_queue = f"tq-{uuid.uuid4().hex[:8]}"
     namespace = f"busy-{uuid.uuid4().hex[:8]}"
     # No worker runs it, so it stays running.
@@ -422,6 +447,43 @@ async def test_one_run_per_release(
         else f"`ventros-deploy abort {handle.id}`"
     )
     assert stop in message
+
+
+async def test_destroy_reads_a_deploy_under_the_old_id(
+    temporal_env: WorkflowEnvironment, encrypted_client: Client, key_ring_file: Path
+) -> None:
+    """A release last deployed before the ids joined the names with a dot,
+    with timeouts given as text as the old parser took them: destroy by
+    --release and --namespace still reads that deploy's kube context, and does
+    not fall back to the worker's default context."""
+    task_queue = f"tq-{uuid.uuid4().hex[:8]}"
+    namespace = f"old-{uuid.uuid4().hex[:8]}"
+    request = {
+        "release": RELEASE,
+        "namespace": namespace,
+        "kube_context": "prod-eu",
+        "timeouts": {"app": "600"},
+    }
+    old = await encrypted_client.start_workflow(
+        "VentrosDeploy",
+        request,
+        id=f"deploy-{namespace}-{RELEASE}",
+        task_queue=task_queue,
+    )
+    await old.terminate("the deploy of the old version ended")
+    destroyed = await run_cli(
+        ["destroy", "--release", RELEASE, "--namespace", namespace, "--force"],
+        client_env(temporal_env, task_queue, key_ring_file),
+    )
+    handle = encrypted_client.get_workflow_handle(f"destroy-{namespace}.{RELEASE}")
+    try:
+        assert destroyed.returncode == 0, destroyed.stderr
+        history = await handle.fetch_history()
+        started = history.events[0].workflow_execution_started_event_attributes
+        [sent] = await encrypted_client.data_converter.decode(started.input.payloads)
+    finally:
+        await handle.terminate("the test is done")
+    assert sent["kube_context"] == "prod-eu"
 
 
 async def test_watch_failed_phase_then_cancel(

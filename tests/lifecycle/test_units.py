@@ -20,16 +20,18 @@ from activities.teardown import (
     namespace_status,
     needs_operator,
 )
+from deployer.contracts import RollbackPlan
 from deployer.inputs import ChartRef, InvalidRequestError
 from deployer.lifecycle import (
     RollbackRequest,
     parse_destroy_request,
     parse_rollback_request,
 )
-from deployer.phases import Phase
+from deployer.phases import ObjectRef, Phase
 from deployer.settings import WorkerSettings
 from testbed.cluster import tool_path
 from tests.conftest import REPO_ROOT
+from workflows.rollback import migration_note
 
 TERMINATING = {
     "metadata": {"name": "shop"},
@@ -286,3 +288,26 @@ async def test_rollback_error_marks_unfinished_revisions() -> None:
         await activities._target(None, request, "2.0.0", revisions, {1, 5, 6})  # type: ignore[arg-type]
     message = raised.value.message
     assert "6: 2.0.0; 5: 2.0.0; 2: 2.0.0, did not finish; 1: 2.0.0" in message
+
+
+def test_migration_note_names_failed_and_running_migrations() -> None:
+    """The rollback's note names every kept migration, and says which one
+    failed (it may be applied in part) or still runs."""
+    plan = RollbackPlan(
+        current_version="3.0",
+        target_version="1.0",
+        helm_revision=1,
+        app=ObjectRef(
+            api_version="apps/v1", kind="Deployment", name="crm", namespace="shop"
+        ),
+        kept_migrations=[
+            ("crm-migrate-2-0", "2.0", "complete"),
+            ("crm-migrate-3-0", "3.0", "failed"),
+            ("crm-migrate-3-1", "3.1", "running"),
+        ],
+    )
+    assert migration_note(plan) == (
+        "database migrations are not undone: migration crm-migrate-2-0 for 2.0, "
+        "migration crm-migrate-3-0 for 3.0 (failed, and may be applied in part), "
+        "migration crm-migrate-3-1 for 3.1 (still running) stay applied"
+    )

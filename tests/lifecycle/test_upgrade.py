@@ -4,6 +4,7 @@ A deploy with nothing changed changes nothing. Old migration Jobs are pruned."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -28,6 +29,7 @@ from tests.lifecycle.conftest import (
     deploy,
     record,
     start_deploy,
+    wait_for_step,
 )
 
 STATEFULSET = well_known("apps/v1", "StatefulSet")
@@ -179,6 +181,54 @@ async def test_version_with_the_same_job_name_migrates(
     image = after["spec"]["template"]["spec"]["containers"][0]["image"]
     assert image.endswith(":1-0-0")
     assert after["status"].get("succeeded") == 1
+
+
+async def test_running_migration_of_the_same_job_name_is_not_killed(
+    temporal_env: WorkflowEnvironment,
+    lifecycle_settings: WorkerSettings,
+    kube: KubeClient,
+    namespace: str,
+) -> None:
+    """A deploy of 1-0-0 was aborted while its migration ran. A deploy of
+    1.0.0, whose Job has the same name, does not delete that running Job: its
+    migration phase fails with MigrationBusy and waits for a retry."""
+    slow = {
+        "app": {"replicas": 2},
+        "rabbitmq": {"replicas": 1},
+        "migration": {"podAnnotations": {"sim.ventros.io/job-duration": "120"}},
+    }
+    name = f"{RELEASE}-migrate-1-0-0"
+    async with running_worker(temporal_env.client, lifecycle_settings):
+        first = await start_deploy(
+            temporal_env, lifecycle_settings, namespace, "1-0-0", values=slow
+        )
+        await wait_for_step(first, "migration", PhaseState.RUNNING, timeout_s=150)
+        running = None
+        for _ in range(100):
+            running = await kube.get(JOB, name, namespace)
+            if running is not None:
+                break
+            await asyncio.sleep(0.2)
+        assert running is not None
+        await first.execute_update("abort", "the test stops 1-0-0", result_type=str)
+        with pytest.raises(WorkflowFailureError):
+            await first.result()
+        second = await start_deploy(
+            temporal_env, lifecycle_settings, namespace, "1.0.0"
+        )
+        status = await wait_for_step(
+            second, "migration", PhaseState.WAITING_FOR_RETRY, timeout_s=150
+        )
+        still = await kube.get(JOB, name, namespace)
+        await second.execute_update("abort", "the test ends", result_type=str)
+        with pytest.raises(WorkflowFailureError):
+            await second.result()
+    migration = record(status, "migration")
+    assert migration.error_type == contracts.MIGRATION_BUSY
+    assert migration.error is not None
+    assert "still runs the migration of app version 1-0-0" in migration.error
+    assert still is not None
+    assert still["metadata"]["uid"] == running["metadata"]["uid"]
 
 
 async def test_migration_history_pruned(

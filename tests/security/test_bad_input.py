@@ -30,11 +30,23 @@ from temporalio.common import RawValue
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
-from activities.kubeapi import KubeClient, NotFoundError, ResourceType, well_known
+from activities.kubeapi import (
+    InvalidError,
+    KubeClient,
+    NotFoundError,
+    ResourceType,
+    well_known,
+)
 from deployer import contracts
-from deployer.inputs import DeployRequest, InvalidRequestError, parse_request
+from deployer.inputs import (
+    DeployRequest,
+    InvalidRequestError,
+    parse_request,
+    workflow_id_for,
+)
 from deployer.settings import WorkerSettings
 from testbed.cluster import LocalCluster, tool_path
+from testbed.leftovers import remove_namespace
 from tests.conftest import FIXTURE_CHARTS, REPO_ROOT, deploy_request, running_worker
 
 # -- layer 1: parse_request -----------------------------------------------------
@@ -221,9 +233,10 @@ def test_parse_rejects_non_boolean_install_operators(value: Any) -> None:
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
 def test_parse_rejects_non_finite_values(value: float) -> None:
-    """NaN and Infinity in values have no JSON form, so they are rejected."""
-    message = rejection(set_field(("values",), {"app": {"weight": value}}))
-    assert "must not hold NaN or Infinity" in message, message
+    """NaN and Infinity in values have no JSON form, so they are rejected,
+    naming where they are."""
+    message = rejection(set_field(("values",), {"app": {"weight": [1, value]}}))
+    assert "values.app.weight[1]: must be a finite number" in message, message
 
 
 @PROPERTY_SETTINGS
@@ -491,14 +504,14 @@ BAD_CASES = [
         with_request(install_operators="maybe"),
         INVALID,
         "install_operators: ",
-        "valid boolean",
+        "must be true or false (a JSON boolean, no quotes)",
     ),
     BadCase(
         "timeout-text",
         with_timeout("base", "fast"),
         INVALID,
         "timeouts.base: ",
-        "valid integer",
+        "must be a JSON integer of seconds, such as 300",
     ),
     BadCase(
         "timeout-zero",
@@ -1031,3 +1044,114 @@ async def test_invalid_object_rejected_before_namespace_exists(
     assert f"in namespace {namespace}" in error.message
     assert case.field in error.message
     assert await kube.get(well_known("v1", "Namespace"), namespace) is None
+
+
+VAP = ResourceType(
+    "admissionregistration.k8s.io/v1",
+    "ValidatingAdmissionPolicy",
+    "validatingadmissionpolicies",
+    False,
+)
+VAP_BINDING = ResourceType(
+    "admissionregistration.k8s.io/v1",
+    "ValidatingAdmissionPolicyBinding",
+    "validatingadmissionpolicybindings",
+    False,
+)
+
+
+async def deny_workloads_in_default(kube: KubeClient, name: str) -> None:
+    """Deny creating Deployments and StatefulSets in namespace default, as
+    hardened clusters do, with reason Invalid (HTTP 422), and wait until the
+    API server enforces it."""
+    await kube.create(
+        VAP,
+        {
+            "apiVersion": VAP.api_version,
+            "kind": VAP.kind,
+            "metadata": {"name": name},
+            "spec": {
+                "failurePolicy": "Fail",
+                "matchConstraints": {
+                    "resourceRules": [
+                        {
+                            "apiGroups": ["apps"],
+                            "apiVersions": ["v1"],
+                            "operations": ["CREATE"],
+                            "resources": ["deployments", "statefulsets"],
+                        }
+                    ]
+                },
+                "validations": [
+                    {
+                        "expression": "false",
+                        "message": "workloads may not be created in default",
+                        "reason": "Invalid",
+                    }
+                ],
+            },
+        },
+    )
+    await kube.create(
+        VAP_BINDING,
+        {
+            "apiVersion": VAP_BINDING.api_version,
+            "kind": VAP_BINDING.kind,
+            "metadata": {"name": name},
+            "spec": {
+                "policyName": name,
+                "validationActions": ["Deny"],
+                "matchResources": {
+                    "namespaceSelector": {
+                        "matchLabels": {"kubernetes.io/metadata.name": "default"}
+                    }
+                },
+            },
+        },
+    )
+    probe = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": f"{name}-probe", "namespace": "default"},
+        "spec": {
+            "selector": {"matchLabels": {"a": "b"}},
+            "template": {
+                "metadata": {"labels": {"a": "b"}},
+                "spec": {"containers": [{"name": "c", "image": "example.test/x:1"}]},
+            },
+        },
+    }
+    for _ in range(100):
+        try:
+            await kube.create(
+                well_known("apps/v1", "Deployment"), probe, "default", dry_run=True
+            )
+        except InvalidError:
+            return
+        await asyncio.sleep(0.1)
+    pytest.fail("the ValidatingAdmissionPolicy was not enforced within 10 s")
+
+
+async def test_policy_of_namespace_default_does_not_reject_a_first_deploy(
+    temporal_env: WorkflowEnvironment, worker_settings: WorkerSettings, kube: KubeClient
+) -> None:
+    """On a first deploy, validate checks each object in namespace default. A
+    policy there that denies workloads is the cluster's rule for default, not a
+    fault of the request, so the deploy goes on and succeeds."""
+    namespace = f"t-new-{uuid.uuid4().hex[:8]}"
+    policy = f"t-deny-{uuid.uuid4().hex[:6]}"
+    await deny_workloads_in_default(kube, policy)
+    try:
+        async with running_worker(temporal_env.client, worker_settings):
+            handle = await temporal_env.client.start_workflow(
+                "VentrosDeploy",
+                deploy_request(namespace),
+                id=workflow_id_for(namespace, "ventros-crm"),
+                task_queue=worker_settings.task_queue,
+            )
+            result = await asyncio.wait_for(handle.result(), timeout=180)
+    finally:
+        await kube.delete(VAP_BINDING, policy)
+        await kube.delete(VAP, policy)
+        await remove_namespace(kube, namespace)
+    assert result["state"] == "succeeded"

@@ -4,6 +4,7 @@ replay of a recorded history so that a change that breaks determinism fails."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import uuid
@@ -535,3 +536,32 @@ async def replay(path: Path) -> WorkflowReplayResult:
     """Replay the history in path with every workflow the worker runs."""
     replayer = Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter)
     return await replayer.replay_workflow(load_history(path))
+
+
+@pytest.mark.parametrize(
+    ("history", "fields"),
+    [
+        ("deploy_with_retry", {"timeouts": {"app": "600"}, "install_operators": "yes"}),
+        ("deploy_with_retry", {"values": {"weight": float("nan")}}),
+        ("destroy_with_drain", {"force": "false", "drain_timeout_s": 60.0}),
+    ],
+)
+async def test_lax_input_of_old_runs_replays(
+    history: str, fields: dict[str, Any]
+) -> None:
+    """A run recorded before the strict JSON types took "600" as 600 and
+    "yes" as true, and scheduled its activities. Its replay takes the input the
+    same way, instead of failing the workflow where the history has an
+    activity: the strict parse applies only to runs with its patch."""
+    path = HISTORIES / f"{history}.json"
+    data = json.loads(path.read_text())
+    started = data["events"][0]["workflowExecutionStartedEventAttributes"]
+    payload = started["input"]["payloads"][0]
+    request = json.loads(base64.b64decode(payload["data"]))
+    request.update(fields)
+    payload["data"] = base64.b64encode(json.dumps(request).encode()).decode()
+    replayer = Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter)
+    result = await replayer.replay_workflow(
+        WorkflowHistory.from_json(path.stem, data), raise_on_replay_failure=False
+    )
+    assert result.replay_failure is None, result.replay_failure
