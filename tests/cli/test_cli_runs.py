@@ -430,9 +430,9 @@ async def test_one_run_per_release(
             [COMMANDS[started], "--release", RELEASE, "--namespace", namespace],
             client_env(temporal_env, task_queue, key_ring_file),
         )
-        refused_id = f"{started}-{namespace}.{RELEASE}"
+        rejected_id = f"{started}-{namespace}.{RELEASE}"
         with pytest.raises(RPCError):
-            await encrypted_client.get_workflow_handle(refused_id).describe()
+            await encrypted_client.get_workflow_handle(rejected_id).describe()
     finally:
         await handle.terminate("the test is done")
     assert blocked.returncode == 3, blocked.stderr

@@ -1,7 +1,7 @@
 """At most one deploy, rollback or destroy of a release runs at a time, also
-when the runs are started without the client (as `temporal workflow start`
-would): each run checks the others in its first step, and a run under another
-workflow id than its release's is rejected there."""
+when the runs are started without the client, as `temporal workflow start`
+does. Each run checks the others in its first step, and rejects there a
+workflow id other than its release's."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ async def hold(client: Client, kind: str, namespace: str) -> WorkflowHandle[Any,
     )
 
 
-async def refusal(
+async def rejection_of(
     handle: WorkflowHandle[Any, Any], kind: str
 ) -> tuple[str | None, str]:
     """Return the error type and message with which the run of kind refused.
@@ -98,7 +98,7 @@ async def test_rollback_excludes_deploy_and_destroy(
     """A run started while a run of another kind of the release runs fails
     its first step as OtherRunActive, naming the other run, how to follow it
     and how to stop it, and changes nothing in the namespace."""
-    held = await hold(temporal_env.client, running, namespace)
+    blocker = await hold(temporal_env.client, running, namespace)
     try:
         async with running_worker(temporal_env.client, lifecycle_settings):
             handle = await temporal_env.client.start_workflow(
@@ -107,16 +107,16 @@ async def test_rollback_excludes_deploy_and_destroy(
                 id=ID_OF[started](namespace, RELEASE),
                 task_queue=lifecycle_settings.task_queue,
             )
-            error_type, message = await refusal(handle, started)
+            error_type, message = await rejection_of(handle, started)
     finally:
-        await held.terminate("the test is done")
+        await blocker.terminate("the test is done")
     assert error_type == contracts.OTHER_RUN_ACTIVE, message
-    assert f"{held.id} is running" in message
-    assert f"`ventros-deploy watch {held.id}`" in message
+    assert f"{blocker.id} is running" in message
+    assert f"`ventros-deploy watch {blocker.id}`" in message
     if running == "rollback":
-        assert f"`temporal workflow cancel --workflow-id {held.id}`" in message
+        assert f"`temporal workflow cancel --workflow-id {blocker.id}`" in message
     else:
-        assert f"`ventros-deploy abort {held.id}`" in message
+        assert f"`ventros-deploy abort {blocker.id}`" in message
     assert await kube.get(DEPLOYMENT, RELEASE, namespace) is None
 
 
@@ -138,7 +138,7 @@ async def test_run_under_another_id_is_rejected(
             id=f"my-{kind}-{uuid.uuid4().hex[:8]}",
             task_queue=lifecycle_settings.task_queue,
         )
-        error_type, message = await refusal(handle, kind)
+        error_type, message = await rejection_of(handle, kind)
     assert error_type == contracts.INVALID_REQUEST, message
     expected = ID_OF[kind](namespace, RELEASE)
     assert f"runs as workflow id {handle.id}" in message

@@ -285,8 +285,8 @@ def test_yaml_errors_hide_the_value(
     tmp_path: Path, raw: str, secret: str, problem: str
 ) -> None:
     """A --set value or --values file that YAML cannot read is named by key
-    and problem, never by the text it holds: a password may start with '*',
-    '&' or '!', and a tag's constructor puts the text in its own error."""
+    and problem, never by its text. A password may start with '*', '&' or
+    '!', and a tag's constructor puts the text in its own error."""
     by_set = run_client(["start", "--set", f"secrets.appSecretKey={raw}"])
     path = tmp_path / "values.yaml"
     path.write_text(f"secrets:\n  appSecretKey: {raw}\n")
@@ -299,8 +299,8 @@ def test_yaml_errors_hide_the_value(
 
 
 def test_yaml_errors_keep_punctuation() -> None:
-    """Quoted punctuation in a YAML error stays, so the message still says
-    which character was expected."""
+    """Quoted punctuation in a YAML error stays, so the message still names
+    the expected character."""
     result = run_client(["start", "--set", "app.list=[a, b c: d"])
     assert result.returncode == 2, result.stderr
     assert "(text not shown)" not in result.stderr
