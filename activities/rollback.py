@@ -323,6 +323,7 @@ class RollbackActivities:
         for job in jobs:
             if version_of_job(job) == target:
                 since = str(job["metadata"].get("creationTimestamp") or "")
+
         kept = []
         for job in jobs:
             version = version_of_job(job)
@@ -334,6 +335,7 @@ class RollbackActivities:
             if verdict.failure:
                 outcome = "failed"
             kept.append((str(job["metadata"]["name"]), str(version), outcome))
+
         return kept
 
     @staticmethod

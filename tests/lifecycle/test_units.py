@@ -291,7 +291,7 @@ async def test_rollback_error_marks_unfinished_revisions() -> None:
 
 
 def test_migration_note_names_failed_and_running_migrations() -> None:
-    """The rollback's note names every kept migration, and says which one
+    """The rollback's note names every kept migration, and marks the one that
     failed (it may be applied in part) or still runs."""
     plan = RollbackPlan(
         current_version="3.0",

@@ -183,7 +183,7 @@ async def test_version_with_the_same_job_name_migrates(
     assert after["status"].get("succeeded") == 1
 
 
-async def test_running_migration_of_the_same_job_name_is_not_killed(
+async def test_running_shared_name_migration_kept(
     temporal_env: WorkflowEnvironment,
     lifecycle_settings: WorkerSettings,
     kube: KubeClient,

@@ -1132,7 +1132,7 @@ async def deny_workloads_in_default(kube: KubeClient, name: str) -> None:
     pytest.fail("the ValidatingAdmissionPolicy was not enforced within 10 s")
 
 
-async def test_policy_of_namespace_default_does_not_reject_a_first_deploy(
+async def test_default_namespace_policy_ignored(
     temporal_env: WorkflowEnvironment, worker_settings: WorkerSettings, kube: KubeClient
 ) -> None:
     """On a first deploy, validate checks each object in namespace default. A
