@@ -30,6 +30,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from activities import preflight, readiness
 from activities.claim import MAX_WAIT_S as CLAIM_MAX_WAIT_S
 from activities.claim import OperatorClaim, holder_identity
+from activities.crds import crds_in_place
 from activities.diagnose import describe_blocked_pods
 from activities.helm import (
     SAFE_LOADER,
@@ -1264,10 +1265,19 @@ class DeployActivities:
                 )
 
         async def install(
-            release: str, chart: ChartRef, values: dict[str, Any], operator: bool
+            release: str,
+            chart: ChartRef,
+            values: dict[str, Any],
+            operator: bool,
+            skip_crds: bool,
         ) -> list[JsonObject]:
             objects, note = await helm.apply_release(
-                release, request.namespace, chart, values, manifest=operator
+                release,
+                request.namespace,
+                chart,
+                values,
+                manifest=operator,
+                skip_crds=skip_crds,
             )
             if note:
                 log.warning("recovered helm release", note=note)
@@ -1275,18 +1285,60 @@ class DeployActivities:
             return objects
 
         async def install_all() -> list[list[JsonObject]]:
-            await self._ensure_namespace(request)
+            # Inside the claim, so no other deployer changes the operators' CRDs
+            # between the check and helm.
+            checks = [self._crds_in_place(request, read) for read in crd_reads]
+            _, in_place = await gather_or_cancel(
+                self._ensure_namespace(request), asyncio.gather(*checks)
+            )
+            skip = [False, *in_place]
             # The operators and our base objects do not depend on each other, so
             # each release is recovered and upgraded at the same time as the
             # others. When one fails, the others are stopped before the claim
             # is given back.
             return await gather_or_cancel(
                 *(
-                    install(release, chart, values, index > 0)
+                    install(release, chart, values, index > 0, skip[index])
                     for index, (release, chart, values) in enumerate(releases)
                 )
             )
 
+        # The operator charts' CRDs are read (a helm process each when the
+        # cache is cold) while the claim below is taken.
+        crd_reads = [
+            asyncio.ensure_future(self._chart_crds(request, chart))
+            for _, chart, _ in releases[1:]
+        ]
+        try:
+            manifests = await self._install_base(request, install_all)
+        finally:
+            for read in crd_reads:
+                read.cancel()
+            await asyncio.gather(*crd_reads, return_exceptions=True)
+        waits = [
+            ObjectRef(
+                api_version="apiextensions.k8s.io/v1",
+                kind="CustomResourceDefinition",
+                name=name,
+            )
+            for name in OPERATOR_CRDS
+        ]
+        waits += [
+            ref_of(o, request.namespace)
+            for objects in manifests
+            for o in objects
+            if o["kind"] in readiness.WAITED_KINDS
+        ]
+        return ApplyResult(
+            phase=Phase.BASE, applied=len(releases), waits=waits, notes=notes
+        )
+
+    async def _install_base(
+        self,
+        request: DeployRequest,
+        install_all: Callable[[], Awaitable[list[list[JsonObject]]]],
+    ) -> list[list[JsonObject]]:
+        """Run install_all, holding the operator claim when operators are installed."""
         if request.install_operators:
             # Another deploy may have installed the operators since validate
             # checked, so the claim checks again before it is taken.
@@ -1305,26 +1357,35 @@ class DeployActivities:
                 request.namespace,
             )
             async with claim.held(check):
-                manifests = await install_all()
-        else:
-            manifests = await install_all()
-        waits = [
-            ObjectRef(
-                api_version="apiextensions.k8s.io/v1",
-                kind="CustomResourceDefinition",
-                name=name,
+                return await install_all()
+        return await install_all()
+
+    async def _chart_crds(
+        self, request: DeployRequest, chart: ChartRef
+    ) -> list[JsonObject] | None:
+        """Return chart's CRDs (`helm show crds`, cached), or None if helm failed."""
+        helm = self.helm(request.kube_context)
+        try:
+            documents: list[JsonObject] = await self.renders.get(
+                helm.cache_key("show crds", chart=chart), lambda: helm.crds(chart)
             )
-            for name in OPERATOR_CRDS
-        ]
-        waits += [
-            ref_of(o, request.namespace)
-            for objects in manifests
-            for o in objects
-            if o["kind"] in readiness.WAITED_KINDS
-        ]
-        return ApplyResult(
-            phase=Phase.BASE, applied=len(releases), waits=waits, notes=notes
-        )
+        except HelmError as error:
+            # The upgrade that follows meets the same chart and reports it.
+            log.info("crd check left to helm", reason=error.stderr)
+            return None
+        return documents
+
+    async def _crds_in_place(
+        self,
+        request: DeployRequest,
+        read: Awaitable[list[JsonObject] | None],
+    ) -> bool:
+        """Tell whether helm may skip an operator chart's CRDs (activities/crds.py)."""
+        documents = await read
+        if documents is None:
+            return False
+        kube = await self.kube(request.kube_context)
+        return await crds_in_place(kube, documents)
 
     async def _ensure_namespace(self, request: DeployRequest) -> None:
         """Create the target namespace when it does not exist yet.

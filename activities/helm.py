@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import functools
 import hashlib
 import json
 import os
@@ -273,12 +274,14 @@ class Helm:
         values: dict[str, Any],
         timeout_s: float = 300.0,
         manifest: bool = False,
+        skip_crds: bool = False,
     ) -> list[dict[str, Any]]:
         """Install or upgrade the release; with manifest, return its objects.
 
         The objects come from the release that `--output=json` prints, which
         saves the separate `helm get manifest` call (about 0.1 s) a caller
-        would need after the upgrade.
+        would need after the upgrade. skip_crds leaves out the chart's crds/
+        folder, which helm applies only on a first install.
         """
         args = [
             "upgrade",
@@ -302,6 +305,8 @@ class Helm:
         ]
         if manifest:
             args.append("--output=json")
+        if skip_crds:
+            args.append("--skip-crds")
         with values_file(values) as path:
             out = await self.run([*args, f"--values={path}"], timeout_s)
         if not manifest:
@@ -320,6 +325,7 @@ class Helm:
         chart: ChartRef,
         values: dict[str, Any],
         manifest: bool = False,
+        skip_crds: bool = False,
     ) -> tuple[list[dict[str, Any]], str | None]:
         """Upgrade or install the release, recovering it when helm reports it pending.
 
@@ -328,18 +334,32 @@ class Helm:
         so the recovery runs only after that error. A `helm status` before
         every upgrade would cost one more helm process each time.
         """
+        upgrade = functools.partial(
+            self.upgrade_install,
+            release,
+            namespace,
+            chart,
+            values,
+            manifest=manifest,
+            skip_crds=skip_crds,
+        )
         try:
-            return await self.upgrade_install(
-                release, namespace, chart, values, manifest=manifest
-            ), None
+            return await upgrade(), None
         except HelmError as error:
             if not error.pending:
                 raise
         note = await self.recover_pending(release, namespace)
-        objects = await self.upgrade_install(
-            release, namespace, chart, values, manifest=manifest
-        )
+        objects = await upgrade()
         return objects, note
+
+    async def crds(self, chart: ChartRef) -> list[dict[str, Any]]:
+        """Return the CRDs of chart's crds/ folders, its subcharts' included."""
+        out = await self.run(["show", "crds", *self.chart_args(chart)])
+        return [
+            doc
+            for doc in load_documents(out)
+            if isinstance(doc, dict) and doc.get("kind")
+        ]
 
     async def status(self, release: str, namespace: str) -> str | None:
         """Return the release's status (deployed, pending-install, ...) or None."""

@@ -396,13 +396,21 @@ class KubeClient:
         *,
         field_manager: str = FIELD_MANAGER,
         dry_run: bool = False,
+        force: bool = True,
+        field_validation: str | None = None,
     ) -> JsonObject:
-        """Server-side apply obj, taking ownership of conflicting fields."""
+        """Server-side apply obj; with force, take ownership of conflicting fields.
+
+        Without force, a field that another manager owns with another value
+        fails the apply with a ConflictError.
+        """
         rtype = await self.resource_type(obj["apiVersion"], obj["kind"])
         metadata = obj["metadata"]
-        query = {"fieldManager": field_manager, "force": "true"}
+        query = {"fieldManager": field_manager, "force": "true" if force else "false"}
         if dry_run:
             query["dryRun"] = "All"
+        if field_validation:
+            query["fieldValidation"] = field_validation
         return await self.request(
             "PATCH",
             rtype.path(metadata.get("namespace"), metadata["name"]),
