@@ -153,12 +153,7 @@ class TeardownActivities:
         try:
             if phase is TEARDOWN_ORDER[0]:
                 destroy_id = destroy_workflow_id_for(request.namespace, request.release)
-                check_own_id(
-                    "destroy",
-                    destroy_id,
-                    "Abort this run (`ventros-deploy abort "
-                    f"{activity.info().workflow_id}`) and start the destroy again",
-                )
+                check_own_id("destroy", destroy_id, "Start the destroy again")
                 await check_release_idle(
                     "destroy",
                     request.namespace,

@@ -716,7 +716,9 @@ def outcome_code(status: AnyStatus, error_type: str | None) -> int:
     """Return the exit code for a run's status and its failure's error type."""
     if status.state == "succeeded":
         return EXIT_OK
-    if error_type in contracts.REJECTED_REQUEST_TYPES:
+    # A destroy whose first step rejected the request (ReleaseNotFound among
+    # others) ends as invalid too.
+    if status.state == "invalid" or error_type in contracts.REJECTED_REQUEST_TYPES:
         return EXIT_USAGE
     return EXIT_FAILED
 

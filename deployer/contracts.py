@@ -137,6 +137,12 @@ NAMESPACE_STUCK = "NamespaceStuck"
 DELETION_TIMEOUT = "DeletionTimeout"
 OPERATORS_IN_USE = "OperatorsInUse"
 RELEASE_NOT_FOUND = "ReleaseNotFound"
+# Errors of a destroy's first step that no retry can fix, because they come
+# from the request, so the run ends as invalid. Other failures of that step
+# (an API outage, another run of the release) wait for retry or abort.
+DESTROY_REJECTED_TYPES = frozenset(
+    {INVALID_REQUEST, KUBE_CONTEXT_NOT_FOUND, RELEASE_NOT_FOUND}
+)
 # A deploy and a destroy of one release never run at the same time.
 OTHER_RUN_ACTIVE = "OtherRunActive"
 

@@ -143,6 +143,25 @@ async def namespace(kube: KubeClient) -> AsyncIterator[str]:
     await remove_namespace(kube, name)
 
 
+@pytest.fixture
+def key_ring_file(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "codec-keys.json"
+    codec.generate_key_ring_file(str(path))
+    yield path
+
+
+@pytest_asyncio.fixture
+async def encrypted_client(
+    temporal_env: WorkflowEnvironment, key_ring_file: Path
+) -> AsyncIterator[Client]:
+    """A client of the dev server that encrypts with key_ring_file's keys."""
+    yield await Client.connect(
+        temporal_env.client.service_client.config.target_host,
+        namespace=temporal_env.client.namespace,
+        data_converter=codec.data_converter(codec.load_key_ring(str(key_ring_file))),
+    )
+
+
 @pytest_asyncio.fixture(scope="session")
 async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
     """A real Temporal dev server (the bootstrap Temporal), on a free port."""

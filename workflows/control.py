@@ -255,12 +255,17 @@ class PhaseControl:
         raise NotImplementedError
 
     async def run_attempts(
-        self, record: PhaseRecord, attempt: Callable[[], Awaitable[None]]
+        self,
+        record: PhaseRecord,
+        attempt: Callable[[], Awaitable[None]],
+        ends_run: Callable[[ActivityError], bool] | None = None,
     ) -> bool:
         """Run a phase's attempts until one succeeds; False when an abort ends it.
 
-        A failed attempt leaves the phase waiting for a retry or an abort.
-        attempt itself marks the phase succeeded, with what it found.
+        A failed attempt leaves the phase waiting for a retry or an abort,
+        unless ends_run returns True for its error: then the phase is failed
+        and the error is raised. attempt itself marks the phase succeeded,
+        with what it found.
         """
         phase = record.phase
         while True:
@@ -269,6 +274,9 @@ class PhaseControl:
                 await attempt()
                 return True
             except ActivityError as error:
+                if ends_run is not None and ends_run(error):
+                    self._fail_attempt(record, error, waits=False)
+                    raise
                 self._fail_attempt(record, error)
             except PhaseAborted:
                 self.abort_attempt(record)
@@ -309,16 +317,16 @@ class PhaseControl:
             record.duration_s = round((ended - started).total_seconds(), 3)
         self._publish()
 
-    def _fail_attempt(self, record: PhaseRecord, error: ActivityError) -> None:
-        cause = error.cause
-        record.state = PhaseState.WAITING_FOR_RETRY
+    def _fail_attempt(
+        self, record: PhaseRecord, error: ActivityError, waits: bool = True
+    ) -> None:
+        record.state = PhaseState.WAITING_FOR_RETRY if waits else PhaseState.FAILED
         record.error = cause_message(error)
-        record.error_type = (
-            cause.type if isinstance(cause, ApplicationError) else type(cause).__name__
-        )
+        record.error_type = error_type_of(error)
         self._end_attempt(record)
         workflow.logger.warning(
-            f"{self._step} failed; waiting for retry or abort",
+            f"{self._step} failed; "
+            + ("waiting for retry or abort" if waits else "the run ends"),
             extra={
                 "phase": record.phase.value,
                 "attempt": record.attempts,
@@ -412,6 +420,15 @@ class PhaseControl:
                 f"this {self._noun}; check `ventros-deploy status` for what runs now"
             )
         return waiting
+
+
+def error_type_of(error: ActivityError) -> str | None:
+    """Return the type of an activity's failure: the ApplicationError's type, or
+    the name of the cause's class."""
+    cause = error.cause
+    if isinstance(cause, ApplicationError):
+        return cause.type
+    return type(cause).__name__
 
 
 def cause_message(error: ActivityError) -> str:

@@ -6,7 +6,9 @@ the app is gone and its queues hold no messages, unless the request sets
 ``force``. PostgreSQL (and Redis's volumes) are deleted only with
 ``delete_data``; otherwise the result lists them as kept. A failed step
 waits for ``retry`` or ``abort``, like a deploy phase, and keeps what the
-steps before it removed.
+steps before it removed. A first step that rejects the request (a release
+not in the namespace, a kube context the worker lacks) ends the run as
+invalid instead, before anything is deleted.
 
 This module is deterministic: no I/O, no clocks but workflow.now(), and no
 Kubernetes imports.
@@ -20,13 +22,15 @@ from typing import Any, NoReturn
 
 from temporalio import workflow
 from temporalio.common import RawValue, RetryPolicy
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.workflow import ActivityCancellationType
 
 from workflows.control import (
     ABORTED_TYPE,
     STRICT_INPUT_PATCH,
     PhaseControl,
+    cause_message,
+    error_type_of,
     read_input,
 )
 
@@ -50,6 +54,10 @@ with workflow.unsafe.imports_passed_through():
 
 WORKFLOW_TYPE = "VentrosDestroy"
 ABORTED = ABORTED_TYPE
+# Runs with this patch end as invalid when the first step rejects the request
+# (contracts.DESTROY_REJECTED_TYPES). Runs recorded before it waited for a
+# retry or an abort there, and replay keeps that.
+REJECTED_STEP_ENDS_RUN_PATCH = "destroy-rejected-request-ends-run"
 
 REMOVE_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
@@ -117,6 +125,14 @@ class VentrosDestroy(PhaseControl):
                 if not await self.end_canceled():
                     raise
                 done = False
+            except ActivityError as error:
+                # Only a first step's rejection of the request ends up here.
+                self._state = "invalid"
+                self._message = cause_message(error)
+                self._publish()
+                raise ApplicationError(
+                    self._message, type=error_type_of(error), non_retryable=True
+                ) from None
             if not done:
                 await self.settle_after_abort()
                 self._raise_aborted(request)
@@ -158,7 +174,19 @@ class VentrosDestroy(PhaseControl):
         """Run one removal step until it succeeds; False when the destroy is aborted."""
         record = self._records[phase]
         return await self.run_attempts(
-            record, lambda: self._remove(request, phase, record)
+            record,
+            lambda: self._remove(request, phase, record),
+            ends_run=lambda error: self._rejects_request(phase, error),
+        )
+
+    def _rejects_request(self, phase: Phase, error: ActivityError) -> bool:
+        """Tell whether the failed step rejected the request, so that no retry
+        can fix it: a wrong workflow id, a kube context the worker lacks, or a
+        release that is not in the namespace."""
+        return (
+            phase is TEARDOWN_ORDER[0]
+            and error_type_of(error) in contracts.DESTROY_REJECTED_TYPES
+            and workflow.patched(REJECTED_STEP_ENDS_RUN_PATCH)
         )
 
     async def _remove(

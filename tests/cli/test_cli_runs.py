@@ -11,13 +11,12 @@ import os
 import re
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from temporalio import activity
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError, CancelledError
@@ -25,7 +24,7 @@ from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from deployer import codec, contracts
+from deployer import contracts
 from deployer.contracts import ApplyResult, RollbackPlan, WaitResult
 from deployer.lifecycle import DestroyStatus, RollbackStatus
 from deployer.phases import ObjectRef, Phase
@@ -34,25 +33,6 @@ from tests.workflow.standins import BlockingStandIns, StandIns, cancel_seen
 from worker.main import WORKFLOWS
 
 RELEASE = "ventros-crm"
-
-
-@pytest.fixture
-def key_ring_file(tmp_path: Path) -> Iterator[Path]:
-    path = tmp_path / "codec-keys.json"
-    codec.generate_key_ring_file(str(path))
-    yield path
-
-
-@pytest_asyncio.fixture
-async def encrypted_client(
-    temporal_env: WorkflowEnvironment, key_ring_file: Path
-) -> AsyncIterator[Client]:
-    """A client of the dev server that encrypts with key_ring_file's keys."""
-    yield await Client.connect(
-        temporal_env.client.service_client.config.target_host,
-        namespace=temporal_env.client.namespace,
-        data_converter=codec.data_converter(codec.load_key_ring(str(key_ring_file))),
-    )
 
 
 def client_env(

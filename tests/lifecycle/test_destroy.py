@@ -643,18 +643,18 @@ async def test_destroy_unknown_context_fails_once(
     namespace: str,
 ) -> None:
     """A kube_context missing from the worker's kubeconfig fails the first step
-    once, naming the context, before anything is deleted."""
+    once, naming the context, and ends the destroy as invalid before anything
+    is deleted."""
     async with running_worker(temporal_env.client, lifecycle_settings):
         handle = await start_destroy(
             temporal_env, lifecycle_settings, namespace, kube_context="nope"
         )
-        status = await wait_for_step(
-            handle, "app", PhaseState.WAITING_FOR_RETRY, timeout_s=30
-        )
-        await handle.execute_update("abort", "test ends", result_type=str)
         with pytest.raises(WorkflowFailureError):
-            await handle.result()
+            await asyncio.wait_for(handle.result(), timeout=30)
+        status = await handle.query("status", result_type=DestroyStatus)
+    assert status.state == "invalid"
     app = record(status, "app")
+    assert app.state is PhaseState.FAILED
     assert app.error_type == contracts.KUBE_CONTEXT_NOT_FOUND
     assert app.error is not None
     assert "kube_context 'nope'" in app.error
@@ -668,8 +668,8 @@ async def test_destroy_unknown_release_keeps_namespace(
     namespace: str,
 ) -> None:
     """With --delete-namespace, a release that never lived in the namespace
-    fails the first step as ReleaseNotFound, and the namespace and what others
-    put there stay."""
+    fails the first step as ReleaseNotFound and ends the destroy as invalid,
+    and the namespace and what others put there stay."""
     body = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -686,14 +686,13 @@ async def test_destroy_unknown_release_keeps_namespace(
             delete_data=True,
             delete_namespace=True,
         )
-        status = await wait_for_step(
-            handle, "app", PhaseState.WAITING_FOR_RETRY, timeout_s=60
-        )
-        await handle.execute_update("abort", "test ends", result_type=str)
         with pytest.raises(WorkflowFailureError):
-            await handle.result()
+            await asyncio.wait_for(handle.result(), timeout=60)
+        status = await handle.query("status", result_type=DestroyStatus)
 
+    assert status.state == "invalid"
     app = record(status, "app")
+    assert app.state is PhaseState.FAILED
     assert app.error_type == contracts.RELEASE_NOT_FOUND
     assert app.error is not None
     assert f"no release {RELEASE} in namespace {namespace}" in app.error
