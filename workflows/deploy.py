@@ -139,6 +139,10 @@ class VentrosDeploy(PhaseControl):
                 read_input(raw), lax=not workflow.patched(STRICT_INPUT_PATCH)
             )
         except InvalidRequestError as error:
+            # The status query shows it as a rejected validate does. Nothing is
+            # published: a run recorded before this line sent no command here.
+            self._state = "invalid"
+            self._message = str(error)
             raise ApplicationError(
                 str(error), type=contracts.INVALID_REQUEST, non_retryable=True
             ) from None

@@ -154,17 +154,22 @@ async def test_workflow_retry_rejected_without_failure(
 async def test_workflow_rejects_invalid_request(
     temporal_env: WorkflowEnvironment, raw: Any, field: str
 ) -> None:
-    """Invalid input fails the workflow at once, naming the field; nothing runs."""
+    """Invalid input fails the workflow at once, naming the field; nothing runs,
+    and the status shows the run invalid with the same message."""
     queue, standins = f"tq-{uuid.uuid4().hex[:8]}", StandIns()
     async with worker(temporal_env, queue, standins):
+        handle = await start(temporal_env, queue, raw)
         with pytest.raises(WorkflowFailureError) as failure:
-            await (await start(temporal_env, queue, raw)).result()
+            await handle.result()
+        status = await handle.query("status", result_type=DeployStatus)
     cause = failure.value.cause
     assert isinstance(cause, ApplicationError)
     assert cause.type == "InvalidRequest"
     assert cause.non_retryable
     assert field in cause.message or "JSON object" in cause.message
     assert sum(standins.applied.values()) == 0
+    assert status.state == "invalid"
+    assert status.message == cause.message
 
 
 async def test_workflow_sets_phase_search_attribute(
