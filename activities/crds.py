@@ -6,8 +6,8 @@ before it applies the release. When the CRDs are there already (another
 namespace's release or an earlier install brought them), that apply changes
 nothing, and in an audit-log trace of the base phase the wait and the second
 read held the operator's Deployment back by about 0.09 s. The base phase
-passes `--skip-crds` when crds_in_place says that helm's apply would change
-nothing; otherwise helm applies them as it always does.
+passes `--skip-crds` when crds_in_place finds that helm's apply would change
+nothing. Otherwise helm applies them as it always does.
 """
 
 from __future__ import annotations
@@ -15,27 +15,34 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import aiohttp
 import structlog
 
-from activities.kubeapi import JsonObject, KubeApiError, KubeClient, well_known
+from activities.kubeapi import (
+    JsonObject,
+    KubeApiError,
+    KubeClient,
+    NoKindMatchError,
+    well_known,
+)
 
 log = structlog.get_logger("ventros.crds")
 
 CRD_API_VERSION = "apiextensions.k8s.io/v1"
-# The field manager and the options of helm v4's apply of crds/ (as the audit
-# log shows it): another manager's field with another value is a conflict.
+# The field manager of helm v4's apply of crds/, which the audit log shows with
+# force=false, so another manager's field with another value is a conflict.
 HELM_FIELD_MANAGER = "helm"
 
 
-async def crds_in_place(kube: KubeClient, crds: list[JsonObject]) -> bool:
+async def crds_in_place(kube: KubeClient, crds: list[Any]) -> bool:
     """Tell whether applying crds as helm does would change nothing.
 
     Each CRD is read and applied as a server-side dry run with helm's field
-    manager, without force, and with strict field validation. Any CRD that is
-    missing, that the dry run would change, or that the dry run rejects
-    (a conflict, a forbidden request, an unknown field) makes it False, and
-    helm then applies them itself, so an error reaches the user as helm's.
-    A chart without CRDs gives False too: there is nothing to skip.
+    manager, without force, and with strict field validation. One CRD that
+    is missing, not Established, being deleted, changed by the dry run, or
+    rejected by it (a conflict, a forbidden request, an unknown field) makes
+    it False. helm then applies them itself, so an error reaches the user as
+    helm's. A chart without CRDs gives False too: there is nothing to skip.
     """
     if not crds:
         return False
@@ -43,7 +50,11 @@ async def crds_in_place(kube: KubeClient, crds: list[JsonObject]) -> bool:
     return all(verdicts)
 
 
-async def _unchanged(kube: KubeClient, crd: JsonObject) -> bool:
+async def _unchanged(kube: KubeClient, crd: Any) -> bool:
+    # helm fails on a crds/ file without a resource (an empty or comment-only
+    # file gives None here), so such a chart is left to helm too.
+    if not isinstance(crd, dict):
+        return False
     metadata = crd.get("metadata")
     if (
         crd.get("apiVersion") != CRD_API_VERSION
@@ -56,7 +67,7 @@ async def _unchanged(kube: KubeClient, crd: JsonObject) -> bool:
     crd_type = well_known(CRD_API_VERSION, "CustomResourceDefinition")
     try:
         live = await kube.get(crd_type, name)
-        if live is None:
+        if live is None or not _served(live):
             return False
         applied = await kube.apply(
             crd,
@@ -65,17 +76,33 @@ async def _unchanged(kube: KubeClient, crd: JsonObject) -> bool:
             force=False,
             field_validation="Strict",
         )
-    except KubeApiError as error:
-        log.info("crd check left to helm", crd=name, reason=type(error).__name__)
+    except (KubeApiError, NoKindMatchError, OSError, aiohttp.ClientError) as error:
+        # OSError includes TimeoutError, and aiohttp.ClientError covers an API
+        # server that cannot be reached.
+        log.info("crd check left to helm", crd=name, error_type=type(error).__name__)
         return False
     return comparable(applied) == comparable(live)
+
+
+def _served(crd: JsonObject) -> bool:
+    """Tell whether crd is Established and not being deleted.
+
+    helm waits for Established after its apply, and fails after 60 s when the
+    CRD never gets there, so a CRD that is not served is left to helm.
+    """
+    if (crd.get("metadata") or {}).get("deletionTimestamp"):
+        return False
+    conditions = (crd.get("status") or {}).get("conditions") or []
+    return any(
+        c.get("type") == "Established" and c.get("status") == "True" for c in conditions
+    )
 
 
 def comparable(crd: JsonObject) -> dict[str, Any]:
     """Return what an apply may change in crd: its spec and its metadata.
 
-    The resource version and the times in managedFields are left out: a dry
-    run keeps the former, and the latter say when, not what.
+    The resource version and the times in managedFields are left out,
+    because a dry run keeps the former and the latter only record when.
     """
     metadata = dict(crd.get("metadata") or {})
     metadata.pop("resourceVersion", None)

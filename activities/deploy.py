@@ -999,7 +999,7 @@ class DeployActivities:
             config = yaml.safe_load(Path(path).read_text()) or {}
         except OSError as error:
             raise _non_retryable(
-                contracts.KUBE_CONTEXT_NOT_FOUND,
+                contracts.KUBECONFIG_UNREADABLE,
                 f"cannot read the worker's kubeconfig {path}: {error.strerror}; "
                 "set VENTROS_DEPLOY_KUBECONFIG",
             ) from error
@@ -1284,23 +1284,32 @@ class DeployActivities:
                 notes.append(note)
             return objects
 
-        async def install_all() -> list[list[JsonObject]]:
+        async def install_operator(
+            release: str,
+            chart: ChartRef,
+            values: dict[str, Any],
+            crds: Awaitable[list[JsonObject] | None],
+        ) -> list[JsonObject]:
             # Inside the claim, so no other deployer changes the operators' CRDs
             # between the check and helm.
-            checks = [self._crds_in_place(request, read) for read in crd_reads]
-            _, in_place = await gather_or_cancel(
-                self._ensure_namespace(request), asyncio.gather(*checks)
-            )
-            skip = [False, *in_place]
+            skip_crds = await self._crds_in_place(request, crds)
+            return await install(release, chart, values, True, skip_crds)
+
+        async def install_all() -> list[list[JsonObject]]:
+            await self._ensure_namespace(request)
+            (base_release, base_chart, base_values), *operators = releases
             # The operators and our base objects do not depend on each other, so
             # each release is recovered and upgraded at the same time as the
             # others. When one fails, the others are stopped before the claim
             # is given back.
             return await gather_or_cancel(
+                install(base_release, base_chart, base_values, False, False),
                 *(
-                    install(release, chart, values, index > 0, skip[index])
-                    for index, (release, chart, values) in enumerate(releases)
-                )
+                    install_operator(release, chart, values, crds)
+                    for (release, chart, values), crds in zip(
+                        operators, crd_reads, strict=True
+                    )
+                ),
             )
 
         # The operator charts' CRDs are read (a helm process each when the
@@ -1369,9 +1378,10 @@ class DeployActivities:
             documents: list[JsonObject] = await self.renders.get(
                 helm.cache_key("show crds", chart=chart), lambda: helm.crds(chart)
             )
-        except HelmError as error:
-            # The upgrade that follows meets the same chart and reports it.
-            log.info("crd check left to helm", reason=error.stderr)
+        except Exception as error:
+            # The check is only a shortcut: helm's upgrade that follows meets
+            # the same chart and reports what is wrong with it.
+            log.info("crd check left to helm", error_type=type(error).__name__)
             return None
         return documents
 
@@ -1384,8 +1394,13 @@ class DeployActivities:
         documents = await read
         if documents is None:
             return False
-        kube = await self.kube(request.kube_context)
-        return await crds_in_place(kube, documents)
+        try:
+            kube = await self.kube(request.kube_context)
+            return await crds_in_place(kube, documents)
+        except Exception as error:
+            # The check is only a shortcut: without it, helm applies the CRDs.
+            log.info("crd check left to helm", error_type=type(error).__name__)
+            return False
 
     async def _ensure_namespace(self, request: DeployRequest) -> None:
         """Create the target namespace when it does not exist yet.

@@ -352,14 +352,14 @@ class Helm:
         objects = await upgrade()
         return objects, note
 
-    async def crds(self, chart: ChartRef) -> list[dict[str, Any]]:
-        """Return the CRDs of chart's crds/ folders, its subcharts' included."""
+    async def crds(self, chart: ChartRef) -> list[Any]:
+        """Return the documents of chart's crds/ folders, its subcharts' included.
+
+        Every document is kept, an empty one as None, so that a caller sees
+        what helm would fail to install.
+        """
         out = await self.run(["show", "crds", *self.chart_args(chart)])
-        return [
-            doc
-            for doc in load_documents(out)
-            if isinstance(doc, dict) and doc.get("kind")
-        ]
+        return list(load_documents(out))
 
     async def status(self, release: str, namespace: str) -> str | None:
         """Return the release's status (deployed, pending-install, ...) or None."""

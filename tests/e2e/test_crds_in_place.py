@@ -7,7 +7,11 @@ operators' CRDs that other tests rely on are never touched.
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import datetime
+import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,13 +19,18 @@ from typing import Any
 
 import pytest_asyncio
 import yaml
+from temporalio.testing import ActivityEnvironment
 
 from activities.crds import crds_in_place
+from activities.deploy import DeployActivities
 from activities.helm import Helm
 from activities.kubeapi import JsonObject, KubeClient, well_known
-from deployer.inputs import ChartRef
+from deployer.contracts import ApplyRequest
+from deployer.inputs import ChartRef, parse_request
+from deployer.phases import Phase
+from deployer.settings import WorkerSettings
 from testbed.cluster import LocalCluster, tool_path
-from tests.conftest import FIXTURE_CHARTS, REPO_ROOT
+from tests.conftest import FIXTURE_CHARTS, REPO_ROOT, deploy_request
 
 CRD_TYPE = well_known("apiextensions.k8s.io/v1", "CustomResourceDefinition")
 
@@ -172,3 +181,91 @@ async def test_operator_crds_in_place(
         crds = await helm.crds(chart)
         assert len(crds) == 1
         assert await crds_in_place(kube, crds)
+
+
+async def condition(kube: KubeClient, name: str, kind: str) -> str | None:
+    """Poll the CRD name for up to 10 s until it has a condition of type kind;
+    return that condition's status, or None."""
+    for _ in range(100):
+        crd = await kube.get(CRD_TYPE, name)
+        for found in ((crd or {}).get("status") or {}).get("conditions") or []:
+            if found["type"] == kind:
+                return str(found["status"])
+        await asyncio.sleep(0.1)
+    return None
+
+
+async def test_unserved_crd_not_in_place(kube: KubeClient, group: str) -> None:
+    """A CRD whose kind another CRD of its group has is never Established, and
+    a CRD that is being deleted will be gone: neither is in place, though
+    helm's apply would change neither."""
+    held = widget_crd(group)
+    held["metadata"]["finalizers"] = ["test.ventros.io/hold"]
+    await kube.apply(held, field_manager="helm")
+    clash = widget_crd(group)
+    clash["metadata"]["name"] = f"gizmos.{group}"
+    clash["spec"]["names"].update(plural="gizmos", singular="gizmo")
+    await kube.apply(clash, field_manager="helm")
+    try:
+        assert await condition(kube, f"widgets.{group}", "Established") == "True"
+        assert await condition(kube, f"gizmos.{group}", "NamesAccepted") == "False"
+        assert await condition(kube, f"gizmos.{group}", "Established") != "True"
+        assert not await crds_in_place(kube, [copy.deepcopy(clash)])
+        assert await crds_in_place(kube, [copy.deepcopy(held)])
+
+        await kube.delete(CRD_TYPE, f"widgets.{group}")
+        assert (await live_crd(kube, group))["metadata"].get("deletionTimestamp")
+        assert not await crds_in_place(kube, [copy.deepcopy(held)])
+    finally:
+        await kube.delete(CRD_TYPE, f"gizmos.{group}")
+        # Without the finalizer, the delete above can finish.
+        await kube.apply(widget_crd(group), field_manager="helm")
+
+
+def crd_patches(audit_log: Path, since: float) -> list[tuple[str, bool]]:
+    """Return (user agent, dry run) of each CRD patch in the audit log since
+    the Unix time since."""
+    found = []
+    for line in audit_log.read_text().splitlines():
+        entry = json.loads(line)
+        received = datetime.datetime.fromisoformat(entry["requestReceivedTimestamp"])
+        ref = entry.get("objectRef") or {}
+        if (
+            received.timestamp() >= since
+            and entry["verb"] == "patch"
+            and ref.get("resource") == "customresourcedefinitions"
+        ):
+            agent = entry.get("userAgent", "").split("/")[0]
+            found.append((agent, "dryRun=All" in entry["requestURI"]))
+    return found
+
+
+async def test_base_phase_skips_crds_in_place(
+    cluster: LocalCluster,
+    kube: KubeClient,
+    worker_settings: WorkerSettings,
+    namespace: str,
+) -> None:
+    """With the operators' CRDs in place as helm applied them, the base phase
+    checks them with dry runs and installs the operators without helm's own
+    CRD apply."""
+    helm = helm_for(cluster, REPO_ROOT)
+    for name in ("postgres-operator", "rabbitmq-cluster-operator"):
+        for crd in await helm.crds(ChartRef(path=f"{FIXTURE_CHARTS}/{name}")):
+            await kube.apply(crd, field_manager="helm", force=False)
+            established = await condition(kube, crd["metadata"]["name"], "Established")
+            assert established == "True"
+    activities = DeployActivities(worker_settings)
+    request = parse_request(deploy_request(namespace))
+    since = time.time()
+    try:
+        applied = await ActivityEnvironment().run(
+            activities.apply_phase, ApplyRequest(request=request, phase=Phase.BASE)
+        )
+    finally:
+        await activities.close()
+
+    assert applied.applied == 3
+    patches = crd_patches(cluster.config.log_dir / "audit.log", since)
+    assert [dry for _, dry in patches].count(True) == 2, patches
+    assert [agent for agent, dry in patches if not dry] == [], patches
