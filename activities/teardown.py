@@ -153,7 +153,14 @@ class TeardownActivities:
         try:
             if phase is TEARDOWN_ORDER[0]:
                 destroy_id = destroy_workflow_id_for(request.namespace, request.release)
-                check_own_id("destroy", destroy_id, "Start the destroy again")
+                check_own_id(
+                    "destroy",
+                    destroy_id,
+                    # A run started before destroys ended on this error waits
+                    # for a retry instead, and needs the abort.
+                    "Abort this run if it waits for a retry, and start the destroy "
+                    "again",
+                )
                 await check_release_idle(
                     "destroy",
                     request.namespace,

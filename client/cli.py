@@ -780,11 +780,10 @@ async def cmd_status(client: Client, args: argparse.Namespace, console: Console)
             console.print(f"{message}\n{note}" if message else note, highlight=False)
         if state == "succeeded":
             return EXIT_OK
-        return (
-            EXIT_USAGE
-            if error_type in contracts.REJECTED_REQUEST_TYPES
-            else EXIT_FAILED
+        rejected = error_type in contracts.REJECTED_REQUEST_TYPES or (
+            model is DestroyStatus and error_type in contracts.DESTROY_REJECTED_TYPES
         )
+        return EXIT_USAGE if rejected else EXIT_FAILED
     # A run that ended, also between describe and the query, gets Temporal's
     # end state where the workflow recorded none (terminated, timed out, or
     # failed before the workflow recorded why), and its failure's error type.

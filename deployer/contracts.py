@@ -24,6 +24,8 @@ INVALID_REQUEST = "InvalidRequest"
 VALUES_REJECTED = "ValuesRejected"
 CHART_NOT_FOUND = "ChartNotFound"
 KUBE_CONTEXT_NOT_FOUND = "KubeContextNotFound"
+# The worker cannot read its own kubeconfig: a worker problem, not the request's.
+KUBECONFIG_UNREADABLE = "KubeconfigUnreadable"
 OBJECT_INVALID = "ObjectInvalid"
 FORBIDDEN = "Forbidden"
 TERMINAL_FAILURE = "TerminalFailure"

@@ -10,14 +10,23 @@ import uuid
 from typing import Any
 
 import pytest
-from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowHandle,
+)
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
 from activities.kubeapi import KubeClient
 from deployer import contracts
 from deployer.inputs import workflow_id_for
-from deployer.lifecycle import destroy_workflow_id_for, rollback_workflow_id_for
+from deployer.lifecycle import (
+    DestroyStatus,
+    destroy_workflow_id_for,
+    rollback_workflow_id_for,
+)
 from deployer.phases import PhaseState
 from deployer.settings import WorkerSettings
 from tests.conftest import deploy_request, running_worker
@@ -59,16 +68,23 @@ async def rejection_of(
 ) -> tuple[str | None, str]:
     """Return the error type and message with which the run of kind refused.
 
-    A deploy and a rollback fail; a destroy's first step waits for a retry,
-    and is aborted here.
+    A deploy and a rollback fail, and so does a destroy that its first step
+    rejected as invalid. A destroy's first step that another run blocks
+    waits for a retry, and is aborted here.
     """
     if kind == "destroy":
-        status = await wait_for_step(
-            handle, "app", PhaseState.WAITING_FOR_RETRY, timeout_s=60
+        ended = asyncio.ensure_future(handle.result())
+        waiting = asyncio.ensure_future(
+            wait_for_step(handle, "app", PhaseState.WAITING_FOR_RETRY, timeout_s=60)
         )
-        await handle.execute_update("abort", "test ends", result_type=str)
+        await asyncio.wait([ended, waiting], return_when=asyncio.FIRST_COMPLETED)
+        if waiting.done() and not ended.done():
+            await handle.execute_update("abort", "test ends", result_type=str)
+        else:
+            waiting.cancel()
         with pytest.raises(WorkflowFailureError):
-            await handle.result()
+            await ended
+        status = await handle.query("status", result_type=DestroyStatus)
         step = record(status, "app")
         return step.error_type, step.error or ""
     with pytest.raises(WorkflowFailureError) as failed:
@@ -139,12 +155,14 @@ async def test_run_under_another_id_is_rejected(
             task_queue=lifecycle_settings.task_queue,
         )
         error_type, message = await rejection_of(handle, kind)
+        ended = await handle.describe()
+        state = (await handle.query("status")).get("state")
     assert error_type == contracts.INVALID_REQUEST, message
+    assert ended.status is WorkflowExecutionStatus.FAILED
+    assert state == "invalid"
     expected = ID_OF[kind](namespace, RELEASE)
     assert f"runs as workflow id {handle.id}" in message
     assert f"--workflow-id {expected}" in message
-    if kind == "destroy":
-        assert f"`ventros-deploy abort {handle.id}`" in message
     assert await kube.get(DEPLOYMENT, RELEASE, namespace) is None
 
 

@@ -186,3 +186,20 @@ async def test_other_failures_wait_for_retry(
     assert retried == [phase.value]
     assert done.state == "succeeded"
     assert standins.torn_down.count(phase) == 2
+
+
+async def test_rejected_destroy_status_without_worker(
+    temporal_env: WorkflowEnvironment, encrypted_client: Client, key_ring_file: Path
+) -> None:
+    """With no worker to answer the status query, status reads the error type
+    from the ended run and still exits 2 for a release that is not there."""
+    standins = FailingTeardown(TEARDOWN_ORDER[0], contracts.RELEASE_NOT_FOUND)
+    async with destroy_run(encrypted_client, standins) as (task_queue, handle):
+        with pytest.raises(WorkflowFailureError):
+            await asyncio.wait_for(handle.result(), timeout=30)
+    shown = await run_cli(
+        ["status", handle.id], client_env(temporal_env, task_queue, key_ring_file)
+    )
+    assert shown.returncode == 2, shown.stdout + shown.stderr
+    assert "(ReleaseNotFound)" in shown.stdout
+    assert "the status query failed" in shown.stdout
