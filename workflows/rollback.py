@@ -140,9 +140,6 @@ class VentrosRollback:
             ):
                 self._show_canceled()
                 raise
-            self._state = "failed"
-            self._message = cause_message(error)
-            self._publish()
             # The step's own type (PhaseTimeout, OtherRunActive, ...), which the
             # README's troubleshooting table is keyed by. Only the failure's
             # content changes, not the command, so replay is unaffected. Once
@@ -155,6 +152,12 @@ class VentrosRollback:
                 kind = cause.type
                 if self._plan and kind in contracts.REJECTED_REQUEST_TYPES:
                     kind = ROLLBACK_FAILED
+            # A rejection shows as invalid, as in a deploy's validate. The state
+            # only reaches the query and the UI's details, which are not commands.
+            rejected = kind in contracts.REJECTED_REQUEST_TYPES
+            self._state = "invalid" if rejected else "failed"
+            self._message = cause_message(error)
+            self._publish()
             raise ApplicationError(
                 self._message, type=kind, non_retryable=True
             ) from None

@@ -284,8 +284,8 @@ async def test_cli_status_terminated_run(
 async def test_cli_status_unparsable_request(
     temporal_env: WorkflowEnvironment, worker_settings: WorkerSettings
 ) -> None:
-    """A run whose input the workflow could not parse shows as failed with
-    the reason, not as validating, and exits 2 as an invalid request."""
+    """A run whose input the workflow could not parse shows as invalid with
+    the reason, not as validating, and exits 2."""
     env = cli_env(temporal_env, worker_settings)
     async with running_worker(temporal_env.client, worker_settings):
         handle = await temporal_env.client.start_workflow(
@@ -299,7 +299,7 @@ async def test_cli_status_unparsable_request(
         status = await run_cli(["status", handle.id, "--json"], env)
     status_json = json.loads(status.stdout)
     assert status.returncode == 2, status.stderr
-    assert status_json["state"] == "failed"
+    assert status_json["state"] == "invalid"
     assert status_json["error_type"] == "InvalidRequest"
     assert "release" in status_json["message"]
     assert "DNS-1123" in status_json["message"]

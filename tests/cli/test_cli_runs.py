@@ -156,13 +156,15 @@ async def test_watch_shows_run_duration(
         watched = await run_cli(["watch", handle.id], env)
         watched_json = await run_cli(["watch", handle.id, "--json"], env)
     assert watched.returncode == 2, watched.stderr
-    duration = re.search(r"failed after ([0-9.]+) s \(InvalidRequest\)", watched.stdout)
+    duration = re.search(
+        r"invalid after ([0-9.]+) s \(InvalidRequest\)", watched.stdout
+    )
     assert duration, watched.stdout
     assert float(duration.group(1)) >= 3.0
     assert "DNS-1123" in watched.stdout
     assert watched_json.returncode == 2, watched_json.stderr
     shown = json.loads(watched_json.stdout)
-    assert shown["state"] == "failed"
+    assert shown["state"] == "invalid"
     assert shown["error_type"] == "InvalidRequest"
 
 
