@@ -203,16 +203,31 @@ def start_worker(group: ProcessGroup) -> None:
         raise ClusterError("the worker exited at start:\n" + group.log_tail("worker"))
 
 
-def namespace_gone(kubeconfig: Path) -> bool:
-    """Tell whether the API server reports the demo's namespace as not found."""
+def release_gone(kubeconfig: Path) -> bool:
+    """Tell whether the demo's namespace contains no helm release of the demo.
+
+    A destroy uninstalls the release, and destroy --delete-namespace removes
+    the namespace too. kubectl lists no Secret in a missing namespace. A
+    kubectl that fails (an API server that is down) counts as not gone.
+    """
     result = subprocess.run(
-        [str(tool_path("kubectl")), "get", "namespace", NAMESPACE, "-o", "name"],
+        [
+            str(tool_path("kubectl")),
+            "get",
+            "secrets",
+            "--namespace",
+            NAMESPACE,
+            "--selector",
+            f"owner=helm,name={RELEASE}",
+            "--output",
+            "name",
+        ],
         env={**os.environ, "KUBECONFIG": str(kubeconfig)},
         check=False,
         capture_output=True,
         text=True,
     )
-    return result.returncode != 0 and "NotFound" in result.stderr
+    return result.returncode == 0 and not result.stdout.strip()
 
 
 def destroyed() -> bool:
@@ -318,8 +333,8 @@ def up() -> int:
     start_temporal(group)
     start_worker(group)
     workflow_id = workflow_id_for(NAMESPACE, RELEASE)
-    if namespace_gone(cluster.kubeconfig) and destroyed():
-        # destroy --delete-namespace removed what the earlier deploy made.
+    if destroyed() and release_gone(cluster.kubeconfig):
+        # A destroy removed what the earlier deploy made.
         code = None
     else:
         code = shown_earlier_deploy(workflow_id)
