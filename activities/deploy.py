@@ -1288,7 +1288,7 @@ class DeployActivities:
             release: str,
             chart: ChartRef,
             values: dict[str, Any],
-            crds: Awaitable[list[JsonObject] | None],
+            crds: Awaitable[list[Any] | None],
         ) -> list[JsonObject]:
             # Inside the claim, so no other deployer changes the operators' CRDs
             # between the check and helm.
@@ -1371,11 +1371,11 @@ class DeployActivities:
 
     async def _chart_crds(
         self, request: DeployRequest, chart: ChartRef
-    ) -> list[JsonObject] | None:
+    ) -> list[Any] | None:
         """Return chart's CRDs (`helm show crds`, cached), or None if helm failed."""
         helm = self.helm(request.kube_context)
         try:
-            documents: list[JsonObject] = await self.renders.get(
+            documents: list[Any] = await self.renders.get(
                 helm.cache_key("show crds", chart=chart), lambda: helm.crds(chart)
             )
         except Exception as error:
@@ -1388,7 +1388,7 @@ class DeployActivities:
     async def _crds_in_place(
         self,
         request: DeployRequest,
-        read: Awaitable[list[JsonObject] | None],
+        read: Awaitable[list[Any] | None],
     ) -> bool:
         """Tell whether helm may skip an operator chart's CRDs (activities/crds.py)."""
         documents = await read
