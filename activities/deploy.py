@@ -14,6 +14,7 @@ import functools
 import hashlib
 import hmac
 import json
+import os
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -992,22 +993,56 @@ class DeployActivities:
         ]
 
     def _check_kube_context(self, context: str | None) -> None:
+        """Raise KubeContextNotFound when the worker's kubeconfig lacks context.
+
+        The files are the ones the Kubernetes client loads: the worker's
+        setting, else each file of $KUBECONFIG, else ~/.kube/config. With
+        none of them present (a worker in the cluster uses its service
+        account) there are no contexts, so naming one is the request's error.
+        A file that the worker's setting names but that it cannot read is the
+        worker's problem: KubeconfigUnreadable.
+        """
         if context is None:
             return
-        path = self.settings.kubeconfig or Path.home() / ".kube" / "config"
-        try:
-            config = yaml.safe_load(Path(path).read_text()) or {}
-        except OSError as error:
-            raise _non_retryable(
-                contracts.KUBECONFIG_UNREADABLE,
-                f"cannot read the worker's kubeconfig {path}: {error.strerror}; "
-                "set VENTROS_DEPLOY_KUBECONFIG",
-            ) from error
-        names = [c.get("name") for c in config.get("contexts") or []]
-        if context not in names:
+        configured = self.settings.kubeconfig
+        if configured:
+            paths = [Path(configured).expanduser()]
+        else:
+            listed = os.environ.get("KUBECONFIG") or "~/.kube/config"
+            paths = [Path(p).expanduser() for p in listed.split(os.pathsep) if p]
+        present = [path for path in paths if path.exists()]
+        if not present and not configured:
             raise _non_retryable(
                 contracts.KUBE_CONTEXT_NOT_FOUND,
-                f"kube_context {context!r} is not in the worker's kubeconfig {path}; "
+                f"kube_context {context!r} cannot be used: the worker has no "
+                f"kubeconfig ({', '.join(map(str, paths))} missing), so it has no "
+                "contexts. Leave kube_context out to use the worker's own "
+                "cluster, or give the worker a kubeconfig (VENTROS_DEPLOY_KUBECONFIG)",
+            )
+        names: list[Any] = []
+        for path in present or paths:
+            try:
+                config = yaml.load(path.read_text(), Loader=SAFE_LOADER) or {}
+            except OSError as error:
+                raise _non_retryable(
+                    contracts.KUBECONFIG_UNREADABLE,
+                    f"cannot read the worker's kubeconfig {path}: {error.strerror}; "
+                    "set VENTROS_DEPLOY_KUBECONFIG",
+                ) from error
+            except yaml.YAMLError:
+                # Not the parser's text: it quotes the file, which can contain keys.
+                raise _non_retryable(
+                    contracts.KUBECONFIG_UNREADABLE,
+                    f"the worker's kubeconfig {path} is not valid YAML; fix it or "
+                    "set VENTROS_DEPLOY_KUBECONFIG",
+                ) from None
+            if isinstance(config, dict):
+                names += [c.get("name") for c in config.get("contexts") or []]
+        if context not in names:
+            where = ", ".join(map(str, present or paths))
+            raise _non_retryable(
+                contracts.KUBE_CONTEXT_NOT_FOUND,
+                f"kube_context {context!r} is not in the worker's kubeconfig {where}; "
                 f"it has: {', '.join(map(str, names)) or 'no contexts'}",
             )
 
