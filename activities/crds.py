@@ -44,15 +44,17 @@ async def crds_in_place(kube: KubeClient, crds: list[Any]) -> bool:
     it False. helm then applies them itself, so an error reaches the user as
     helm's. A chart without CRDs gives False too: there is nothing to skip.
     """
-    if not crds:
+    # An empty document (a file that ends in `---`) is no resource. NOTE: a
+    # crds/ file with no resource at all fails helm's install ("resources are
+    # empty"), but it gives the same None here, so such a chart is skipped.
+    resources = [crd for crd in crds if crd is not None]
+    if not resources:
         return False
-    verdicts = await asyncio.gather(*(_unchanged(kube, crd) for crd in crds))
+    verdicts = await asyncio.gather(*(_unchanged(kube, crd) for crd in resources))
     return all(verdicts)
 
 
 async def _unchanged(kube: KubeClient, crd: Any) -> bool:
-    # helm fails on a crds/ file without a resource (an empty or comment-only
-    # file gives None here), so such a chart is left to helm too.
     if not isinstance(crd, dict):
         return False
     metadata = crd.get("metadata")

@@ -356,7 +356,7 @@ class Helm:
         """Return the documents of chart's crds/ folders, its subcharts' included.
 
         Every document is kept, an empty one as None, so that a caller sees
-        what helm would fail to install.
+        all that helm would install.
         """
         out = await self.run(["show", "crds", *self.chart_args(chart)])
         return list(load_documents(out))

@@ -112,6 +112,9 @@ async def test_crd_helm_installed_is_in_place(
     await helm.upgrade_install("widgets", namespace, chart, {})
     assert await helm.crds(chart) == [crd]
     assert await crds_in_place(kube, [copy.deepcopy(crd)])
+    # A file that ends in `---` adds an empty document.
+    assert await crds_in_place(kube, [copy.deepcopy(crd), None])
+    assert not await crds_in_place(kube, [None])
 
     before = await live_crd(kube, group)
     assert not await crds_in_place(kube, [widget_crd(group, "a newer widget")])
