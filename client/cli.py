@@ -765,6 +765,13 @@ async def cmd_status(client: Client, args: argparse.Namespace, console: Console)
                 info.task_queue,
             ) from None
         state, message, error_type = await ended_outcome(handle, info.status)
+        rejected = error_type in contracts.REJECTED_REQUEST_TYPES or (
+            model is DestroyStatus and error_type in contracts.DESTROY_REJECTED_TYPES
+        )
+        if rejected:
+            # The workflow showed such a run as invalid, which only its query
+            # would return.
+            state = "invalid"
         note = (
             f"the status query failed ({error.message}), so the phases are not "
             f"shown; a worker on task queue {info.task_queue} answers it"
@@ -780,9 +787,6 @@ async def cmd_status(client: Client, args: argparse.Namespace, console: Console)
             console.print(f"{message}\n{note}" if message else note, highlight=False)
         if state == "succeeded":
             return EXIT_OK
-        rejected = error_type in contracts.REJECTED_REQUEST_TYPES or (
-            model is DestroyStatus and error_type in contracts.DESTROY_REJECTED_TYPES
-        )
         return EXIT_USAGE if rejected else EXIT_FAILED
     # A run that ended, also between describe and the query, gets Temporal's
     # end state where the workflow recorded none (terminated, timed out, or
@@ -1221,7 +1225,9 @@ async def cmd_destroy(
         console.print(f"started {handle.id}", highlight=False)
     code = await follow(client, handle, args, console)
     status = await fetch_status(handle, DestroyStatus)
-    if status.message and not args.json:
+    # follow prints the message of a run that did not succeed, and a successful
+    # destroy's message lists what it kept.
+    if status.state == "succeeded" and status.message and not args.json:
         console.print(status.message, highlight=False, soft_wrap=True)
     return code
 

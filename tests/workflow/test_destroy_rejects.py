@@ -201,5 +201,5 @@ async def test_rejected_destroy_status_without_worker(
         ["status", handle.id], client_env(temporal_env, task_queue, key_ring_file)
     )
     assert shown.returncode == 2, shown.stdout + shown.stderr
-    assert "(ReleaseNotFound)" in shown.stdout
+    assert f"{handle.id}: invalid (ReleaseNotFound)" in shown.stdout
     assert "the status query failed" in shown.stdout
