@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 
-from activities.kubeapi import KubeClient, NotFoundError, well_known
+from activities.kubeapi import KubeApiError, KubeClient, NotFoundError, well_known
 
 RABBITMQ_CLUSTER = well_known("rabbitmq.com/v1beta1", "RabbitmqCluster")
 CLUSTER_ROLE = well_known("rbac.authorization.k8s.io/v1", "ClusterRole")
@@ -79,10 +79,19 @@ async def delete_rabbitmq_clusters(
     kube: KubeClient, namespace: str, timeout_s: float = 20.0
 ) -> None:
     """Delete the RabbitmqClusters in namespace and wait until they are gone."""
-    try:
-        listing = await kube.list(RABBITMQ_CLUSTER, namespace)
-    except NotFoundError:
-        return  # The CRD is not installed, so there are none.
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        try:
+            listing = await kube.list(RABBITMQ_CLUSTER, namespace)
+            break
+        except NotFoundError:
+            return  # The CRD is not installed, so there are none.
+        except KubeApiError as error:
+            # A CRD created moments ago answers 429 while the API server sets
+            # up its storage.
+            if error.status != 429 or asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.2)
     names = [item["metadata"]["name"] for item in listing.get("items", [])]
     for name in names:
         await kube.delete(RABBITMQ_CLUSTER, name, namespace)

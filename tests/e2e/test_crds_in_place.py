@@ -186,16 +186,21 @@ async def test_operator_crds_in_place(
         assert await crds_in_place(kube, crds)
 
 
-async def condition(kube: KubeClient, name: str, kind: str) -> str | None:
-    """Poll the CRD name for up to 10 s until it has a condition of type kind;
-    return that condition's status, or None."""
+async def condition(
+    kube: KubeClient, name: str, kind: str, expected: str = "True"
+) -> str | None:
+    """Poll the CRD name for up to 10 s until its condition of type kind has
+    the status expected; return the status last seen, or None if it had none."""
+    seen = None
     for _ in range(100):
         crd = await kube.get(CRD_TYPE, name)
         for found in ((crd or {}).get("status") or {}).get("conditions") or []:
             if found["type"] == kind:
-                return str(found["status"])
+                seen = str(found["status"])
+        if seen == expected:
+            return seen
         await asyncio.sleep(0.1)
-    return None
+    return seen
 
 
 async def test_unserved_crd_not_in_place(kube: KubeClient, group: str) -> None:
@@ -211,8 +216,10 @@ async def test_unserved_crd_not_in_place(kube: KubeClient, group: str) -> None:
     await kube.apply(clash, field_manager="helm")
     try:
         assert await condition(kube, f"widgets.{group}", "Established") == "True"
-        assert await condition(kube, f"gizmos.{group}", "NamesAccepted") == "False"
-        assert await condition(kube, f"gizmos.{group}", "Established") != "True"
+        clashed = await condition(kube, f"gizmos.{group}", "NamesAccepted", "False")
+        assert clashed == "False"
+        unserved = await condition(kube, f"gizmos.{group}", "Established", "False")
+        assert unserved == "False"
         assert not await crds_in_place(kube, [copy.deepcopy(clash)])
         assert await crds_in_place(kube, [copy.deepcopy(held)])
 
