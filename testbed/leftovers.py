@@ -87,7 +87,7 @@ async def delete_rabbitmq_clusters(
         except NotFoundError:
             return  # The CRD is not installed, so there are none.
         except KubeApiError as error:
-            # A CRD created moments ago answers 429 while the API server sets
+            # A CRD created moments ago returns 429 while the API server sets
             # up its storage.
             if error.status != 429 or asyncio.get_running_loop().time() > deadline:
                 raise

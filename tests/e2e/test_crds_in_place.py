@@ -104,7 +104,7 @@ async def test_missing_crd_not_in_place(kube: KubeClient, group: str) -> None:
 async def test_crd_helm_installed_is_in_place(
     cluster: LocalCluster, kube: KubeClient, namespace: str, group: str, tmp_path: Path
 ) -> None:
-    """After helm installed the chart's CRD, the same CRD is in place; an edited
+    """After helm installed the chart's CRD, the same CRD is in place. An edited
     one is not, and the check leaves the cluster's CRD as it was."""
     helm = helm_for(cluster, tmp_path)
     crd = widget_crd(group)
@@ -190,7 +190,7 @@ async def condition(
     kube: KubeClient, name: str, kind: str, expected: str = "True"
 ) -> str | None:
     """Poll the CRD name for up to 10 s until its condition of type kind has
-    the status expected; return the status last seen, or None if it had none."""
+    the status expected. Return the status last seen, or None if it had none."""
     seen = None
     for _ in range(100):
         crd = await kube.get(CRD_TYPE, name)

@@ -134,8 +134,8 @@ async def test_rejected_first_step_ends_run(
     key_ring_file: Path,
     error_type: str,
 ) -> None:
-    """A first step that rejects the request ends the destroy as invalid, with
-    the step failed after one attempt and no later step run; status exits 2."""
+    """A first step that rejects the request ends the destroy as invalid. The
+    step failed after one attempt, no later step ran, and status exits 2."""
     standins = FailingTeardown(TEARDOWN_ORDER[0], error_type)
     async with destroy_run(encrypted_client, standins) as (task_queue, handle):
         with pytest.raises(WorkflowFailureError) as raised:
@@ -171,8 +171,9 @@ async def test_rejected_first_step_ends_run(
 async def test_other_failures_wait_for_retry(
     encrypted_client: Client, phase: Phase, error_type: str
 ) -> None:
-    """Another run of the release, which may end, and any error of a later
-    step leave the step waiting for retry; a retry then finishes the destroy."""
+    """Another run of the release may end, so that error leaves the first step
+    waiting for a retry, and so does any error of a later step. The retry
+    then finishes the destroy."""
     standins = FailingTeardown(phase, error_type)
     async with destroy_run(encrypted_client, standins) as (_, handle):
         waiting = await step_state(handle, phase, PhaseState.WAITING_FOR_RETRY)
@@ -191,7 +192,7 @@ async def test_other_failures_wait_for_retry(
 async def test_rejected_destroy_status_without_worker(
     temporal_env: WorkflowEnvironment, encrypted_client: Client, key_ring_file: Path
 ) -> None:
-    """With no worker to answer the status query, status reads the error type
+    """With no worker to run the status query, status reads the error type
     from the ended run and still exits 2 for a release that is not there."""
     standins = FailingTeardown(TEARDOWN_ORDER[0], contracts.RELEASE_NOT_FOUND)
     async with destroy_run(encrypted_client, standins) as (task_queue, handle):
