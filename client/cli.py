@@ -712,13 +712,23 @@ def _needs_attention(status: AnyStatus) -> bool:
     return any(r.state is PhaseState.WAITING_FOR_RETRY for r in status.phases)
 
 
+def rejected_request(destroy: bool, error_type: str | None) -> bool:
+    """Tell whether a run that failed with error_type rejected its request.
+
+    A destroy also rejects it in its first step, with the types of
+    contracts.DESTROY_REJECTED_TYPES. Such runs show state invalid.
+    """
+    if error_type in contracts.REJECTED_REQUEST_TYPES:
+        return True
+    return destroy and error_type in contracts.DESTROY_REJECTED_TYPES
+
+
 def outcome_code(status: AnyStatus, error_type: str | None) -> int:
     """Return the exit code for a run's status and its failure's error type."""
     if status.state == "succeeded":
         return EXIT_OK
-    # A destroy whose first step rejected the request (ReleaseNotFound among
-    # others) ends as invalid too.
-    if status.state == "invalid" or error_type in contracts.REJECTED_REQUEST_TYPES:
+    destroy = isinstance(status, DestroyStatus)
+    if status.state == "invalid" or rejected_request(destroy, error_type):
         return EXIT_USAGE
     return EXIT_FAILED
 
@@ -765,9 +775,7 @@ async def cmd_status(client: Client, args: argparse.Namespace, console: Console)
                 info.task_queue,
             ) from None
         state, message, error_type = await ended_outcome(handle, info.status)
-        rejected = error_type in contracts.REJECTED_REQUEST_TYPES or (
-            model is DestroyStatus and error_type in contracts.DESTROY_REJECTED_TYPES
-        )
+        rejected = rejected_request(model is DestroyStatus, error_type)
         if rejected:
             # The workflow showed such a run as invalid, which only its query
             # would return.

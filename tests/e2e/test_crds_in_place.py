@@ -207,9 +207,9 @@ async def test_unserved_crd_not_in_place(kube: KubeClient, group: str) -> None:
     """A CRD whose kind another CRD of its group has is never Established, and
     a CRD that is being deleted will be gone: neither is in place, though
     helm's apply would change neither."""
-    held = widget_crd(group)
-    held["metadata"]["finalizers"] = ["test.ventros.io/hold"]
-    await kube.apply(held, field_manager="helm")
+    with_finalizer = widget_crd(group)
+    with_finalizer["metadata"]["finalizers"] = ["test.ventros.io/hold"]
+    await kube.apply(with_finalizer, field_manager="helm")
     clash = widget_crd(group)
     clash["metadata"]["name"] = f"gizmos.{group}"
     clash["spec"]["names"].update(plural="gizmos", singular="gizmo")
@@ -221,11 +221,11 @@ async def test_unserved_crd_not_in_place(kube: KubeClient, group: str) -> None:
         unserved = await condition(kube, f"gizmos.{group}", "Established", "False")
         assert unserved == "False"
         assert not await crds_in_place(kube, [copy.deepcopy(clash)])
-        assert await crds_in_place(kube, [copy.deepcopy(held)])
+        assert await crds_in_place(kube, [copy.deepcopy(with_finalizer)])
 
         await kube.delete(CRD_TYPE, f"widgets.{group}")
         assert (await live_crd(kube, group))["metadata"].get("deletionTimestamp")
-        assert not await crds_in_place(kube, [copy.deepcopy(held)])
+        assert not await crds_in_place(kube, [copy.deepcopy(with_finalizer)])
     finally:
         await kube.delete(CRD_TYPE, f"gizmos.{group}")
         # Without the finalizer, the delete above can finish.
