@@ -97,6 +97,8 @@ ENDPOINT_SLICE = ResourceType(
 SECRET_RETRY_S = 1.0
 # The chart's wait-for-<service> script sleeps 2 s between its `nc -z` tries.
 WAIT_POLL_S = 2.0
+# How often the simulated operators look for their CRDs until the API serves them.
+CRD_POLL_S = 0.1
 
 
 def _now() -> str:
@@ -1110,12 +1112,14 @@ class Simulator:
         self, rtype: ResourceType, handler: Callable[[str, JsonObject], Awaitable[None]]
     ) -> None:
         # The CRDs arrive with the operators' charts, so wait until they are served.
+        # A real operator's informer starts at once. A 1 s poll here started the
+        # first deploy's custom resources 0.5 s late (measured once).
         while True:
             try:
                 await self.kube.list(rtype)
                 break
             except (NotFoundError, KubeApiError):
-                await asyncio.sleep(1)
+                await asyncio.sleep(CRD_POLL_S)
         await self.run_watch(rtype, handler)
 
 
