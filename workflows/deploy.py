@@ -60,6 +60,8 @@ with workflow.unsafe.imports_passed_through():
 WORKFLOW_TYPE = "VentrosDeploy"
 # Marks runs in which a cancel request during validate cancels the run.
 VALIDATE_CANCEL_PATCH = "validate-cancel-ends-run"
+# Marks runs that publish the invalid state when their input cannot be parsed.
+INVALID_INPUT_PATCH = "invalid-input-published"
 ABORTED = ABORTED_TYPE
 
 
@@ -139,10 +141,13 @@ class VentrosDeploy(PhaseControl):
                 read_input(raw), lax=not workflow.patched(STRICT_INPUT_PATCH)
             )
         except InvalidRequestError as error:
-            # The status query shows it as a rejected validate does. Nothing is
-            # published: a run recorded before this line sent no command here.
+            # The status query shows it as a rejected validate does. Publishing
+            # also upserts VentrosPhase. Runs recorded before the patch sent no
+            # command here, so the patch guards it.
             self._state = "invalid"
             self._message = str(error)
+            if workflow.patched(INVALID_INPUT_PATCH):
+                self._publish()
             raise ApplicationError(
                 str(error), type=contracts.INVALID_REQUEST, non_retryable=True
             ) from None

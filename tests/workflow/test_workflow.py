@@ -26,7 +26,14 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer, Worker, WorkflowReplayResult
 
 from client.cli import start_attributes
-from deployer.phases import PHASE_ORDER, DeployStatus, Phase, PhaseRecord, PhaseState
+from deployer.phases import (
+    PHASE_ATTRIBUTE,
+    PHASE_ORDER,
+    DeployStatus,
+    Phase,
+    PhaseRecord,
+    PhaseState,
+)
 from deployer.settings import TemporalSettings
 from tests.conftest import HISTORIES, RECORD_HISTORY, keep_history
 from tests.workflow.standins import StandIns, cancel_until_ended
@@ -172,6 +179,22 @@ async def test_workflow_rejects_invalid_request(
     assert status.message == cause.message
 
 
+async def start_listed(
+    env: WorkflowEnvironment, queue: str, release: str, fields: dict[str, Any]
+) -> WorkflowHandle[Any, Any]:
+    """Start a deploy of release in namespace ns, with the search attributes
+    that the client sets at start and the extra request fields."""
+    return await env.client.start_workflow(
+        "VentrosDeploy",
+        {"release": release, "namespace": "ns", **fields},
+        id=f"wf-{uuid.uuid4().hex[:8]}",
+        task_queue=queue,
+        search_attributes=start_attributes(
+            TemporalSettings(search_attributes=True), release, "ns"
+        ),
+    )
+
+
 async def test_workflow_sets_phase_search_attribute(
     temporal_env: WorkflowEnvironment,
 ) -> None:
@@ -179,15 +202,8 @@ async def test_workflow_sets_phase_search_attribute(
     VentrosPhase current, so the UI's list filters by release and phase."""
     queue, standins = f"tq-{uuid.uuid4().hex[:8]}", StandIns()
     release = f"r{uuid.uuid4().hex[:6]}"
-    settings = TemporalSettings(search_attributes=True)
     async with worker(temporal_env, queue, standins):
-        handle = await temporal_env.client.start_workflow(
-            "VentrosDeploy",
-            {"release": release, "namespace": "ns"},
-            id=f"wf-{uuid.uuid4().hex[:8]}",
-            task_queue=queue,
-            search_attributes=start_attributes(settings, release, "ns"),
-        )
+        handle = await start_listed(temporal_env, queue, release, {})
         await handle.result()
     query = f'VentrosRelease = "{release}" AND VentrosPhase = "succeeded"'
     found: list[str] = []
@@ -197,6 +213,27 @@ async def test_workflow_sets_phase_search_attribute(
             break
         await asyncio.sleep(0.1)
     assert found == [handle.id]
+
+
+async def test_invalid_input_sets_phase_search_attribute(
+    temporal_env: WorkflowEnvironment,
+) -> None:
+    """A run whose input cannot be parsed shows VentrosPhase=invalid in the
+    UI's list, not the validating that the client set at start."""
+    queue, standins = f"tq-{uuid.uuid4().hex[:8]}", StandIns()
+    release = f"r{uuid.uuid4().hex[:6]}"
+    async with worker(temporal_env, queue, standins):
+        handle = await start_listed(
+            temporal_env, queue, release, {"install_operators": "yes"}
+        )
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+    await keep_history(handle, "deploy_invalid_input")
+    # Describe reads the run's own attributes, not the list's index, so it
+    # shows the upsert once the run has ended.
+    description = await handle.describe()
+    assert description.typed_search_attributes.get(PHASE_ATTRIBUTE) == "invalid"
+    assert sum(standins.applied.values()) == 0
 
 
 def record(status: DeployStatus, phase: Phase) -> PhaseRecord:
