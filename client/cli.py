@@ -180,11 +180,13 @@ def read_set_value(raw: str) -> Any:
     YAML drops a trailing comment ("pw #x" reads as "pw"), turns "00123" and
     "0o17" into numbers and "yes" into true. Each such value stays the literal
     string, so --set never stores anything but what was typed or its exact
-    YAML meaning. Quoted scalars and flow collections ("[1, 2]") are read as
-    YAML. Raises yaml.YAMLError for invalid YAML, such as an unclosed bracket.
+    YAML meaning. So does a value with an anchor, alias or tag. Quoted
+    scalars and flow collections ("[1, 2]") are read as YAML. Raises yaml.YAMLError for invalid YAML, such as an unclosed bracket.
     """
     if not raw:
         return ""
+    if _has_node_properties(raw):
+        return raw
     node = yaml.compose(raw, Loader=yaml.SafeLoader)
     if node is None:
         return raw  # Only a comment, blanks or a document marker.
@@ -195,8 +197,26 @@ def read_set_value(raw: str) -> Any:
     return yaml.safe_load(raw)
 
 
+def _has_node_properties(raw: str) -> bool:
+    """Tell whether raw's YAML has an anchor, an alias or an explicit tag.
+
+    YAML drops each of them from the value it reads ("&pw x" reads as "x"),
+    and a password may start with '&', '*' or '!'.
+    """
+    for event in yaml.parse(raw, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.AliasEvent):
+            return True
+        if isinstance(event, yaml.NodeEvent) and event.anchor is not None:
+            return True
+        if getattr(event, "tag", None) is not None:
+            return True
+    return False
+
+
 def _reads_as_written(node: yaml.Node) -> bool:
     """Tell whether each plain scalar in node means what its text shows."""
+    if isinstance(node, yaml.CollectionNode) and not node.flow_style:
+        return False  # "user: pw" or "- pw" is text, not a block collection.
     if isinstance(node, yaml.SequenceNode):
         return all(_reads_as_written(item) for item in node.value)
     if isinstance(node, yaml.MappingNode):
