@@ -181,7 +181,8 @@ def read_set_value(raw: str) -> Any:
     "0o17" into numbers and "yes" into true. Each such value stays the literal
     string, so --set never stores anything but what was typed or its exact
     YAML meaning. So does a value with an anchor, alias or tag. Quoted
-    scalars and flow collections ("[1, 2]") are read as YAML. Raises yaml.YAMLError for invalid YAML, such as an unclosed bracket.
+    scalars and flow collections ("[1, 2]") are read as YAML. Raises
+    yaml.YAMLError for invalid YAML, such as an unclosed bracket.
     """
     if not raw:
         return ""

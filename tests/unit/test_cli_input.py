@@ -306,9 +306,7 @@ def test_yaml_errors_hide_the_value(
     assert secret not in result.stdout + result.stderr
 
 
-@pytest.mark.parametrize(
-    "raw", ["[SEKRET16, x", "{SEKRET17: [}", "[SEKRET18]x"]
-)
+@pytest.mark.parametrize("raw", ["[SEKRET16, x", "{SEKRET17: [}", "[SEKRET18]x"])
 def test_set_yaml_errors_hide_the_value(raw: str) -> None:
     """A --set value that YAML cannot read is named by key and problem, never
     by its text."""
