@@ -40,6 +40,7 @@ from activities.helm import (
     HelmError,
     InvalidRenderError,
     RenderCache,
+    hide_schema_values,
 )
 from activities.kubeapi import (
     ConflictError,
@@ -280,9 +281,10 @@ def translate_errors(func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R
                 )
                 raise _non_retryable(
                     contracts.VALUES_REJECTED,
-                    f"the chart rejected the values: {error.stderr}{hints}. Fix the "
-                    "named value and start again",
-                ) from error
+                    "the chart rejected the values: "
+                    f"{hide_schema_values(error.stderr)}{hints}. Fix the named "
+                    "value and start again",
+                ) from None
             if error.owned_elsewhere:
                 # helm will not adopt the object however often it tries.
                 raise _non_retryable(

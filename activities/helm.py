@@ -91,6 +91,22 @@ def cap_stderr(text: str) -> str:
 HELM_DEBUG_HINT = "Use --debug flag to render out invalid YAML"
 
 
+# The schema check of helm v4.3.2 (santhosh-tekuri/jsonschema v6.0.3, its
+# kind/kind.go) quotes a rejected string before "does not match pattern" and
+# "is not valid FORMAT:", and the format's own error after that may quote it
+# again. The string may be a secret typed into the wrong key, or a password
+# in a URL such as image.repository.
+QUOTED = r"'(?:[^'\\]|\\.)*'"
+SCHEMA_PATTERN_VALUE = re.compile(QUOTED + r"(?= does not match pattern )")
+SCHEMA_FORMAT_VALUE = re.compile(QUOTED + r" is not valid ([^\s:]+):[^\n]*")
+
+
+def hide_schema_values(text: str) -> str:
+    """Return helm's schema error text with each rejected value replaced."""
+    text = SCHEMA_PATTERN_VALUE.sub("(value not shown)", text)
+    return SCHEMA_FORMAT_VALUE.sub(r"(value not shown) is not valid \1", text)
+
+
 class HelmError(Exception):
     """helm exited non-zero; the message has its arguments and stderr."""
 

@@ -249,6 +249,32 @@ async def test_secrets_absent_from_failure(
     assert leaked_forms(secrets, output.encode()) == []
 
 
+async def test_schema_error_hides_rejected_value(
+    codec_client: Client,
+    worker_settings: WorkerSettings,
+    namespace: str,
+    json_logs: CapturedLogs,
+) -> None:
+    """A secret in a value that the chart's schema rejects by pattern, such as
+    a password in image.repository, is named by its key only: helm's error
+    quotes the value, and the status output and the logs show the message."""
+    secrets, values = secret_values()
+    values["image"] = {"repository": f"deployer:{secrets[0]}@registry.example/crm"}
+    async with running_worker(codec_client, worker_settings):
+        handle = await start(
+            codec_client, worker_settings, deploy_request(namespace, values=values)
+        )
+        with pytest.raises(WorkflowFailureError) as failure:
+            await handle.result()
+    error = failure.value.cause
+    assert isinstance(error, ApplicationError)
+    assert error.type == contracts.VALUES_REJECTED
+    assert "at '/image/repository': (value not shown) does not match" in error.message
+    assert error.cause is None
+    assert leaked_forms(secrets, error.message.encode()) == []
+    assert leaked_forms(secrets, json_logs.text().encode()) == []
+
+
 async def test_attempt_failure_shown_decoded(
     codec_client: Client,
     temporal_env: WorkflowEnvironment,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from activities.helm import HelmError
+from activities.helm import HelmError, hide_schema_values
 
 
 def test_debug_hint_left_out() -> None:
@@ -15,3 +15,23 @@ def test_debug_hint_left_out() -> None:
     assert "--debug" not in str(error)
     assert "bad indentation" in str(error)
     assert error.stderr.endswith("bad indentation")
+
+
+def test_schema_values_hidden() -> None:
+    """A string that the schema check quotes is replaced, escaped quotes
+    included; paths, patterns, lengths and types stay."""
+    stderr = (
+        "- at '/image/repository': 'u:a\\'PW\"c\\\\d@h' does not match pattern "
+        "'^[^\\\\s:@]+$'\n"
+        "  - at '/secrets/existingSecret': maxLength: got 10, want 0\n"
+        "- at '/config/url': 'https://u:PW@h x' is not valid uri: parse "
+        '"https://u:PW@h x": invalid character " " in host name\n'
+        "- at '/app/replicas': got string, want integer"
+    )
+    text = hide_schema_values(stderr)
+    assert "PW" not in text
+    assert "at '/image/repository': (value not shown) does not match pattern" in text
+    assert "'^[^\\\\s:@]+$'" in text
+    assert "at '/config/url': (value not shown) is not valid uri\n" in text
+    assert "maxLength: got 10, want 0" in text
+    assert "got string, want integer" in text
