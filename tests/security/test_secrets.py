@@ -215,6 +215,25 @@ async def test_secrets_decrypt_with_key(
     assert started.input.payloads[0].metadata["encoding"] == codec.ENCODING
 
 
+async def rejected_deploy(
+    client: Client,
+    worker_settings: WorkerSettings,
+    namespace: str,
+    values: dict[str, Any],
+) -> tuple[WorkflowHandle[Any, Any], ApplicationError]:
+    """Run a deploy whose values the chart rejects; return it and its error."""
+    async with running_worker(client, worker_settings):
+        handle = await start(
+            client, worker_settings, deploy_request(namespace, values=values)
+        )
+        with pytest.raises(WorkflowFailureError) as failure:
+            await handle.result()
+    error = failure.value.cause
+    assert isinstance(error, ApplicationError)
+    assert error.type == contracts.VALUES_REJECTED
+    return handle, error
+
+
 async def test_secrets_absent_from_failure(
     codec_client: Client,
     temporal_env: WorkflowEnvironment,
@@ -227,15 +246,9 @@ async def test_secrets_absent_from_failure(
     errors, so only a client with the key reads it."""
     secrets, values = secret_values()
     values["app"]["replicas"] = -1
-    async with running_worker(codec_client, worker_settings):
-        handle = await start(
-            codec_client, worker_settings, deploy_request(namespace, values=values)
-        )
-        with pytest.raises(WorkflowFailureError) as failure:
-            await handle.result()
-    error = failure.value.cause
-    assert isinstance(error, ApplicationError)
-    assert error.type == contracts.VALUES_REJECTED
+    handle, error = await rejected_deploy(
+        codec_client, worker_settings, namespace, values
+    )
     assert "/app/replicas" in error.message
     assert leaked_forms(secrets, error.message.encode()) == []
 
@@ -260,15 +273,7 @@ async def test_schema_error_hides_rejected_value(
     quotes the value, and the status output and the logs show the message."""
     secrets, values = secret_values()
     values["image"] = {"repository": f"deployer:{secrets[0]}@registry.example/crm"}
-    async with running_worker(codec_client, worker_settings):
-        handle = await start(
-            codec_client, worker_settings, deploy_request(namespace, values=values)
-        )
-        with pytest.raises(WorkflowFailureError) as failure:
-            await handle.result()
-    error = failure.value.cause
-    assert isinstance(error, ApplicationError)
-    assert error.type == contracts.VALUES_REJECTED
+    _, error = await rejected_deploy(codec_client, worker_settings, namespace, values)
     assert "at '/image/repository': (value not shown) does not match" in error.message
     assert error.cause is None
     assert leaked_forms(secrets, error.message.encode()) == []
