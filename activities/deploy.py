@@ -264,7 +264,8 @@ def translate_errors(func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R
                 contracts.KUBECONFIG_INVALID,
                 f"the worker's {error}. Fix the file, or set "
                 "VENTROS_DEPLOY_KUBECONFIG to a working kubeconfig and restart the "
-                "worker; then retry",
+                "worker. Then retry the failed step, or start the run again if it "
+                "has ended",
             ) from None
         except ChartNotFoundError as error:
             raise _non_retryable(contracts.CHART_NOT_FOUND, str(error)) from error
@@ -1002,7 +1003,7 @@ class DeployActivities:
         none of them present (a worker in the cluster uses its service
         account) there are no contexts, so naming one is the request's error.
         A file that the worker's setting names but that it cannot read is the
-        worker's problem: KubeconfigUnreadable.
+        worker's problem: KubeconfigInvalid, as when the client loads it.
         """
         if context is None:
             return
@@ -1027,16 +1028,17 @@ class DeployActivities:
                 config = yaml.load(path.read_text(), Loader=SAFE_LOADER) or {}
             except OSError as error:
                 raise _non_retryable(
-                    contracts.KUBECONFIG_UNREADABLE,
-                    f"cannot read the worker's kubeconfig {path}: {error.strerror}; "
-                    "set VENTROS_DEPLOY_KUBECONFIG",
+                    contracts.KUBECONFIG_INVALID,
+                    f"cannot read the worker's kubeconfig {path}: {error.strerror}. "
+                    "Fix the file, or set VENTROS_DEPLOY_KUBECONFIG, and restart the "
+                    "worker",
                 ) from error
             except yaml.YAMLError:
                 # Not the parser's text: it quotes the file, which can contain keys.
                 raise _non_retryable(
-                    contracts.KUBECONFIG_UNREADABLE,
-                    f"the worker's kubeconfig {path} is not valid YAML; fix it or "
-                    "set VENTROS_DEPLOY_KUBECONFIG",
+                    contracts.KUBECONFIG_INVALID,
+                    f"the worker's kubeconfig {path} is not valid YAML. Fix the "
+                    "file, or set VENTROS_DEPLOY_KUBECONFIG, and restart the worker",
                 ) from None
             if isinstance(config, dict):
                 names += [c.get("name") for c in config.get("contexts") or []]

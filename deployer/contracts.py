@@ -24,8 +24,6 @@ INVALID_REQUEST = "InvalidRequest"
 VALUES_REJECTED = "ValuesRejected"
 CHART_NOT_FOUND = "ChartNotFound"
 KUBE_CONTEXT_NOT_FOUND = "KubeContextNotFound"
-# The worker cannot read its own kubeconfig: a worker problem, not the request's.
-KUBECONFIG_UNREADABLE = "KubeconfigUnreadable"
 OBJECT_INVALID = "ObjectInvalid"
 FORBIDDEN = "Forbidden"
 TERMINAL_FAILURE = "TerminalFailure"
@@ -48,6 +46,8 @@ NON_RETRYABLE_TYPES = (
 OWNED_ELSEWHERE = "OwnedElsewhere"
 OPERATORS_INSTALLED = "OperatorsInstalled"
 RELEASE_NAME_TAKEN = "ReleaseNameTaken"
+# The worker cannot read or use its own kubeconfig: a worker problem, not the
+# request's.
 KUBECONFIG_INVALID = "KubeconfigInvalid"
 # A migration Job of another app version with the same name still runs.
 MIGRATION_BUSY = "MigrationBusy"

@@ -468,6 +468,7 @@ async def test_unusable_kubeconfig_fails_validate(
     assert cause.type == contracts.KUBECONFIG_INVALID
     assert f"the worker's kubeconfig {garbage} is not YAML" in cause.message
     assert "VENTROS_DEPLOY_KUBECONFIG" in cause.message
+    assert cause.message.endswith("or start the run again if it has ended")
     assert "sEcReT-7781" not in cause.message
     # The worker's kubeconfig, not the request, is at fault.
     assert status.state == "failed"

@@ -25,7 +25,7 @@ def test_unreadable_kubeconfig_not_request_error(tmp_path: Path) -> None:
     missing = tmp_path / "missing"
     with pytest.raises(ApplicationError) as raised:
         activities_with(missing)._check_kube_context("prod")
-    assert raised.value.type == contracts.KUBECONFIG_UNREADABLE
+    assert raised.value.type == contracts.KUBECONFIG_INVALID
     assert raised.value.type not in contracts.REJECTED_REQUEST_TYPES
     assert raised.value.type not in contracts.DESTROY_REJECTED_TYPES
     assert f"cannot read the worker's kubeconfig {missing}" in raised.value.message
@@ -88,6 +88,6 @@ def test_invalid_kubeconfig_yaml_quotes_nothing(tmp_path: Path) -> None:
     kubeconfig.write_text("token: s3cr3t-value\n  bad: [indent\n")
     with pytest.raises(ApplicationError) as raised:
         activities_with(kubeconfig)._check_kube_context("prod")
-    assert raised.value.type == contracts.KUBECONFIG_UNREADABLE
+    assert raised.value.type == contracts.KUBECONFIG_INVALID
     assert "is not valid YAML" in raised.value.message
     assert "s3cr3t" not in raised.value.message
