@@ -776,6 +776,26 @@ def resolve_id(args: argparse.Namespace) -> str:
     raise CliError("give a workflow id, or --release and --namespace", EXIT_USAGE)
 
 
+async def query_status(
+    handle: WorkflowHandle[Any, Any], model: StatusModel, running: bool
+) -> AnyStatus:
+    """Query the run's status; ask a second time when a running run's first
+    query fails.
+
+    The server sends a run's query to the sticky task queue of the worker
+    that ran it last, until that queue has had no poll for 10 s
+    (stickyPollerUnavailableWindow in the Temporal server's matching engine).
+    So after a worker was killed, a query in that time times out, although a
+    new worker polls the normal queue. The second query goes to the new one.
+    """
+    try:
+        return await fetch_status(handle, model, WORKER_RESPONSE_TIMEOUT)
+    except RPCError as error:
+        if error.status is RPCStatusCode.NOT_FOUND or not running:
+            raise
+    return await fetch_status(handle, model, WORKER_RESPONSE_TIMEOUT)
+
+
 async def cmd_status(client: Client, args: argparse.Namespace, console: Console) -> int:
     # describe first, then ask that run only: a new run of the same id that
     # starts meanwhile is not mixed in.
@@ -785,14 +805,14 @@ async def cmd_status(client: Client, args: argparse.Namespace, console: Console)
     info = description.raw_description.workflow_execution_info
     running = info.status == WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_RUNNING
     try:
-        status = await fetch_status(handle, model, WORKER_RESPONSE_TIMEOUT)
+        status = await query_status(handle, model, running)
     except RPCError as error:
         if error.status is RPCStatusCode.NOT_FOUND:
             raise
         # A query needs a worker, also for a run that has ended.
         if running:
             raise no_worker_error(
-                f"the status query of {handle.id} failed: {error.message}",
+                f"the status query of {handle.id} failed twice: {error.message}",
                 info.task_queue,
             ) from None
         state, message, error_type = await ended_outcome(handle, info.status)

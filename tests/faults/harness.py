@@ -28,6 +28,7 @@ from temporalio.service import RPCError
 from activities.kubeapi import GoneError, KubeClient, WatchStalledError, well_known
 from activities.waits import TRANSIENT_ERRORS
 from deployer.contracts import VALIDATE_REQUEST
+from deployer.inputs import workflow_id_for
 from deployer.phases import DeployStatus, PhaseState
 from testbed.cluster import tool_path
 
@@ -443,3 +444,15 @@ async def activity_runs(handle: WorkflowHandle[Any, Any]) -> list[ActivityRun]:
                 if isinstance(result, dict):  # Not the revision a record returns.
                     runs[completed.scheduled_event_id].result = result
     return list(runs.values())
+
+
+async def start_deploy(
+    client: Client, request: dict[str, Any], task_queue: str
+) -> WorkflowHandle[Any, Any]:
+    """Start a deploy of request under its release's workflow id."""
+    return await client.start_workflow(
+        "VentrosDeploy",
+        request,
+        id=workflow_id_for(request["namespace"], request["release"]),
+        task_queue=task_queue,
+    )

@@ -28,7 +28,6 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.kubeapi import KubeClient, well_known
 from activities.waits import TRANSIENT_ERRORS
-from deployer.inputs import workflow_id_for
 from deployer.phases import PhaseState
 from testbed.cluster import ClusterConfig, LocalCluster
 from testbed.leftovers import delete_release_leftovers
@@ -38,6 +37,7 @@ from tests.faults.harness import (
     deploy_status,
     final_status,
     free_port,
+    start_deploy,
     wait_for_activity,
 )
 
@@ -153,12 +153,7 @@ async def outage_during_data_wait(
     request = deploy_request(namespace, timeouts=timeouts)
     worker = worker_factory(dev_server_address(temporal_env), own_cluster.kubeconfig)
     await worker.start()
-    handle = await temporal_env.client.start_workflow(
-        "VentrosDeploy",
-        request,
-        id=workflow_id_for(namespace, request["release"]),
-        task_queue=worker.task_queue,
-    )
+    handle = await start_deploy(temporal_env.client, request, worker.task_queue)
     await wait_for_activity(handle, "data: wait", worker.pid)
     await wait_until_only_data_waits(handle)
 

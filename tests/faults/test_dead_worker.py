@@ -11,6 +11,7 @@ the phase timeout would end the wait.
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from typing import Any
 
@@ -21,11 +22,10 @@ from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
 from activities.kubeapi import KubeClient, well_known
-from deployer.inputs import workflow_id_for
-from testbed.cluster import LocalCluster
+from testbed.cluster import REPO_ROOT, LocalCluster
 from tests.conftest import deploy_request
 from tests.faults.conftest import WorkerFactory, dev_server_address
-from tests.faults.harness import wait_for_activity
+from tests.faults.harness import start_deploy, wait_for_activity
 from workflows.deploy import WAIT_HEARTBEAT_TIMEOUT
 
 NAMESPACE = well_known("v1", "Namespace")
@@ -83,12 +83,7 @@ async def kill_during_long_wait(
     request = deploy_request(namespace, timeouts=timeouts)
     worker = worker_factory(dev_server_address(temporal_env), cluster.kubeconfig)
     await worker.start()
-    handle = await temporal_env.client.start_workflow(
-        "VentrosDeploy",
-        request,
-        id=workflow_id_for(namespace, request["release"]),
-        task_queue=worker.task_queue,
-    )
+    handle = await start_deploy(temporal_env.client, request, worker.task_queue)
     try:
         first = await wait_for_activity(handle, f"{phase}: wait", worker.pid)
         # Let the wait run a while, as a real long wait would, before the crash.
@@ -143,3 +138,42 @@ async def test_dead_worker_migration_wait(
         temporal_env, cluster, kube, namespace, worker_factory, record_property,
         "migration", {"sim.ventros.io/job-duration": "600"},
     )  # fmt: skip
+
+
+async def test_status_after_worker_kill(
+    temporal_env: WorkflowEnvironment,
+    cluster: LocalCluster,
+    kube: KubeClient,
+    namespace: str,
+    worker_factory: WorkerFactory,
+) -> None:
+    """status shows a running deploy right after its worker was killed and a
+    new one started. Its first query goes to the dead worker's sticky queue
+    and times out, so the client queries again, and the new worker answers."""
+    steer = {"sim.ventros.io/postgres-outcome": "creating"}
+    await kube.merge_patch(NAMESPACE, namespace, {"metadata": {"annotations": steer}})
+    request = deploy_request(namespace)
+    worker = worker_factory(dev_server_address(temporal_env), cluster.kubeconfig)
+    await worker.start()
+    handle = await start_deploy(temporal_env.client, request, worker.task_queue)
+    try:
+        await wait_for_activity(handle, "data: wait", worker.pid)
+        worker.kill()
+        await worker.start()
+        status = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "client",
+            "status",
+            handle.id,
+            env=worker.env(),
+            cwd=REPO_ROOT,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        stdout, stderr = await status.communicate()
+    finally:
+        await handle.terminate("fault test finished")
+
+    assert status.returncode == 0, stderr.decode()
+    assert f"{handle.id} ({namespace}): running" in stdout.decode()

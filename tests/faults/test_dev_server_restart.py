@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from deployer.inputs import workflow_id_for
 from deployer.phases import PhaseState
 from testbed.cluster import LocalCluster
 from tests.conftest import deploy_request, temporal_cli
@@ -26,6 +25,7 @@ from tests.faults.harness import (
     DevServer,
     connect_client,
     final_status,
+    start_deploy,
     wait_for_activity,
 )
 
@@ -54,12 +54,7 @@ async def restart_during(
     worker = worker_factory(dev_server.address, cluster.kubeconfig)
     await worker.start()
     request = deploy_request(namespace)
-    handle = await client.start_workflow(
-        "VentrosDeploy",
-        request,
-        id=workflow_id_for(namespace, request["release"]),
-        task_queue=worker.task_queue,
-    )
+    handle = await start_deploy(client, request, worker.task_queue)
     await wait_for_activity(handle, step, worker.pid)
     dev_server.kill()
     await asyncio.sleep(outage_s)

@@ -22,7 +22,7 @@ from temporalio.testing import WorkflowEnvironment
 from activities.deploy import temporal_chart_values
 from activities.helm import Helm, HelmError
 from activities.kubeapi import KubeClient, well_known
-from deployer.inputs import ChartRef, workflow_id_for
+from deployer.inputs import ChartRef
 from deployer.phases import DeployStatus, PhaseState
 from deployer.settings import WorkerSettings
 from testbed.cluster import LocalCluster, tool_path
@@ -33,7 +33,7 @@ from tests.conftest import (
     helm_set_values,
     running_worker,
 )
-from tests.faults.harness import activity_runs
+from tests.faults.harness import activity_runs, start_deploy
 
 OPERATOR_RELEASE = "ventros-crm-postgres-operator"
 OPERATOR_CHART = f"{FIXTURE_CHARTS}/postgres-operator"
@@ -135,12 +135,7 @@ async def deploy_and_notes(
     """Run a deploy; return its status, and the notes and attempt of phase's apply."""
     request = deploy_request(namespace)
     async with running_worker(temporal_env.client, settings):
-        handle = await temporal_env.client.start_workflow(
-            "VentrosDeploy",
-            request,
-            id=workflow_id_for(namespace, request["release"]),
-            task_queue=settings.task_queue,
-        )
+        handle = await start_deploy(temporal_env.client, request, settings.task_queue)
         status = DeployStatus.model_validate(await handle.result())
     runs = [
         r
