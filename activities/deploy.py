@@ -631,6 +631,78 @@ def version_of_job(job: JsonObject) -> str | None:
     return str(version) if version is not None else None
 
 
+CONFIG_MAP = well_known("v1", "ConfigMap")
+# In the history ConfigMap: the app versions whose migration Job completed and
+# was then pruned, as a JSON object of version to the Job's completion time.
+MIGRATED_KEY = "migrated-versions"
+# The field manager of MIGRATED_KEY. The record of ran revisions applies the
+# same ConfigMap with the default manager. A server-side apply removes the
+# fields that its manager set before and left out, so with one manager each
+# record would remove the other's key.
+MIGRATED_MANAGER = "ventros-deploy-migrations"
+# How many pruned versions the note keeps; the oldest are dropped first.
+MIGRATED_KEPT = 200
+
+
+def history_name(release: str) -> str:
+    """Return the name of the release's history ConfigMap."""
+    return f"{release}-deploy-history"
+
+
+def migrated_versions(history: JsonObject | None) -> dict[str, str]:
+    """Return the pruned migrations noted in the history ConfigMap: version to
+    completion time (RFC 3339). An unreadable note counts as empty."""
+    noted = str(((history or {}).get("data") or {}).get(MIGRATED_KEY, "") or "{}")
+    try:
+        versions = json.loads(noted)
+    except ValueError:
+        return {}
+    if not isinstance(versions, dict):
+        return {}
+    return {str(k): str(v) for k, v in versions.items()}
+
+
+def migration_selector(request: DeployRequest) -> str:
+    """Return the label selector of the release's migration Jobs."""
+    return f"{PHASE_LABEL}=migration,{INSTANCE_LABEL}={request.release}"
+
+
+def later_migrations(done: dict[str, str], version: str | None) -> list[str]:
+    """Return a note naming the migrations that completed after version's,
+    which stay applied when that version runs again, or no note."""
+    if version not in done:
+        return []
+    later = sorted(
+        (v for v, at in done.items() if at > done[version] and v != version),
+        key=lambda v: done[v],
+    )
+    if not later:
+        return []
+    return [
+        "database migrations are not undone: the migrations of later app "
+        f"versions stay applied ({', '.join(later)})"
+    ]
+
+
+def with_completed(noted: dict[str, str], jobs: list[JsonObject]) -> dict[str, str]:
+    """Return noted with the version and completion time of each completed Job."""
+    merged = dict(noted)
+    for job in jobs:
+        finished = completed_at(job)
+        version = version_of_job(job)
+        if finished and version is not None:
+            merged[version] = finished
+    return merged
+
+
+def completed_at(job: JsonObject) -> str | None:
+    """Return when a migration Job completed, or None if it did not."""
+    if not readiness.job(job).ready:
+        return None
+    status = job.get("status") or {}
+    return str(status.get("completionTime") or job["metadata"]["creationTimestamp"])
+
+
 def image_tag(deployment: JsonObject) -> str:
     """Return the app version a Deployment runs: its app container's image tag."""
     template = deployment["spec"]["template"]
@@ -1553,10 +1625,31 @@ class DeployActivities:
         await self._apply_objects(kube, others, request.namespace)
         notes: list[str] = []
         job_type = well_known("batch/v1", "Job")
+        listing, history = await asyncio.gather(
+            kube.list(
+                job_type, request.namespace, label_selector=migration_selector(request)
+            ),
+            kube.get(CONFIG_MAP, history_name(request.release), request.namespace),
+        )
+        listed = listing.get("items", [])
+        pruned = migrated_versions(history)
+        # Every migration known to have completed: version to completion time.
+        done = with_completed(pruned, listed)
+        waits = []
         for job in jobs:
             name = job["metadata"]["name"]
+            version = version_of_job(job)
             existing = await kube.get(job_type, name, request.namespace)
             other = version_of_job(existing) if existing else None
+            if version in pruned and (existing is None or other != version):
+                # Its Job was pruned after it completed: a removed Job does not
+                # mean a version that still has to migrate.
+                notes.append(
+                    f"app version {version} migrated at {pruned[version]}, and "
+                    f"job/{name} was removed since; not run again"
+                )
+                notes += later_migrations(done, version)
+                continue
             if existing and other != version_of_job(job):
                 # Versions such as 1.0.0 and 1-0-0 give one Job name. The Job
                 # ran for the other version, so it is replaced, not counted,
@@ -1570,6 +1663,10 @@ class DeployActivities:
                         f"name as {version_of_job(job)}. Wait until it ends (or "
                         "delete it if it must not finish), then retry",
                     )
+                finished = completed_at(existing)
+                if finished and other is not None and pruned.get(other) != finished:
+                    pruned = {**pruned, other: finished}
+                    await self._note_migrated(kube, request, pruned)
                 await kube.delete(
                     job_type, name, request.namespace, propagation="Foreground"
                 )
@@ -1584,6 +1681,8 @@ class DeployActivities:
                 notes.append(
                     f"job/{name} already completed for this app version; not run again"
                 )
+                notes += later_migrations(done, version)
+                waits.append(ref_of(job, request.namespace))
                 continue
             if verdict and verdict.failure:
                 # A failed Job is replaced, never patched: its pod template is
@@ -1597,10 +1696,10 @@ class DeployActivities:
             if existing is None:
                 job["metadata"]["namespace"] = request.namespace
                 await kube.create(job_type, job, request.namespace)
+            waits.append(ref_of(job, request.namespace))
         await self._prune_migrations(
-            kube, request, {j["metadata"]["name"] for j in jobs}
+            kube, request, {j["metadata"]["name"] for j in jobs}, listed, pruned
         )
-        waits = [ref_of(j, request.namespace) for j in jobs]
         return ApplyResult(
             phase=Phase.MIGRATION, applied=len(jobs), waits=waits, notes=notes
         )
@@ -1619,20 +1718,50 @@ class DeployActivities:
         )
 
     async def _prune_migrations(
-        self, kube: KubeClient, request: DeployRequest, keep: set[str]
+        self,
+        kube: KubeClient,
+        request: DeployRequest,
+        keep: set[str],
+        listed: list[JsonObject],
+        pruned: dict[str, str],
     ) -> None:
+        """Delete all but the newest MIGRATION_HISTORY migration Jobs, after
+        noting the versions of the completed ones in the history ConfigMap."""
         job_type = well_known("batch/v1", "Job")
-        selector = (
-            f"{PHASE_LABEL}=migration,app.kubernetes.io/instance={request.release}"
-        )
-        listing = await kube.list(job_type, request.namespace, label_selector=selector)
         old = sorted(
-            (j for j in listing.get("items", []) if j["metadata"]["name"] not in keep),
+            (j for j in listed if j["metadata"]["name"] not in keep),
             key=lambda j: j["metadata"]["creationTimestamp"],
             reverse=True,
-        )
-        for job in old[MIGRATION_HISTORY - 1 :]:
+        )[MIGRATION_HISTORY - 1 :]
+        noted = with_completed(pruned, old)
+        if noted != pruned:
+            await self._note_migrated(kube, request, noted)
+        for job in old:
             await kube.delete(job_type, job["metadata"]["name"], request.namespace)
+
+    async def _note_migrated(
+        self, kube: KubeClient, request: DeployRequest, noted: dict[str, str]
+    ) -> None:
+        """Write the pruned migrations' versions to the history ConfigMap."""
+        newest = sorted(noted.items(), key=lambda item: item[1])[-MIGRATED_KEPT:]
+        await kube.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {
+                    "name": history_name(request.release),
+                    "namespace": request.namespace,
+                    # The destroy's app step deletes it with the app.
+                    "labels": {
+                        PHASE_LABEL: Phase.APP.value,
+                        INSTANCE_LABEL: request.release,
+                        "app.kubernetes.io/managed-by": "ventros-deploy",
+                    },
+                },
+                "data": {MIGRATED_KEY: json.dumps(dict(newest), sort_keys=True)},
+            },
+            field_manager=MIGRATED_MANAGER,
+        )
 
     # -- wait -------------------------------------------------------------
 

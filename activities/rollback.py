@@ -31,6 +31,7 @@ from temporalio.exceptions import ApplicationError
 from activities import readiness
 from activities.deploy import (
     APP_VERSION_ANNOTATION,
+    CONFIG_MAP,
     INSTANCE_LABEL,
     PHASE_LABEL,
     DeployActivities,
@@ -38,6 +39,7 @@ from activities.deploy import (
     check_release_idle,
     deep_merge,
     heartbeat_while_running,
+    history_name,
     image_tag,
     ref_of,
     secrets_digest,
@@ -62,7 +64,6 @@ RAN_KEY = "ran-revisions"
 # helm keeps 10 revisions by default; a few more cover a raised limit.
 RAN_KEPT = 30
 SECRET = well_known("v1", "Secret")
-CONFIG_MAP = well_known("v1", "ConfigMap")
 DEPLOYMENT = well_known("apps/v1", "Deployment")
 JOB = well_known("batch/v1", "Job")
 
@@ -71,10 +72,6 @@ def _nothing_to_roll_back(message: str) -> ApplicationError:
     return ApplicationError(
         message, type=contracts.NOTHING_TO_ROLL_BACK, non_retryable=True
     )
-
-
-def history_name(release: str) -> str:
-    return f"{release}-deploy-history"
 
 
 def ran_revisions(history: JsonObject | None) -> set[int] | None:

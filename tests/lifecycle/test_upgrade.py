@@ -5,6 +5,7 @@ A deploy with nothing changed changes nothing. Old migration Jobs are pruned."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
@@ -13,8 +14,14 @@ from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
-from activities.deploy import MIGRATION_HISTORY
+from activities.deploy import (
+    CONFIG_MAP,
+    MIGRATED_KEY,
+    MIGRATION_HISTORY,
+    history_name,
+)
 from activities.kubeapi import JsonObject, KubeClient, well_known
+from activities.rollback import RAN_KEY
 from deployer import contracts
 from deployer.phases import PHASE_ORDER, DeployStatus, PhaseState
 from deployer.settings import WorkerSettings
@@ -231,6 +238,26 @@ async def test_running_shared_name_migration_kept(
     assert still["metadata"]["uid"] == running["metadata"]["uid"]
 
 
+async def deploy_each(
+    temporal_env: WorkflowEnvironment,
+    settings: WorkerSettings,
+    namespace: str,
+    versions: list[str],
+) -> DeployStatus:
+    """Deploy each version in turn; return the last deploy's status."""
+    async with running_worker(temporal_env.client, settings):
+        for version in versions:
+            status = await deploy(temporal_env, settings, namespace, version)
+            assert status.state == "succeeded", version
+    return status
+
+
+async def migration_job_names(kube: KubeClient, namespace: str) -> list[str]:
+    return sorted(
+        job["metadata"]["name"] for job in await migration_jobs(kube, namespace)
+    )
+
+
 async def test_migration_history_pruned(
     temporal_env: WorkflowEnvironment,
     lifecycle_settings: WorkerSettings,
@@ -240,19 +267,43 @@ async def test_migration_history_pruned(
     """After four versions the current migration Job and the two before it
     remain, and the oldest one is deleted."""
     versions = ["1.0.0", "1.1.0", "1.2.0", "1.3.0"]
-    async with running_worker(temporal_env.client, lifecycle_settings):
-        for version in versions:
-            status = await deploy(temporal_env, lifecycle_settings, namespace, version)
-            assert status.state == "succeeded", version
-    names = sorted(
-        job["metadata"]["name"] for job in await migration_jobs(kube, namespace)
-    )
+    await deploy_each(temporal_env, lifecycle_settings, namespace, versions)
+    names = await migration_job_names(kube, namespace)
     assert len(names) == MIGRATION_HISTORY
     assert names == [
         f"{RELEASE}-migrate-1-1-0",
         f"{RELEASE}-migrate-1-2-0",
         f"{RELEASE}-migrate-1-3-0",
     ]
+
+
+async def test_pruned_version_not_migrated_again(
+    temporal_env: WorkflowEnvironment,
+    lifecycle_settings: WorkerSettings,
+    kube: KubeClient,
+    namespace: str,
+) -> None:
+    """A version whose migration Job completed and was pruned does not
+    migrate again when it is deployed later. The phase says so and names the
+    later migrations, which stay applied. The pruned versions are noted in
+    the history ConfigMap next to the rollback's revisions."""
+    versions = ["1.0.0", "1.1.0", "1.2.0", "1.3.0", "1.0.0"]
+    status = await deploy_each(temporal_env, lifecycle_settings, namespace, versions)
+    names = await migration_job_names(kube, namespace)
+    migration = record(status, "migration")
+    history = await get(kube, CONFIG_MAP, history_name(RELEASE), namespace)
+    migrated = json.loads(history["data"][MIGRATED_KEY])
+
+    assert f"{RELEASE}-migrate-1-0-0" not in names
+    assert migration.last_status is not None
+    assert "app version 1.0.0 migrated at" in migration.last_status
+    assert "was removed since; not run again" in migration.last_status
+    assert "later app versions stay applied (1.1.0, 1.2.0, 1.3.0)" in (
+        migration.last_status
+    )
+    assert app_image_tag(await get(kube, DEPLOYMENT, RELEASE, namespace)) == "1.0.0"
+    assert "1.0.0" in migrated
+    assert history["data"][RAN_KEY]
 
 
 async def test_unchangeable_value_fails_validate(
