@@ -61,6 +61,7 @@ from deployer.inputs import (
     TIMEOUT_MIN_S,
     DeployRequest,
     InvalidRequestError,
+    json_type_name,
     parse_request,
     workflow_id_for,
 )
@@ -371,21 +372,6 @@ def read_request_file(path: str) -> dict[str, Any]:
     return request
 
 
-def json_type_name(value: Any) -> str:
-    """Return the JSON name of a parsed JSON value's type, such as array."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return "an object"
-
-
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     merged = dict(base)
     for key, value in override.items():
@@ -407,8 +393,17 @@ def _short(text: str, namespace: str, limit: int | None = 60) -> str:
     return text[: limit - 1] + "…"
 
 
+def status_title(status: DeployStatus | RollbackStatus) -> str:
+    """Return the table title: the workflow id, its namespace and the state.
+
+    A run whose input could not be parsed knows no namespace.
+    """
+    where = f" ({status.namespace})" if status.namespace else ""
+    return f"{status.workflow_id}{where}: {status.state}"
+
+
 def phase_table(status: DeployStatus, live: dict[str, str] | None = None) -> Table:
-    title = f"{status.workflow_id} ({status.namespace}): {status.state}"
+    title = status_title(status)
     table = Table(title=title, title_justify="left")
     table.add_column("phase")
     table.add_column("state")
@@ -448,7 +443,7 @@ def phase_table(status: DeployStatus, live: dict[str, str] | None = None) -> Tab
 
 
 def rollback_table(status: RollbackStatus) -> Table:
-    title = f"{status.workflow_id} ({status.namespace}): {status.state}"
+    title = status_title(status)
     # The title sets the width: the two short columns would wrap it.
     table = Table(
         title=title, title_justify="left", show_header=False, min_width=len(title)
@@ -1478,6 +1473,12 @@ async def run(args: argparse.Namespace) -> int:
             parse_request(build_request(args))
         except InvalidRequestError as error:
             raise CliError(str(error), EXIT_USAGE) from None
+    if args.command == "destroy" and args.delete_namespace and not args.delete_data:
+        raise CliError(
+            "--delete-namespace also deletes the PostgreSQL data in the namespace: "
+            "add --delete-data, or leave out --delete-namespace",
+            EXIT_USAGE,
+        )
     if args.command in STARTING_COMMANDS and not key_ring_configured(settings):
         raise CliError(
             f"no payload key ring is configured, so `{args.command}` would store "

@@ -333,6 +333,31 @@ class InvalidRequestError(ValueError):
     """The request is invalid; the message names each field, its value and the fix."""
 
 
+def json_type_name(value: Any) -> str:
+    """Return the JSON name of value's type with its article: "an array"."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str | bytes):
+        return "a string"
+    if isinstance(value, list | tuple):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return f"a {type(value).__name__}"
+
+
+def not_an_object(kind: str, raw: Any) -> InvalidRequestError:
+    """Return the error for a kind of request that is not a JSON object."""
+    return InvalidRequestError(
+        f"the {kind} request must be a JSON object, got {json_type_name(raw)}; "
+        'pass for example {"release": "ventros-crm", "namespace": "ventros-crm"}'
+    )
+
+
 def parse_request(raw: Any, lax: bool = False) -> DeployRequest:
     """Validate raw JSON (a dict, or a JSON string) into a DeployRequest.
 
@@ -343,15 +368,15 @@ def parse_request(raw: Any, lax: bool = False) -> DeployRequest:
         try:
             raw = json.loads(raw)
         except ValueError as error:
+            # Only the error's type and position: its message can quote the input.
             raise InvalidRequestError(
-                f"the deploy request is not valid JSON ({error.__class__.__name__} at "
-                f"position {getattr(error, 'pos', '?')}); pass one JSON object"
+                "the deploy request must be a JSON object, got a string that is "
+                f"not valid JSON ({error.__class__.__name__} at position "
+                f"{getattr(error, 'pos', '?')}); pass one JSON object, for example "
+                '{"release": "ventros-crm", "namespace": "ventros-crm"}'
             ) from None
     if not isinstance(raw, dict):
-        raise InvalidRequestError(
-            f"the deploy request must be a JSON object, got {type(raw).__name__}; "
-            'pass for example {"release": "ventros-crm", "namespace": "ventros-crm"}'
-        )
+        raise not_an_object("deploy", raw)
     try:
         request = DeployRequest.model_validate(raw, context={LAX: lax})
     except ValidationError as error:
@@ -390,8 +415,19 @@ def describe_validation_error(error: ValidationError) -> str:
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
             message = "unknown field; remove it or check its spelling"
+        object_expected = item["type"] in ("dict_type", "model_type")
+        if object_expected:
+            # The type only, which is safe to show for a secret field too.
+            message = f"must be a JSON object, got {json_type_name(item.get('input'))}"
+        # A check of the whole request names its fields itself.
+        echo = (
+            bool(item["loc"])
+            and not object_expected
+            and item["type"] != "extra_forbidden"
+            and not location.startswith(SECRET_FIELDS)
+        )
         shown = ""
-        if not location.startswith(SECRET_FIELDS) and item["type"] != "extra_forbidden":
+        if echo:
             text = json.dumps(item.get("input"), default=str)
             shown = f" (got {text[:80]}{'...' if len(text) > 80 else ''})"
         lines.append(f"{location}: {message}{shown}")

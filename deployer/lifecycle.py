@@ -34,6 +34,7 @@ from deployer.inputs import (
     check_release,
     describe_validation_error,
     json_int,
+    not_an_object,
     workflow_id_for,
 )
 from deployer.phases import DeployStatus
@@ -198,10 +199,7 @@ def parse_rollback_request(raw: Any, lax: bool = False) -> RollbackRequest:
 
 def _validate(model: type[M], raw: Any, what: str, lax: bool) -> M:
     if not isinstance(raw, dict):
-        raise InvalidRequestError(
-            f"the {what} request must be a JSON object, got {type(raw).__name__}; "
-            'pass for example {"release": "ventros-crm", "namespace": "ventros-crm"}'
-        )
+        raise not_an_object(what, raw)
     try:
         return model.model_validate(raw, context={LAX: lax})
     except ValidationError as error:

@@ -490,14 +490,14 @@ BAD_CASES = [
         with_request(values=["a"]),
         INVALID,
         "values: ",
-        "valid dictionary",
+        "must be a JSON object, got an array",
     ),
     BadCase(
         "chart-string",
         with_request(chart="chart"),
         INVALID,
         "chart: ",
-        "valid dictionary",
+        "must be a JSON object, got a string",
     ),
     BadCase(
         "install-operators-text",

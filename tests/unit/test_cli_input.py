@@ -324,3 +324,13 @@ def test_yaml_errors_keep_punctuation() -> None:
     assert result.returncode == 2, result.stderr
     assert "(text not shown)" not in result.stderr
     assert "expected ','" in result.stderr or "expected ']'" in result.stderr
+
+
+def test_delete_namespace_without_data_exit_2() -> None:
+    """destroy --delete-namespace without --delete-data names both flags
+    before it connects or needs a key ring."""
+    result = run_client(
+        ["destroy", "--release", "r", "--namespace", "n", "--delete-namespace"]
+    )
+    assert result.returncode == 2, result.stderr
+    assert "add --delete-data, or leave out --delete-namespace" in result.stderr

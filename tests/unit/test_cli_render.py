@@ -63,3 +63,19 @@ def test_long_status_of_a_succeeded_phase_is_cut() -> None:
     text = rendered(status_with(record))
     assert "…" in text
     assert "ready " * 20 not in text
+
+
+def test_title_without_namespace() -> None:
+    """A run whose input could not be parsed has no namespace, and the title
+    shows no empty parentheses."""
+    status = DeployStatus(
+        workflow_id="deploy-bad.r2",
+        release="",
+        namespace="",
+        app_version="",
+        state="invalid",
+        phases=[PhaseRecord(phase=p, state=PhaseState.PENDING) for p in PHASE_ORDER],
+    )
+    text = rendered(status)
+    assert text.startswith("deploy-bad.r2: invalid")
+    assert "()" not in text

@@ -1,5 +1,5 @@
-"""The note of pruned migrations in the history ConfigMap, and what a deploy
-of an earlier version says about the migrations after it."""
+"""The note of pruned migrations in the history ConfigMap, and the status
+note of a deploy of an earlier version about the migrations after it."""
 
 from __future__ import annotations
 

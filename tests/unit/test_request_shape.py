@@ -1,0 +1,64 @@
+"""A request that is not a JSON object, or whose object fields are not
+objects, is named by its JSON type, never by its content."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from deployer.inputs import InvalidRequestError, parse_request
+from deployer.lifecycle import parse_destroy_request, parse_rollback_request
+
+
+@pytest.mark.parametrize(
+    ("raw", "shown"),
+    [
+        (None, "got null"),
+        ([1], "got an array"),
+        (3, "got a number"),
+        (True, "got a boolean"),
+    ],
+)
+def test_non_object_named_by_type(raw: Any, shown: str) -> None:
+    for parse in (parse_request, parse_destroy_request, parse_rollback_request):
+        with pytest.raises(InvalidRequestError) as raised:
+            parse(raw)
+        assert f"must be a JSON object, {shown};" in str(raised.value)
+        assert "NoneType" not in str(raised.value)
+
+
+@pytest.mark.parametrize("raw", ["just a string", '{"release": "x"'])
+def test_string_input_message(raw: str) -> None:
+    """A string, as the temporal CLI sends for --input '"text"', is a string
+    whose text is not valid JSON, and the text is not shown."""
+    with pytest.raises(InvalidRequestError) as raised:
+        parse_request(raw)
+    message = str(raised.value)
+    assert message.startswith(
+        "the deploy request must be a JSON object, got a string that is not valid "
+        "JSON (JSONDecodeError at position"
+    )
+    assert raw not in message
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "shown"),
+    [("values", [], "got an array"), ("chart", "chart", "got a string")],
+)
+def test_object_field_named_by_type(field: str, value: Any, shown: str) -> None:
+    raw = {"release": "crm", "namespace": "shop", field: value}
+    with pytest.raises(InvalidRequestError) as raised:
+        parse_request(raw)
+    assert f"{field}: must be a JSON object, {shown}" in str(raised.value)
+
+
+def test_request_check_not_echoed() -> None:
+    """A check of the whole destroy request names the fields, and the request
+    itself is not repeated."""
+    raw = {"release": "crm", "namespace": "shop", "delete_namespace": True}
+    with pytest.raises(InvalidRequestError) as raised:
+        parse_destroy_request(raw)
+    message = str(raised.value)
+    assert "set delete_data too" in message
+    assert "(got" not in message
