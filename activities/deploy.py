@@ -1137,14 +1137,20 @@ class DeployActivities:
         ):
             return
         allowed = ", ".join((*listed, *trusted)) or "none"
+        # The dependencies of our chart vouch for the charts of its subcharts,
+        # not for the chart itself.
+        sources = (
+            "the repositories in VENTROS_DEPLOY_CHART_REPOSITORIES"
+            if field == "chart"
+            else "the repositories in VENTROS_DEPLOY_CHART_REPOSITORIES and "
+            "those that the chart's dependencies name"
+        )
         raise _non_retryable(
             contracts.INVALID_REQUEST,
             f"{field}: chart repository {chart.repository} is not allowed. The "
-            "worker fetches charts only from the repositories in "
-            "VENTROS_DEPLOY_CHART_REPOSITORIES and those that the chart's "
-            f"dependencies name (now: {allowed}). Name a chart folder under the "
-            "worker's chart root, or add the repository to that setting on the "
-            "worker",
+            f"worker fetches this chart only from {sources} (now: {allowed}). "
+            "Name a chart folder under the worker's chart root, or add the "
+            "repository to that setting on the worker",
         )
 
     async def _check_repositories(self, request: DeployRequest) -> None:

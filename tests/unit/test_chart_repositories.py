@@ -195,7 +195,11 @@ async def test_unlisted_chart_repository_rejected(tmp_path: Path) -> None:
     assert error.value.message.startswith(
         f"chart: chart repository {TRUSTED} is not allowed."
     )
-    assert "(now: none)" in error.value.message
+    assert (
+        "only from the repositories in VENTROS_DEPLOY_CHART_REPOSITORIES (now: none)"
+        in error.value.message
+    )
+    assert "dependencies" not in error.value.message
 
 
 async def test_rollback_rejects_unlisted_repository(tmp_path: Path) -> None:
