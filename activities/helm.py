@@ -114,7 +114,11 @@ class HelmError(Exception):
         self.command = command
         self.returncode = returncode
         # The hint names a helm flag that a user of the deployer cannot pass.
-        self.stderr = cap_stderr(stderr.replace(HELM_DEBUG_HINT, "").strip())
+        # Values go before the text is cut: a cut inside a quoted value would
+        # leave it unclosed, and then not hidden.
+        self.stderr = cap_stderr(
+            hide_schema_values(stderr.replace(HELM_DEBUG_HINT, "").strip())
+        )
         super().__init__(
             f"`helm {command}` failed with exit code {returncode}: {self.stderr}"
         )

@@ -35,3 +35,18 @@ def test_schema_values_hidden() -> None:
     assert "at '/config/url': (value not shown) is not valid uri\n" in text
     assert "maxLength: got 10, want 0" in text
     assert "got string, want integer" in text
+
+
+def test_schema_value_hidden_before_cut() -> None:
+    """A long schema error is cut in the middle, and a rejected value that the
+    cut would leave unclosed is hidden first."""
+    unknown = "".join(
+        f"- at '': additional properties 'legacy{n}' not allowed\n" for n in range(8)
+    )
+    secret = "user:Sup3rS3cretPassw0rd@registry.example.com/" + "x" * 300
+    rejected = f"- at '/image/repository': '{secret}' does not match pattern '^x$'\n"
+    tail = "".join(f"- at '/app/x{n}': got string, want integer\n" for n in range(60))
+    error = HelmError("template ventros-crm", 1, unknown + rejected + tail)
+    assert "characters cut" in error.stderr
+    assert "Sup3rS3cret" not in error.stderr
+    assert "Sup3rS3cret" not in str(error)
