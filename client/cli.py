@@ -22,6 +22,7 @@ import math
 import os
 import re
 import sys
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -181,12 +182,30 @@ def read_set_value(raw: str) -> Any:
     YAML drops a trailing comment ("pw #x" reads as "pw"), turns "00123" and
     "0o17" into numbers and "yes" into true. Each such value stays the literal
     string, so --set never stores anything but what was typed or its exact
-    YAML meaning. So does a value with an anchor, alias or tag. Quoted
-    scalars and flow collections ("[1, 2]") are read as YAML. Raises
-    yaml.YAMLError for invalid YAML, such as an unclosed bracket.
+    YAML meaning. So does a value with an anchor, alias, tag or line break,
+    a block scalar ("|" reads as ""), and text that YAML cannot read, such
+    as "@pw" or "=". Quoted scalars and flow collections ("[1, 2]") are read
+    as YAML. Raises yaml.YAMLError (or an error of a tag's constructor) for a
+    flow collection that YAML cannot read, such as an unclosed bracket.
     """
     if not raw:
         return ""
+    if any(brk in raw for brk in LINE_BREAKS):
+        return raw  # YAML folds a line break of a plain scalar into a space.
+    try:
+        return _read_yaml_value(raw)
+    except YAML_READ_ERRORS:
+        if raw.lstrip().startswith(("[", "{")):
+            raise  # Meant as a list or a map: a typo there is an error.
+        return raw
+
+
+# The line breaks of YAML 1.1, which PyYAML reads.
+LINE_BREAKS = ("\n", "\r", "\x85", "\u2028", "\u2029")
+
+
+def _read_yaml_value(raw: str) -> Any:
+    """Return raw's YAML value, or raw when the value would change its text."""
     if _has_node_properties(raw):
         return raw
     node = yaml.compose(raw, Loader=yaml.SafeLoader)
@@ -226,8 +245,12 @@ def _reads_as_written(node: yaml.Node) -> bool:
             _reads_as_written(key) and _reads_as_written(value)
             for key, value in node.value
         )
-    if not isinstance(node, yaml.ScalarNode) or node.style is not None:
-        return True  # Quoted or block scalars are strings as written.
+    if not isinstance(node, yaml.ScalarNode):
+        return True
+    if node.style in ("|", ">"):
+        return False  # A block scalar's header: "|" alone reads as "".
+    if node.style is not None:
+        return True  # Quoted scalars are strings as written.
     text = str(node.value)
     value = yaml.safe_load(text)
     if isinstance(value, bool):
@@ -598,11 +621,12 @@ async def follow(
 ) -> int:
     description = await handle.describe()
     model = status_model(handle.id, description.workflow_type)
-    status = await fetch_status(handle, model)
+    # A restarted worker answers after the server's sticky window at the latest.
+    status = await query_status(handle, model, running=True)
     if args.json:
         while await is_running(handle) and not _needs_attention(status):
             await asyncio.sleep(FOLLOW_INTERVAL_S)
-            status = await fetch_status(handle, model)
+            status = await query_status(handle, model, running=True)
         status = await fetch_status(handle, model)
         status, error_type, _ = await settle(handle, status)
         print(json.dumps(with_error_type(status.model_dump(mode="json"), error_type)))
@@ -612,7 +636,7 @@ async def follow(
     ) as live:
         while True:
             running = await is_running(handle)
-            status = await fetch_status(handle, model)
+            status = await query_status(handle, model, running)
             live.update(
                 status_view(
                     status, await live_statuses(client, handle) if running else None
@@ -713,6 +737,9 @@ ENDED_EXECUTION_STATES = {
 # How long a query or update waits for a worker to respond. Without a
 # worker, the server keeps both waiting until this timeout passes.
 WORKER_RESPONSE_TIMEOUT = timedelta(seconds=10)
+# The Temporal server sends a run's tasks and queries to the sticky queue of
+# its last worker until that queue has had no poll for 10 s, plus a margin.
+STICKY_WINDOW_S = 11.0
 # A schema error for a value that must be a string, in the two wordings of
 # helm's JSON schema libraries: "got number, want string" and "Expected:
 # string, given: integer". NOTE: matched by text, so other wordings get no hint.
@@ -780,15 +807,21 @@ async def query_status(
     The server sends a run's query to the sticky task queue of the worker
     that ran it last, until that queue has had no poll for 10 s
     (stickyPollerUnavailableWindow in the Temporal server's matching engine).
-    So after a worker was killed, a query in that time times out, although a
-    new worker polls the normal queue. The second query goes to the new one.
+    So after a worker was killed, a query in that time times out or fails,
+    although a new worker polls the normal queue. The query is sent again,
+    once a second, until one is sent after that window.
     """
-    try:
-        return await fetch_status(handle, model, WORKER_RESPONSE_TIMEOUT)
-    except RPCError as error:
-        if error.status is RPCStatusCode.NOT_FOUND or not running:
-            raise
-    return await fetch_status(handle, model, WORKER_RESPONSE_TIMEOUT)
+    started = time.monotonic()
+    while True:
+        sent = time.monotonic()
+        try:
+            return await fetch_status(handle, model, WORKER_RESPONSE_TIMEOUT)
+        except RPCError as error:
+            if error.status is RPCStatusCode.NOT_FOUND or not running:
+                raise
+            if sent - started > STICKY_WINDOW_S:
+                raise
+        await asyncio.sleep(1.0)
 
 
 async def cmd_status(client: Client, args: argparse.Namespace, console: Console) -> int:
