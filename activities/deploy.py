@@ -40,7 +40,6 @@ from activities.helm import (
     HelmError,
     InvalidRenderError,
     RenderCache,
-    hide_schema_values,
 )
 from activities.kubeapi import (
     ConflictError,
@@ -282,9 +281,9 @@ def translate_errors(func: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R
                 )
                 raise _non_retryable(
                     contracts.VALUES_REJECTED,
-                    "the chart rejected the values: "
-                    f"{hide_schema_values(error.stderr)}{hints}. Fix the named "
-                    "value and start again",
+                    # HelmError hid the values that the schema check quoted.
+                    f"the chart rejected the values: {error.stderr}{hints}. Fix "
+                    "the named value and start again",
                 ) from None
             if error.owned_elsewhere:
                 # helm will not adopt the object however often it tries.
@@ -632,27 +631,31 @@ def version_of_job(job: JsonObject) -> str | None:
 
 
 CONFIG_MAP = well_known("v1", "ConfigMap")
-# In the history ConfigMap: the app versions whose migration Job completed and
-# was then pruned, as a JSON object of version to the Job's completion time.
+# In the migrations ConfigMap: the app versions whose migration Job completed
+# and was then deleted, as a JSON object of version to the completion time.
 MIGRATED_KEY = "migrated-versions"
-# The field manager of MIGRATED_KEY. The record of ran revisions applies the
-# same ConfigMap with the default manager. A server-side apply removes the
-# fields that its manager set before and left out, so with one manager each
-# record would remove the other's key.
-MIGRATED_MANAGER = "ventros-deploy-migrations"
-# How many pruned versions the note keeps; the oldest are dropped first.
+# How many deleted versions the note keeps; the oldest are dropped first.
 MIGRATED_KEPT = 200
 
 
 def history_name(release: str) -> str:
-    """Return the name of the release's history ConfigMap."""
+    """Return the name of the release's history ConfigMap, which rollback reads."""
     return f"{release}-deploy-history"
 
 
-def migrated_versions(history: JsonObject | None) -> dict[str, str]:
-    """Return the pruned migrations noted in the history ConfigMap: version to
-    completion time (RFC 3339). An unreadable note counts as empty."""
-    noted = str(((history or {}).get("data") or {}).get(MIGRATED_KEY, "") or "{}")
+def migrations_name(release: str) -> str:
+    """Return the name of the ConfigMap that notes the migrated versions.
+
+    It carries the data phase's label, so a destroy keeps it with the
+    database and deletes it only with --delete-data.
+    """
+    return f"{release}-migrations"
+
+
+def migrated_versions(record: JsonObject | None) -> dict[str, str]:
+    """Return the deleted migrations noted in the migrations ConfigMap: version
+    to completion time (RFC 3339). An unreadable note counts as empty."""
+    noted = str(((record or {}).get("data") or {}).get(MIGRATED_KEY, "") or "{}")
     try:
         versions = json.loads(noted)
     except ValueError:
@@ -692,6 +695,48 @@ def with_completed(noted: dict[str, str], jobs: list[JsonObject]) -> dict[str, s
         version = version_of_job(job)
         if finished and version is not None:
             merged[version] = finished
+    return merged
+
+
+async def note_migrated(
+    kube: KubeClient, release: str, namespace: str, noted: dict[str, str]
+) -> None:
+    """Write the deleted migrations' versions to the migrations ConfigMap."""
+    newest = sorted(noted.items(), key=lambda item: item[1])[-MIGRATED_KEPT:]
+    await kube.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": {
+                "name": migrations_name(release),
+                "namespace": namespace,
+                "labels": {
+                    PHASE_LABEL: Phase.DATA.value,
+                    INSTANCE_LABEL: release,
+                    "app.kubernetes.io/managed-by": "ventros-deploy",
+                },
+            },
+            "data": {MIGRATED_KEY: json.dumps(dict(newest), sort_keys=True)},
+        }
+    )
+
+
+async def note_completed_migrations(
+    kube: KubeClient,
+    release: str,
+    namespace: str,
+    jobs: list[JsonObject],
+    noted: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """Note the versions of the completed Jobs among jobs, which are about to be
+    deleted; return the note. noted is the note as read, else it is read."""
+    if noted is None:
+        noted = migrated_versions(
+            await kube.get(CONFIG_MAP, migrations_name(release), namespace)
+        )
+    merged = with_completed(noted, jobs)
+    if merged != noted:
+        await note_migrated(kube, release, namespace, merged)
     return merged
 
 
@@ -1631,14 +1676,14 @@ class DeployActivities:
         await self._apply_objects(kube, others, request.namespace)
         notes: list[str] = []
         job_type = well_known("batch/v1", "Job")
-        listing, history = await asyncio.gather(
+        listing, record = await asyncio.gather(
             kube.list(
                 job_type, request.namespace, label_selector=migration_selector(request)
             ),
-            kube.get(CONFIG_MAP, history_name(request.release), request.namespace),
+            kube.get(CONFIG_MAP, migrations_name(request.release), request.namespace),
         )
         listed = listing.get("items", [])
-        pruned = migrated_versions(history)
+        pruned = migrated_versions(record)
         # Every migration known to have completed: version to completion time.
         done = with_completed(pruned, listed)
         waits = []
@@ -1669,10 +1714,9 @@ class DeployActivities:
                         f"name as {version_of_job(job)}. Wait until it ends (or "
                         "delete it if it must not finish), then retry",
                     )
-                finished = completed_at(existing)
-                if finished and other is not None and pruned.get(other) != finished:
-                    pruned = {**pruned, other: finished}
-                    await self._note_migrated(kube, request, pruned)
+                pruned = await note_completed_migrations(
+                    kube, request.release, request.namespace, [existing], pruned
+                )
                 await kube.delete(
                     job_type, name, request.namespace, propagation="Foreground"
                 )
@@ -1703,9 +1747,8 @@ class DeployActivities:
                 job["metadata"]["namespace"] = request.namespace
                 await kube.create(job_type, job, request.namespace)
             waits.append(ref_of(job, request.namespace))
-        await self._prune_migrations(
-            kube, request, {j["metadata"]["name"] for j in jobs}, listed, pruned
-        )
+        kept = {ref.name for ref in waits}
+        await self._prune_migrations(kube, request, kept, pruned)
         return ApplyResult(
             phase=Phase.MIGRATION, applied=len(jobs), waits=waits, notes=notes
         )
@@ -1728,46 +1771,37 @@ class DeployActivities:
         kube: KubeClient,
         request: DeployRequest,
         keep: set[str],
-        listed: list[JsonObject],
         pruned: dict[str, str],
     ) -> None:
-        """Delete all but the newest MIGRATION_HISTORY migration Jobs, after
-        noting the versions of the completed ones in the history ConfigMap."""
+        """Keep MIGRATION_HISTORY migration Jobs, the ones in keep (this
+        deploy's) and the newest others, and delete the rest that have ended,
+        after noting the versions of the completed ones.
+
+        The Jobs are listed here, after this deploy's Jobs were applied, so a
+        Job that completed meanwhile is noted too. A Job that still runs is
+        never deleted: deleting it would stop its migration halfway.
+        """
         job_type = well_known("batch/v1", "Job")
-        old = sorted(
-            (j for j in listed if j["metadata"]["name"] not in keep),
+        listing = await kube.list(
+            job_type, request.namespace, label_selector=migration_selector(request)
+        )
+        others = sorted(
+            (j for j in listing.get("items", []) if j["metadata"]["name"] not in keep),
             key=lambda j: j["metadata"]["creationTimestamp"],
             reverse=True,
-        )[MIGRATION_HISTORY - 1 :]
-        noted = with_completed(pruned, old)
-        if noted != pruned:
-            await self._note_migrated(kube, request, noted)
+        )
+        old = [
+            job
+            for job in others[max(0, MIGRATION_HISTORY - len(keep)) :]
+            if (verdict := readiness.job(job)).ready or verdict.failure
+        ]
+        if not old:
+            return
+        await note_completed_migrations(
+            kube, request.release, request.namespace, old, pruned
+        )
         for job in old:
             await kube.delete(job_type, job["metadata"]["name"], request.namespace)
-
-    async def _note_migrated(
-        self, kube: KubeClient, request: DeployRequest, noted: dict[str, str]
-    ) -> None:
-        """Write the pruned migrations' versions to the history ConfigMap."""
-        newest = sorted(noted.items(), key=lambda item: item[1])[-MIGRATED_KEPT:]
-        await kube.apply(
-            {
-                "apiVersion": "v1",
-                "kind": "ConfigMap",
-                "metadata": {
-                    "name": history_name(request.release),
-                    "namespace": request.namespace,
-                    # The destroy's app step deletes it with the app.
-                    "labels": {
-                        PHASE_LABEL: Phase.APP.value,
-                        INSTANCE_LABEL: request.release,
-                        "app.kubernetes.io/managed-by": "ventros-deploy",
-                    },
-                },
-                "data": {MIGRATED_KEY: json.dumps(dict(newest), sort_keys=True)},
-            },
-            field_manager=MIGRATED_MANAGER,
-        )
 
     # -- wait -------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities import preflight
 from activities.deploy import (
+    CONFIG_MAP,
     INSTANCE_LABEL,
     PHASE_LABEL,
     DeployActivities,
@@ -28,6 +29,8 @@ from activities.deploy import (
     check_own_id,
     check_release_idle,
     heartbeat_while_running,
+    migrations_name,
+    note_completed_migrations,
     ref_of,
     terminating_namespaces,
     translate_errors,
@@ -77,6 +80,7 @@ SPILO_SELECTOR = "application=spilo,cluster-name={name}"
 NAMESPACE = well_known("v1", "Namespace")
 POD = well_known("v1", "Pod")
 PVC = well_known("v1", "PersistentVolumeClaim")
+JOB = well_known("batch/v1", "Job")
 
 
 def phase_selector(release: str, phase: Phase) -> str:
@@ -236,6 +240,13 @@ class TeardownActivities:
         kube = await self._deploy.kube(request.kube_context)
         selector = phase_selector(request.release, phase)
         result = TeardownResult(phase=phase)
+        if phase is Phase.MIGRATION and not request.delete_data:
+            # The database stays with its migrations, so a later deploy must
+            # not run them again.
+            jobs = await kube.list(JOB, request.namespace, label_selector=selector)
+            await note_completed_migrations(
+                kube, request.release, request.namespace, jobs.get("items", [])
+            )
         for api_version, kind in PHASE_KINDS[phase]:
             await self._delete_selected(
                 kube, api_version, kind, request.namespace, selector, result
@@ -304,7 +315,16 @@ class TeardownActivities:
         if not request.delete_data:
             for ref in await self._postgresqls(kube, request, selector):
                 result.kept.append(f"{ref.describe()} with its data")
+            name = migrations_name(request.release)
+            if await kube.get(CONFIG_MAP, name, request.namespace) is not None:
+                result.kept.append(
+                    f"configmap/{name} with the app versions the database migrated to"
+                )
             return result
+        # The note of migrated versions goes with the database.
+        await self._delete_selected(
+            kube, "v1", "ConfigMap", request.namespace, selector, result
+        )
         api_version, kind = PHASE_KINDS[Phase.DATA][0]
         clusters = await self._delete_selected(
             kube, api_version, kind, request.namespace, selector, result

@@ -19,6 +19,7 @@ from temporalio.client import WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
+from activities.deploy import CONFIG_MAP, migrations_name
 from activities.helm import Helm
 from activities.kubeapi import KubeClient, ResourceType, well_known
 from client.cli import live_statuses
@@ -296,8 +297,9 @@ async def test_destroy_keeps_data_unless_asked(
     namespace: str,
 ) -> None:
     """Without --delete-data the postgresql and its operator stay, and the
-    result names the command that deletes them. A second destroy with the
-    option deletes them."""
+    result names the command that deletes them. The versions the database
+    migrated to stay noted, so a deploy of one of them again does not run
+    its migration. A second destroy with the option deletes them all."""
     database = f"{RELEASE}-db"
     async with running_worker(temporal_env.client, lifecycle_settings):
         await deploy(temporal_env, lifecycle_settings, namespace, "1.0.0")
@@ -306,6 +308,8 @@ async def test_destroy_keeps_data_unless_asked(
         )
         pg_kept = await kube.get(POSTGRESQL, database, namespace)
         releases_kept = await helm_releases(lifecycle_settings, namespace)
+        again = await deploy(temporal_env, lifecycle_settings, namespace, "1.0.0")
+        migrated_again = await kube.get(JOB, f"{RELEASE}-migrate-1-0-0", namespace)
         deleted = await destroy_status(
             await start_destroy(
                 temporal_env, lifecycle_settings, namespace, delete_data=True
@@ -323,9 +327,19 @@ async def test_destroy_keeps_data_unless_asked(
     assert await kube.get(DEPLOYMENT, RELEASE, namespace) is None
     assert await kube.get(RABBITMQ, f"{RELEASE}-rabbitmq", namespace) is None
 
+    assert f"configmap/{migrations_name(RELEASE)} with the app versions" in (
+        " ".join(kept.kept)
+    )
+    assert again.state == "succeeded"
+    assert migrated_again is None
+    migration = record(again, "migration")
+    assert migration.last_status is not None
+    assert "app version 1.0.0 migrated at" in migration.last_status
+
     assert deleted.state == "succeeded"
     assert deleted.kept == []
     assert await kube.get(POSTGRESQL, database, namespace) is None
+    assert await kube.get(CONFIG_MAP, migrations_name(RELEASE), namespace) is None
     assert await helm_releases(lifecycle_settings, namespace) == []
 
 

@@ -19,6 +19,7 @@ from activities.deploy import (
     MIGRATED_KEY,
     MIGRATION_HISTORY,
     history_name,
+    migrations_name,
 )
 from activities.kubeapi import JsonObject, KubeClient, well_known
 from activities.rollback import RAN_KEY
@@ -285,16 +286,22 @@ async def test_pruned_version_not_migrated_again(
 ) -> None:
     """A version whose migration Job completed and was pruned does not
     migrate again when it is deployed later. The phase says so and names the
-    later migrations, which stay applied. The pruned versions are noted in
-    the history ConfigMap next to the rollback's revisions."""
+    later migrations, which stay applied. The pruned versions are noted in a
+    ConfigMap of their own, and the rollback's history keeps its revisions."""
     versions = ["1.0.0", "1.1.0", "1.2.0", "1.3.0", "1.0.0"]
     status = await deploy_each(temporal_env, lifecycle_settings, namespace, versions)
     names = await migration_job_names(kube, namespace)
     migration = record(status, "migration")
     history = await get(kube, CONFIG_MAP, history_name(RELEASE), namespace)
-    migrated = json.loads(history["data"][MIGRATED_KEY])
+    noted = await get(kube, CONFIG_MAP, migrations_name(RELEASE), namespace)
+    migrated = json.loads(noted["data"][MIGRATED_KEY])
 
-    assert f"{RELEASE}-migrate-1-0-0" not in names
+    # The skipped version has no Job, so the three newest others stay.
+    assert names == [
+        f"{RELEASE}-migrate-1-1-0",
+        f"{RELEASE}-migrate-1-2-0",
+        f"{RELEASE}-migrate-1-3-0",
+    ]
     assert migration.last_status is not None
     assert "app version 1.0.0 migrated at" in migration.last_status
     assert "was removed since; not run again" in migration.last_status
