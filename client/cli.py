@@ -447,6 +447,11 @@ def phase_table(status: DeployStatus, live: dict[str, str] | None = None) -> Tab
                 detail = live.get("__attempt__", "")
         if not detail and record.state is not PhaseState.SUCCEEDED:
             detail = ", ".join(record.waiting_on)
+        # A succeeded phase shows what its apply noted whole, such as a
+        # migration that was not run again.
+        noted = not detail and bool(record.notes)
+        if noted:
+            detail = "; ".join(record.notes)
         if not detail:
             detail = ", ".join(record.waiting_on) or (record.last_status or "")
         style = STATE_STYLE.get(record.state.value, "")
@@ -459,7 +464,7 @@ def phase_table(status: DeployStatus, live: dict[str, str] | None = None) -> Tab
             _short(
                 detail,
                 status.namespace,
-                None if record.error else 200 if live else 60,
+                None if record.error or noted else 200 if live else 60,
             ),
         )
     return table

@@ -94,6 +94,9 @@ class PhaseRecord(BaseModel):
     error: str | None = None
     error_type: str | None = None
     changed: bool | None = None
+    # What the last apply noted: a migration not run again, a helm release
+    # recovered from an interrupted run.
+    notes: list[str] = Field(default_factory=list)
 
 
 class DeployStatus(BaseModel):

@@ -267,6 +267,7 @@ class VentrosDeploy(PhaseControl):
             )
         )
         record.waiting_on = [ref.describe() for ref in applied.waits]
+        record.notes = list(applied.notes)
         record.last_status = "; ".join(applied.notes) or "applied"
         self._publish()
         waited = await self.until_aborted(

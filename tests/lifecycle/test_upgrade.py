@@ -308,6 +308,7 @@ async def test_pruned_version_not_migrated_again(
     assert "later app versions stay applied (1.1.0, 1.2.0, 1.3.0)" in (
         migration.last_status
     )
+    assert migration.notes[0].startswith("app version 1.0.0 migrated at")
     assert app_image_tag(await get(kube, DEPLOYMENT, RELEASE, namespace)) == "1.0.0"
     assert "1.0.0" in migrated
     assert history["data"][RAN_KEY]

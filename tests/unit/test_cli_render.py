@@ -79,3 +79,23 @@ def test_title_without_namespace() -> None:
     text = rendered(status)
     assert text.startswith("deploy-bad.r2: invalid")
     assert "()" not in text
+
+
+def test_succeeded_phase_shows_its_notes_whole() -> None:
+    """A succeeded phase shows what its apply noted, uncut, in place of its
+    objects: a migration that was not run again, and why."""
+    note = (
+        "job/crm-migrate-1-0-0 already completed for this app version; not run "
+        "again; database migrations are not undone: the migrations of later app "
+        "versions stay applied (1.1.0)"
+    )
+    record = PhaseRecord(
+        phase=Phase.MIGRATION,
+        state=PhaseState.SUCCEEDED,
+        attempts=1,
+        waiting_on=["job/crm-migrate-1-0-0"],
+        notes=[note],
+    )
+    text = rendered(status_with(record), width=200)
+    assert note in text
+    assert "…" not in text
