@@ -1747,8 +1747,8 @@ class DeployActivities:
                 job["metadata"]["namespace"] = request.namespace
                 await kube.create(job_type, job, request.namespace)
             waits.append(ref_of(job, request.namespace))
-        kept = {ref.name for ref in waits}
-        await self._prune_migrations(kube, request, kept, pruned)
+        own_jobs = {ref.name for ref in waits}
+        await self._prune_migrations(kube, request, own_jobs, pruned)
         return ApplyResult(
             phase=Phase.MIGRATION, applied=len(jobs), waits=waits, notes=notes
         )

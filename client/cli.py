@@ -419,7 +419,7 @@ def _short(text: str, namespace: str, limit: int | None = 60) -> str:
 def status_title(status: DeployStatus | RollbackStatus) -> str:
     """Return the table title: the workflow id, its namespace and the state.
 
-    A run whose input could not be parsed knows no namespace.
+    A run whose input could not be parsed has no namespace.
     """
     where = f" ({status.namespace})" if status.namespace else ""
     return f"{status.workflow_id}{where}: {status.state}"
@@ -626,7 +626,7 @@ async def follow(
 ) -> int:
     description = await handle.describe()
     model = status_model(handle.id, description.workflow_type)
-    # A restarted worker answers after the server's sticky window at the latest.
+    # A restarted worker gets the query once the server's sticky window passed.
     status = await query_status(handle, model, running=True)
     if args.json:
         while await is_running(handle) and not _needs_attention(status):

@@ -303,8 +303,8 @@ class VentrosDeploy(PhaseControl):
             )
         record.state = PhaseState.SUCCEEDED
         # The apply's notes stay: a skipped migration, a recovered release.
-        shown = [*applied.notes, *(f"{k}: {v}" for k, v in waited.statuses.items())]
-        record.last_status = "; ".join(shown) or "ready"
+        details = [*applied.notes, *(f"{k}: {v}" for k, v in waited.statuses.items())]
+        record.last_status = "; ".join(details) or "ready"
         self._end_attempt(record)
         workflow.logger.info(
             "phase succeeded", extra={"phase": phase.value, "attempt": record.attempts}

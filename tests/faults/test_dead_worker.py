@@ -149,7 +149,7 @@ async def test_status_after_worker_kill(
 ) -> None:
     """status shows a running deploy right after its worker was killed and a
     new one started. Its first query goes to the dead worker's sticky queue
-    and times out, so the client queries again, and the new worker answers."""
+    and times out, so the client queries again, and the new worker handles it."""
     steer = {"sim.ventros.io/postgres-outcome": "creating"}
     await kube.merge_patch(NAMESPACE, namespace, {"metadata": {"annotations": steer}})
     request = deploy_request(namespace)

@@ -285,7 +285,7 @@ async def test_pruned_version_not_migrated_again(
     namespace: str,
 ) -> None:
     """A version whose migration Job completed and was pruned does not
-    migrate again when it is deployed later. The phase says so and names the
+    migrate again when it is deployed later. The phase notes that and names the
     later migrations, which stay applied. The pruned versions are noted in a
     ConfigMap of their own, and the rollback's history keeps its revisions."""
     versions = ["1.0.0", "1.1.0", "1.2.0", "1.3.0", "1.0.0"]

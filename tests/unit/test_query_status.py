@@ -14,7 +14,7 @@ from deployer.phases import DeployStatus
 
 
 class FlakyHandle:
-    """A handle whose status query fails a number of times, then answers."""
+    """A handle whose status query fails a number of times, then returns."""
 
     def __init__(self, failures: int, status: RPCStatusCode) -> None:
         self.failures = failures
