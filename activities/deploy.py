@@ -729,7 +729,8 @@ async def note_completed_migrations(
     noted: dict[str, str] | None = None,
 ) -> dict[str, str]:
     """Note the versions of the completed Jobs among jobs, which are about to be
-    deleted; return the note. noted is the note as read, else it is read."""
+    deleted, and return the note. noted is the note read before, or None to
+    read it here."""
     if noted is None:
         noted = migrated_versions(
             await kube.get(CONFIG_MAP, migrations_name(release), namespace)

@@ -455,17 +455,16 @@ def phase_table(status: DeployStatus, live: dict[str, str] | None = None) -> Tab
         if not detail:
             detail = ", ".join(record.waiting_on) or (record.last_status or "")
         style = STATE_STYLE.get(record.state.value, "")
+        # An error is shown whole, because its end names the next step.
+        limit: int | None = 200 if live else 60
+        if record.error or noted:
+            limit = None
         table.add_row(
             record.phase.value,
             Text(record.state.value, style=style),
             str(record.attempts),
             duration,
-            # An error is shown whole, because its end names the next step.
-            _short(
-                detail,
-                status.namespace,
-                None if record.error or noted else 200 if live else 60,
-            ),
+            _short(detail, status.namespace, limit),
         )
     return table
 
@@ -806,8 +805,8 @@ def resolve_id(args: argparse.Namespace) -> str:
 async def query_status(
     handle: WorkflowHandle[Any, Any], model: StatusModel, running: bool
 ) -> AnyStatus:
-    """Query the run's status; ask a second time when a running run's first
-    query fails.
+    """Query the run's status; for a running run, query again once a second
+    while the failed queries were sent within the server's sticky window.
 
     The server sends a run's query to the sticky task queue of the worker
     that ran it last, until that queue has had no poll for 10 s
