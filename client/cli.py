@@ -34,7 +34,14 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
-from temporalio.api.enums.v1 import WorkflowExecutionStatus
+from temporalio.api.enums.v1 import (
+    TaskQueueKind,
+    TaskQueueType,
+    WorkflowExecutionStatus,
+)
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflow.v1 import WorkflowExecutionInfo
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import (
     Client,
     WorkflowFailureError,
@@ -744,6 +751,10 @@ WORKER_RESPONSE_TIMEOUT = timedelta(seconds=10)
 # The Temporal server sends a run's tasks and queries to the sticky queue of
 # its last worker until that queue has had no poll for 10 s, plus a margin.
 STICKY_WINDOW_S = 11.0
+# How long status and watch wait for a first poll on a task queue that no
+# worker has polled, for a worker that is starting. An estimate: the worker
+# polls as soon as it has connected.
+POLLER_GRACE_S = 3.0
 # A schema error for a value that must be a string, in the two wordings of
 # helm's JSON schema libraries: "got number, want string" and "Expected:
 # string, given: integer". NOTE: matched by text, so other wordings get no hint.
@@ -836,39 +847,36 @@ async def cmd_status(client: Client, args: argparse.Namespace, console: Console)
     model = status_model(handle.id, description.workflow_type)
     info = description.raw_description.workflow_execution_info
     running = info.status == WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_RUNNING
+    # A query needs a worker, also for a run that has ended. Without one, each
+    # query times out after WORKER_RESPONSE_TIMEOUT, so check for one first.
+    if not await worker_polls(client, info.task_queue):
+        if running:
+            raise no_worker_error(
+                f"{no_poller(info.task_queue)}, so no worker responds to the "
+                f"status query of {handle.id}",
+                info.task_queue,
+            )
+        return await show_ended_unqueried(
+            handle, info, model, args, console, unqueried_note(info.task_queue)
+        )
     try:
         status = await query_status(handle, model, running)
     except RPCError as error:
         if error.status is RPCStatusCode.NOT_FOUND:
             raise
-        # A query needs a worker, also for a run that has ended.
         if running:
             raise no_worker_error(
-                f"the status query of {handle.id} failed twice: {error.message}",
+                f"the status query of {handle.id} failed: {error.message}",
                 info.task_queue,
             ) from None
-        state, message, error_type = await ended_outcome(handle, info.status)
-        rejected = rejected_request(model is DestroyStatus, error_type)
-        if rejected:
-            # The workflow showed such a run as invalid, which only its query
-            # would return.
-            state = "invalid"
-        note = (
-            f"the status query failed ({error.message}), so the phases are not "
-            f"shown; a worker on task queue {info.task_queue} answers it"
-        )
-        outcome = {"workflow_id": handle.id, "state": state, "message": message}
-        _print(
+        return await show_ended_unqueried(
+            handle,
+            info,
+            model,
             args,
             console,
-            with_error_type({**outcome, "phases": None}, error_type),
-            f"{handle.id}: {state}{type_suffix(error_type)}",
+            query_failed_note(error, info.task_queue),
         )
-        if not args.json:
-            console.print(f"{message}\n{note}" if message else note, highlight=False)
-        if state == "succeeded":
-            return EXIT_OK
-        return EXIT_USAGE if rejected else EXIT_FAILED
     # A run that ended, also between describe and the query, gets Temporal's
     # end state where the workflow recorded none (terminated, timed out, or
     # failed before the workflow recorded why), and its failure's error type.
@@ -903,6 +911,36 @@ async def cmd_status(client: Client, args: argparse.Namespace, console: Console)
     if ended:
         return outcome_code(status, error_type)
     return EXIT_OK
+
+
+async def show_ended_unqueried(
+    handle: WorkflowHandle[Any, Any],
+    info: WorkflowExecutionInfo,
+    model: StatusModel,
+    args: argparse.Namespace,
+    console: Console,
+    note: str,
+) -> int:
+    """Print how an ended run ended, from Temporal alone, with the note on
+    why no worker responded to its status query; return the exit code."""
+    state, message, error_type = await ended_outcome(handle, info.status)
+    rejected = rejected_request(model is DestroyStatus, error_type)
+    if rejected:
+        # The workflow showed such a run as invalid, which only its query
+        # would return.
+        state = "invalid"
+    outcome = {"workflow_id": handle.id, "state": state, "message": message}
+    _print(
+        args,
+        console,
+        with_error_type({**outcome, "phases": None}, error_type),
+        f"{handle.id}: {state}{type_suffix(error_type)}",
+    )
+    if not args.json:
+        console.print(f"{message}\n{note}" if message else note, highlight=False)
+    if state == "succeeded":
+        return EXIT_OK
+    return EXIT_USAGE if rejected else EXIT_FAILED
 
 
 async def ended_outcome(
@@ -947,13 +985,64 @@ async def cmd_watch(client: Client, args: argparse.Namespace, console: Console) 
     )
 
 
-def no_worker_error(failure: str, task_queue: str) -> CliError:
-    """Return the error (exit 5) for a query or update that no worker handled."""
+def no_worker_error(failure: str, task_queue: str, then: str = "") -> CliError:
+    """Return the error (exit 5) for a query or update that no worker handled.
+
+    then is the command to run once a worker polls again, if any.
+    """
+    after = f", then run {then}" if then else ""
     return CliError(
         f"{failure}. It needs a worker on task queue {task_queue}: start one, "
-        "or check the worker's log",
+        f"or check the worker's log{after}",
         EXIT_UNREACHABLE,
     )
+
+
+def no_poller(task_queue: str) -> str:
+    return f"no worker has polled task queue {task_queue} in the last 5 minutes"
+
+
+def query_failed_note(error: RPCError, task_queue: str) -> str:
+    return (
+        f"the status query failed ({error.message}), so the phases are not "
+        f"shown; a worker on task queue {task_queue} answers it"
+    )
+
+
+def unqueried_note(task_queue: str) -> str:
+    return (
+        f"{no_poller(task_queue)}, so the phases are not shown: a worker that "
+        "polls it responds to the status query"
+    )
+
+
+async def worker_polls(client: Client, task_queue: str) -> bool:
+    """Tell whether a worker polls task_queue for workflow tasks.
+
+    The server lists a worker until 5 minutes after its last poll, so one that
+    stopped less than 5 minutes ago still counts. A worker that started a
+    moment ago gets POLLER_GRACE_S to send its first poll. Returns True also
+    when the describe_task_queue call fails, so that the caller sends the
+    query as before.
+    """
+    request = DescribeTaskQueueRequest(
+        namespace=client.namespace,
+        task_queue=TaskQueue(
+            name=task_queue, kind=TaskQueueKind.TASK_QUEUE_KIND_NORMAL
+        ),
+        task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+    )
+    deadline = time.monotonic() + POLLER_GRACE_S
+    while True:
+        try:
+            response = await client.workflow_service.describe_task_queue(request)
+        except RPCError:
+            return True
+        if response.pollers:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.5)
 
 
 def already_ended_error(workflow_id: str, verb: str) -> CliError:

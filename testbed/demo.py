@@ -53,6 +53,8 @@ TEMPORAL_DB = "bootstrap-temporal.db"
 # Exit codes of `ventros-deploy status` that report how the earlier deploy
 # ended (succeeded, failed or aborted, or rejected), not a demo that is broken.
 EARLIER_OUTCOME_CODES = frozenset({EXIT_OK, EXIT_FAILED, EXIT_USAGE})
+# How long make demo waits for its worker to connect to the bootstrap Temporal.
+WORKER_START_TIMEOUT_S = 60.0
 # Custom search attributes the workflow list can be filtered by.
 SEARCH_ATTRIBUTES = (
     "VentrosRelease=Keyword",
@@ -193,14 +195,32 @@ def start_codec_server(group: ProcessGroup) -> None:
 
 
 def start_worker(group: ProcessGroup) -> None:
+    """Start the worker and wait until it logs that it started, so that the
+    status shown next finds it polling."""
     if group.running("worker"):
         return
+    log = group.log_dir / "worker.log"
+    # The log keeps earlier runs' lines, so only what this start adds counts.
+    offset = log.stat().st_size if log.exists() else 0
     group.spawn(
         "worker", [sys.executable, "-m", "worker"], cwd=REPO_ROOT, env=worker_env()
     )
-    time.sleep(1.0)
-    if not group.running("worker"):
-        raise ClusterError("the worker exited at start:\n" + group.log_tail("worker"))
+    deadline = time.monotonic() + WORKER_START_TIMEOUT_S
+    while True:
+        time.sleep(0.2)
+        if not group.running("worker"):
+            raise ClusterError(
+                "the worker exited at start:\n" + group.log_tail("worker")
+            )
+        with open(log, "rb") as lines:
+            lines.seek(offset)
+            if b'"worker started"' in lines.read():
+                return
+        if time.monotonic() > deadline:
+            raise ClusterError(
+                f"the worker did not start within {WORKER_START_TIMEOUT_S:.0f} s; "
+                f"its log ({log}) ends with:\n" + group.log_tail("worker")
+            )
 
 
 def release_gone(kubeconfig: Path) -> bool:

@@ -376,6 +376,94 @@ async def test_queued_abort_applies_later(
     assert "queued while no worker ran" in cause.message
 
 
+async def test_status_watch_no_poller(
+    temporal_env: WorkflowEnvironment, encrypted_client: Client, key_ring_file: Path
+) -> None:
+    """When no worker has polled the run's task queue, status and watch exit 5
+    at once and send no query, which would only time out. For a run that has
+    ended they show how Temporal ended it, without the phases."""
+    task_queue = f"tq-{uuid.uuid4().hex[:8]}"
+    env = client_env(temporal_env, task_queue, key_ring_file)
+    handle = await start_without_worker(encrypted_client, task_queue)
+    try:
+        status = await run_cli(["status", handle.id], env)
+        watched = await run_cli(["watch", handle.id, "--json"], env)
+    finally:
+        await handle.terminate("no worker came")
+    no_poller = f"no worker has polled task queue {task_queue} in the last 5 minutes"
+    for result in (status, watched):
+        assert result.returncode == 5, result.stderr
+        assert "Traceback" not in result.stderr
+        assert no_poller in result.stderr
+        assert f"It needs a worker on task queue {task_queue}" in result.stderr
+        assert result.stdout == ""
+    assert f"no worker responds to the status query of {handle.id}" in status.stderr
+    assert f"then run `ventros-deploy watch {handle.id}`" in watched.stderr
+
+    ended = await run_cli(["status", handle.id], env)
+    ended_json = await run_cli(["status", handle.id, "--json"], env)
+    ended_watch = await run_cli(["watch", handle.id], env)
+    for result in (ended, ended_json, ended_watch):
+        assert result.returncode == 1, result.stderr
+        assert result.stderr == ""
+    for result in (ended, ended_watch):
+        assert f"{handle.id}: terminated" in result.stdout
+        assert f"{no_poller}, so the phases are not shown" in result.stdout
+    shown = json.loads(ended_json.stdout)
+    assert shown["state"] == "terminated"
+    assert shown["phases"] is None
+
+
+async def test_status_worker_starting(
+    temporal_env: WorkflowEnvironment, encrypted_client: Client, key_ring_file: Path
+) -> None:
+    """A worker that starts just after status gets a moment for its first
+    poll, so status shows the run instead of exiting 5."""
+    task_queue = f"tq-{uuid.uuid4().hex[:8]}"
+    env = client_env(temporal_env, task_queue, key_ring_file)
+    handle = await start_without_worker(encrypted_client, task_queue)
+    try:
+        status = asyncio.create_task(run_cli(["status", handle.id, "--json"], env))
+        await asyncio.sleep(1.0)
+        async with workflows_worker(encrypted_client, task_queue):
+            shown = await status
+    finally:
+        await handle.terminate("the test ended")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["workflow_id"] == handle.id
+
+
+async def test_watch_worker_stopped(
+    temporal_env: WorkflowEnvironment, encrypted_client: Client, key_ring_file: Path
+) -> None:
+    """A worker that stopped a moment ago still counts as a poller, so watch
+    sends the query. When no worker responds, watch exits 5 and names the
+    task queue."""
+    task_queue = f"tq-{uuid.uuid4().hex[:8]}"
+    env = client_env(temporal_env, task_queue, key_ring_file)
+    async with workflows_worker(encrypted_client, task_queue):
+        handle = await start_without_worker(encrypted_client, task_queue)
+        # The worker has run the first workflow task once validate is scheduled.
+        await wait_for_scheduled_activity(handle)
+    try:
+        watched = await run_cli(["watch", handle.id], env)
+    finally:
+        await handle.terminate("the worker stopped")
+    assert watched.returncode == 5, watched.stderr
+    assert "Traceback" not in watched.stderr
+    assert f"the status query of {handle.id} failed" in watched.stderr
+    assert f"It needs a worker on task queue {task_queue}" in watched.stderr
+
+
+async def wait_for_scheduled_activity(handle: WorkflowHandle[Any, Any]) -> None:
+    for _ in range(200):
+        description = await handle.describe()
+        if description.raw_description.pending_activities:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{handle.id} scheduled no activity within 10 s")
+
+
 RUN_TYPES = {
     "deploy": "VentrosDeploy",
     "rollback": "VentrosRollback",
