@@ -211,6 +211,44 @@ def read_set_value(raw: str) -> Any:
 LINE_BREAKS = ("\n", "\r", "\x85", "\u2028", "\u2029")
 
 
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    """A YAML mapping that gives one key twice, of which YAML keeps the last."""
+
+    def __init__(self, key: str, first_line: int, mark: yaml.Mark) -> None:
+        super().__init__(
+            problem=f"key {key} is given again (first at line {first_line})",
+            problem_mark=mark,
+        )
+        self.key = key
+        self.first_line = first_line
+        self.line = mark.line + 1
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """A safe YAML loader that raises DuplicateKeyError for a key given twice
+    in one mapping. Keys that a merge key (<<) brings in may be overridden."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Any:
+        lines: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                first = lines.get(key)
+            except TypeError:
+                continue  # An unhashable key, which the base class rejects.
+            if first is not None:
+                raise DuplicateKeyError(str(key), first, key_node.start_mark)
+            lines[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str) -> Any:
+    """Read YAML text safely, rejecting a key given twice in one mapping."""
+    return yaml.load(text, Loader=UniqueKeyLoader)
+
+
 def _read_yaml_value(raw: str) -> Any:
     """Return raw's YAML value, or raw when the value would change its text."""
     if _has_node_properties(raw):
@@ -222,7 +260,7 @@ def _read_yaml_value(raw: str) -> Any:
     spans_all = node.start_mark.index == 0 and node.end_mark.index == len(raw)
     if not spans_all or not _reads_as_written(node):
         return raw
-    return yaml.safe_load(raw)
+    return load_yaml(raw)
 
 
 def _has_node_properties(raw: str) -> bool:
@@ -325,7 +363,14 @@ def build_request(args: argparse.Namespace) -> dict[str, Any]:
     values: dict[str, Any] = dict(request.get("values") or {})
     if args.values:
         try:
-            loaded = yaml.safe_load(Path(args.values).read_text()) or {}
+            loaded = load_yaml(Path(args.values).read_text()) or {}
+        except DuplicateKeyError as error:
+            raise CliError(
+                f"invalid --values {args.values}: key {error.key} is given twice "
+                f"in one mapping, at lines {error.first_line} and {error.line}, "
+                "and YAML would keep only the second; merge the two or remove one",
+                EXIT_USAGE,
+            ) from None
         except OSError as error:
             raise CliError(
                 f"cannot read --values {args.values}: {error}", EXIT_USAGE
@@ -372,10 +417,24 @@ def build_request(args: argparse.Namespace) -> dict[str, Any]:
     return request
 
 
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """Build a JSON object, raising ValueError for a key given twice in it,
+    of which json.loads would keep the last."""
+    data: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in data:
+            raise ValueError(
+                f"key {json.dumps(key)} is given twice in one object, and most JSON "
+                "readers keep only the last; merge the two or remove one"
+            )
+        data[key] = value
+    return data
+
+
 def read_request_file(path: str) -> dict[str, Any]:
     """Read a --request file: a JSON object whose values field is an object."""
     try:
-        request = json.loads(Path(path).read_text())
+        request = json.loads(Path(path).read_text(), object_pairs_hook=unique_keys)
     except (OSError, ValueError) as error:
         raise CliError(f"cannot read --request {path}: {error}", EXIT_USAGE) from None
     except RecursionError:
@@ -632,6 +691,49 @@ async def follow(
 ) -> int:
     description = await handle.describe()
     model = status_model(handle.id, description.workflow_type)
+    task_queue = description.task_queue
+    if not await worker_polls(client, task_queue):
+        if description.close_time is not None:
+            info = description.raw_description.workflow_execution_info
+            return await show_ended_unqueried(
+                handle, info, model, args, console, unqueried_note(task_queue)
+            )
+        raise no_worker_error(
+            f"{no_poller(task_queue)}, so no worker runs {handle.id} or responds "
+            "to its status query",
+            task_queue,
+            f"`ventros-deploy watch {handle.id}`",
+        )
+    try:
+        return await follow_queried(client, handle, model, args, console)
+    except RPCError as error:
+        if error.status is RPCStatusCode.NOT_FOUND:
+            raise
+        description = await handle.describe()
+        if description.close_time is not None:
+            return await show_ended_unqueried(
+                handle,
+                description.raw_description.workflow_execution_info,
+                model,
+                args,
+                console,
+                query_failed_note(error, task_queue),
+            )
+        raise no_worker_error(
+            f"the status query of {handle.id} failed: {error.message}",
+            task_queue,
+            f"`ventros-deploy watch {handle.id}`",
+        ) from None
+
+
+async def follow_queried(
+    client: Client,
+    handle: WorkflowHandle[Any, Any],
+    model: StatusModel,
+    args: argparse.Namespace,
+    console: Console,
+) -> int:
+    """Show the run's status until it ends or a phase waits for retry."""
     # A restarted worker gets the query once the server's sticky window passed.
     status = await query_status(handle, model, running=True)
     if args.json:

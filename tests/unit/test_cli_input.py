@@ -347,3 +347,55 @@ def test_delete_namespace_without_data_exit_2() -> None:
     )
     assert result.returncode == 2, result.stderr
     assert "add --delete-data, or leave out --delete-namespace" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "key", "lines"),
+    [
+        ("app:\n  replicas: 2\nredis: {}\napp:\n  image: {tag: x}\n", "app", (1, 4)),
+        ("app:\n  replicas: 2\n  image: {}\n  replicas: 3\n", "replicas", (2, 4)),
+    ],
+)
+def test_values_duplicate_key_exit_2(
+    tmp_path: Path, content: str, key: str, lines: tuple[int, int]
+) -> None:
+    """A --values file that gives a key twice in one mapping exits 2 naming
+    the key and both lines: YAML would drop the first silently."""
+    path = tmp_path / "values.yaml"
+    path.write_text(content)
+    result = run_client(["start", "--values", str(path)])
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"invalid --values {path}: key {key} is given twice" in result.stderr
+    assert f"at lines {lines[0]} and {lines[1]}" in result.stderr
+    assert "merge the two or remove one" in result.stderr
+
+
+def test_values_merge_key_override(tmp_path: Path) -> None:
+    """A key that overrides one brought in by a merge key (<<) is no duplicate."""
+    path = tmp_path / "values.yaml"
+    path.write_text(
+        "common: &c\n  replicas: 2\n  x: 1\napp:\n  <<: *c\n  replicas: 3\n"
+    )
+    args = build_parser().parse_args(["start", "--values", str(path)])
+    assert build_request(args)["values"]["app"] == {"replicas": 3, "x": 1}
+
+
+def test_request_duplicate_key_exit_2(tmp_path: Path) -> None:
+    """A --request file that gives a key twice in one object exits 2."""
+    path = tmp_path / "request.json"
+    path.write_text('{"values": {"app": {"replicas": 2}}, "values": {}}')
+    result = run_client(["start", "--request", str(path)])
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f'cannot read --request {path}: key "values" is given twice' in (
+        result.stderr
+    )
+
+
+def test_set_duplicate_key_exit_2() -> None:
+    """A --set flow mapping that gives a key twice exits 2 naming the key."""
+    result = run_client(["start", "--set", "app={replicas: 2, replicas: 3}"])
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "invalid --set app: key replicas is given again" in result.stderr
