@@ -41,6 +41,8 @@ from activities.deploy import (
     heartbeat_while_running,
     history_name,
     image_tag,
+    migrated_versions,
+    migrations_name,
     ref_of,
     secrets_digest,
     translate_errors,
@@ -302,26 +304,36 @@ class RollbackActivities:
     async def _kept_migrations(
         kube: KubeClient, request: RollbackRequest, target: str
     ) -> list[tuple[str, str, str]]:
-        """Return (name, version, outcome) of the migration Jobs of other
-        versions than target that were created after target's own Job, oldest
-        first. When target's Job is gone, return all of them. The outcome is
-        complete, failed or running: a failed Job may have applied part of
-        its migration."""
+        """Return (name, version, outcome) of the migrations of other versions
+        than target that ran after target's, oldest first.
+
+        They come from the migration Jobs, and from the migrations ConfigMap
+        for the versions whose completed Job was deleted. Those have outcome
+        deleted and an empty name. Target's time is its Job's creation, or
+        its noted completion when its Job is gone. A Job counts when it was
+        created after that time, and a noted version when it completed after
+        it. When target is in neither, all of them count. The outcome of a
+        Job is complete, failed or running: a failed Job may have applied
+        part of its migration.
+        """
         listing = await kube.list(
             JOB,
             request.namespace,
             label_selector=phase_selector(request.release, Phase.MIGRATION),
         )
-        jobs = sorted(
-            listing.get("items", []),
-            key=lambda j: str(j["metadata"].get("creationTimestamp") or ""),
+        jobs = listing.get("items", [])
+        noted = migrated_versions(
+            await kube.get(
+                CONFIG_MAP, migrations_name(request.release), request.namespace
+            )
         )
-        since = ""
+        since = noted.get(target, "")
         for job in jobs:
             if version_of_job(job) == target:
                 since = str(job["metadata"].get("creationTimestamp") or "")
 
-        kept = []
+        # Entries are (time, name, version, outcome), so that they sort by time.
+        kept: list[tuple[str, str, str, str]] = []
         for job in jobs:
             version = version_of_job(job)
             created = str(job["metadata"].get("creationTimestamp") or "")
@@ -331,9 +343,15 @@ class RollbackActivities:
             outcome = "complete" if verdict.ready else "running"
             if verdict.failure:
                 outcome = "failed"
-            kept.append((str(job["metadata"]["name"]), str(version), outcome))
+            kept.append((created, str(job["metadata"]["name"]), str(version), outcome))
 
-        return kept
+        listed = {version for _, _, version, _ in kept}
+        for version, completed in noted.items():
+            if version == target or version in listed or completed <= since:
+                continue
+            kept.append((completed, "", version, "deleted"))
+
+        return [entry[1:] for entry in sorted(kept)]
 
     @staticmethod
     async def _migration_job(

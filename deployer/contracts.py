@@ -178,9 +178,11 @@ class RollbackPlan(BaseModel):
     app: ObjectRef
     # The migration Job of current_version, when it still exists.
     migration_job: str | None = None
-    # The migration Jobs, as (name, app version, outcome: complete, failed or
-    # running), of every version but the target created after the target's
-    # own Job, oldest first. Plans made before this field have it empty.
+    # The migrations of every version but the target that ran after the
+    # target's, oldest first, as (Job name, app version, outcome). The outcome
+    # is complete, failed or running, or deleted (with no name) for a version
+    # whose completed Job was deleted and noted in the migrations ConfigMap.
+    # Plans made before this field have it empty.
     kept_migrations: list[tuple[str, str, str]] = []
 
 

@@ -87,7 +87,9 @@ def migration_note(plan: RollbackPlan) -> str:
         return (
             "database migrations are not undone: "
             + ", ".join(
-                f"migration {name} for {version}{outcomes.get(outcome, '')}"
+                f"the migration for {version} (its Job was deleted)"
+                if outcome == "deleted"
+                else f"migration {name} for {version}{outcomes.get(outcome, '')}"
                 for name, version, outcome in plan.kept_migrations
             )
             + (" stays" if len(plan.kept_migrations) == 1 else " stay")

@@ -32,6 +32,7 @@ from tests.lifecycle.conftest import (
     start_deploy,
     wait_for_step,
 )
+from tests.lifecycle.test_upgrade import deploy_each, migration_job_names
 
 STATEFULSET = well_known("apps/v1", "StatefulSet")
 
@@ -215,3 +216,42 @@ async def test_rollback_skips_unfinished_deploy(
     # return to it.
     assert history is not None
     assert history["data"][RAN_KEY] == "1,3,4"
+
+
+async def test_rollback_names_pruned_migrations(
+    temporal_env: WorkflowEnvironment,
+    lifecycle_settings: WorkerSettings,
+    kube: KubeClient,
+    namespace: str,
+) -> None:
+    """A rollback to 1.0.0 after four later versions names every later
+    migration as kept: 1.1.0's, whose Job was pruned but noted, and the three
+    whose Jobs remain. 1.0.0's own Job was pruned too."""
+    versions = ["1.0.0", "1.1.0", "1.2.0", "1.3.0", "1.4.0"]
+    await deploy_each(temporal_env, lifecycle_settings, namespace, versions)
+    async with running_worker(temporal_env.client, lifecycle_settings):
+        result = await run_cli(
+            [
+                "rollback",
+                *("--release", RELEASE, "--namespace", namespace),
+                *("--to-version", "1.0.0"),
+                "--json",
+            ],
+            cli_env(temporal_env, lifecycle_settings),
+        )
+    names = await migration_job_names(kube, namespace)
+
+    assert names == [
+        f"{RELEASE}-migrate-1-2-0",
+        f"{RELEASE}-migrate-1-3-0",
+        f"{RELEASE}-migrate-1-4-0",
+    ]
+    assert result.returncode == 0, result.stderr
+    status = RollbackStatus.model_validate_json(result.stdout.splitlines()[-1])
+    assert status.to_version == "1.0.0"
+    assert status.migration_note == (
+        "database migrations are not undone: the migration for 1.1.0 (its Job "
+        f"was deleted), migration {RELEASE}-migrate-1-2-0 for 1.2.0, migration "
+        f"{RELEASE}-migrate-1-3-0 for 1.3.0, migration {RELEASE}-migrate-1-4-0 "
+        "for 1.4.0 stay applied"
+    )
