@@ -31,6 +31,7 @@ from typing import Any
 
 import yaml
 
+from activities.kubeapi import hide_values
 from deployer.inputs import ChartRef, InvalidRequestError
 
 STDERR_CAP = 2000
@@ -102,9 +103,11 @@ SCHEMA_FORMAT_VALUE = re.compile(QUOTED + r" is not valid ([^\s:]+):[^\n]*")
 
 
 def hide_schema_values(text: str) -> str:
-    """Return helm's schema error text with each rejected value replaced."""
+    """Return helm's error text with each rejected value replaced: those of
+    its schema check, and those of the API server's errors that it passes on."""
     text = SCHEMA_PATTERN_VALUE.sub("(value not shown)", text)
-    return SCHEMA_FORMAT_VALUE.sub(r"(value not shown) is not valid \1", text)
+    text = SCHEMA_FORMAT_VALUE.sub(r"(value not shown) is not valid \1", text)
+    return hide_values(text)
 
 
 class HelmError(Exception):

@@ -6,8 +6,8 @@ a resource path, and requests return decoded JSON. kubernetes_asyncio supplies
 the kubeconfig loading, TLS and token refresh.
 
 Errors are typed by HTTP status (see ``KubeApiError`` and its subclasses). The
-server's message is kept but capped, so a rejected object is never echoed
-back in full (it may hold secret values).
+server's message is kept, with the values it quotes hidden and capped, so a
+rejected object or value is never echoed back (it may hold secret values).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,76 @@ FIELD_MANAGER = "ventros-deploy"
 JsonObject = dict[str, Any]
 
 
+# The labels after which a field error of the API server quotes the value it
+# rejected, as apimachinery's field.Error writes them ("spec.x: Invalid value:
+# "v": detail"), and "got " before a value that a typed conversion rejected.
+VALUE_LABEL = re.compile(
+    r"\b(?:Invalid value|Unsupported value|Duplicate value|Not found"
+    r"|Type mismatch): |\bgot (?=&)"
+)
+HIDDEN = "(value not shown)"
+# Values that stay: numbers, booleans and null, as in "Invalid value: -1".
+PLAIN_VALUE = re.compile(r"-?\d+(?:\.\d+)?|true|false|null")
+
+
+def hide_values(message: str) -> str:
+    """Replace each value that message quotes after a VALUE_LABEL with HIDDEN,
+    except numbers, booleans and null.
+
+    A string value is Go-quoted. Any other value (a number, or a struct or map
+    in Go syntax) runs to the next ": ", ", " or "]" outside brackets and
+    quotes, or to the end of the message.
+    """
+    parts = []
+    position = 0
+    for label in VALUE_LABEL.finditer(message):
+        if label.start() < position:
+            continue  # The label was inside a value already hidden.
+        end = _value_end(message, label.end())
+        value = message[label.end() : end]
+        replacement = value if PLAIN_VALUE.fullmatch(value) else HIDDEN
+        parts.append(message[position : label.end()] + replacement)
+        position = end
+    parts.append(message[position:])
+    return "".join(parts)
+
+
+def _value_end(message: str, start: int) -> int:
+    """Return the index just past the value that starts at start."""
+    if message.startswith('"', start):
+        return _quoted_end(message, start)
+    depth = 0
+    index = start
+    while index < len(message):
+        char = message[index]
+        if char == '"':
+            index = _quoted_end(message, index)
+            continue
+        if char in "{[(":
+            depth += 1
+        elif char in "}])":
+            if depth == 0:
+                return index
+            depth -= 1
+        elif depth == 0 and message.startswith((": ", ", "), index):
+            return index
+        index += 1
+    return index
+
+
+def _quoted_end(message: str, start: int) -> int:
+    """Return the index just past the Go-quoted string that starts at start."""
+    index = start + 1
+    while index < len(message):
+        if message[index] == "\\":
+            index += 2
+            continue
+        if message[index] == '"':
+            return index + 1
+        index += 1
+    return index
+
+
 class KubeApiError(Exception):
     """A request to the Kubernetes API failed; ``status`` is the HTTP status."""
 
@@ -41,7 +112,7 @@ class KubeApiError(Exception):
     def __init__(self, status: int, reason: str, message: str, what: str) -> None:
         self.status = status
         self.reason = reason
-        self.message = capped(message)
+        self.message = capped(hide_values(message))
         self.what = what
         super().__init__(f"{what}: HTTP {status} {reason}: {self.message}")
 

@@ -230,7 +230,7 @@ Usage: include "ventros-crm.waitContainer" (dict "context" $ "name" "wait-for-re
 */}}
 {{- define "ventros-crm.waitContainer" -}}
 - name: {{ .name }}
-  image: {{ .context.Values.waitImage }}
+  image: {{ .context.Values.waitImage | quote }}
   imagePullPolicy: {{ .context.Values.image.pullPolicy }}
   env:
     - name: WAIT_TARGET

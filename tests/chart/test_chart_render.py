@@ -530,6 +530,8 @@ def test_secrets_digest_given_by_deployer(helm_env: dict[str, str]) -> None:
         ("redis.persistence.size=lots", "/redis/persistence/size"),
         ("postgresql.numberOfInstances=0", "/postgresql/numberOfInstances"),
         ("rabbitmq.replicas=0", "/rabbitmq/replicas"),
+        ("redis.image=redis#7", "/redis/image"),
+        ("waitImage=-busybox", "/waitImage"),
     ],
 )
 def test_schema_rejects_value(helm_env: dict[str, str], value: str, field: str) -> None:

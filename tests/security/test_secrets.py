@@ -280,6 +280,31 @@ async def test_schema_error_hides_rejected_value(
     assert leaked_forms(secrets, json_logs.text().encode()) == []
 
 
+async def test_api_error_hides_rejected_value(
+    codec_client: Client,
+    worker_settings: WorkerSettings,
+    namespace: str,
+    json_logs: CapturedLogs,
+) -> None:
+    """A secret typed into a value that the API server rejects, such as a
+    storage class name, is named by its field only: the server's error
+    quotes the value, and the status output and the logs show the message."""
+    secrets, values = secret_values()
+    values["redis"] = {"persistence": {"storageClass": f"Pw_{secrets[0]}"}}
+    async with running_worker(codec_client, worker_settings):
+        handle = await start(
+            codec_client, worker_settings, deploy_request(namespace, values=values)
+        )
+        with pytest.raises(WorkflowFailureError) as failure:
+            await handle.result()
+    error = failure.value.cause
+    assert isinstance(error, ApplicationError)
+    assert error.type == contracts.OBJECT_INVALID
+    assert "storageClassName: Invalid value: (value not shown)" in error.message
+    assert leaked_forms(secrets, error.message.encode()) == []
+    assert leaked_forms(secrets, json_logs.text().encode()) == []
+
+
 async def test_attempt_failure_shown_decoded(
     codec_client: Client,
     temporal_env: WorkflowEnvironment,
