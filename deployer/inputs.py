@@ -42,6 +42,8 @@ CHART_VERSION = re.compile(r"^v?[0-9]+(\.[0-9]+){0,2}([-+][0-9A-Za-z.-]+)?$")
 REPOSITORY_URL = re.compile(
     r"^(https://|oci://)[A-Za-z0-9.-]+(:[0-9]+)?(/[A-Za-z0-9._~/-]*)?$"
 )
+# The user and password part of a URL, such as https://user:pw@host.
+URL_CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s\"]*@")
 KUBE_CONTEXT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@:/-]{0,252}$")
 MAX_VALUES_BYTES = 256 * 1024
 # Helm values nest a few levels; far deeper JSON makes recursive encoders and
@@ -419,16 +421,21 @@ def describe_validation_error(error: ValidationError) -> str:
         if object_expected:
             # The type only, which is safe to show for a secret field too.
             message = f"must be a JSON object, got {json_type_name(item.get('input'))}"
-        # A check of the whole request names its fields itself.
+        # A check of the whole request or of an object (a chart's fields)
+        # names its fields itself, and the object may hold a secret.
+        field_input = item.get("input")
         echo = (
             bool(item["loc"])
             and not object_expected
+            and not isinstance(field_input, dict | list)
             and item["type"] != "extra_forbidden"
             and not location.startswith(SECRET_FIELDS)
         )
         shown = ""
         if echo:
-            text = json.dumps(item.get("input"), default=str)
+            text = URL_CREDENTIALS.sub(
+                r"\1(credentials not shown)@", json.dumps(field_input, default=str)
+            )
             shown = f" (got {text[:80]}{'...' if len(text) > 80 else ''})"
         lines.append(f"{location}: {message}{shown}")
     return "invalid deploy request: " + "; ".join(lines)

@@ -62,3 +62,35 @@ def test_request_check_not_echoed() -> None:
     message = str(raised.value)
     assert "set delete_data too" in message
     assert "(got" not in message
+
+
+@pytest.mark.parametrize("field", ["chart", "operator_charts.temporal"])
+def test_chart_check_not_echoed(field: str) -> None:
+    """A chart's check names its fields and does not repeat the chart, whose
+    repository URL may carry credentials."""
+    chart = {
+        "repository": "https://deploybot:SEKRET1@charts.example.com/temporal",
+        "name": "temporal",
+        "version": "1.0.0",
+    }
+    raw: dict[str, Any] = {"release": "crm", "namespace": "shop"}
+    if field == "chart":
+        raw["chart"] = chart
+    else:
+        raw["operator_charts"] = {"temporal": chart}
+    with pytest.raises(InvalidRequestError) as raised:
+        parse_request(raw)
+    message = str(raised.value)
+    assert f"{field}: repository must be an https:// or oci:// URL" in message
+    assert "SEKRET1" not in message
+    assert "(got" not in message
+
+
+def test_url_credentials_not_echoed() -> None:
+    """A URL with credentials typed into a text field is shown without them."""
+    raw = {"release": "crm", "namespace": "shop", "app_version": "https://u:SEKRET2@h"}
+    with pytest.raises(InvalidRequestError) as raised:
+        parse_request(raw)
+    message = str(raised.value)
+    assert '(got "https://(credentials not shown)@h")' in message
+    assert "SEKRET2" not in message
