@@ -316,7 +316,7 @@ async def test_cli_status_without_worker(
     temporal_env: WorkflowEnvironment, worker_settings: WorkerSettings
 ) -> None:
     """A running deploy that no worker polls: status names the task queue
-    and exits 5 after its query timeout instead of a traceback."""
+    and exits 5 instead of a traceback."""
     env = cli_env(temporal_env, worker_settings)
     handle = await temporal_env.client.start_workflow(
         "VentrosDeploy",

@@ -220,8 +220,10 @@ async def rejected_deploy(
     worker_settings: WorkerSettings,
     namespace: str,
     values: dict[str, Any],
+    error_type: str = contracts.VALUES_REJECTED,
 ) -> tuple[WorkflowHandle[Any, Any], ApplicationError]:
-    """Run a deploy whose values the chart rejects; return it and its error."""
+    """Run a deploy whose values the chart or the API server rejects; return
+    it and its error, which must be of error_type."""
     async with running_worker(client, worker_settings):
         handle = await start(
             client, worker_settings, deploy_request(namespace, values=values)
@@ -230,7 +232,7 @@ async def rejected_deploy(
             await handle.result()
     error = failure.value.cause
     assert isinstance(error, ApplicationError)
-    assert error.type == contracts.VALUES_REJECTED
+    assert error.type == error_type
     return handle, error
 
 
@@ -291,15 +293,9 @@ async def test_api_error_hides_rejected_value(
     quotes the value, and the status output and the logs show the message."""
     secrets, values = secret_values()
     values["redis"] = {"persistence": {"storageClass": f"Pw_{secrets[0]}"}}
-    async with running_worker(codec_client, worker_settings):
-        handle = await start(
-            codec_client, worker_settings, deploy_request(namespace, values=values)
-        )
-        with pytest.raises(WorkflowFailureError) as failure:
-            await handle.result()
-    error = failure.value.cause
-    assert isinstance(error, ApplicationError)
-    assert error.type == contracts.OBJECT_INVALID
+    _, error = await rejected_deploy(
+        codec_client, worker_settings, namespace, values, contracts.OBJECT_INVALID
+    )
     assert "storageClassName: Invalid value: (value not shown)" in error.message
     assert leaked_forms(secrets, error.message.encode()) == []
     assert leaked_forms(secrets, json_logs.text().encode()) == []
