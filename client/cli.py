@@ -174,6 +174,12 @@ def parse_set(pairs: list[str], literal: bool = False) -> dict[str, Any]:
             continue
         try:
             node[parts[-1]] = read_set_value(raw)
+        except DuplicateKeyError as error:
+            raise CliError(
+                f"invalid --set {key}: key {error.key} is given twice in the map, "
+                "and YAML would keep only the second; remove one",
+                EXIT_USAGE,
+            ) from None
         except YAML_READ_ERRORS as error:
             raise CliError(
                 f"invalid --set {key}: {describe_yaml_error(error)}; quote the "
@@ -228,20 +234,39 @@ class UniqueKeyLoader(yaml.SafeLoader):
     """A safe YAML loader that raises DuplicateKeyError for a key given twice
     in one mapping. Keys that a merge key (<<) brings in may be overridden."""
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Any:
+    def construct_document(self, node: yaml.Node) -> Any:
+        # Before construction: constructing a mapping with a merge key adds
+        # the merged keys to its node, in place.
+        self._check_unique_keys(node)
+        return super().construct_document(node)
+
+    def _check_unique_keys(self, root: yaml.Node) -> None:
+        seen: set[int] = set()
+        stack = [root]
+        while stack:
+            node = stack.pop()
+            if id(node) in seen:
+                continue  # An alias of a node already checked.
+            seen.add(id(node))
+            if isinstance(node, yaml.SequenceNode):
+                stack.extend(node.value)
+            elif isinstance(node, yaml.MappingNode):
+                self._check_mapping(node)
+                for key_node, value_node in node.value:
+                    stack.extend((key_node, value_node))
+
+    def _check_mapping(self, node: yaml.MappingNode) -> None:
         lines: dict[Any, int] = {}
         for key_node, _ in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
                 continue
-            key = self.construct_object(key_node, deep=deep)
-            try:
-                first = lines.get(key)
-            except TypeError:
-                continue  # An unhashable key, which the base class rejects.
+            if not isinstance(key_node, yaml.ScalarNode):
+                continue  # A complex key, which construction rejects.
+            key = self.construct_object(key_node)
+            first = lines.get(key)
             if first is not None:
                 raise DuplicateKeyError(str(key), first, key_node.start_mark)
             lines[key] = key_node.start_mark.line + 1
-        return super().construct_mapping(node, deep=deep)
 
 
 def load_yaml(text: str) -> Any:
@@ -740,7 +765,7 @@ async def follow_queried(
         while await is_running(handle) and not _needs_attention(status):
             await asyncio.sleep(FOLLOW_INTERVAL_S)
             status = await query_status(handle, model, running=True)
-        status = await fetch_status(handle, model)
+        status = await fetch_status(handle, model, WORKER_RESPONSE_TIMEOUT)
         status, error_type, _ = await settle(handle, status)
         print(json.dumps(with_error_type(status.model_dump(mode="json"), error_type)))
         return outcome_code(status, error_type)
@@ -788,6 +813,9 @@ async def follow_queried(
         for line in (status.message, status.migration_note):
             if line:
                 console.print(line, highlight=False, soft_wrap=True)
+    elif isinstance(status, DestroyStatus) and status.message:
+        # A successful destroy's message lists what it kept.
+        console.print(status.message, highlight=False, soft_wrap=True)
     elif status.state != "succeeded" and status.message:
         # An invalid or aborted deploy has no failed phase, only this message.
         console.print(status.message, highlight=False, soft_wrap=True)
@@ -853,9 +881,8 @@ WORKER_RESPONSE_TIMEOUT = timedelta(seconds=10)
 # The Temporal server sends a run's tasks and queries to the sticky queue of
 # its last worker until that queue has had no poll for 10 s, plus a margin.
 STICKY_WINDOW_S = 11.0
-# How long status and watch wait for a first poll on a task queue that no
-# worker has polled, for a worker that is starting. An estimate: the worker
-# polls as soon as it has connected.
+# How long status and watch wait for a worker that is starting to send its
+# first poll. An estimate: the worker polls as soon as it has connected.
 POLLER_GRACE_S = 3.0
 # A schema error for a value that must be a string, in the two wordings of
 # helm's JSON schema libraries: "got number, want string" and "Expected:
@@ -1495,13 +1522,7 @@ async def cmd_destroy(
 
     if not args.json:
         console.print(f"started {handle.id}", highlight=False)
-    code = await follow(client, handle, args, console)
-    status = await fetch_status(handle, DestroyStatus)
-    # follow prints the message of a run that did not succeed, and a successful
-    # destroy's message lists what it kept.
-    if status.state == "succeeded" and status.message and not args.json:
-        console.print(status.message, highlight=False, soft_wrap=True)
-    return code
+    return await follow(client, handle, args, console)
 
 
 # -- entry point ----------------------------------------------------------------

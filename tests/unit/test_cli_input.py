@@ -398,4 +398,27 @@ def test_set_duplicate_key_exit_2() -> None:
     result = run_client(["start", "--set", "app={replicas: 2, replicas: 3}"])
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
-    assert "invalid --set app: key replicas is given again" in result.stderr
+    assert "invalid --set app: key replicas is given twice in the map" in (
+        result.stderr
+    )
+    assert "--set-string" not in result.stderr
+
+
+def test_values_layered_merge_keys(tmp_path: Path) -> None:
+    """An anchored map that overrides a merged key, merged again later, is no
+    duplicate: PyYAML adds merged keys to a mapping's node once it builds it."""
+    path = tmp_path / "values.yaml"
+    path.write_text(
+        "defaults:\n"
+        "  common: &common {cpu: 100m, memory: 64Mi}\n"
+        "  redis:\n"
+        "    resources: &redisres\n"
+        "      <<: *common\n"
+        "      memory: 1Gi\n"
+        "redis:\n"
+        "  resources:\n"
+        "    <<: *redisres\n"
+    )
+    args = build_parser().parse_args(["start", "--values", str(path)])
+    resources = build_request(args)["values"]["redis"]["resources"]
+    assert resources == {"cpu": "100m", "memory": "1Gi"}

@@ -50,3 +50,19 @@ def test_schema_value_hidden_before_cut() -> None:
     assert "characters cut" in error.stderr
     assert "Sup3rS3cret" not in error.stderr
     assert "Sup3rS3cret" not in str(error)
+
+
+def test_api_server_value_hidden() -> None:
+    """A value that the API server quotes in an error that helm passes on is
+    hidden, and the field and the reason stay."""
+    stderr = (
+        'Error: UPGRADE FAILED: failed to create resource: Service "crm-frontend" '
+        'is invalid: spec.type: Unsupported value: "SEKRET": supported values: '
+        '"ClusterIP", "NodePort"'
+    )
+    error = HelmError("upgrade crm-temporal", 1, stderr)
+    assert "SEKRET" not in str(error)
+    assert (
+        'spec.type: Unsupported value: (value not shown): supported values: "Clu'
+        in (error.stderr)
+    )
