@@ -102,6 +102,30 @@ SCHEMA_PATTERN_VALUE = re.compile(QUOTED + r"(?= does not match pattern )")
 SCHEMA_FORMAT_VALUE = re.compile(QUOTED + r" is not valid ([^\s:]+):[^\n]*")
 
 
+# A quoted value in helm's log lines (level=WARN msg="..." error="..."), in
+# which Go's log/slog text handler escaped quotes, backslashes and breaks.
+LOGFMT_QUOTED = re.compile(r'(?<=[\w.]=)"((?:[^"\\]|\\.)*)"')
+LOGFMT_ESCAPES = {'"': '"', "\\": "\\", "n": "\n", "t": "\t"}
+
+
+def unquote_logfmt(text: str) -> str:
+    """Return text with the escapes in its logfmt values undone, so that the
+    API server's errors in them read, and are hidden, as in helm's Error line.
+
+    Escapes other than \\", \\\\, \\n and \\t stay as they are.
+    """
+
+    def unescape(value: re.Match[str]) -> str:
+        inner = re.sub(
+            r"\\(.)",
+            lambda e: LOGFMT_ESCAPES.get(e.group(1), "\\" + e.group(1)),
+            value.group(1),
+        )
+        return f'"{inner}"'
+
+    return LOGFMT_QUOTED.sub(unescape, text)
+
+
 def hide_schema_values(text: str) -> str:
     """Return helm's error text with each rejected value replaced: those of
     its schema check, and those of the API server's errors that it passes on."""
@@ -119,9 +143,8 @@ class HelmError(Exception):
         # The hint names a helm flag that a user of the deployer cannot pass.
         # Values go before the text is cut: a cut inside a quoted value would
         # leave it unclosed, and then not hidden.
-        self.stderr = cap_stderr(
-            hide_schema_values(stderr.replace(HELM_DEBUG_HINT, "").strip())
-        )
+        text = unquote_logfmt(stderr.replace(HELM_DEBUG_HINT, "").strip())
+        self.stderr = cap_stderr(hide_schema_values(text))
         super().__init__(
             f"`helm {command}` failed with exit code {returncode}: {self.stderr}"
         )

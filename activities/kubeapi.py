@@ -49,8 +49,8 @@ def hide_values(message: str) -> str:
     except numbers, booleans and null.
 
     A string value is Go-quoted. Any other value (a number, or a struct or map
-    in Go syntax) runs to the next ": ", ", " or "]" outside brackets and
-    quotes, or to the end of the message.
+    in Go syntax) runs to the next ": ", ", ", "]" or line break outside
+    brackets and quotes, or to the end of the message.
     """
     parts = []
     position = 0
@@ -83,7 +83,7 @@ def _value_end(message: str, start: int) -> int:
             if depth == 0:
                 return index
             depth -= 1
-        elif depth == 0 and message.startswith((": ", ", "), index):
+        elif depth == 0 and message.startswith((": ", ", ", "\n"), index):
             return index
         index += 1
     return index
@@ -98,6 +98,8 @@ def _quoted_end(message: str, start: int) -> int:
             continue
         if message[index] == '"':
             return index + 1
+        if message[index] == "\n":
+            return index  # Go never puts a line break in a quoted string.
         index += 1
     return index
 

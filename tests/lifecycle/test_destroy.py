@@ -760,3 +760,22 @@ async def test_deploy_and_destroy_exclude_each_other(
     assert isinstance(cause, ApplicationError)
     assert cause.type == contracts.OTHER_RUN_ACTIVE
     assert f"destroy-{namespace}.{RELEASE} is running" in cause.message
+
+
+async def test_destroy_follow_prints_kept(
+    temporal_env: WorkflowEnvironment,
+    lifecycle_settings: WorkerSettings,
+    namespace: str,
+) -> None:
+    """`ventros-deploy destroy --follow` without --delete-data ends with the
+    message that lists what it kept and the option that deletes it."""
+    async with running_worker(temporal_env.client, lifecycle_settings):
+        await deploy(temporal_env, lifecycle_settings, namespace, "1.0.0")
+        result = await run_cli(
+            ["destroy", f"deploy-{namespace}.{RELEASE}", "--follow"],
+            cli_env(temporal_env, lifecycle_settings),
+        )
+    assert result.returncode == 0, result.stderr
+    assert "succeeded after" in result.stdout
+    assert f"postgresql/{RELEASE}-db" in result.stdout
+    assert "--delete-data" in result.stdout

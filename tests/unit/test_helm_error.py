@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from activities.deploy import IMMUTABLE_JOB
 from activities.helm import HelmError, hide_schema_values
 
 
@@ -66,3 +67,32 @@ def test_api_server_value_hidden() -> None:
         'spec.type: Unsupported value: (value not shown): supported values: "Clu'
         in (error.stderr)
     )
+
+
+def test_immutable_job_error_readable() -> None:
+    """helm v4 logs the API server's error escaped in a logfmt value, then
+    prints it in its Error line. In both, the rejected pod template is hidden
+    while the Job's name and "field is immutable" stay, which the temporal
+    phase looks for to replace the Job."""
+    template = (
+        'core.PodTemplateSpec{ObjectMeta:v1.ObjectMeta{Name:"", '
+        'Labels:map[string]string{"a":"SEKRET"}}}'
+    )
+    api = (
+        "server-side apply failed for object t/x batch/v1, Kind=Job: Job.batch "
+        f'"crm-schema" is invalid: spec.template: Invalid value: {template}: '
+        "field is immutable"
+    )
+    escaped = api.replace('"', '\\"')
+    stderr = (
+        f'level=WARN msg="upgrade failed" name=crm error="{escaped}"\n'
+        f"Error: UPGRADE FAILED: {api}"
+    )
+    error = HelmError("upgrade crm", 1, stderr)
+    assert "SEKRET" not in error.stderr
+    shown = (
+        'Job.batch "crm-schema" is invalid: spec.template: Invalid value: '
+        "(value not shown): field is immutable"
+    )
+    assert error.stderr.count(shown) == 2
+    assert IMMUTABLE_JOB.search(error.stderr) is not None
