@@ -25,7 +25,6 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -64,6 +63,7 @@ from deployer.codec import KeyRingError, NoKeyRingError, PayloadDecryptionError
 from deployer.connect import TlsFileError, connect, key_ring_configured
 from deployer.inputs import (
     DEFAULT_TIMEOUT_S,
+    MAX_VALUES_BYTES,
     MAX_VALUES_DEPTH,
     TIMEOUT_MAX_S,
     TIMEOUT_MIN_S,
@@ -388,7 +388,7 @@ def build_request(args: argparse.Namespace) -> dict[str, Any]:
     values: dict[str, Any] = dict(request.get("values") or {})
     if args.values:
         try:
-            loaded = load_yaml(Path(args.values).read_text()) or {}
+            loaded = load_yaml(read_input_file(args.values, "--values")) or {}
         except DuplicateKeyError as error:
             raise CliError(
                 f"invalid --values {args.values}: key {error.key} is given twice "
@@ -442,6 +442,30 @@ def build_request(args: argparse.Namespace) -> dict[str, Any]:
     return request
 
 
+# The largest --request or --values file the client reads. The values may be
+# at most MAX_VALUES_BYTES of JSON, and their YAML with comments is longer.
+MAX_INPUT_FILE_BYTES = 4 * MAX_VALUES_BYTES
+
+
+def read_input_file(path: str, option: str) -> str:
+    """Return the text of a --request or --values file.
+
+    Reads at most MAX_INPUT_FILE_BYTES, so that a device such as /dev/zero or
+    an endless pipe fails instead of filling the memory. Raises OSError and
+    UnicodeDecodeError as reading does, and CliError for a larger file.
+    """
+    with open(path, "rb") as file:
+        data = file.read(MAX_INPUT_FILE_BYTES + 1)
+    if len(data) > MAX_INPUT_FILE_BYTES:
+        raise CliError(
+            f"cannot read {option} {path}: it is larger than "
+            f"{MAX_INPUT_FILE_BYTES // 1024} KiB. The values may be at most "
+            f"{MAX_VALUES_BYTES // 1024} KiB of JSON, so pass a smaller file",
+            EXIT_USAGE,
+        )
+    return data.decode()
+
+
 def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """Build a JSON object, raising ValueError for a key given twice in it,
     of which json.loads would keep the last."""
@@ -459,7 +483,9 @@ def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 def read_request_file(path: str) -> dict[str, Any]:
     """Read a --request file: a JSON object whose values field is an object."""
     try:
-        request = json.loads(Path(path).read_text(), object_pairs_hook=unique_keys)
+        request = json.loads(
+            read_input_file(path, "--request"), object_pairs_hook=unique_keys
+        )
     except (OSError, ValueError) as error:
         raise CliError(f"cannot read --request {path}: {error}", EXIT_USAGE) from None
     except RecursionError:

@@ -422,3 +422,15 @@ def test_values_layered_merge_keys(tmp_path: Path) -> None:
     args = build_parser().parse_args(["start", "--values", str(path)])
     resources = build_request(args)["values"]["redis"]["resources"]
     assert resources == {"cpu": "100m", "memory": "1Gi"}
+
+
+@pytest.mark.parametrize("option", ["--request", "--values"])
+def test_endless_file_exit_2(option: str) -> None:
+    """A --request or --values path that never ends, such as /dev/zero, exits
+    2 after reading the size limit, instead of filling the memory."""
+    result = run_client(["start", option, "/dev/zero"])
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"cannot read {option} /dev/zero: it is larger than 1024 KiB" in (
+        result.stderr
+    )
