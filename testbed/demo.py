@@ -131,18 +131,25 @@ def _wait_http(url: str, what: str, timeout_s: float = 60.0) -> None:
     raise ClusterError(f"timed out after {timeout_s:.0f} s waiting for {what} at {url}")
 
 
-def start_temporal(group: ProcessGroup) -> None:
-    if group.running("temporal"):
-        return
-    for port, variable in (
-        (TEMPORAL_PORT, "VENTROS_DEMO_TEMPORAL_PORT"),
-        (UI_PORT, "VENTROS_DEMO_UI_PORT"),
-    ):
+def require_free_ports(ports: tuple[tuple[int, str], ...]) -> None:
+    """Raise ClusterError for the first (port, setting) whose port is in use."""
+    for port, variable in ports:
         if not port_free(port):
             raise ClusterError(
                 f"port 127.0.0.1:{port} is already in use; stop what listens there "
                 f"(`make demo-down` if it is an earlier demo) or set {variable}"
             )
+
+
+def start_temporal(group: ProcessGroup) -> None:
+    if group.running("temporal"):
+        return
+    require_free_ports(
+        (
+            (TEMPORAL_PORT, "VENTROS_DEMO_TEMPORAL_PORT"),
+            (UI_PORT, "VENTROS_DEMO_UI_PORT"),
+        )
+    )
     argv = [
         temporal_cli(),
         "server",
@@ -168,8 +175,14 @@ def start_temporal(group: ProcessGroup) -> None:
 
 
 def start_codec_server(group: ProcessGroup) -> None:
+    """Start the codec server and check that it serves its port.
+
+    The printed commands send the codec token to that port, so a port that
+    another process holds fails make demo.
+    """
     if group.running("codec-server"):
         return
+    require_free_ports(((CODEC_PORT, "VENTROS_DEMO_CODEC_PORT"),))
     token_file = STATE / "codec-token"
     if not token_file.exists():
         fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -192,6 +205,14 @@ def start_codec_server(group: ProcessGroup) -> None:
         ],
         cwd=REPO_ROOT,
     )
+    _wait_http(f"http://127.0.0.1:{CODEC_PORT}/", "the codec server")
+    # A process that took the port in the meantime answers too, and then
+    # the codec server exits on its failed bind.
+    time.sleep(0.3)
+    if not group.running("codec-server"):
+        raise ClusterError(
+            "the codec server exited at start:\n" + group.log_tail("codec-server")
+        )
 
 
 def start_worker(group: ProcessGroup) -> None:

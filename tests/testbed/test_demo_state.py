@@ -97,3 +97,24 @@ def test_demo_restart_after_failed_deploy(
     assert code == 0, output
     assert f"{workflow_id}: terminated" in output
     assert "ran before, so make demo only restarted what had stopped" in output
+
+
+def test_codec_port_in_use_fails(
+    demo_state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """make demo stops when another process holds the codec server's port,
+    because its printed commands send the codec token there. On a free port
+    the codec server starts and stays up."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        monkeypatch.setattr(demo, "CODEC_PORT", holder.getsockname()[1])
+        with pytest.raises(demo.ClusterError) as raised:
+            demo.start_codec_server(demo.processes())
+    assert "is already in use" in str(raised.value)
+    assert "VENTROS_DEMO_CODEC_PORT" in str(raised.value)
+    assert not demo.processes().running("codec-server")
+
+    monkeypatch.setattr(demo, "CODEC_PORT", free_port())
+    demo.start_codec_server(demo.processes())
+    assert demo.processes().running("codec-server")
