@@ -532,6 +532,12 @@ def test_secrets_digest_given_by_deployer(helm_env: dict[str, str]) -> None:
         ("rabbitmq.replicas=0", "/rabbitmq/replicas"),
         ("redis.image=redis#7", "/redis/image"),
         ("waitImage=-busybox", "/waitImage"),
+        ("postgresql.volume.storageClass=Bad_Class", "/postgresql/volume/storageClass"),
+        (
+            "rabbitmq.persistence.storageClassName=a b",
+            "/rabbitmq/persistence/storageClassName",
+        ),
+        ("redis.persistence.storageClass=Fast", "/redis/persistence/storageClass"),
     ],
 )
 def test_schema_rejects_value(helm_env: dict[str, str], value: str, field: str) -> None:
