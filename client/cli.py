@@ -180,6 +180,12 @@ def parse_set(pairs: list[str], literal: bool = False) -> dict[str, Any]:
                 "and YAML would keep only the second; remove one",
                 EXIT_USAGE,
             ) from None
+        except RecursionError:
+            raise CliError(
+                f"invalid --set {key}: it nests too deep to decode; keep values at "
+                f"most {MAX_VALUES_DEPTH} levels deep",
+                EXIT_USAGE,
+            ) from None
         except YAML_READ_ERRORS as error:
             raise CliError(
                 f"invalid --set {key}: {describe_yaml_error(error)}; quote the "
@@ -756,7 +762,9 @@ async def follow(
             f"`ventros-deploy watch {handle.id}`",
         )
     try:
-        return await follow_queried(client, handle, model, args, console)
+        return await follow_queried(
+            client, handle, model, args, console, description.close_time is None
+        )
     except RPCError as error:
         if error.status is RPCStatusCode.NOT_FOUND:
             raise
@@ -783,10 +791,14 @@ async def follow_queried(
     model: StatusModel,
     args: argparse.Namespace,
     console: Console,
+    running: bool,
 ) -> int:
-    """Show the run's status until it ends or a phase waits for retry."""
+    """Show the run's status until it ends or a phase waits for retry.
+
+    running tells whether the run was running when follow described it.
+    """
     # A restarted worker gets the query once the server's sticky window passed.
-    status = await query_status(handle, model, running=True)
+    status = await query_status(handle, model, running)
     if args.json:
         while await is_running(handle) and not _needs_attention(status):
             await asyncio.sleep(FOLLOW_INTERVAL_S)

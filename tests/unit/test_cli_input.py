@@ -434,3 +434,12 @@ def test_endless_file_exit_2(option: str) -> None:
     assert f"cannot read {option} /dev/zero: it is larger than 1024 KiB" in (
         result.stderr
     )
+
+
+def test_set_deep_nesting_exit_2() -> None:
+    """A --set value nested past the decoder's recursion limit exits 2 naming
+    the key, without a traceback."""
+    result = run_client(["start", "--set", "app.a=" + "[" * 500 + "]" * 500])
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "invalid --set app.a: it nests too deep to decode" in result.stderr
