@@ -171,7 +171,7 @@ class TeardownActivities:
                     request.release,
                     f"retry this step (`ventros-deploy retry {destroy_id}`)",
                 )
-            if phase is TEARDOWN_ORDER[0] and request.delete_namespace:
+            if phase is TEARDOWN_ORDER[0]:
                 await self._check_release_present(request)
             if phase is Phase.TEMPORAL:
                 result = TeardownResult(phase=phase)
@@ -192,11 +192,10 @@ class TeardownActivities:
     async def _check_release_present(self, request: DestroyRequest) -> None:
         """Raise ReleaseNotFound when nothing of the release is in its namespace.
 
-        Deleting the namespace is safe only where the release lived: with a
-        mistyped release name, the destroy would remove nothing of its own and
-        then delete a namespace full of other things. Evidence is a helm release
-        of it, of its Temporal or of its operators, or any object labelled with
-        its instance.
+        With a mistyped release name, a destroy would remove nothing and report
+        the release removed, and with --delete-namespace it would then delete a
+        namespace full of other things. Evidence is a helm release of it, of its
+        Temporal or of its operators, or any object labelled with its instance.
         """
         kube = await self._deploy.kube(request.kube_context)
         secret = well_known("v1", "Secret")
@@ -223,13 +222,21 @@ class TeardownActivities:
             )
             if found.get("items"):
                 return
+        consequence = "there is nothing to destroy"
+        anyway = ""
+        if request.delete_namespace:
+            consequence = (
+                "deleting the namespace would delete only what others put there"
+            )
+            anyway = (
+                " To delete the namespace anyway, run `kubectl delete namespace "
+                f"{request.namespace}`"
+            )
         raise ApplicationError(
             f"no release {request.release} in namespace {request.namespace}: no "
             f"helm release of that name and no object labelled {instance}, so "
-            "deleting the namespace would delete only what others put there. "
-            "Check the release name (`helm list --namespace "
-            f"{request.namespace}`). To delete the namespace anyway, run "
-            f"`kubectl delete namespace {request.namespace}`",
+            f"{consequence}. Check the release name (`helm list --namespace "
+            f"{request.namespace}`).{anyway}",
             type=contracts.RELEASE_NOT_FOUND,
             non_retryable=True,
         )

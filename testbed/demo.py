@@ -29,7 +29,7 @@ import urllib.request
 from pathlib import Path
 
 from client.cli import EXIT_FAILED, EXIT_NOT_FOUND, EXIT_OK, EXIT_USAGE
-from deployer import codec
+from deployer import codec, contracts
 from deployer.inputs import workflow_id_for
 from deployer.lifecycle import destroy_workflow_id_for
 from testbed.cluster import (
@@ -272,7 +272,8 @@ def release_gone(kubeconfig: Path) -> bool:
 
 
 def destroyed() -> bool:
-    """Tell whether the demo release's last destroy succeeded."""
+    """Tell whether the demo release's last destroy succeeded, or found
+    nothing of the release to destroy."""
     result = subprocess.run(
         [
             sys.executable,
@@ -289,7 +290,11 @@ def destroyed() -> bool:
         text=True,
     )
     try:
-        return bool(json.loads(result.stdout).get("state") == "succeeded")
+        shown = json.loads(result.stdout)
+        return bool(
+            shown.get("state") == "succeeded"
+            or shown.get("error_type") == contracts.RELEASE_NOT_FOUND
+        )
     except (ValueError, AttributeError):
         return False
 

@@ -675,15 +675,17 @@ async def test_destroy_unknown_context_fails_once(
     assert app.attempts == 1
 
 
+@pytest.mark.parametrize("delete_namespace", [True, False])
 async def test_destroy_unknown_release_keeps_namespace(
     temporal_env: WorkflowEnvironment,
     lifecycle_settings: WorkerSettings,
     kube: KubeClient,
     namespace: str,
+    delete_namespace: bool,
 ) -> None:
-    """With --delete-namespace, a release that never lived in the namespace
-    fails the first step as ReleaseNotFound and ends the destroy as invalid,
-    and the namespace and what others put there stay."""
+    """A release that never lived in the namespace fails the first step as
+    ReleaseNotFound and ends the destroy as invalid, also without
+    --delete-namespace, and the namespace and what others put there stay."""
     body = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -698,7 +700,7 @@ async def test_destroy_unknown_release_keeps_namespace(
             lifecycle_settings,
             namespace,
             delete_data=True,
-            delete_namespace=True,
+            delete_namespace=delete_namespace,
         )
         with pytest.raises(WorkflowFailureError):
             await asyncio.wait_for(handle.result(), timeout=60)
@@ -710,6 +712,12 @@ async def test_destroy_unknown_release_keeps_namespace(
     assert app.error_type == contracts.RELEASE_NOT_FOUND
     assert app.error is not None
     assert f"no release {RELEASE} in namespace {namespace}" in app.error
+    consequence = (
+        "deleting the namespace would delete only what others put there"
+        if delete_namespace
+        else "there is nothing to destroy"
+    )
+    assert consequence in app.error
     assert app.attempts == 1
     assert await kube.get(NAMESPACE, namespace) is not None
     assert await kube.get(CONFIGMAP, "important", namespace) is not None
