@@ -288,15 +288,16 @@ async def test_api_error_hides_rejected_value(
     namespace: str,
     json_logs: CapturedLogs,
 ) -> None:
-    """A secret typed into a value that the API server rejects, such as a
-    storage class name, is named by its field only: the server's error
-    quotes the value, and the status output and the logs show the message."""
+    """A secret typed into a value that the chart's schema takes and the API
+    server rejects, such as an annotation key, is named by its field only: the
+    server's error quotes the value, and the status output and the logs show
+    the message."""
     secrets, values = secret_values()
-    values["redis"] = {"persistence": {"storageClass": f"Pw_{secrets[0]}"}}
+    values["redis"] = {"podAnnotations": {f"pw {secrets[0]}": "x"}}
     _, error = await rejected_deploy(
         codec_client, worker_settings, namespace, values, contracts.OBJECT_INVALID
     )
-    assert "storageClassName: Invalid value: (value not shown)" in error.message
+    assert "annotations: Invalid value: (value not shown)" in error.message
     assert leaked_forms(secrets, error.message.encode()) == []
     assert leaked_forms(secrets, json_logs.text().encode()) == []
 
