@@ -795,7 +795,7 @@ async def follow_queried(
 ) -> int:
     """Show the run's status until it ends or a phase waits for retry.
 
-    running tells whether the run was running when follow described it.
+    running is True when the run was running as follow described it.
     """
     # A restarted worker gets the query once the server's sticky window passed.
     status = await query_status(handle, model, running)

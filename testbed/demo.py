@@ -177,8 +177,8 @@ def start_temporal(group: ProcessGroup) -> None:
 def start_codec_server(group: ProcessGroup) -> None:
     """Start the codec server and check that it serves its port.
 
-    The printed commands send the codec token to that port, so a port that
-    another process holds fails make demo.
+    The printed commands send the codec token to that port, so make demo
+    fails when another process listens on it.
     """
     if group.running("codec-server"):
         return
@@ -206,7 +206,7 @@ def start_codec_server(group: ProcessGroup) -> None:
         cwd=REPO_ROOT,
     )
     _wait_http(f"http://127.0.0.1:{CODEC_PORT}/", "the codec server")
-    # A process that took the port in the meantime answers too, and then
+    # A process that took the port in the meantime responds too, and then
     # the codec server exits on its failed bind.
     time.sleep(0.3)
     if not group.running("codec-server"):
@@ -290,10 +290,10 @@ def destroyed() -> bool:
         text=True,
     )
     try:
-        shown = json.loads(result.stdout)
+        status = json.loads(result.stdout)
         return bool(
-            shown.get("state") == "succeeded"
-            or shown.get("error_type") == contracts.RELEASE_NOT_FOUND
+            status.get("state") == "succeeded"
+            or status.get("error_type") == contracts.RELEASE_NOT_FOUND
         )
     except (ValueError, AttributeError):
         return False

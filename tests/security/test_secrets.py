@@ -288,10 +288,10 @@ async def test_api_error_hides_rejected_value(
     namespace: str,
     json_logs: CapturedLogs,
 ) -> None:
-    """A secret typed into a value that the chart's schema takes and the API
-    server rejects, such as an annotation key, is named by its field only: the
-    server's error quotes the value, and the status output and the logs show
-    the message."""
+    """A secret typed into a value that the chart's schema accepts and the API
+    server rejects, such as an annotation key, is named by its field only.
+    The server's error quotes the value, and the status output and the logs
+    show that error."""
     secrets, values = secret_values()
     values["redis"] = {"podAnnotations": {f"pw {secrets[0]}": "x"}}
     _, error = await rejected_deploy(

@@ -102,7 +102,7 @@ def test_demo_restart_after_failed_deploy(
 def test_codec_port_in_use_fails(
     demo_state: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """make demo stops when another process holds the codec server's port,
+    """make demo stops when another process listens on the codec server's port,
     because its printed commands send the codec token there. On a free port
     the codec server starts and stays up."""
     with socket.socket() as holder:
