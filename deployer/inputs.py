@@ -43,9 +43,10 @@ REPOSITORY_URL = re.compile(
     r"^(https://|oci://)[A-Za-z0-9.-]+(:[0-9]+)?(/[A-Za-z0-9._~/-]*)?$"
 )
 # The user and password part of a URL, such as https://user:pw@host.
-# The match runs to the last "@" before the host's "/", because a password
-# may contain "@" too. NOTE: a password with "/" or a space is shown in part.
-URL_CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/\s\"]*@")
+# A typed password may hold "@", "/" or a space, so the match runs to the
+# last "@" of the text. That also hides the host and path of a URL whose path
+# holds "@" (oci://host/chart@sha256:...), which an error can do without.
+URL_CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://).*@")
 KUBE_CONTEXT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@:/-]{0,252}$")
 MAX_VALUES_BYTES = 256 * 1024
 # Helm values nest a few levels; far deeper JSON makes recursive encoders and

@@ -86,10 +86,12 @@ def test_chart_check_not_echoed(field: str) -> None:
     assert "(got" not in message
 
 
-@pytest.mark.parametrize("password", ["SEKRET2", "SEK@RET2"])
+@pytest.mark.parametrize(
+    "password", ["SEKRET2", "SEK@RET2", "SEK/RET2", "SEK RET2", "SE/K@R ET2"]
+)
 def test_url_credentials_not_echoed(password: str) -> None:
     """A URL with credentials typed into a text field is shown without them,
-    also when the password contains "@"."""
+    also when the password contains "@", "/" or a space."""
     raw = {
         "release": "crm",
         "namespace": "shop",
