@@ -43,9 +43,9 @@ REPOSITORY_URL = re.compile(
     r"^(https://|oci://)[A-Za-z0-9.-]+(:[0-9]+)?(/[A-Za-z0-9._~/-]*)?$"
 )
 # The user and password part of a URL, such as https://user:pw@host.
-# A typed password may hold "@", "/" or a space, so the match runs to the
-# last "@" of the text. That also hides the host and path of a URL whose path
-# holds "@" (oci://host/chart@sha256:...), which an error can do without.
+# A typed password may contain "@", "/" or a space, so the match runs to the
+# last "@" of the text. It also hides the host and path of a URL with "@" in
+# its path (oci://host/chart@sha256:...), which an error message can omit.
 URL_CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://).*@")
 KUBE_CONTEXT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@:/-]{0,252}$")
 MAX_VALUES_BYTES = 256 * 1024
