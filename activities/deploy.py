@@ -81,6 +81,7 @@ from deployer.inputs import (
 from deployer.lifecycle import how_to_stop, other_runs
 from deployer.phases import ObjectRef, Phase
 from deployer.settings import WorkerSettings, normalize_address
+from deployer.versions import is_older, version_key
 
 log = structlog.get_logger("ventros.activities")
 
@@ -765,6 +766,23 @@ def image_tag(deployment: JsonObject) -> str:
     return str(labels.get("app.kubernetes.io/version", image))
 
 
+def values_image_tag(values: JsonObject) -> str | None:
+    """Return the image tag that a request's values set, or None when they
+    leave it to the chart (no tag, or an empty one)."""
+    image = values.get("image")
+    tag = image.get("tag") if isinstance(image, dict) else None
+    return str(tag) if tag not in (None, "") else None
+
+
+def is_migration_of(obj: JsonObject, release: str) -> bool:
+    """Return True when obj has the labels of release's migration Jobs."""
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    return bool(
+        labels.get(PHASE_LABEL) == Phase.MIGRATION.value
+        and labels.get(INSTANCE_LABEL) == release
+    )
+
+
 def rendered_app_version(objects: list[JsonObject]) -> str | None:
     """Return the app version that rendered objects deploy: the image tag of
     the app container of the app phase's one Deployment.
@@ -868,6 +886,7 @@ class DeployActivities:
         )
         if existing is not None:
             await self._check_owners(request, objects, existing)
+            await self._check_not_older(request, objects, existing)
         await self._dry_run_objects(
             request, objects, None if existing is None else frozenset(existing)
         )
@@ -972,6 +991,62 @@ class DeployActivities:
                 "release, so choose another release name, or delete those "
                 "objects if nothing uses them",
             )
+
+    async def _check_not_older(
+        self,
+        request: DeployRequest,
+        objects: list[JsonObject],
+        existing: dict[ObjectKey, JsonObject],
+    ) -> None:
+        """Raise InvalidRequest when a request that names no app version would
+        replace the running app version with an older one, the chart's default.
+
+        A request that sets app_version or the image.tag value names its
+        version, and may go back on purpose. Versions with no known order pass.
+        """
+        if request.app_version or values_image_tag(request.values):
+            return
+        target = rendered_app_version(objects)
+        apps = [
+            obj
+            for obj in objects
+            if obj.get("kind") == "Deployment" and object_phase(obj) == Phase.APP.value
+        ]
+        if target is None or len(apps) != 1:
+            return
+        name = apps[0]["metadata"]["name"]
+        current = existing.get(("apps/v1", "Deployment", name))
+        if current is None:
+            return
+        try:
+            running = image_tag(current)
+        except (IndexError, KeyError, TypeError):
+            return  # No app container to read, so no running version.
+
+        migrated: dict[str, str] = {}
+        if version_key(running) is None or version_key(target) is None:
+            # Tags without numbers: the order of their migrations decides.
+            kube = await self.kube(request.kube_context)
+            record = await kube.get(
+                CONFIG_MAP, migrations_name(request.release), request.namespace
+            )
+            jobs = [
+                obj
+                for (_, kind, _), obj in existing.items()
+                if kind == "Job" and is_migration_of(obj, request.release)
+            ]
+            migrated = with_completed(migrated_versions(record), jobs)
+        if not is_older(target, running, migrated):
+            return
+        raise _non_retryable(
+            contracts.INVALID_REQUEST,
+            f"app_version is not set, so this deploy would replace app version "
+            f"{running}, which Deployment {name} runs, with {target}, the "
+            f"chart's default, which is older. Set app_version to {running} "
+            f"(--app-version {running}) to keep the running version, or to "
+            f"{target} to go back to it on purpose; database migrations of later "
+            "versions are not undone",
+        )
 
     async def _dry_run_objects(
         self,

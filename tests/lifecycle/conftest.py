@@ -65,10 +65,11 @@ async def deploy(
     env: WorkflowEnvironment,
     settings: WorkerSettings,
     namespace: str,
-    version: str,
+    version: str | None,
     **overrides: Any,
 ) -> DeployStatus:
-    """Deploy one app version and return the final status."""
+    """Deploy one app version, or the chart's default for None, and return the
+    final status."""
     request = deploy_request(namespace, app_version=version, **overrides)
     handle = await env.client.start_workflow(
         "VentrosDeploy",
@@ -83,7 +84,7 @@ async def start_deploy(
     env: WorkflowEnvironment,
     settings: WorkerSettings,
     namespace: str,
-    version: str,
+    version: str | None,
     **overrides: Any,
 ) -> WorkflowHandle[Any, Any]:
     return await env.client.start_workflow(

@@ -366,6 +366,49 @@ async def test_unchangeable_value_fails_validate(
     assert len(records["items"]) == 1
 
 
+async def test_plain_deploy_over_newer_version_rejected(
+    temporal_env: WorkflowEnvironment,
+    lifecycle_settings: WorkerSettings,
+    kube: KubeClient,
+    namespace: str,
+) -> None:
+    """A deploy that names no app version, over a release that runs a newer one
+    than the chart's default (1.0.0), fails in validate and changes nothing. A
+    version set through the image.tag value goes back as requested."""
+    async with running_worker(temporal_env.client, lifecycle_settings):
+        await deploy(temporal_env, lifecycle_settings, namespace, "1.1.0")
+        handle = await start_deploy(temporal_env, lifecycle_settings, namespace, None)
+        with pytest.raises(WorkflowFailureError) as failure:
+            await handle.result()
+        status = await handle.query("status", result_type=DeployStatus)
+        records = await kube.list(
+            SECRET, namespace, label_selector=f"owner=helm,name={RELEASE}"
+        )
+        running = app_image_tag(await get(kube, DEPLOYMENT, RELEASE, namespace))
+
+        values = {
+            "app": {"replicas": 2},
+            "rabbitmq": {"replicas": 1},
+            "image": {"tag": "1.0.0"},
+        }
+        back = await deploy(
+            temporal_env, lifecycle_settings, namespace, None, values=values
+        )
+    cause = failure.value.cause
+    assert isinstance(cause, ApplicationError)
+    assert cause.type == contracts.INVALID_REQUEST
+    assert cause.non_retryable
+    assert "would replace app version 1.1.0" in cause.message
+    assert f"which Deployment {RELEASE} runs, with 1.0.0" in cause.message
+    assert "--app-version 1.1.0" in cause.message
+    assert status.state == "invalid"
+    assert all(r.attempts == 0 for r in status.phases)
+    assert len(records["items"]) == 1
+    assert running == "1.1.0"
+    assert back.state == "succeeded"
+    assert app_image_tag(await get(kube, DEPLOYMENT, RELEASE, namespace)) == "1.0.0"
+
+
 async def test_temporal_namespace_change_replaces_schema_job(
     temporal_env: WorkflowEnvironment,
     lifecycle_settings: WorkerSettings,

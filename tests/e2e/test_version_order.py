@@ -1,0 +1,130 @@
+"""The check against an implicit downgrade, for tags without numbers.
+
+Such tags have no order of their own, so the check reads the order of their
+migrations: the completed migration Jobs that validate listed, and the note of
+pruned ones in the release's migrations ConfigMap, read from the local API
+server here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from temporalio.exceptions import ApplicationError
+
+from activities.deploy import (
+    APP_VERSION_ANNOTATION,
+    INSTANCE_LABEL,
+    PHASE_LABEL,
+    DeployActivities,
+    ObjectKey,
+    note_migrated,
+)
+from activities.kubeapi import JsonObject, KubeClient
+from deployer import contracts
+from deployer.inputs import parse_request
+from deployer.settings import WorkerSettings
+from tests.conftest import deploy_request
+
+RELEASE = "ventros-crm"
+APP_KEY = ("apps/v1", "Deployment", RELEASE)
+
+
+def app_deployment(tag: str) -> JsonObject:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": RELEASE, "labels": {PHASE_LABEL: "app"}},
+        "spec": {
+            "template": {
+                "spec": {"containers": [{"name": "app", "image": f"crm:{tag}"}]}
+            }
+        },
+    }
+
+
+def completed_job(tag: str, at: str) -> JsonObject:
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": f"{RELEASE}-migrate-{tag}",
+            "labels": {PHASE_LABEL: "migration", INSTANCE_LABEL: RELEASE},
+            "annotations": {APP_VERSION_ANNOTATION: tag},
+            "creationTimestamp": at,
+        },
+        "spec": {"completions": 1},
+        "status": {
+            "succeeded": 1,
+            "completionTime": at,
+            "conditions": [
+                {"type": "SuccessCriteriaMet", "status": "True"},
+                {"type": "Complete", "status": "True"},
+            ],
+        },
+    }
+
+
+async def check(
+    settings: WorkerSettings,
+    namespace: str,
+    existing: dict[ObjectKey, JsonObject],
+    **overrides: Any,
+) -> None:
+    """Run the check as validate does, for a render of tag stable."""
+    activities = DeployActivities(settings)
+    request = parse_request(deploy_request(namespace, app_version=None, **overrides))
+    try:
+        await activities._check_not_older(request, [app_deployment("stable")], existing)
+    finally:
+        await activities.close()
+
+
+async def test_tag_migrated_earlier_rejected(
+    worker_settings: WorkerSettings, kube: KubeClient, namespace: str
+) -> None:
+    """The running tag migrated after the chart's default, per its Job."""
+    await note_migrated(kube, RELEASE, namespace, {"stable": "2026-01-01T10:00:00Z"})
+    existing = {
+        APP_KEY: app_deployment("abc1234"),
+        ("batch/v1", "Job", "m"): completed_job("abc1234", "2026-02-01T10:00:00Z"),
+    }
+    with pytest.raises(ApplicationError) as raised:
+        await check(worker_settings, namespace, existing)
+    assert raised.value.type == contracts.INVALID_REQUEST
+    assert raised.value.non_retryable
+    assert "would replace app version abc1234" in raised.value.message
+    assert "with stable, the chart's default" in raised.value.message
+
+
+async def test_tag_migrated_later_passes(
+    worker_settings: WorkerSettings, kube: KubeClient, namespace: str
+) -> None:
+    """The chart's default migrated last (a rollback before), per the note."""
+    await note_migrated(kube, RELEASE, namespace, {"stable": "2026-03-01T10:00:00Z"})
+    existing = {
+        APP_KEY: app_deployment("abc1234"),
+        ("batch/v1", "Job", "m"): completed_job("abc1234", "2026-02-01T10:00:00Z"),
+    }
+    await check(worker_settings, namespace, existing)
+
+
+async def test_tag_without_migration_passes(
+    worker_settings: WorkerSettings, namespace: str
+) -> None:
+    """No migration of either tag, no note: the order is unknown."""
+    await check(worker_settings, namespace, {APP_KEY: app_deployment("abc1234")})
+
+
+async def test_explicit_tag_value_passes(
+    worker_settings: WorkerSettings, kube: KubeClient, namespace: str
+) -> None:
+    """A request that sets image.tag itself may go back."""
+    await note_migrated(kube, RELEASE, namespace, {"stable": "2026-01-01T10:00:00Z"})
+    existing = {
+        APP_KEY: app_deployment("abc1234"),
+        ("batch/v1", "Job", "m"): completed_job("abc1234", "2026-02-01T10:00:00Z"),
+    }
+    values = {"image": {"tag": "stable"}}
+    await check(worker_settings, namespace, existing, values=values)
