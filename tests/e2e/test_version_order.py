@@ -81,15 +81,24 @@ async def check(
         await activities.close()
 
 
+async def migrated_state(
+    kube: KubeClient, namespace: str, stable_at: str
+) -> dict[ObjectKey, JsonObject]:
+    """Note the chart's default tag stable as migrated at stable_at, and return
+    validate's listing: the app running abc1234, whose Job completed on
+    2026-02-01."""
+    await note_migrated(kube, RELEASE, namespace, {"stable": stable_at})
+    return {
+        APP_KEY: app_deployment("abc1234"),
+        ("batch/v1", "Job", "m"): completed_job("abc1234", "2026-02-01T10:00:00Z"),
+    }
+
+
 async def test_tag_migrated_earlier_rejected(
     worker_settings: WorkerSettings, kube: KubeClient, namespace: str
 ) -> None:
     """The running tag migrated after the chart's default, per its Job."""
-    await note_migrated(kube, RELEASE, namespace, {"stable": "2026-01-01T10:00:00Z"})
-    existing = {
-        APP_KEY: app_deployment("abc1234"),
-        ("batch/v1", "Job", "m"): completed_job("abc1234", "2026-02-01T10:00:00Z"),
-    }
+    existing = await migrated_state(kube, namespace, "2026-01-01T10:00:00Z")
     with pytest.raises(ApplicationError) as raised:
         await check(worker_settings, namespace, existing)
     assert raised.value.type == contracts.INVALID_REQUEST
@@ -102,11 +111,7 @@ async def test_tag_migrated_later_passes(
     worker_settings: WorkerSettings, kube: KubeClient, namespace: str
 ) -> None:
     """The chart's default migrated last (a rollback before), per the note."""
-    await note_migrated(kube, RELEASE, namespace, {"stable": "2026-03-01T10:00:00Z"})
-    existing = {
-        APP_KEY: app_deployment("abc1234"),
-        ("batch/v1", "Job", "m"): completed_job("abc1234", "2026-02-01T10:00:00Z"),
-    }
+    existing = await migrated_state(kube, namespace, "2026-03-01T10:00:00Z")
     await check(worker_settings, namespace, existing)
 
 
@@ -121,10 +126,6 @@ async def test_explicit_tag_value_passes(
     worker_settings: WorkerSettings, kube: KubeClient, namespace: str
 ) -> None:
     """A request that sets image.tag itself may go back."""
-    await note_migrated(kube, RELEASE, namespace, {"stable": "2026-01-01T10:00:00Z"})
-    existing = {
-        APP_KEY: app_deployment("abc1234"),
-        ("batch/v1", "Job", "m"): completed_job("abc1234", "2026-02-01T10:00:00Z"),
-    }
+    existing = await migrated_state(kube, namespace, "2026-01-01T10:00:00Z")
     values = {"image": {"tag": "stable"}}
     await check(worker_settings, namespace, existing, values=values)
