@@ -783,6 +783,20 @@ def is_migration_of(obj: JsonObject, release: str) -> bool:
     )
 
 
+def older_default_error(target: str, newer: str, origin: str) -> ApplicationError:
+    """Return the InvalidRequest error of a deploy that would go back from app
+    version newer to target, the chart's default, without naming a version.
+    origin is a clause that says where newer was found."""
+    return _non_retryable(
+        contracts.INVALID_REQUEST,
+        f"app_version is not set, so this deploy would replace app version "
+        f"{newer}, {origin}, with {target}, the chart's default, which is older. "
+        f"Set app_version to {newer} (--app-version {newer}) to keep that "
+        f"version, or to {target} to go back to it on purpose. Database "
+        "migrations of later versions are not undone",
+    )
+
+
 def rendered_app_version(objects: list[JsonObject]) -> str | None:
     """Return the app version that rendered objects deploy: the image tag of
     the app container of the app phase's one Deployment.
@@ -1016,37 +1030,53 @@ class DeployActivities:
             return
         name = apps[0]["metadata"]["name"]
         current = existing.get(("apps/v1", "Deployment", name))
-        if current is None:
-            return
-        try:
-            running = image_tag(current)
-        except (IndexError, KeyError, TypeError):
-            return  # No app container to read, so no running version.
+        running = None
+        if current is not None:
+            try:
+                running = image_tag(current)
+            except (IndexError, KeyError, TypeError):
+                running = None  # No app container to read.
 
         migrated: dict[str, str] = {}
-        if version_key(running) is None or version_key(target) is None:
-            # Tags without numbers: the order of their migrations decides.
-            kube = await self.kube(request.kube_context)
-            record = await kube.get(
-                CONFIG_MAP, migrations_name(request.release), request.namespace
-            )
-            jobs = [
-                obj
-                for (_, kind, _), obj in existing.items()
-                if kind == "Job" and is_migration_of(obj, request.release)
-            ]
-            migrated = with_completed(migrated_versions(record), jobs)
-        if not is_older(target, running, migrated):
+        if (
+            running is None
+            or version_key(running) is None
+            or version_key(target) is None
+        ):
+            migrated = await self._migrated(request, existing)
+        if running is not None:
+            if is_older(target, running, migrated):
+                raise older_default_error(
+                    target, running, f"which Deployment {name} is set to run"
+                )
             return
-        raise _non_retryable(
-            contracts.INVALID_REQUEST,
-            f"app_version is not set, so this deploy would replace app version "
-            f"{running}, which Deployment {name} runs, with {target}, the "
-            f"chart's default, which is older. Set app_version to {running} "
-            f"(--app-version {running}) to keep the running version, or to "
-            f"{target} to go back to it on purpose; database migrations of later "
-            "versions are not undone",
+        # With no app Deployment (a destroy that kept the data), the version
+        # whose migration completed last is the one the database is at.
+        if migrated:
+            newest = max(migrated, key=migrated.__getitem__)
+            if is_older(target, newest, migrated):
+                raise older_default_error(
+                    target,
+                    newest,
+                    "for which the release's database was migrated last",
+                )
+
+    async def _migrated(
+        self, request: DeployRequest, existing: dict[ObjectKey, JsonObject]
+    ) -> dict[str, str]:
+        """Return the release's completed migrations, version to completion
+        time: the migration Jobs that validate listed and the note of the
+        deleted ones."""
+        kube = await self.kube(request.kube_context)
+        record = await kube.get(
+            CONFIG_MAP, migrations_name(request.release), request.namespace
         )
+        jobs = [
+            obj
+            for (_, kind, _), obj in existing.items()
+            if kind == "Job" and is_migration_of(obj, request.release)
+        ]
+        return with_completed(migrated_versions(record), jobs)
 
     async def _dry_run_objects(
         self,

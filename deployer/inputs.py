@@ -47,6 +47,8 @@ REPOSITORY_URL = re.compile(
 # last "@" of the text. It also hides the host and path of a URL with "@" in
 # its path (oci://host/chart@sha256:...), which an error message can omit.
 URL_CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://).*@")
+# The longest field value that an error message quotes, in its JSON form.
+MAX_ECHOED_CHARS = 1024
 KUBE_CONTEXT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@:/-]{0,252}$")
 MAX_VALUES_BYTES = 256 * 1024
 # Helm values nest a few levels; far deeper JSON makes recursive encoders and
@@ -436,9 +438,13 @@ def describe_validation_error(error: ValidationError) -> str:
         )
         shown = ""
         if echo:
-            text = URL_CREDENTIALS.sub(
-                r"\1(credentials not shown)@", json.dumps(field_input, default=str)
-            )
-            shown = f" (got {text[:80]}{'...' if len(text) > 80 else ''})"
+            text = json.dumps(field_input, default=str)
+            if len(text) > MAX_ECHOED_CHARS:
+                # Not shown in part: a cut could drop the "@" that ends a
+                # URL's credentials, and the match takes quadratic time.
+                shown = f" (got {len(text)} characters)"
+            else:
+                text = URL_CREDENTIALS.sub(r"\1(credentials not shown)@", text)
+                shown = f" (got {text[:80]}{'...' if len(text) > 80 else ''})"
         lines.append(f"{location}: {message}{shown}")
     return "invalid deploy request: " + "; ".join(lines)

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import re
 
-# Numbers separated by dots, an optional leading "v", an optional
-# pre-release after "-" and optional build metadata after "+".
+# Two or more numbers separated by dots, an optional leading "v", an optional
+# pre-release after "-" and optional build metadata after "+". One number
+# alone (a build number, a date, a commit hash of digits) is not a version.
 DOTTED_VERSION = re.compile(
-    r"v?(?P<numbers>[0-9]+(?:\.[0-9]+)*)"
+    r"v?(?P<numbers>[0-9]+(?:\.[0-9]+)+)"
     r"(?:-(?P<pre>[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*))?"
     r"(?:\+[0-9A-Za-z-]+(?:\.[0-9A-Za-z-]+)*)?"
 )

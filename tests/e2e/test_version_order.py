@@ -1,9 +1,10 @@
-"""The check against an implicit downgrade, for tags without numbers.
+"""The check against an implicit downgrade, where it reads the migrations.
 
-Such tags have no order of their own, so the check reads the order of their
-migrations: the completed migration Jobs that validate listed, and the note of
-pruned ones in the release's migrations ConfigMap, read from the local API
-server here.
+Tags without numbers have no order of their own, and a release without its
+app Deployment (a destroy that kept the data) runs no version. In both cases
+the check reads the migrations: the completed migration Jobs that validate
+listed, and the note of deleted ones in the release's migrations ConfigMap,
+read from the local API server here.
 """
 
 from __future__ import annotations
@@ -70,13 +71,14 @@ async def check(
     settings: WorkerSettings,
     namespace: str,
     existing: dict[ObjectKey, JsonObject],
+    rendered: str = "stable",
     **overrides: Any,
 ) -> None:
-    """Run the check as validate does, for a render of tag stable."""
+    """Run the check as validate does, for a render of tag rendered."""
     activities = DeployActivities(settings)
     request = parse_request(deploy_request(namespace, app_version=None, **overrides))
     try:
-        await activities._check_not_older(request, [app_deployment("stable")], existing)
+        await activities._check_not_older(request, [app_deployment(rendered)], existing)
     finally:
         await activities.close()
 
@@ -129,3 +131,29 @@ async def test_explicit_tag_value_passes(
     existing = await migrated_state(kube, namespace, "2026-01-01T10:00:00Z")
     values = {"image": {"tag": "stable"}}
     await check(worker_settings, namespace, existing, values=values)
+
+
+async def test_no_deployment_newest_migration_rejected(
+    worker_settings: WorkerSettings, kube: KubeClient, namespace: str
+) -> None:
+    """Without the app Deployment, the newest migration is the version the
+    database was migrated for, and the chart's older default fails."""
+    migrated = {"1.0.0": "2026-01-01T10:00:00Z", "1.1.0": "2026-02-01T10:00:00Z"}
+    await note_migrated(kube, RELEASE, namespace, migrated)
+    with pytest.raises(ApplicationError) as raised:
+        await check(worker_settings, namespace, {}, rendered="1.0.0")
+    message = raised.value.message
+    assert raised.value.type == contracts.INVALID_REQUEST
+    assert "would replace app version 1.1.0, for which the release's" in message
+    assert "(--app-version 1.1.0)" in message
+
+
+async def test_no_deployment_default_migrated_last_passes(
+    worker_settings: WorkerSettings, kube: KubeClient, namespace: str
+) -> None:
+    """The chart's default migrated last (after a rollback to it), so the
+    deploy is not a step back."""
+    migrated = {"1.1.0": "2026-02-01T10:00:00Z", "1.0.0": "2026-03-01T10:00:00Z"}
+    await note_migrated(kube, RELEASE, namespace, migrated)
+    await check(worker_settings, namespace, {}, rendered="1.0.0")
+    await check(worker_settings, namespace, {}, rendered="1.2.0")

@@ -102,3 +102,15 @@ def test_url_credentials_not_echoed(password: str) -> None:
     message = str(raised.value)
     assert '(got "https://(credentials not shown)@h")' in message
     assert "RET2" not in message
+
+
+def test_long_value_not_echoed() -> None:
+    """A value too long to quote is named by its length only: a part of it
+    could show a URL's credentials without the "@" that ends them."""
+    value = "https://u:SEKRET3" + "x" * 2000 + "@h"
+    raw = {"release": "crm", "namespace": "shop", "app_version": value}
+    with pytest.raises(InvalidRequestError) as raised:
+        parse_request(raw)
+    message = str(raised.value)
+    assert f"(got {len(value) + 2} characters)" in message
+    assert "SEKRET3" not in message

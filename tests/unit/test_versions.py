@@ -3,9 +3,17 @@ uses (deployer/versions.py)."""
 
 from __future__ import annotations
 
-import pytest
+from pathlib import Path
+from typing import Any
 
-from activities.deploy import values_image_tag
+import pytest
+from temporalio.exceptions import ApplicationError
+
+from activities.deploy import PHASE_LABEL, DeployActivities, values_image_tag
+from activities.kubeapi import JsonObject
+from deployer import contracts
+from deployer.inputs import parse_request
+from deployer.settings import WorkerSettings
 from deployer.versions import is_older, version_key
 
 
@@ -34,7 +42,9 @@ def test_equal_numeric_versions(left: str, right: str) -> None:
     assert not is_older(right, left, {})
 
 
-@pytest.mark.parametrize("tag", ["stable", "abc1234", "1.2.x", "", "1..2", "v"])
+@pytest.mark.parametrize(
+    "tag", ["stable", "abc1234", "8675309", "20240601", "1.2.x", "", "1..2", "v"]
+)
 def test_tag_without_numbers_has_no_key(tag: str) -> None:
     assert version_key(tag) is None
 
@@ -66,8 +76,61 @@ def test_numbers_win_over_migration_order() -> None:
         ({"image": {"repository": "r"}}, None),
         ({"image": "r:1"}, None),
         ({"image": {"tag": "1.0.0"}}, "1.0.0"),
-        ({"image": {"tag": 2}}, "2"),
     ],
 )
 def test_values_image_tag(values: dict[str, object], tag: str | None) -> None:
     assert values_image_tag(values) == tag
+
+
+def app_deployment(tag: str) -> JsonObject:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "crm", "labels": {PHASE_LABEL: "app"}},
+        "spec": {
+            "template": {
+                "spec": {"containers": [{"name": "app", "image": f"r:5000/crm:{tag}"}]}
+            }
+        },
+    }
+
+
+async def check_numeric(tmp_path: Path, running: str, **fields: Any) -> None:
+    """Run validate's check for a render of 1.0.0 over a Deployment that runs
+    running. Numeric versions need no API call, so the client raises."""
+    deploy = DeployActivities(WorkerSettings(helm="/bin/true", chart_root=tmp_path))
+
+    async def no_client(context: str | None) -> Any:
+        raise AssertionError("numeric versions need no API call")
+
+    deploy.kube = no_client  # type: ignore[method-assign]
+    request = parse_request({"release": "crm", "namespace": "shop", **fields})
+    existing = {("apps/v1", "Deployment", "crm"): app_deployment(running)}
+    await deploy._check_not_older(request, [app_deployment("1.0.0")], existing)
+
+
+async def test_plain_deploy_back_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ApplicationError) as raised:
+        await check_numeric(tmp_path, "1.1.0")
+    message = raised.value.message
+    assert raised.value.type == contracts.INVALID_REQUEST
+    assert raised.value.non_retryable
+    assert "would replace app version 1.1.0, which Deployment crm" in message
+    assert "with 1.0.0, the chart's default, which is older" in message
+    assert "(--app-version 1.1.0)" in message
+
+
+@pytest.mark.parametrize(
+    ("running", "fields"),
+    [
+        ("1.1.0", {"app_version": "1.0.0"}),
+        ("1.1.0", {"values": {"image": {"tag": "1.0.0"}}}),
+        ("0.9.0", {}),
+        ("1.0.0", {}),
+        ("1.0.0-rc.1", {}),
+    ],
+)
+async def test_named_or_newer_version_passes(
+    tmp_path: Path, running: str, fields: dict[str, Any]
+) -> None:
+    await check_numeric(tmp_path, running, **fields)
