@@ -399,7 +399,7 @@ async def test_plain_deploy_over_newer_version_rejected(
     assert cause.type == contracts.INVALID_REQUEST
     assert cause.non_retryable
     assert "would replace app version 1.1.0" in cause.message
-    assert f"which Deployment {RELEASE} runs, with 1.0.0" in cause.message
+    assert f"which Deployment {RELEASE} is set to run, with 1.0.0" in cause.message
     assert "--app-version 1.1.0" in cause.message
     assert status.state == "invalid"
     assert all(r.attempts == 0 for r in status.phases)
