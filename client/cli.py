@@ -749,9 +749,16 @@ async def follow(
     description = await handle.describe()
     model = status_model(handle.id, description.workflow_type)
     task_queue = description.task_queue
+    info = description.raw_description.workflow_execution_info
+    if info.status == WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_COMPLETED:
+        completed = client.get_workflow_handle(handle.id, run_id=description.run_id)
+        status = await result_status(completed, model)
+        if status is not None:
+            if not args.json:
+                console.print(status_view(status))
+            return await show_outcome(completed, status, args, console)
     if not await worker_polls(client, task_queue):
         if description.close_time is not None:
-            info = description.raw_description.workflow_execution_info
             return await show_ended_unqueried(
                 handle, info, model, args, console, unqueried_note(task_queue)
             )
@@ -804,9 +811,7 @@ async def follow_queried(
             await asyncio.sleep(FOLLOW_INTERVAL_S)
             status = await query_status(handle, model, running=True)
         status = await fetch_status(handle, model, WORKER_RESPONSE_TIMEOUT)
-        status, error_type, _ = await settle(handle, status)
-        print(json.dumps(with_error_type(status.model_dump(mode="json"), error_type)))
-        return outcome_code(status, error_type)
+        return await show_outcome(handle, status, args, console)
     with Live(
         status_view(status), console=console, refresh_per_second=4, transient=False
     ) as live:
@@ -824,7 +829,21 @@ async def follow_queried(
     if not console.is_terminal:
         # Off a terminal, Live leaves its last line without a line break.
         console.line()
+    return await show_outcome(handle, status, args, console)
+
+
+async def show_outcome(
+    handle: WorkflowHandle[Any, Any],
+    status: AnyStatus,
+    args: argparse.Namespace,
+    console: Console,
+) -> int:
+    """Print how a followed run ended, or why it stopped (a phase that waits
+    for retry), after its status; return the exit code."""
     status, error_type, duration_s = await settle(handle, status)
+    if args.json:
+        print(json.dumps(with_error_type(status.model_dump(mode="json"), error_type)))
+        return outcome_code(status, error_type)
     console.print(
         f"{status.state} after {duration_s:.1f} s" + type_suffix(error_type),
         highlight=False,
@@ -1014,36 +1033,16 @@ async def cmd_status(client: Client, args: argparse.Namespace, console: Console)
     model = status_model(handle.id, description.workflow_type)
     info = description.raw_description.workflow_execution_info
     running = info.status == WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_RUNNING
-    # A query needs a worker, also for a run that has ended. Without one, each
-    # query times out after WORKER_RESPONSE_TIMEOUT, so check for one first.
-    if not await worker_polls(client, info.task_queue):
-        if running:
-            raise no_worker_error(
-                f"{no_poller(info.task_queue)}, so no worker responds to the "
-                f"status query of {handle.id}",
-                info.task_queue,
+    status = None
+    if info.status == WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_COMPLETED:
+        status = await result_status(handle, model)
+    if status is None:
+        try:
+            status = await worker_status(client, handle, info, model, running)
+        except RunEndedUnqueried as unqueried:
+            return await show_ended_unqueried(
+                handle, info, model, args, console, unqueried.note
             )
-        return await show_ended_unqueried(
-            handle, info, model, args, console, unqueried_note(info.task_queue)
-        )
-    try:
-        status = await query_status(handle, model, running)
-    except RPCError as error:
-        if error.status is RPCStatusCode.NOT_FOUND:
-            raise
-        if running:
-            raise no_worker_error(
-                f"the status query of {handle.id} failed: {error.message}",
-                info.task_queue,
-            ) from None
-        return await show_ended_unqueried(
-            handle,
-            info,
-            model,
-            args,
-            console,
-            query_failed_note(error, info.task_queue),
-        )
     # A run that ended, also between describe and the query, gets Temporal's
     # end state where the workflow recorded none (terminated, timed out, or
     # failed before the workflow recorded why), and its failure's error type.
@@ -1078,6 +1077,66 @@ async def cmd_status(client: Client, args: argparse.Namespace, console: Console)
     if ended:
         return outcome_code(status, error_type)
     return EXIT_OK
+
+
+class RunEndedUnqueried(Exception):
+    """A run that has ended, whose status query no worker responded to."""
+
+    def __init__(self, note: str) -> None:
+        super().__init__(note)
+        self.note = note
+
+
+async def worker_status(
+    client: Client,
+    handle: WorkflowHandle[Any, Any],
+    info: WorkflowExecutionInfo,
+    model: StatusModel,
+    running: bool,
+) -> AnyStatus:
+    """Query the run's status from a worker.
+
+    Raise CliError (exit 5) for a running run that no worker responds to, and
+    RunEndedUnqueried, with the reason, for a run that has ended.
+    """
+    # A query needs a worker, also for a run that has ended. Without one, each
+    # query times out after WORKER_RESPONSE_TIMEOUT, so check for one first.
+    if not await worker_polls(client, info.task_queue):
+        if running:
+            raise no_worker_error(
+                f"{no_poller(info.task_queue)}, so no worker responds to the "
+                f"status query of {handle.id}",
+                info.task_queue,
+            )
+        raise RunEndedUnqueried(unqueried_note(info.task_queue))
+    try:
+        return await query_status(handle, model, running)
+    except RPCError as error:
+        if error.status is RPCStatusCode.NOT_FOUND:
+            raise
+        if running:
+            raise no_worker_error(
+                f"the status query of {handle.id} failed: {error.message}",
+                info.task_queue,
+            ) from None
+        raise RunEndedUnqueried(query_failed_note(error, info.task_queue)) from None
+
+
+async def result_status(
+    handle: WorkflowHandle[Any, Any], model: StatusModel
+) -> AnyStatus | None:
+    """Return the final status that a completed run returned as its result, or
+    None when the result has another shape.
+
+    The workflows return their last status, so a completed run's phases show
+    without a worker and without a query. handle must name the run by its id.
+    """
+    result = await handle.result(follow_runs=False)
+    try:
+        status: AnyStatus = model.model_validate(result)
+    except ValidationError:
+        return None
+    return status
 
 
 async def show_ended_unqueried(

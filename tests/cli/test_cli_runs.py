@@ -219,6 +219,36 @@ async def test_status_rollback_run(
     assert "stays applied" in watched.stdout
 
 
+async def test_succeeded_run_shown_without_worker(
+    temporal_env: WorkflowEnvironment, encrypted_client: Client, key_ring_file: Path
+) -> None:
+    """status and watch of a run that succeeded show its table from the run's
+    result once its worker has stopped: no status query, which would go to the
+    stopped worker and time out."""
+    namespace = f"ok-{uuid.uuid4().hex[:8]}"
+    workflow_id = f"rollback-{namespace}.{RELEASE}"
+    async with rollback_run(
+        temporal_env, encrypted_client, key_ring_file, namespace
+    ) as (env, started):
+        pass
+    table = await run_cli(["status", workflow_id], env)
+    as_json = await run_cli(["status", workflow_id, "--json"], env)
+    watched = await run_cli(["watch", workflow_id], env)
+    watched_json = await run_cli(["watch", workflow_id, "--json"], env)
+    assert started.returncode == 0, started.stderr
+    for result in (table, watched):
+        assert result.returncode == 0, result.stderr
+        assert re.search(r"to version[\s│]+1\.0\.0", result.stdout), result.stdout
+        assert "stays applied" in result.stdout
+        assert "not shown" not in result.stdout
+    assert "succeeded after" in watched.stdout
+    for result in (as_json, watched_json):
+        assert result.returncode == 0, result.stderr
+        status = RollbackStatus.model_validate_json(result.stdout)
+        assert status.state == "succeeded"
+        assert status.helm_revision == 3
+
+
 async def test_rollback_follow_shows_table(
     temporal_env: WorkflowEnvironment, encrypted_client: Client, key_ring_file: Path
 ) -> None:
