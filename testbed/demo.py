@@ -172,6 +172,30 @@ def start_temporal(group: ProcessGroup) -> None:
         argv += ["--search-attribute", attribute]
     group.spawn("temporal", argv, cwd=STATE)
     _wait_http(f"http://127.0.0.1:{UI_PORT}/", "the Temporal UI")
+    _wait_frontend(group.log_dir / "temporal.log")
+
+
+def _wait_frontend(log: Path, timeout_s: float = 60.0) -> None:
+    """Wait until the dev server's frontend reports SERVING.
+
+    The UI answers before the frontend is healthy, and a client that connects
+    in between fails with "Frontend is not healthy yet".
+    """
+    address = f"127.0.0.1:{TEMPORAL_PORT}"
+    argv = [temporal_cli(), "operator", "cluster", "health", "--address", address]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            checked = subprocess.run(argv, capture_output=True, text=True, timeout=5)
+        except subprocess.TimeoutExpired:
+            continue
+        if checked.returncode == 0 and "SERVING" in checked.stdout:
+            return
+        time.sleep(0.2)
+    raise ClusterError(
+        f"timed out after {timeout_s:.0f} s waiting for the Temporal frontend at "
+        f"{address} to report SERVING; see {log}"
+    )
 
 
 def start_codec_server(group: ProcessGroup) -> None:

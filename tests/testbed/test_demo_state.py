@@ -118,3 +118,16 @@ def test_codec_port_in_use_fails(
     monkeypatch.setattr(demo, "CODEC_PORT", free_port())
     demo.start_codec_server(demo.processes())
     assert demo.processes().running("codec-server")
+
+
+def test_frontend_not_serving_fails(
+    demo_state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The wait for the dev server's frontend gives up with the log to read
+    when the health check never reports SERVING (here: nothing listens)."""
+    monkeypatch.setattr(demo, "TEMPORAL_PORT", free_port())
+    log = demo_state / "temporal.log"
+    with pytest.raises(demo.ClusterError) as raised:
+        demo._wait_frontend(log, timeout_s=1.0)
+    assert "to report SERVING" in str(raised.value)
+    assert str(log) in str(raised.value)
