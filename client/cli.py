@@ -11,6 +11,8 @@ Exit codes:
   4  no deploy with that workflow id
   5  the bootstrap Temporal cannot be reached, or no worker answered status,
      retry or abort (without --no-wait) within 10 s
+  141  the reader of the output closed it early (| head); nothing is known
+       about the run
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import json
 import math
 import os
 import re
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -94,6 +97,9 @@ from deployer.settings import TemporalSettings, describe_settings_error
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_RUNNING, EXIT_NOT_FOUND, EXIT_UNREACHABLE = (
     range(6)
 )
+# The reader of standard output closed it early (`| head`): the shell's code
+# for a process that SIGPIPE ended, as for other command-line tools.
+EXIT_PIPE_CLOSED = 128 + signal.SIGPIPE
 WORKFLOW_TYPE = "VentrosDeploy"
 DESTROY_TYPE = "VentrosDestroy"
 ROLLBACK_TYPE = "VentrosRollback"
@@ -1806,7 +1812,7 @@ def add_lifecycle_parsers(
 async def run(args: argparse.Namespace) -> int:
     # Messages carry names and values from requests, so square brackets in them
     # are text, never Rich markup.
-    console = Console(markup=False)
+    console = PipeConsole(markup=False)
     try:
         settings = TemporalSettings()
     except ValidationError as error:
@@ -1891,6 +1897,15 @@ async def run(args: argparse.Namespace) -> int:
         ) from None
 
 
+class PipeConsole(Console):
+    """A rich Console that lets a closed standard output end the command with
+    EXIT_PIPE_CLOSED: rich's own handler exits 1, the code of a failed run."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        raise BrokenPipeError
+
+
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
@@ -1898,9 +1913,16 @@ def main(argv: list[str] | None = None) -> None:
     except CliError as error:
         print(f"error: {error}", file=sys.stderr)
         code = error.code
+    except BrokenPipeError:
+        # Later writes to the closed pipe would fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = EXIT_PIPE_CLOSED
     # The SDK's native client thread can still call into Python while the
     # interpreter finalizes, which aborts the process (exit -6) after the work
     # is done. Flush the output and leave without finalizing.
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BrokenPipeError:
+            code = EXIT_PIPE_CLOSED
     os._exit(code)

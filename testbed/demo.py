@@ -178,7 +178,7 @@ def start_temporal(group: ProcessGroup) -> None:
 def _wait_frontend(log: Path, timeout_s: float = 60.0) -> None:
     """Wait until the dev server's frontend reports SERVING.
 
-    The UI answers before the frontend is healthy, and a client that connects
+    The UI responds before the frontend is healthy, and a client that connects
     in between fails with "Frontend is not healthy yet".
     """
     address = f"127.0.0.1:{TEMPORAL_PORT}"

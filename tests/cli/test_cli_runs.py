@@ -10,6 +10,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -29,6 +30,7 @@ from deployer.contracts import ApplyResult, RollbackPlan, WaitResult
 from deployer.lifecycle import DestroyStatus, RollbackStatus
 from deployer.phases import ObjectRef, Phase
 from tests.cli.test_cli import run_cli
+from tests.conftest import REPO_ROOT
 from tests.workflow.standins import BlockingStandIns, StandIns, cancel_seen
 from worker.main import WORKFLOWS
 
@@ -247,6 +249,48 @@ async def test_succeeded_run_shown_without_worker(
         status = RollbackStatus.model_validate_json(result.stdout)
         assert status.state == "succeeded"
         assert status.helm_revision == 3
+
+
+@pytest.mark.parametrize("json_output", [True, False])
+async def test_closed_stdout_exits_141(
+    temporal_env: WorkflowEnvironment,
+    encrypted_client: Client,
+    key_ring_file: Path,
+    json_output: bool,
+) -> None:
+    """status into a reader that has closed the pipe (`| head`) exits 141, as
+    a process that SIGPIPE ended, without a traceback: exit 1 would mean
+    that the run failed."""
+    namespace = f"ok-{uuid.uuid4().hex[:8]}"
+    workflow_id = f"rollback-{namespace}.{RELEASE}"
+    async with rollback_run(
+        temporal_env, encrypted_client, key_ring_file, namespace
+    ) as (env, started):
+        pass
+
+    # A pipe whose reader has closed it, as `head` does once it has enough.
+    reader, writer = os.pipe()
+    os.close(reader)
+    try:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "client",
+            "status",
+            workflow_id,
+            *(["--json"] if json_output else []),
+            stdout=writer,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+            cwd=REPO_ROOT,
+        )
+    finally:
+        os.close(writer)
+    _, err = await asyncio.wait_for(process.communicate(), 180)
+
+    assert started.returncode == 0, started.stderr
+    assert process.returncode == 141, err.decode()
+    assert "Traceback" not in err.decode()
 
 
 async def test_rollback_follow_shows_table(
