@@ -74,9 +74,11 @@ from deployer.inputs import (
     ChartRef,
     DeployRequest,
     InvalidRequestError,
+    check_image_tag,
     dot_segments,
     parse_request,
     repository_allowed,
+    values_image_tag,
 )
 from deployer.lifecycle import how_to_stop, other_runs
 from deployer.phases import ObjectRef, Phase
@@ -766,14 +768,6 @@ def image_tag(deployment: JsonObject) -> str:
     return str(labels.get("app.kubernetes.io/version", image))
 
 
-def values_image_tag(values: JsonObject) -> str | None:
-    """Return the image tag that a request's values set, or None when they
-    leave it to the chart (no tag, or an empty one)."""
-    image = values.get("image")
-    tag = image.get("tag") if isinstance(image, dict) else None
-    return str(tag) if tag not in (None, "") else None
-
-
 def is_migration_of(obj: JsonObject, release: str) -> bool:
     """Return True when obj has the labels of release's migration Jobs."""
     labels = (obj.get("metadata") or {}).get("labels") or {}
@@ -865,6 +859,7 @@ class DeployActivities:
     async def validate_request(self, raw: dict[str, Any]) -> ValidateResult:
         """Check everything that can be checked before anything is applied."""
         request = parse_request(raw)
+        check_image_tag(request)
         check_own_id("deploy", request.workflow_id, "Start it again")
         helm = self.helm(request.kube_context)
         self._check_kube_context(request.kube_context)

@@ -72,6 +72,7 @@ from deployer.inputs import (
     TIMEOUT_MIN_S,
     DeployRequest,
     InvalidRequestError,
+    check_image_tag,
     json_type_name,
     parse_request,
     workflow_id_for,
@@ -715,6 +716,7 @@ async def cmd_start(
     raw = build_request(args)
     try:
         request = parse_request(raw)
+        check_image_tag(request)
     except InvalidRequestError as error:
         raise CliError(str(error), EXIT_USAGE) from None
     await reject_while_other_runs(client, "deploy", request.namespace, request.release)
@@ -1822,7 +1824,7 @@ async def run(args: argparse.Namespace) -> int:
     if args.command == "start":
         # Fail on bad arguments and an invalid request before connecting.
         try:
-            parse_request(build_request(args))
+            check_image_tag(parse_request(build_request(args)))
         except InvalidRequestError as error:
             raise CliError(str(error), EXIT_USAGE) from None
     if args.command == "destroy" and args.delete_namespace and not args.delete_data:

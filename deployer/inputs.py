@@ -299,6 +299,28 @@ class DeployRequest(BaseModel):
         return workflow_id_for(self.namespace, self.release)
 
 
+def values_image_tag(values: dict[str, Any]) -> str | None:
+    """Return the image tag that a request's values set, or None when they
+    leave it to the chart (no tag, or an empty one)."""
+    image = values.get("image")
+    tag = image.get("tag") if isinstance(image, dict) else None
+    return str(tag) if tag not in (None, "") else None
+
+
+def check_image_tag(request: DeployRequest) -> None:
+    """Raise InvalidRequestError when app_version and the image.tag value set
+    different image tags. The deployer would use app_version and drop the
+    value without a word."""
+    tag = values_image_tag(request.values)
+    if request.app_version is None or tag is None or tag == request.app_version:
+        return
+    raise InvalidRequestError(
+        "invalid deploy request: app_version and values.image.tag set different "
+        "image tags (the value is not shown). Set the version once: with "
+        "app_version (--app-version), or with the image.tag value alone"
+    )
+
+
 def values_shape(value: Any, max_bytes: int) -> tuple[int, int]:
     """Return how deep lists and dicts nest in value, and a lower bound of its
     size as JSON; stop walking once that bound passes max_bytes.

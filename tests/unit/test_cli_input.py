@@ -443,3 +443,36 @@ def test_set_deep_nesting_exit_2() -> None:
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     assert "invalid --set app.a: it nests too deep to decode" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--app-version", "1.2.0", "--set", "image.tag=Pa55w0rd/InTag"],
+        ["--app-version", "1.2.0", "--set-string", "image.tag=1.3.0"],
+    ],
+)
+def test_two_image_tags_exit_2(args: list[str]) -> None:
+    """--app-version and an image.tag value that differ exit 2 without the
+    value. Before, the deployer used --app-version and dropped the value."""
+    result = run_client(["start", *args])
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "app_version and values.image.tag set different image tags" in (
+        result.stderr
+    )
+    assert "InTag" not in result.stderr
+    assert "1.3.0" not in result.stderr
+
+
+def test_same_image_tag_twice_accepted(tmp_path: Path) -> None:
+    """The same tag through both passes the check, and the client goes on to
+    connect (exit 5: nothing listens)."""
+    path = tmp_path / "keys.json"
+    codec.generate_key_ring_file(str(path))
+    result = run_client(
+        ["start", "--app-version", "1.2.0", "--set", "image.tag=1.2.0"],
+        VENTROS_DEPLOY_CODEC_KEYS_FILE=str(path),
+    )
+    assert result.returncode == 5, result.stderr
+    assert UNREACHABLE in result.stderr

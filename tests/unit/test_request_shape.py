@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from deployer.inputs import InvalidRequestError, parse_request
+from deployer.inputs import InvalidRequestError, check_image_tag, parse_request
 from deployer.lifecycle import parse_destroy_request, parse_rollback_request
 
 
@@ -114,3 +114,26 @@ def test_long_value_not_echoed() -> None:
     message = str(raised.value)
     assert f"(got {len(value) + 2} characters)" in message
     assert "SEKRET3" not in message
+
+
+@pytest.mark.parametrize(
+    ("tag", "rejected"),
+    [("SEKRET4", True), ("1.2.0", False), ("", False), (None, False)],
+)
+def test_app_version_and_tag_value(tag: str | None, rejected: bool) -> None:
+    """A request that sets app_version and another image.tag value fails, as
+    the validate activity checks it for a `temporal workflow start` too."""
+    raw = {
+        "release": "crm",
+        "namespace": "shop",
+        "app_version": "1.2.0",
+        "values": {"image": {"tag": tag}},
+    }
+    request = parse_request(raw)
+    if not rejected:
+        check_image_tag(request)
+        return
+    with pytest.raises(InvalidRequestError) as raised:
+        check_image_tag(request)
+    assert "set different image tags" in str(raised.value)
+    assert "SEKRET4" not in str(raised.value)

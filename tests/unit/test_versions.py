@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from temporalio.exceptions import ApplicationError
 
-from activities.deploy import PHASE_LABEL, DeployActivities, values_image_tag
+from activities.deploy import PHASE_LABEL, DeployActivities
 from activities.kubeapi import JsonObject
 from deployer import contracts
-from deployer.inputs import parse_request
+from deployer.inputs import parse_request, values_image_tag
 from deployer.settings import WorkerSettings
 from deployer.versions import is_older, version_key
 
