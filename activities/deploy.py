@@ -920,14 +920,19 @@ class DeployActivities:
             expected[name] = self._chart_name(helm, chart)
             if chart.path is None:
                 remote[key] = chart
-        await gather_or_cancel(
-            preflight.check_release_names(kube, request.namespace, expected),
-            *(self._fetch_chart(helm, key, chart) for key, chart in remote.items()),
-        )
+        checks = [preflight.check_release_names(kube, request.namespace, expected)]
         if request.install_operators:
-            await preflight.check_no_other_operators(
-                kube, request.release, request.namespace
+            checks.append(
+                preflight.check_no_other_operators(
+                    kube, request.release, request.namespace
+                )
             )
+        await gather_or_cancel(*checks)
+        # Only then fetch: a request that the cluster rejects makes the worker
+        # contact no chart repository.
+        await gather_or_cancel(
+            *(self._fetch_chart(helm, key, chart) for key, chart in remote.items())
+        )
 
     async def _existing_objects(
         self, request: DeployRequest

@@ -578,14 +578,32 @@ async def test_deploy_waits_for_a_held_claim(
     assert holder_of(await read_claim(kube)) is None
 
 
+@pytest.mark.parametrize("remote_chart", [False, True])
 async def test_pending_operator_install_rejected(
     temporal_env: WorkflowEnvironment,
     worker_settings: WorkerSettings,
     kube: KubeClient,
     namespace: str,
+    remote_chart: bool,
 ) -> None:
     """Another release's postgres-operator that helm is installing (its
-    record pending-install, no Deployment yet) rejects installing ours."""
+    record pending-install, no Deployment yet) rejects installing ours.
+
+    With a repository chart in the request, the rejection comes before the
+    chart is fetched (from a loopback port where nothing listens), so the
+    worker contacts no repository for a request that the cluster rejects.
+    """
+    request = deploy_request(namespace)
+    if remote_chart:
+        repository = "oci://127.0.0.1:9/charts"
+        worker_settings = worker_settings.model_copy(
+            update={"chart_repositories": repository}
+        )
+        request["operator_charts"]["temporal"] = {
+            "repository": repository,
+            "name": "temporal",
+            "version": "1.0.0",
+        }
     release = {"chart": {"metadata": {"name": "postgres-operator"}}}
     inner = base64.b64encode(gzip.compress(json.dumps(release).encode()))
     record = {
@@ -606,14 +624,12 @@ async def test_pending_operator_install_rejected(
     async with extra_namespace(kube, f"{namespace}-p") as other:
         await kube.create(SECRET, record, other)
         async with running_worker(temporal_env.client, worker_settings):
-            handle = await start(
-                temporal_env, worker_settings, deploy_request(namespace)
-            )
+            handle = await start(temporal_env, worker_settings, request)
             with pytest.raises(WorkflowFailureError) as failure:
                 await asyncio.wait_for(handle.result(), timeout=60)
     cause = failure.value.cause
     assert isinstance(cause, ApplicationError)
-    assert cause.type == contracts.OPERATORS_INSTALLED
+    assert cause.type == contracts.OPERATORS_INSTALLED, cause.message
     assert (
         f"postgres-operator (helm release other-postgres-operator in namespace "
         f"{other}, being installed: pending-install; if no helm runs there any "
