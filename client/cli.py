@@ -884,10 +884,18 @@ async def show_outcome(
     elif status.state != "succeeded" and status.message:
         # An invalid or aborted deploy has no failed phase, only this message.
         console.print(status.message, highlight=False, soft_wrap=True)
-    if args.command == "start" and args.set and wants_set_string(status, error_type):
+    typed = args.command == "start" and wants_set_string(status, error_type)
+    if typed and args.set:
         console.print(
             "a --set value that reads as a number, boolean or null is sent as "
             "one; pass a value that must stay text with --set-string KEY=VALUE",
+            highlight=False,
+        )
+    if typed and args.values:
+        console.print(
+            f"YAML reads a plain value in {args.values} such as 0012345, 1.50, "
+            "yes or null as a number, boolean or null; quote a value that must "
+            "stay text ('0012345')",
             highlight=False,
         )
     return outcome_code(status, error_type)

@@ -264,6 +264,40 @@ async def test_cli_invalid_values_message_shown(
     assert "the status query failed" in offline.stdout
 
 
+@pytest.mark.parametrize("source", ["--set", "--values"])
+async def test_number_for_string_hint(
+    temporal_env: WorkflowEnvironment,
+    worker_settings: WorkerSettings,
+    namespace: str,
+    tmp_path: Path,
+    source: str,
+) -> None:
+    """A password that YAML reads as a number fails the schema, and start
+    --follow says how to keep it text: --set-string for --set, quotes for a
+    --values file."""
+    env = cli_env(temporal_env, worker_settings)
+    request = write_request(tmp_path, namespace)
+    if source == "--set":
+        given = ["--set", "secrets.redisPassword=12345"]
+    else:
+        values = tmp_path / "values.yaml"
+        values.write_text("secrets:\n  redisPassword: 12345\n")
+        given = ["--values", str(values)]
+    async with running_worker(temporal_env.client, worker_settings):
+        followed = await run_cli(
+            ["start", "--request", request, *given, "--follow"], env
+        )
+    assert followed.returncode == 2, followed.stderr
+    assert "s (ValuesRejected)\n" in followed.stdout
+    if source == "--set":
+        assert "--set-string KEY=VALUE" in followed.stdout
+        assert "quote a value" not in followed.stdout
+    else:
+        assert f"YAML reads a plain value in {values}" in followed.stdout
+        assert "quote a value that must stay text" in followed.stdout
+        assert "--set-string" not in followed.stdout
+
+
 async def test_cli_status_terminated_run(
     temporal_env: WorkflowEnvironment,
     worker_settings: WorkerSettings,
