@@ -47,7 +47,8 @@ REPOSITORY_URL = re.compile(
 # last "@" of the text. It also hides the host and path of a URL with "@" in
 # its path (oci://host/chart@sha256:...), which an error message can omit.
 URL_CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://).*@")
-# The longest field value that an error message quotes, in its JSON form.
+# The maximum length of a field value, in its JSON form, that an error message
+# quotes.
 MAX_ECHOED_CHARS = 1024
 KUBE_CONTEXT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@:/-]{0,252}$")
 MAX_VALUES_BYTES = 256 * 1024
