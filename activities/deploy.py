@@ -83,7 +83,7 @@ from deployer.inputs import (
 from deployer.lifecycle import how_to_stop, other_runs
 from deployer.phases import ObjectRef, Phase
 from deployer.settings import WorkerSettings, normalize_address
-from deployer.versions import is_older, version_key
+from deployer.versions import is_older
 
 log = structlog.get_logger("ventros.activities")
 
@@ -791,6 +791,63 @@ def older_default_error(target: str, newer: str, origin: str) -> ApplicationErro
     )
 
 
+def check_not_older(
+    request: DeployRequest,
+    objects: list[JsonObject],
+    existing: dict[ObjectKey, JsonObject],
+    noted: dict[str, str],
+) -> None:
+    """Raise InvalidRequest when a request that names no app version would
+    replace the running app version with an older one, the chart's default.
+
+    A request that sets app_version or the image.tag value names its version,
+    and may go back on purpose. Versions with no known order pass. noted is
+    the note of deleted migrations, which with the listed migration Jobs gives
+    the order of tags without numbers.
+    """
+    if request.app_version or values_image_tag(request.values):
+        return
+    target = rendered_app_version(objects)
+    apps = [
+        obj
+        for obj in objects
+        if obj.get("kind") == "Deployment" and object_phase(obj) == Phase.APP.value
+    ]
+    if target is None or len(apps) != 1:
+        return
+    name = apps[0]["metadata"]["name"]
+    current = existing.get(("apps/v1", "Deployment", name))
+    running = None
+    if current is not None:
+        try:
+            running = image_tag(current)
+        except (IndexError, KeyError, TypeError):
+            running = None  # No app container to read.
+
+    jobs = [
+        obj
+        for (_, kind, _), obj in existing.items()
+        if kind == "Job" and is_migration_of(obj, request.release)
+    ]
+    migrated = with_completed(noted, jobs)
+    if running is not None:
+        if is_older(target, running, migrated):
+            raise older_default_error(
+                target, running, f"which Deployment {name} is set to run"
+            )
+        return
+    # With no app Deployment (a destroy that kept the data), the version
+    # whose migration completed last is the one the database is at.
+    if migrated:
+        newest = max(migrated, key=migrated.__getitem__)
+        if is_older(target, newest, migrated):
+            raise older_default_error(
+                target,
+                newest,
+                "for which the release's database was migrated last",
+            )
+
+
 def rendered_app_version(objects: list[JsonObject]) -> str | None:
     """Return the app version that rendered objects deploy: the image tag of
     the app container of the app phase's one Deployment.
@@ -868,13 +925,14 @@ class DeployActivities:
             if chart.path is not None:
                 helm.resolve_path(chart.path)
         await self._check_repositories(request)
-        objects, _, existing, _ = await gather_or_cancel(
+        objects, _, existing, _, noted = await gather_or_cancel(
             self._render_all(request),
             self._check_cluster(request),
             self._existing_objects(request),
             check_release_idle(
                 "deploy", request.namespace, request.release, "deploy again"
             ),
+            self._migrations_note(request),
         )
         phases = {
             obj.get("metadata", {}).get("labels", {}).get(PHASE_LABEL)
@@ -895,7 +953,7 @@ class DeployActivities:
         )
         if existing is not None:
             await self._check_owners(request, objects, existing)
-            await self._check_not_older(request, objects, existing)
+            check_not_older(request, objects, existing, noted)
         await self._dry_run_objects(
             request, objects, None if existing is None else frozenset(existing)
         )
@@ -1006,77 +1064,17 @@ class DeployActivities:
                 "objects if nothing uses them",
             )
 
-    async def _check_not_older(
-        self,
-        request: DeployRequest,
-        objects: list[JsonObject],
-        existing: dict[ObjectKey, JsonObject],
-    ) -> None:
-        """Raise InvalidRequest when a request that names no app version would
-        replace the running app version with an older one, the chart's default.
-
-        A request that sets app_version or the image.tag value names its
-        version, and may go back on purpose. Versions with no known order pass.
-        """
-        if request.app_version or values_image_tag(request.values):
-            return
-        target = rendered_app_version(objects)
-        apps = [
-            obj
-            for obj in objects
-            if obj.get("kind") == "Deployment" and object_phase(obj) == Phase.APP.value
-        ]
-        if target is None or len(apps) != 1:
-            return
-        name = apps[0]["metadata"]["name"]
-        current = existing.get(("apps/v1", "Deployment", name))
-        running = None
-        if current is not None:
-            try:
-                running = image_tag(current)
-            except (IndexError, KeyError, TypeError):
-                running = None  # No app container to read.
-
-        migrated: dict[str, str] = {}
-        if (
-            running is None
-            or version_key(running) is None
-            or version_key(target) is None
-        ):
-            migrated = await self._migrated(request, existing)
-        if running is not None:
-            if is_older(target, running, migrated):
-                raise older_default_error(
-                    target, running, f"which Deployment {name} is set to run"
-                )
-            return
-        # With no app Deployment (a destroy that kept the data), the version
-        # whose migration completed last is the one the database is at.
-        if migrated:
-            newest = max(migrated, key=migrated.__getitem__)
-            if is_older(target, newest, migrated):
-                raise older_default_error(
-                    target,
-                    newest,
-                    "for which the release's database was migrated last",
-                )
-
-    async def _migrated(
-        self, request: DeployRequest, existing: dict[ObjectKey, JsonObject]
-    ) -> dict[str, str]:
-        """Return the release's completed migrations, version to completion
-        time: the migration Jobs that validate listed and the note of the
-        deleted ones."""
+    async def _migrations_note(self, request: DeployRequest) -> dict[str, str]:
+        """Return the deleted migrations noted in the release's migrations
+        ConfigMap, or none when the identity may not read it."""
         kube = await self.kube(request.kube_context)
-        record = await kube.get(
-            CONFIG_MAP, migrations_name(request.release), request.namespace
-        )
-        jobs = [
-            obj
-            for (_, kind, _), obj in existing.items()
-            if kind == "Job" and is_migration_of(obj, request.release)
-        ]
-        return with_completed(migrated_versions(record), jobs)
+        try:
+            record = await kube.get(
+                CONFIG_MAP, migrations_name(request.release), request.namespace
+            )
+        except ForbiddenError:
+            return {}
+        return migrated_versions(record)
 
     async def _dry_run_objects(
         self,

@@ -20,6 +20,7 @@ from activities.deploy import (
     PHASE_LABEL,
     DeployActivities,
     ObjectKey,
+    check_not_older,
     note_migrated,
 )
 from activities.kubeapi import JsonObject, KubeClient
@@ -74,11 +75,13 @@ async def check(
     rendered: str = "stable",
     **overrides: Any,
 ) -> None:
-    """Run the check as validate does, for a render of tag rendered."""
+    """Run the check as validate does, for a render of tag rendered, with
+    the migrations note read from the API server."""
     activities = DeployActivities(settings)
     request = parse_request(deploy_request(namespace, app_version=None, **overrides))
     try:
-        await activities._check_not_older(request, [app_deployment(rendered)], existing)
+        noted = await activities._migrations_note(request)
+        check_not_older(request, [app_deployment(rendered)], existing, noted)
     finally:
         await activities.close()
 
