@@ -182,11 +182,25 @@ def _wait_frontend(log: Path, timeout_s: float = 60.0) -> None:
     in between fails with "Frontend is not healthy yet".
     """
     address = f"127.0.0.1:{TEMPORAL_PORT}"
-    argv = [temporal_cli(), "operator", "cluster", "health", "--address", address]
+    argv = [
+        temporal_cli(),
+        "operator",
+        "cluster",
+        "health",
+        "--address",
+        address,
+        "--disable-config-file",
+        "--disable-config-env",
+    ]
+    # The user's own Temporal settings (an API key, TLS, a profile) would make
+    # the check talk TLS to the plain dev server.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TEMPORAL_")}
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            checked = subprocess.run(argv, capture_output=True, text=True, timeout=5)
+            checked = subprocess.run(
+                argv, capture_output=True, text=True, timeout=5, env=env
+            )
         except subprocess.TimeoutExpired:
             continue
         if checked.returncode == 0 and "SERVING" in checked.stdout:

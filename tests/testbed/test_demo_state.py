@@ -131,3 +131,15 @@ def test_frontend_not_serving_fails(
         demo._wait_frontend(log, timeout_s=1.0)
     assert "to report SERVING" in str(raised.value)
     assert str(log) in str(raised.value)
+
+
+def test_frontend_check_ignores_user_settings(
+    demo_state: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A user's own Temporal client settings (an API key, TLS) do not reach
+    the health check, which would then talk TLS to the plain dev server and
+    never see SERVING."""
+    monkeypatch.setenv("TEMPORAL_API_KEY", "not-for-the-demo")
+    monkeypatch.setenv("TEMPORAL_TLS", "true")
+    demo.start_temporal(demo.processes())
+    assert demo.processes().running("temporal")
