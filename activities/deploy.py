@@ -986,8 +986,9 @@ class DeployActivities:
                 )
             )
         await gather_or_cancel(*checks)
-        # Only then fetch: a request that the cluster rejects makes the worker
-        # contact no chart repository.
+        # Only then fetch the operator and Temporal charts, so a request that
+        # the cluster rejects does not contact their repositories. The render
+        # beside this check still fetches a repository chart named in chart.
         await gather_or_cancel(
             *(self._fetch_chart(helm, key, chart) for key, chart in remote.items())
         )

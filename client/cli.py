@@ -23,7 +23,6 @@ import json
 import math
 import os
 import re
-import signal
 import sys
 import time
 from collections.abc import Callable
@@ -99,8 +98,8 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_RUNNING, EXIT_NOT_FOUND, EXIT_UNREACHABLE
     range(6)
 )
 # The reader of standard output closed it early (`| head`): the shell's code
-# for a process that SIGPIPE ended, as for other command-line tools.
-EXIT_PIPE_CLOSED = 128 + signal.SIGPIPE
+# for a process that SIGPIPE ended (128 + 13), as for other command-line tools.
+EXIT_PIPE_CLOSED = 141
 WORKFLOW_TYPE = "VentrosDeploy"
 DESTROY_TYPE = "VentrosDestroy"
 ROLLBACK_TYPE = "VentrosRollback"

@@ -315,10 +315,18 @@ def check_image_tag(request: DeployRequest) -> None:
     tag = values_image_tag(request.values)
     if request.app_version is None or tag is None or tag == request.app_version:
         return
+    image = request.values["image"]
+    typed = ""
+    if not isinstance(image["tag"], str):
+        # YAML and JSON read an unquoted 1.10 as the number 1.1.
+        typed = (
+            f" The image.tag value is {json_type_name(image['tag'])}, which "
+            "may have lost digits as typed (1.10 reads as 1.1): quote it."
+        )
     raise InvalidRequestError(
         "invalid deploy request: app_version and values.image.tag set different "
         "image tags (the value is not shown). Set the version once: with "
-        "app_version (--app-version), or with the image.tag value alone"
+        "app_version (--app-version), or with the image.tag value alone." + typed
     )
 
 

@@ -20,6 +20,7 @@ from temporalio.client import WorkflowFailureError
 from temporalio.testing import WorkflowEnvironment
 
 from client.cli import build_parser, build_request
+from deployer.phases import DeployStatus
 from deployer.settings import WorkerSettings
 from tests.conftest import CLIENT_KEY_RING, REPO_ROOT, deploy_request, running_worker
 
@@ -111,12 +112,22 @@ async def test_cli_follow_shows_live_table(
     namespace: str,
     tmp_path: Path,
 ) -> None:
-    """start --follow in a terminal draws the live table, ending all succeeded."""
+    """start --follow in a terminal draws the live table, ending all succeeded.
+    Once the worker has stopped, status --json shows the deploy's phases from
+    its result."""
     env = cli_env(temporal_env, worker_settings)
     async with running_worker(temporal_env.client, worker_settings):
         code, screen = await run_in_pty(
             ["start", "--request", write_request(tmp_path, namespace), "--follow"], env
         )
+    offline = await run_cli(
+        ["status", f"deploy-{namespace}.ventros-crm", "--json"], env
+    )
+
+    assert offline.returncode == 0, offline.stderr
+    shown = DeployStatus.model_validate_json(offline.stdout)
+    assert shown.state == "succeeded"
+    assert [r.state.value for r in shown.phases] == ["succeeded"] * len(PHASES)
     assert code == 0, screen[-2000:]
     assert f"started deploy-{namespace}.ventros-crm" in screen
     for phase in PHASES:
@@ -273,7 +284,7 @@ async def test_number_for_string_hint(
     source: str,
 ) -> None:
     """A password that YAML reads as a number fails the schema, and start
-    --follow says how to keep it text: --set-string for --set, quotes for a
+    --follow prints how to keep it text: --set-string for --set, quotes for a
     --values file."""
     env = cli_env(temporal_env, worker_settings)
     request = write_request(tmp_path, namespace)

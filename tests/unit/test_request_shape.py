@@ -137,3 +137,20 @@ def test_app_version_and_tag_value(tag: str | None, rejected: bool) -> None:
         check_image_tag(request)
     assert "set different image tags" in str(raised.value)
     assert "SEKRET4" not in str(raised.value)
+
+
+def test_number_tag_value_hint() -> None:
+    """A tag that YAML or JSON read as a number (1.10 as 1.1) differs from
+    app_version 1.10, and the error asks to quote it."""
+    raw = {
+        "release": "crm",
+        "namespace": "shop",
+        "app_version": "1.10",
+        "values": {"image": {"tag": 1.1}},
+    }
+    with pytest.raises(InvalidRequestError) as raised:
+        check_image_tag(parse_request(raw))
+    message = str(raised.value)
+    assert "set different image tags" in message
+    assert "The image.tag value is a number" in message
+    assert "quote it" in message
