@@ -221,23 +221,34 @@ async def test_status_rollback_run(
     assert "stays applied" in watched.stdout
 
 
+async def succeeded_rollback(
+    temporal_env: WorkflowEnvironment, client: Client, key_ring_file: Path
+) -> tuple[str, dict[str, str]]:
+    """Run a rollback that succeeds, and stop its worker; return the rollback's
+    workflow id and the CLI's environment."""
+    namespace = f"ok-{uuid.uuid4().hex[:8]}"
+    async with rollback_run(temporal_env, client, key_ring_file, namespace) as (
+        env,
+        started,
+    ):
+        pass
+    assert started.returncode == 0, started.stderr
+    return f"rollback-{namespace}.{RELEASE}", env
+
+
 async def test_succeeded_run_shown_without_worker(
     temporal_env: WorkflowEnvironment, encrypted_client: Client, key_ring_file: Path
 ) -> None:
     """status and watch of a run that succeeded show its table from the run's
     result once its worker has stopped: no status query, which would go to the
     stopped worker and time out."""
-    namespace = f"ok-{uuid.uuid4().hex[:8]}"
-    workflow_id = f"rollback-{namespace}.{RELEASE}"
-    async with rollback_run(
-        temporal_env, encrypted_client, key_ring_file, namespace
-    ) as (env, started):
-        pass
+    workflow_id, env = await succeeded_rollback(
+        temporal_env, encrypted_client, key_ring_file
+    )
     table = await run_cli(["status", workflow_id], env)
     as_json = await run_cli(["status", workflow_id, "--json"], env)
     watched = await run_cli(["watch", workflow_id], env)
     watched_json = await run_cli(["watch", workflow_id, "--json"], env)
-    assert started.returncode == 0, started.stderr
     for result in (table, watched):
         assert result.returncode == 0, result.stderr
         assert re.search(r"to version[\s│]+1\.0\.0", result.stdout), result.stdout
@@ -261,12 +272,9 @@ async def test_closed_stdout_exits_141(
     """status into a reader that has closed the pipe (`| head`) exits 141, as
     a process that SIGPIPE ended, without a traceback: exit 1 would mean
     that the run failed."""
-    namespace = f"ok-{uuid.uuid4().hex[:8]}"
-    workflow_id = f"rollback-{namespace}.{RELEASE}"
-    async with rollback_run(
-        temporal_env, encrypted_client, key_ring_file, namespace
-    ) as (env, started):
-        pass
+    workflow_id, env = await succeeded_rollback(
+        temporal_env, encrypted_client, key_ring_file
+    )
 
     # A pipe whose reader has closed it, as `head` does once it has enough.
     reader, writer = os.pipe()
@@ -288,7 +296,6 @@ async def test_closed_stdout_exits_141(
         os.close(writer)
     _, err = await asyncio.wait_for(process.communicate(), 180)
 
-    assert started.returncode == 0, started.stderr
     assert process.returncode == 141, err.decode()
     assert "Traceback" not in err.decode()
 
