@@ -1144,7 +1144,8 @@ async def result_status(
     None when the result has another shape.
 
     The workflows return their last status, so a completed run's phases show
-    without a worker and without a query. handle must name the run by its id.
+    without a worker and without a query. handle must name the run by its run
+    id.
     """
     result = await handle.result(follow_runs=False)
     try:
