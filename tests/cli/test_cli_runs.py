@@ -300,6 +300,58 @@ async def test_closed_stdout_exits_141(
     assert "Traceback" not in err.decode()
 
 
+async def test_watch_notices_closed_pipe(
+    temporal_env: WorkflowEnvironment, encrypted_client: Client, key_ring_file: Path
+) -> None:
+    """watch with FORCE_COLOR, where rich draws the live table into the pipe,
+    exits 141 once the reader has closed the pipe, while the run goes on.
+    rich's own handler of a closed pipe exits 1."""
+    task_queue = f"tq-{uuid.uuid4().hex[:8]}"
+    blocking = BlockingStandIns(("teardown", Phase.CACHE))
+    env = {**client_env(temporal_env, task_queue, key_ring_file), "FORCE_COLOR": "1"}
+    async with Worker(
+        encrypted_client,
+        task_queue=task_queue,
+        workflows=WORKFLOWS,
+        activities=blocking.activities(),
+    ):
+        handle = await encrypted_client.start_workflow(
+            "VentrosDestroy",
+            {"release": RELEASE, "namespace": "piped", "force": True},
+            id=f"destroy-piped-{uuid.uuid4().hex[:8]}",
+            task_queue=task_queue,
+        )
+        await asyncio.wait_for(blocking.holding.wait(), timeout=60)
+        reader, writer = os.pipe()
+        os.close(reader)
+        try:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "client",
+                "watch",
+                handle.id,
+                stdout=writer,
+                stderr=asyncio.subprocess.PIPE,
+                env=env,
+                cwd=REPO_ROOT,
+            )
+        finally:
+            os.close(writer)
+        try:
+            _, err = await asyncio.wait_for(process.communicate(), 30)
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+            await handle.cancel()
+            with pytest.raises(WorkflowFailureError):
+                await asyncio.wait_for(handle.result(), timeout=60)
+
+    assert process.returncode == 141, err.decode()
+    assert "Traceback" not in err.decode()
+
+
 async def test_rollback_follow_shows_table(
     temporal_env: WorkflowEnvironment, encrypted_client: Client, key_ring_file: Path
 ) -> None:
