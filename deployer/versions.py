@@ -30,6 +30,8 @@ def version_key(version: str) -> VersionKey | None:
     Trailing zeros do not count (1.2 and 1.2.0 are equal). A pre-release comes
     before its release, and its numeric parts compare as numbers, as in
     Semantic Versioning 2.0.0. Build metadata does not count.
+    NOTE: a Docker variant suffix reads as a pre-release too, so 1.2.0-alpine
+    sorts before 1.2.0.
     """
     match = DOTTED_VERSION.fullmatch(version)
     if match is None:
