@@ -275,8 +275,17 @@ async def test_closed_stdout_exits_141(
     workflow_id, env = await succeeded_rollback(
         temporal_env, encrypted_client, key_ring_file
     )
+    options = ["--json"] if json_output else []
+    code, err = await run_cli_closed_pipe(["status", workflow_id, *options], env)
+    assert code == 141, err
+    assert "Traceback" not in err
 
-    # A pipe whose reader has closed it, as `head` does once it has enough.
+
+async def run_cli_closed_pipe(
+    args: list[str], env: dict[str, str], timeout_s: float = 180
+) -> tuple[int, str]:
+    """Run the CLI with its standard output a pipe whose reader has closed it,
+    as `head` does once it has enough; return the exit code and stderr."""
     reader, writer = os.pipe()
     os.close(reader)
     try:
@@ -284,9 +293,7 @@ async def test_closed_stdout_exits_141(
             sys.executable,
             "-m",
             "client",
-            "status",
-            workflow_id,
-            *(["--json"] if json_output else []),
+            *args,
             stdout=writer,
             stderr=asyncio.subprocess.PIPE,
             env=env,
@@ -294,10 +301,35 @@ async def test_closed_stdout_exits_141(
         )
     finally:
         os.close(writer)
-    _, err = await asyncio.wait_for(process.communicate(), 180)
+    try:
+        _, err = await asyncio.wait_for(process.communicate(), timeout_s)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    return process.returncode or 0, err.decode()
 
-    assert process.returncode == 141, err.decode()
-    assert "Traceback" not in err.decode()
+
+@asynccontextmanager
+async def held_destroy(
+    client: Client, task_queue: str, blocking: BlockingStandIns, namespace: str
+) -> AsyncIterator[WorkflowHandle[Any, Any]]:
+    """Start a forced destroy on a worker with blocking's stand-ins, and yield
+    its handle once the held step runs."""
+    async with Worker(
+        client,
+        task_queue=task_queue,
+        workflows=WORKFLOWS,
+        activities=blocking.activities(),
+    ):
+        handle = await client.start_workflow(
+            "VentrosDestroy",
+            {"release": RELEASE, "namespace": namespace, "force": True},
+            id=f"destroy-{namespace}-{uuid.uuid4().hex[:8]}",
+            task_queue=task_queue,
+        )
+        await asyncio.wait_for(blocking.holding.wait(), timeout=60)
+        yield handle
 
 
 async def test_watch_notices_closed_pipe(
@@ -309,47 +341,16 @@ async def test_watch_notices_closed_pipe(
     task_queue = f"tq-{uuid.uuid4().hex[:8]}"
     blocking = BlockingStandIns(("teardown", Phase.CACHE))
     env = {**client_env(temporal_env, task_queue, key_ring_file), "FORCE_COLOR": "1"}
-    async with Worker(
-        encrypted_client,
-        task_queue=task_queue,
-        workflows=WORKFLOWS,
-        activities=blocking.activities(),
-    ):
-        handle = await encrypted_client.start_workflow(
-            "VentrosDestroy",
-            {"release": RELEASE, "namespace": "piped", "force": True},
-            id=f"destroy-piped-{uuid.uuid4().hex[:8]}",
-            task_queue=task_queue,
-        )
-        await asyncio.wait_for(blocking.holding.wait(), timeout=60)
-        reader, writer = os.pipe()
-        os.close(reader)
+    async with held_destroy(encrypted_client, task_queue, blocking, "piped") as handle:
         try:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "client",
-                "watch",
-                handle.id,
-                stdout=writer,
-                stderr=asyncio.subprocess.PIPE,
-                env=env,
-                cwd=REPO_ROOT,
-            )
+            code, err = await run_cli_closed_pipe(["watch", handle.id], env, 30)
         finally:
-            os.close(writer)
-        try:
-            _, err = await asyncio.wait_for(process.communicate(), 30)
-        finally:
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
             await handle.cancel()
             with pytest.raises(WorkflowFailureError):
                 await asyncio.wait_for(handle.result(), timeout=60)
 
-    assert process.returncode == 141, err.decode()
-    assert "Traceback" not in err.decode()
+    assert code == 141, err
+    assert "Traceback" not in err
 
 
 async def test_rollback_follow_shows_table(
@@ -744,19 +745,9 @@ async def test_abort_while_canceling_exit_1(
     task_queue = f"tq-{uuid.uuid4().hex[:8]}"
     blocking = BlockingStandIns(("teardown", Phase.CACHE), finish_s=3)
     env = client_env(temporal_env, task_queue, key_ring_file)
-    async with Worker(
-        encrypted_client,
-        task_queue=task_queue,
-        workflows=WORKFLOWS,
-        activities=blocking.activities(),
-    ):
-        handle = await encrypted_client.start_workflow(
-            "VentrosDestroy",
-            {"release": RELEASE, "namespace": "canceling", "force": True},
-            id=f"destroy-canceling-{uuid.uuid4().hex[:8]}",
-            task_queue=task_queue,
-        )
-        await asyncio.wait_for(blocking.holding.wait(), timeout=60)
+    async with held_destroy(
+        encrypted_client, task_queue, blocking, "canceling"
+    ) as handle:
         await handle.cancel()
         await cancel_seen(handle)
         aborted = await run_cli(["abort", handle.id, "--reason", "too late"], env)
