@@ -780,7 +780,7 @@ def is_migration_of(obj: JsonObject, release: str) -> bool:
 def older_default_error(target: str, newer: str, origin: str) -> ApplicationError:
     """Return the InvalidRequest error of a deploy that would go back from app
     version newer to target, the chart's default, without naming a version.
-    origin is a clause that says where newer was found."""
+    origin is a clause that names where newer was found."""
     return _non_retryable(
         contracts.INVALID_REQUEST,
         f"app_version is not set, so this deploy would replace app version "

@@ -289,14 +289,14 @@ async def test_number_for_string_hint(
     env = cli_env(temporal_env, worker_settings)
     request = write_request(tmp_path, namespace)
     if source == "--set":
-        given = ["--set", "secrets.redisPassword=12345"]
+        options = ["--set", "secrets.redisPassword=12345"]
     else:
         values = tmp_path / "values.yaml"
         values.write_text("secrets:\n  redisPassword: 12345\n")
-        given = ["--values", str(values)]
+        options = ["--values", str(values)]
     async with running_worker(temporal_env.client, worker_settings):
         followed = await run_cli(
-            ["start", "--request", request, *given, "--follow"], env
+            ["start", "--request", request, *options, "--follow"], env
         )
     assert followed.returncode == 2, followed.stderr
     assert "s (ValuesRejected)\n" in followed.stdout

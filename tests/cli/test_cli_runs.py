@@ -284,8 +284,8 @@ async def test_closed_stdout_exits_141(
 async def run_cli_closed_pipe(
     args: list[str], env: dict[str, str], timeout_s: float = 180
 ) -> tuple[int, str]:
-    """Run the CLI with its standard output a pipe whose reader has closed it,
-    as `head` does once it has enough; return the exit code and stderr."""
+    """Run the CLI into a pipe whose reader has closed it, as `head` does once
+    it has enough. Return the exit code and stderr."""
     reader, writer = os.pipe()
     os.close(reader)
     try:

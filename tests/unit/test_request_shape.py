@@ -141,7 +141,7 @@ def test_app_version_and_tag_value(tag: str | None, rejected: bool) -> None:
 
 def test_number_tag_value_hint() -> None:
     """A tag that YAML or JSON read as a number (1.10 as 1.1) differs from
-    app_version 1.10, and the error asks to quote it."""
+    app_version 1.10, and the error tells the user to quote it."""
     raw = {
         "release": "crm",
         "namespace": "shop",
