@@ -72,6 +72,7 @@ from deployer.inputs import (
     DeployRequest,
     InvalidRequestError,
     check_image_tag,
+    cluster_namespace,
     json_type_name,
     parse_request,
     workflow_id_for,
@@ -1839,6 +1840,18 @@ async def run(args: argparse.Namespace) -> int:
         raise CliError(
             "--delete-namespace also deletes the PostgreSQL data in the namespace: "
             "add --delete-data, or leave out --delete-namespace",
+            EXIT_USAGE,
+        )
+    if (
+        args.command == "destroy"
+        and args.delete_namespace
+        and args.namespace
+        and cluster_namespace(args.namespace)
+    ):
+        raise CliError(
+            f"--delete-namespace would delete namespace {args.namespace!r}, which "
+            "belongs to the cluster (default, and names starting with 'kube-'): "
+            "leave out --delete-namespace; the destroy still removes the release",
             EXIT_USAGE,
         )
     if args.command in STARTING_COMMANDS and not key_ring_configured(settings):

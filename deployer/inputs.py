@@ -55,6 +55,10 @@ MAX_VALUES_BYTES = 256 * 1024
 # Helm values nest a few levels; far deeper JSON makes recursive encoders and
 # decoders fail (the default recursion limit is 1000) in the worker.
 MAX_VALUES_DEPTH = 64
+# Kubernetes keeps namespace names with this prefix for itself.
+RESERVED_NAMESPACE_PREFIX = "kube-"
+# Namespaces the API server never deletes (its NamespaceLifecycle admission).
+UNDELETABLE_NAMESPACES = ("default", "kube-system", "kube-public")
 TIMEOUT_MIN_S = 10
 TIMEOUT_MAX_S = 3600
 DEFAULT_TIMEOUT_S = 300
@@ -82,6 +86,13 @@ def check_namespace(value: str) -> str:
             "letter or digit"
         )
     return value
+
+
+def cluster_namespace(value: str) -> bool:
+    """Whether a namespace belongs to the cluster, so a destroy must not delete it."""
+    return value in UNDELETABLE_NAMESPACES or value.startswith(
+        RESERVED_NAMESPACE_PREFIX
+    )
 
 
 def check_kube_context(value: str | None) -> str | None:
@@ -396,11 +407,16 @@ def not_an_object(kind: str, raw: Any) -> InvalidRequestError:
     )
 
 
-def parse_request(raw: Any, lax: bool = False) -> DeployRequest:
+def parse_request(
+    raw: Any, lax: bool = False, cluster_namespaces: bool = False
+) -> DeployRequest:
     """Validate raw JSON (a dict, or a JSON string) into a DeployRequest.
 
     lax takes the types the way runs recorded before the strict JSON types
-    took them (see LAX), for their replay only.
+    took them (see LAX), and cluster_namespaces takes a kube- namespace as runs
+    recorded before that check did, for the replay of those runs only. The
+    model itself takes both, so that activities of such runs can still read
+    their input.
     """
     if isinstance(raw, str | bytes):
         try:
@@ -419,6 +435,16 @@ def parse_request(raw: Any, lax: bool = False) -> DeployRequest:
         request = DeployRequest.model_validate(raw, context={LAX: lax})
     except ValidationError as error:
         raise InvalidRequestError(describe_validation_error(error)) from None
+    if not cluster_namespaces and request.namespace.startswith(
+        RESERVED_NAMESPACE_PREFIX
+    ):
+        raise InvalidRequestError(
+            f"invalid deploy request: namespace: starts with "
+            f"'{RESERVED_NAMESPACE_PREFIX}', which Kubernetes keeps for its own "
+            "namespaces (kube-system, kube-public, kube-node-lease): deploy into "
+            "a namespace of the release's own, such as ventros-crm "
+            f'(got "{request.namespace}")'
+        )
     if not lax:
         # After the model's checks, which bound the values' size: an alias bomb
         # would make this walk take exponential time.

@@ -32,6 +32,7 @@ from deployer.inputs import (
     check_kube_context,
     check_namespace,
     check_release,
+    cluster_namespace,
     describe_validation_error,
     json_int,
     not_an_object,
@@ -181,12 +182,28 @@ class RollbackStatus(BaseModel):
     message: str | None = None
 
 
-def parse_destroy_request(raw: Any, lax: bool = False) -> DestroyRequest:
+def parse_destroy_request(
+    raw: Any, lax: bool = False, cluster_namespaces: bool = False
+) -> DestroyRequest:
     """Validate raw JSON into a DestroyRequest; raise InvalidRequestError.
 
-    lax is for the replay of runs recorded before the strict JSON types.
+    lax and cluster_namespaces are for the replay of runs recorded before the
+    strict JSON types and before the check that a destroy deletes no namespace
+    of the cluster's own.
     """
-    return _validate(DestroyRequest, raw, "destroy", lax)
+    request = _validate(DestroyRequest, raw, "destroy", lax)
+    if (
+        not cluster_namespaces
+        and request.delete_namespace
+        and cluster_namespace(request.namespace)
+    ):
+        raise InvalidRequestError(
+            f"invalid destroy request: delete_namespace would delete namespace "
+            f"{request.namespace!r}, which belongs to the cluster (default, and "
+            "names starting with 'kube-'): leave delete_namespace out; the "
+            "destroy still removes the release"
+        )
+    return request
 
 
 def parse_rollback_request(raw: Any, lax: bool = False) -> RollbackRequest:

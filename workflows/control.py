@@ -72,6 +72,10 @@ CANCEL_BEFORE_ABORT_PATCH = "cancel-before-abort-wins"
 # integers and booleans, and no NaN in values. Runs recorded before it took
 # "30" as 30 and "yes" as true, and must replay that way.
 STRICT_INPUT_PATCH = "strict-json-input"
+# Runs with this patch reject a deploy into a kube- namespace, and a destroy
+# that would delete default or a kube- namespace. Runs recorded before it took
+# those requests and must replay that way.
+CLUSTER_NAMESPACES_PATCH = "reject-cluster-namespaces"
 
 
 def start_record_deployed(

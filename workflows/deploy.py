@@ -27,6 +27,7 @@ from temporalio.workflow import ActivityCancellationType
 
 from workflows.control import (
     ABORTED_TYPE,
+    CLUSTER_NAMESPACES_PATCH,
     RECORD_DEPLOYED_PATCH,
     STRICT_INPUT_PATCH,
     PhaseAborted,
@@ -138,7 +139,9 @@ class VentrosDeploy(PhaseControl):
         # string input, retry it forever and echo the input in the task failure.
         try:
             request = parse_request(
-                read_input(raw), lax=not workflow.patched(STRICT_INPUT_PATCH)
+                read_input(raw),
+                lax=not workflow.patched(STRICT_INPUT_PATCH),
+                cluster_namespaces=not workflow.patched(CLUSTER_NAMESPACES_PATCH),
             )
         except InvalidRequestError as error:
             # The status query shows it as a rejected validate does. Publishing

@@ -27,6 +27,7 @@ from temporalio.workflow import ActivityCancellationType
 
 from workflows.control import (
     ABORTED_TYPE,
+    CLUSTER_NAMESPACES_PATCH,
     STRICT_INPUT_PATCH,
     PhaseControl,
     cause_message,
@@ -108,7 +109,9 @@ class VentrosDestroy(PhaseControl):
         # must reach parse_destroy_request, which names the invalid field.
         try:
             request = parse_destroy_request(
-                read_input(raw), lax=not workflow.patched(STRICT_INPUT_PATCH)
+                read_input(raw),
+                lax=not workflow.patched(STRICT_INPUT_PATCH),
+                cluster_namespaces=not workflow.patched(CLUSTER_NAMESPACES_PATCH),
             )
         except InvalidRequestError as error:
             self._state = "invalid"

@@ -549,6 +549,13 @@ BAD_CASES = [
         DNS_LABEL_FIX,
     ),
     BadCase(
+        "namespace-of-the-cluster",
+        with_request(namespace="kube-system"),
+        INVALID,
+        "namespace: starts with 'kube-'",
+        "such as ventros-crm",
+    ),
+    BadCase(
         "app-version-option",
         with_request(app_version="--post-renderer=/bin/sh"),
         INVALID,

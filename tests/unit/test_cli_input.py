@@ -349,6 +349,33 @@ def test_delete_namespace_without_data_exit_2() -> None:
     assert "add --delete-data, or leave out --delete-namespace" in result.stderr
 
 
+def test_delete_cluster_namespace_exit_2() -> None:
+    """destroy --delete-namespace of the default namespace exits 2 before it
+    connects: the API server would refuse it after the release was gone."""
+    result = run_client(
+        [
+            "destroy",
+            "--release",
+            "r",
+            "--namespace",
+            "default",
+            "--delete-data",
+            "--delete-namespace",
+        ]
+    )
+    assert result.returncode == 2, result.stderr
+    assert "would delete namespace 'default'" in result.stderr
+    assert "leave out --delete-namespace" in result.stderr
+
+
+def test_start_in_kube_system_exit_2() -> None:
+    """start --namespace kube-system exits 2 naming the namespace."""
+    result = run_client(["start", "--namespace", "kube-system"])
+    assert result.returncode == 2, result.stderr
+    assert "starts with 'kube-'" in result.stderr
+    assert '(got "kube-system")' in result.stderr
+
+
 @pytest.mark.parametrize(
     ("content", "key", "lines"),
     [

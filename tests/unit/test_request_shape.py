@@ -154,3 +154,53 @@ def test_number_tag_value_hint() -> None:
     assert "set different image tags" in message
     assert "The image.tag value is a number" in message
     assert "quote it" in message
+
+
+@pytest.mark.parametrize(
+    ("namespace", "rejected"),
+    [
+        ("kube-system", True),
+        ("kube-public", True),
+        ("kube-node-lease", True),
+        ("kube-x", True),
+        ("default", False),
+        ("kubeflow", False),
+        ("my-kube-apps", False),
+    ],
+)
+def test_deploy_into_cluster_namespace(namespace: str, rejected: bool) -> None:
+    """A deploy into a namespace whose name Kubernetes keeps for itself is
+    invalid; other names, default among them, are accepted."""
+    raw = {"release": "crm", "namespace": namespace}
+    if not rejected:
+        assert parse_request(raw).namespace == namespace
+        return
+    with pytest.raises(InvalidRequestError) as raised:
+        parse_request(raw)
+    message = str(raised.value)
+    assert "namespace: starts with 'kube-'" in message
+    assert f'(got "{namespace}")' in message
+
+
+@pytest.mark.parametrize(
+    ("namespace", "rejected"),
+    [("default", True), ("kube-system", True), ("kube-x", True), ("shop", False)],
+)
+def test_destroy_keeps_cluster_namespace(namespace: str, rejected: bool) -> None:
+    """A destroy never deletes a namespace of the cluster; without
+    delete_namespace it may still remove a release deployed there."""
+    raw = {
+        "release": "crm",
+        "namespace": namespace,
+        "delete_data": True,
+        "delete_namespace": True,
+    }
+    assert parse_destroy_request({**raw, "delete_namespace": False})
+    if not rejected:
+        assert parse_destroy_request(raw).delete_namespace
+        return
+    with pytest.raises(InvalidRequestError) as raised:
+        parse_destroy_request(raw)
+    message = str(raised.value)
+    assert f"would delete namespace '{namespace}'" in message
+    assert "leave delete_namespace out" in message

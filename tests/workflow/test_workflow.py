@@ -152,6 +152,7 @@ async def test_workflow_retry_rejected_without_failure(
     [
         ({"release": "Bad_Name"}, "release"),
         ({"namespace": "--kubeconfig=/etc/x"}, "namespace"),
+        ({"namespace": "kube-system"}, "namespace: starts with 'kube-'"),
         ({"timeouts": {"app": 1}}, "timeouts.app"),
         ({"chart": {"path": "../../etc"}}, "chart"),
         ({"colour": "blue"}, "colour"),
@@ -586,6 +587,11 @@ async def replay(path: Path) -> WorkflowReplayResult:
         ("deploy_with_retry", {"timeouts": {"app": "600"}, "install_operators": "yes"}),
         ("deploy_with_retry", {"values": {"weight": float("nan")}}),
         ("destroy_with_drain", {"force": "false", "drain_timeout_s": 60.0}),
+        ("deploy_with_retry", {"namespace": "kube-apps"}),
+        (
+            "destroy_release_not_found",
+            {"namespace": "default", "delete_data": True, "delete_namespace": True},
+        ),
     ],
 )
 async def test_lax_input_of_old_runs_replays(
@@ -594,7 +600,9 @@ async def test_lax_input_of_old_runs_replays(
     """A run recorded before the strict JSON types took "600" as 600 and
     "yes" as true, and scheduled its activities. Its replay takes the input the
     same way, instead of failing the workflow where the history has an
-    activity: the strict parse applies only to runs with its patch."""
+    activity: the strict parse applies only to runs with its patch. So does
+    the check of the cluster's namespaces (kube-, and default for a
+    namespace deletion)."""
     path = HISTORIES / f"{history}.json"
     data = json.loads(path.read_text())
     started = data["events"][0]["workflowExecutionStartedEventAttributes"]
