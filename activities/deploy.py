@@ -1545,6 +1545,9 @@ class DeployActivities:
                 values,
                 manifest=operator,
                 skip_crds=skip_crds,
+                # helm list and helm history show the app version of our
+                # release; the operators' releases keep their charts' own.
+                app_version=None if operator else values_image_tag(values),
             )
             if note:
                 log.warning("recovered helm release", note=note)

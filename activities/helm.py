@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,9 @@ STDERR_CAP = 2000
 # took 11 % of the samples, mostly on `helm template` output.
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 PENDING_STATES = ("pending-install", "pending-upgrade", "pending-rollback")
+# The appVersion line of a Chart.yaml, which a staged copy of the chart
+# replaces. The rest of the file stays as its author wrote it.
+APP_VERSION_LINE = re.compile(r"""^["']?appVersion["']?[ \t]*:.*$""", re.MULTILINE)
 
 
 RENDER_CACHE_ENTRIES = 64
@@ -312,6 +315,39 @@ class Helm:
             )
         return rendered_objects(out)
 
+    @contextlib.asynccontextmanager
+    async def chart_at_version(
+        self, chart: ChartRef, app_version: str | None
+    ) -> AsyncIterator[list[str]]:
+        """Yield the chart arguments for an upgrade that records app_version.
+
+        helm records a release's app version from the chart's Chart.yaml and
+        has no option to set it, so `helm list` and `helm history` showed the
+        chart's default for a deploy of another version. When app_version is
+        set and differs from it, the upgrade gets a copy of the chart whose
+        appVersion is app_version; a repository chart is pulled for that. The
+        copy goes into a private folder that is removed after the upgrade.
+        """
+        if app_version is None:
+            yield self.chart_args(chart)
+            return
+        source = None if chart.path is None else self.resolve_path(chart.path)
+        if source is not None:
+            text = await asyncio.to_thread((source / "Chart.yaml").read_text)
+            if chart_app_version(text) == app_version:
+                yield self.chart_args(chart)
+                return
+        folder = tempfile.mkdtemp(prefix=f"{os.getpid()}-chart-", dir=_values_root())
+        try:
+            if source is None:
+                await self.run(
+                    ["pull", *self.chart_args(chart), "--untar", f"--untardir={folder}"]
+                )
+            staged = await asyncio.to_thread(stage_chart, folder, source, app_version)
+            yield [str(staged)]
+        finally:
+            await asyncio.to_thread(shutil.rmtree, folder, ignore_errors=True)
+
     async def upgrade_install(
         self,
         release: str,
@@ -321,18 +357,41 @@ class Helm:
         timeout_s: float = 300.0,
         manifest: bool = False,
         skip_crds: bool = False,
+        app_version: str | None = None,
     ) -> list[dict[str, Any]]:
         """Install or upgrade the release; with manifest, return its objects.
 
         The objects come from the release that `--output=json` prints, which
         saves the separate `helm get manifest` call (about 0.1 s) a caller
         would need after the upgrade. skip_crds leaves out the chart's crds/
-        folder, which helm applies only on a first install.
+        folder, which helm applies only on a first install. app_version is the
+        version that the release records (see chart_at_version).
         """
+        async with self.chart_at_version(chart, app_version) as chart_args:
+            return await self._upgrade_install(
+                release,
+                namespace,
+                chart_args,
+                values,
+                timeout_s=timeout_s,
+                manifest=manifest,
+                skip_crds=skip_crds,
+            )
+
+    async def _upgrade_install(
+        self,
+        release: str,
+        namespace: str,
+        chart_args: list[str],
+        values: dict[str, Any],
+        timeout_s: float,
+        manifest: bool,
+        skip_crds: bool,
+    ) -> list[dict[str, Any]]:
         args = [
             "upgrade",
             release,
-            *self.chart_args(chart),
+            *chart_args,
             "--install",
             f"--namespace={namespace}",
             # No --create-namespace: the base phase creates the namespace
@@ -372,6 +431,7 @@ class Helm:
         values: dict[str, Any],
         manifest: bool = False,
         skip_crds: bool = False,
+        app_version: str | None = None,
     ) -> tuple[list[dict[str, Any]], str | None]:
         """Upgrade or install the release, recovering it when helm reports it pending.
 
@@ -388,6 +448,7 @@ class Helm:
             values,
             manifest=manifest,
             skip_crds=skip_crds,
+            app_version=app_version,
         )
         try:
             return await upgrade(), None
@@ -580,6 +641,40 @@ def object_problem(document: Any) -> str:
 def load_documents(text: str) -> Iterator[Any]:
     """Parse a multi-document YAML stream with the safe loader."""
     return yaml.load_all(text, Loader=SAFE_LOADER)
+
+
+def chart_app_version(text: str) -> str | None:
+    """Return the appVersion of a Chart.yaml's text, or None without one."""
+    try:
+        metadata = yaml.load(text, Loader=SAFE_LOADER)
+    except yaml.YAMLError:
+        return None
+    if not isinstance(metadata, dict) or metadata.get("appVersion") is None:
+        return None
+    return str(metadata["appVersion"])
+
+
+def stage_chart(folder: str, source: Path | None, app_version: str) -> Path:
+    """Copy the chart at source into folder, or take the one chart pulled
+    there when source is None, and set its appVersion; return its path."""
+    if source is not None:
+        staged = Path(folder, source.name)
+        # Links are followed, as helm follows them when it loads a chart.
+        shutil.copytree(source, staged)
+    else:
+        staged = next(path for path in Path(folder).iterdir() if path.is_dir())
+    chart_file = staged / "Chart.yaml"
+    chart_file.write_text(with_app_version(chart_file.read_text(), app_version))
+    return staged
+
+
+def with_app_version(text: str, app_version: str) -> str:
+    """Return a Chart.yaml's text with its appVersion set to app_version."""
+    # A JSON string is a YAML double-quoted scalar with the same meaning.
+    line = f"appVersion: {json.dumps(app_version)}"
+    if APP_VERSION_LINE.search(text):
+        return APP_VERSION_LINE.sub(lambda _: line, text, count=1)
+    return f"{text.rstrip()}\n{line}\n"
 
 
 class ValuesNotEncodableError(InvalidRequestError):

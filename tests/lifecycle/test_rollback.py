@@ -53,6 +53,12 @@ async def base_release_tag(settings: WorkerSettings, namespace: str) -> str:
     return str(json.loads(out)["image"]["tag"])
 
 
+async def base_release_versions(settings: WorkerSettings, namespace: str) -> list[str]:
+    """Return the app version that helm records for each base release revision."""
+    helm = Helm(settings.helm, str(settings.kubeconfig), None, REPO_ROOT)
+    return [entry["app_version"] for entry in await helm.history(RELEASE, namespace)]
+
+
 async def test_rollback_previous_version(
     temporal_env: WorkflowEnvironment,
     lifecycle_settings: WorkerSettings,
@@ -125,6 +131,13 @@ async def test_rollback_previous_version(
     final = await kube.get(DEPLOYMENT, RELEASE, namespace)
     assert final is not None
     assert app_image_tag(final) == "1.1.0"
+    # helm list and helm history show the version that ran at each revision.
+    assert await base_release_versions(lifecycle_settings, namespace) == [
+        "1.0.0",
+        "1.1.0",
+        "1.0.0",
+        "1.1.0",
+    ]
     handle = temporal_env.client.get_workflow_handle(
         rollback_workflow_id_for(namespace, RELEASE)
     )
