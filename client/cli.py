@@ -758,13 +758,13 @@ async def follow(
     model = status_model(handle.id, description.workflow_type)
     task_queue = description.task_queue
     info = description.raw_description.workflow_execution_info
-    if info.status == WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_COMPLETED:
-        completed = client.get_workflow_handle(handle.id, run_id=description.run_id)
-        status = await result_status(completed, model)
+    if info.status in RECORDED_ENDS:
+        ended = client.get_workflow_handle(handle.id, run_id=description.run_id)
+        status = await result_status(ended, model)
         if status is not None:
             if not args.json:
                 console.print(status_view(status))
-            return await show_outcome(completed, status, args, console)
+            return await show_outcome(ended, status, args, console)
     if not await worker_polls(client, task_queue):
         if description.close_time is not None:
             return await show_ended_unqueried(
@@ -1050,7 +1050,7 @@ async def cmd_status(client: Client, args: argparse.Namespace, console: Console)
     info = description.raw_description.workflow_execution_info
     running = info.status == WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_RUNNING
     status = None
-    if info.status == WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_COMPLETED:
+    if info.status in RECORDED_ENDS:
         status = await result_status(handle, model)
     if status is None:
         try:
@@ -1138,17 +1138,34 @@ async def worker_status(
         raise RunEndedUnqueried(query_failed_note(error, info.task_queue)) from None
 
 
+# The ends of a run whose last status the run itself carries: the result of a
+# completed run, the failure details of a failed one (workflows.control's
+# run_failed).
+RECORDED_ENDS = (
+    WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_COMPLETED,
+    WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_FAILED,
+)
+
+
 async def result_status(
     handle: WorkflowHandle[Any, Any], model: StatusModel
 ) -> AnyStatus | None:
-    """Return the final status that a completed run returned as its result, or
-    None when the result has another shape.
+    """Return the last status that an ended run recorded, or None when it
+    recorded none of that shape.
 
-    The workflows return their last status, so a completed run's phases show
-    without a worker and without a query. handle must name the run by its run
-    id.
+    The workflows return their last status, and attach it to the failure that
+    ends a failed run, so the phases of an ended run show without a worker and
+    without a query. Runs that failed before that change, or that were
+    canceled, terminated or timed out, carry none. handle must name the run by
+    its run id.
     """
-    result = await handle.result(follow_runs=False)
+    try:
+        result = await handle.result(follow_runs=False)
+    except WorkflowFailureError as failure:
+        cause = failure.cause
+        if not isinstance(cause, ApplicationError) or not cause.details:
+            return None
+        result = cause.details[0]
     try:
         status: AnyStatus = model.model_validate(result)
     except ValidationError:

@@ -49,6 +49,23 @@ def read_input(raw: RawValue) -> Any:
 
 
 REASON_MAX = 500
+
+
+def run_failed(message: str, kind: str | None, status: Any) -> ApplicationError:
+    """Return the error that ends a run, with the run's last status (a pydantic
+    model) as its details.
+
+    `ventros-deploy status` reads a failed run's phases from there, as it
+    reads a succeeded run's from its result, so neither needs a worker to
+    answer a query. Details pass through the payload codec, as results do.
+    Only the failure's content changes, not the command, so runs recorded
+    before replay the same.
+    """
+    return ApplicationError(
+        message, status.model_dump(mode="json"), type=kind, non_retryable=True
+    )
+
+
 # Runs started before this patch let a running activity finish after an
 # abort; replaying them must not issue the cancel command they never issued.
 ABORT_CANCELS_PATCH = "abort-cancels-running-activity"

@@ -34,6 +34,7 @@ from workflows.control import (
     PhaseControl,
     cause_message,
     read_input,
+    run_failed,
     start_record_deployed,
 )
 
@@ -151,8 +152,8 @@ class VentrosDeploy(PhaseControl):
             self._message = str(error)
             if workflow.patched(INVALID_INPUT_PATCH):
                 self._publish()
-            raise ApplicationError(
-                str(error), type=contracts.INVALID_REQUEST, non_retryable=True
+            raise run_failed(
+                str(error), contracts.INVALID_REQUEST, self.status()
             ) from None
         self._request = request
         self._publish()
@@ -188,12 +189,12 @@ class VentrosDeploy(PhaseControl):
         self._state = "aborted"
         self._message = f"aborted: {self._abort_reason}"
         self._publish()
-        raise ApplicationError(
+        raise run_failed(
             f"deploy of {request.release} in {request.namespace} aborted: "
             f"{self._abort_reason}. Phases that succeeded were left in "
             "place; a phase that was running stopped where it was",
-            type=ABORTED,
-            non_retryable=True,
+            ABORTED,
+            self.status(),
         )
 
     async def _validate(self, request: DeployRequest) -> None:
@@ -222,9 +223,7 @@ class VentrosDeploy(PhaseControl):
                 raise
             kind, self._state, self._message = validate_failure(error)
             self._publish()
-            raise ApplicationError(
-                self._message, type=kind, non_retryable=True
-            ) from None
+            raise run_failed(self._message, kind, self.status()) from None
         self._app_version = validated.app_version
 
     # -- phases -----------------------------------------------------------

@@ -22,7 +22,7 @@ from typing import Any, NoReturn
 
 from temporalio import workflow
 from temporalio.common import RawValue, RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError
 from temporalio.workflow import ActivityCancellationType
 
 from workflows.control import (
@@ -33,6 +33,7 @@ from workflows.control import (
     cause_message,
     error_type_of,
     read_input,
+    run_failed,
 )
 
 with workflow.unsafe.imports_passed_through():
@@ -115,8 +116,8 @@ class VentrosDestroy(PhaseControl):
             )
         except InvalidRequestError as error:
             self._state = "invalid"
-            raise ApplicationError(
-                str(error), type=contracts.INVALID_REQUEST, non_retryable=True
+            raise run_failed(
+                str(error), contracts.INVALID_REQUEST, self.status()
             ) from None
         self._request = request
         self._state = "running"
@@ -133,8 +134,8 @@ class VentrosDestroy(PhaseControl):
                 self._state = "invalid"
                 self._message = cause_message(error)
                 self._publish()
-                raise ApplicationError(
-                    self._message, type=error_type_of(error), non_retryable=True
+                raise run_failed(
+                    self._message, error_type_of(error), self.status()
                 ) from None
             if not done:
                 await self.settle_after_abort()
@@ -148,12 +149,12 @@ class VentrosDestroy(PhaseControl):
         self._state = "aborted"
         self._message = f"aborted: {self._abort_reason}"
         self._publish()
-        raise ApplicationError(
+        raise run_failed(
             f"destroy of {request.release} in {request.namespace} aborted: "
             f"{self._abort_reason}. What the finished steps removed stays removed; "
             "a step that was running stopped where it was",
-            type=ABORTED,
-            non_retryable=True,
+            ABORTED,
+            self.status(),
         )
 
     def _summary(self, request: DestroyRequest) -> str:

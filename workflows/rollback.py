@@ -51,6 +51,7 @@ from workflows.control import (
     STRICT_INPUT_PATCH,
     cause_message,
     read_input,
+    run_failed,
     start_record_deployed,
     until_stopped,
 )
@@ -124,8 +125,8 @@ class VentrosRollback:
             )
         except InvalidRequestError as error:
             self._state = "invalid"
-            raise ApplicationError(
-                str(error), type=contracts.INVALID_REQUEST, non_retryable=True
+            raise run_failed(
+                str(error), contracts.INVALID_REQUEST, self.status()
             ) from None
         self._request = request
         try:
@@ -160,9 +161,7 @@ class VentrosRollback:
             self._state = "invalid" if rejected else "failed"
             self._message = cause_message(error)
             self._publish()
-            raise ApplicationError(
-                self._message, type=kind, non_retryable=True
-            ) from None
+            raise run_failed(self._message, kind, self.status()) from None
         self._state = "succeeded"
         self._publish()
         return self.status().model_dump(mode="json")

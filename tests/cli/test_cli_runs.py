@@ -28,7 +28,7 @@ from temporalio.worker import Worker
 from deployer import contracts
 from deployer.contracts import ApplyResult, RollbackPlan, WaitResult
 from deployer.lifecycle import DestroyStatus, RollbackStatus
-from deployer.phases import ObjectRef, Phase
+from deployer.phases import PHASE_ORDER, ObjectRef, Phase
 from tests.cli.test_cli import run_cli
 from tests.conftest import REPO_ROOT
 from tests.workflow.standins import BlockingStandIns, StandIns, cancel_seen
@@ -260,6 +260,54 @@ async def test_succeeded_run_shown_without_worker(
         status = RollbackStatus.model_validate_json(result.stdout)
         assert status.state == "succeeded"
         assert status.helm_revision == 3
+
+
+async def test_failed_run_shown_without_worker(
+    temporal_env: WorkflowEnvironment, encrypted_client: Client, key_ring_file: Path
+) -> None:
+    """status and watch of a run that failed show its table from the failure
+    that ended it once its worker has stopped, as for a run that succeeded:
+    the versions of a failed rollback, and the phases of an invalid deploy."""
+    namespace = f"invalid-{uuid.uuid4().hex[:8]}"
+    async with rollback_run(
+        temporal_env, encrypted_client, key_ring_file, namespace
+    ) as (env, started):
+        bad_deploy = await encrypted_client.start_workflow(
+            "VentrosDeploy",
+            {"release": "Bad_Name", "namespace": "bad"},
+            id=f"deploy-bad-{uuid.uuid4().hex[:8]}",
+            task_queue=env["VENTROS_DEPLOY_TASK_QUEUE"],
+        )
+        with pytest.raises(WorkflowFailureError):
+            await bad_deploy.result()
+    assert started.returncode == 1, started.stderr
+    workflow_id = f"rollback-{namespace}.{RELEASE}"
+    table = await run_cli(["status", workflow_id], env)
+    as_json = await run_cli(["status", workflow_id, "--json"], env)
+    watched = await run_cli(["watch", workflow_id], env)
+    for result in (table, watched):
+        assert result.returncode == 1, result.stderr
+        assert re.search(r"from version[\s│]+1\.1\.0", result.stdout), result.stdout
+        assert "cannot take the old values" in result.stdout
+        assert "not shown" not in result.stdout
+    assert as_json.returncode == 1, as_json.stderr
+    status = RollbackStatus.model_validate_json(as_json.stdout)
+    assert status.state == "failed"
+    assert status.helm_revision == 3
+    assert json.loads(as_json.stdout)["error_type"] == "RollbackFailed"
+
+    deploy_json = await run_cli(["status", bad_deploy.id, "--json"], env)
+    deploy_table = await run_cli(["status", bad_deploy.id], env)
+    assert deploy_json.returncode == 2, deploy_json.stderr
+    shown = json.loads(deploy_json.stdout)
+    assert shown["state"] == "invalid"
+    assert [row["phase"] for row in shown["phases"]] == [
+        phase.value for phase in PHASE_ORDER
+    ]
+    assert "DNS-1123" in shown["message"]
+    assert deploy_table.returncode == 2, deploy_table.stderr
+    assert "migration" in deploy_table.stdout
+    assert "not shown" not in deploy_table.stdout
 
 
 @pytest.mark.parametrize("json_output", [True, False])

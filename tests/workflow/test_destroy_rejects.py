@@ -8,6 +8,7 @@ tests/lifecycle/test_destroy.py checks that on the local cluster.
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -192,8 +193,9 @@ async def test_other_failures_wait_for_retry(
 async def test_rejected_destroy_status_without_worker(
     temporal_env: WorkflowEnvironment, encrypted_client: Client, key_ring_file: Path
 ) -> None:
-    """With no worker to run the status query, status reads the error type
-    from the ended run and still exits 2 for a release that is not there."""
+    """With no worker to run the status query, status shows the steps from
+    the failure that ended the run and still exits 2 for a release that is not
+    there."""
     standins = FailingTeardown(TEARDOWN_ORDER[0], contracts.RELEASE_NOT_FOUND)
     async with destroy_run(encrypted_client, standins) as (task_queue, handle):
         with pytest.raises(WorkflowFailureError):
@@ -202,5 +204,7 @@ async def test_rejected_destroy_status_without_worker(
         ["status", handle.id], client_env(temporal_env, task_queue, key_ring_file)
     )
     assert shown.returncode == 2, shown.stdout + shown.stderr
-    assert f"{handle.id}: invalid (ReleaseNotFound)" in shown.stdout
-    assert "the status query failed" in shown.stdout
+    assert re.search(rf"{re.escape(handle.id)} \(ns-[0-9a-f]+\): invalid", shown.stdout)
+    assert re.search(r"app +│ failed +│ +1 │", shown.stdout), shown.stdout
+    assert "error type: ReleaseNotFound" in shown.stdout
+    assert "status query" not in shown.stdout
