@@ -1546,7 +1546,7 @@ class DeployActivities:
                 manifest=operator,
                 skip_crds=skip_crds,
                 # helm list and helm history show the app version of our
-                # release; the operators' releases keep their charts' own.
+                # release. The operators' releases keep their charts' own.
                 app_version=None if operator else values_image_tag(values),
             )
             if note:

@@ -325,8 +325,8 @@ class Helm:
         has no option to set it, so `helm list` and `helm history` showed the
         chart's default for a deploy of another version. When app_version is
         set and differs from it, the upgrade gets a copy of the chart whose
-        appVersion is app_version; a repository chart is pulled for that. The
-        copy goes into a private folder that is removed after the upgrade.
+        appVersion is app_version, and a repository chart is pulled for that.
+        The copy goes into a private folder that is removed after the upgrade.
         """
         if app_version is None:
             yield self.chart_args(chart)
