@@ -40,6 +40,8 @@ from activities.helm import (
     HelmError,
     InvalidRenderError,
     RenderCache,
+    chart_app_version,
+    chart_metadata,
 )
 from activities.kubeapi import (
     ConflictError,
@@ -915,7 +917,9 @@ class DeployActivities:
     @heartbeat_while_running
     async def validate_request(self, raw: dict[str, Any]) -> ValidateResult:
         """Check everything that can be checked before anything is applied."""
-        request = parse_request(raw)
+        # The workflow checked the namespace, and took a kube- one only for a
+        # run recorded before that check.
+        request = parse_request(raw, cluster_namespaces=True)
         check_image_tag(request)
         check_own_id("deploy", request.workflow_id, "Start it again")
         helm = self.helm(request.kube_context)
@@ -1182,10 +1186,7 @@ class DeployActivities:
         cannot be reached, or a wrong name or version, fails validate before
         the base phase applies anything."""
         try:
-            await self.renders.get(
-                helm.cache_key("show chart", chart=chart),
-                lambda: helm.run(["show", "chart", *helm.chart_args(chart)]),
-            )
+            await self._shown_chart(helm, chart)
         except HelmError as error:
             raise ApplicationError(
                 f"cannot fetch the {key} chart {chart.name} {chart.version} from "
@@ -1200,10 +1201,34 @@ class DeployActivities:
         if chart.path is None:
             assert chart.name is not None  # ChartRef's validator ensures it.
             return chart.name
-        metadata = yaml.safe_load(
-            (helm.resolve_path(chart.path) / "Chart.yaml").read_text()
+        text = (helm.resolve_path(chart.path) / "Chart.yaml").read_text()
+        return str(chart_metadata(text).get("name", ""))
+
+    async def _recorded_version(
+        self, helm: Helm, chart: ChartRef, version: str | None
+    ) -> str | None:
+        """Return the app version that the base release must record apart from
+        the chart's appVersion: version, or None when the chart has it already.
+
+        A repository chart's Chart.yaml comes from `helm show chart`, cached
+        like the render, so an equal version costs no pull and no package.
+        """
+        if version is None:
+            return None
+        if chart.path is not None:
+            path = helm.resolve_path(chart.path) / "Chart.yaml"
+            text = await asyncio.to_thread(path.read_text)
+        else:
+            text = await self._shown_chart(helm, chart)
+        return None if chart_app_version(text) == version else version
+
+    async def _shown_chart(self, helm: Helm, chart: ChartRef) -> str:
+        """Return a repository chart's Chart.yaml, fetched once per cache period."""
+        text: str = await self.renders.get(
+            helm.cache_key("show chart", chart=chart),
+            lambda: helm.run(["show", "chart", *helm.chart_args(chart)]),
         )
-        return str((metadata or {}).get("name", ""))
+        return text
 
     def _operator_chart_paths(self, request: DeployRequest) -> list[ChartRef]:
         charts = request.operator_charts
@@ -1531,6 +1556,10 @@ class DeployActivities:
                     )
                 )
 
+        recorded_version = await self._recorded_version(
+            helm, request.chart, values_image_tag(releases[0][2])
+        )
+
         async def install(
             release: str,
             chart: ChartRef,
@@ -1547,7 +1576,7 @@ class DeployActivities:
                 skip_crds=skip_crds,
                 # helm list and helm history show the app version of our
                 # release. The operators' releases keep their charts' own.
-                app_version=None if operator else values_image_tag(values),
+                app_version=None if operator else recorded_version,
             )
             if note:
                 log.warning("recovered helm release", note=note)

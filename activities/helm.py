@@ -40,9 +40,6 @@ STDERR_CAP = 2000
 # took 11 % of the samples, mostly on `helm template` output.
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 PENDING_STATES = ("pending-install", "pending-upgrade", "pending-rollback")
-# The appVersion line of a Chart.yaml, which a staged copy of the chart
-# replaces. The rest of the file stays as its author wrote it.
-APP_VERSION_LINE = re.compile(r"""^["']?appVersion["']?[ \t]*:.*$""", re.MULTILINE)
 
 
 RENDER_CACHE_ENTRIES = 64
@@ -322,29 +319,40 @@ class Helm:
         """Yield the chart arguments for an upgrade that records app_version.
 
         helm records a release's app version from the chart's Chart.yaml and
-        has no option to set it, so `helm list` and `helm history` showed the
-        chart's default for a deploy of another version. When app_version is
-        set and differs from it, the upgrade gets a copy of the chart whose
-        appVersion is app_version, and a repository chart is pulled for that.
-        The copy goes into a private folder that is removed after the upgrade.
+        has no upgrade option to set it, so `helm list` and `helm history`
+        showed the chart's default for a deploy of another version. With
+        app_version, the upgrade gets the chart packaged by `helm package
+        --app-version` (a repository chart is pulled first) into a private
+        folder that is removed after the upgrade. None leaves the chart as it is.
         """
         if app_version is None:
             yield self.chart_args(chart)
             return
-        source = None if chart.path is None else self.resolve_path(chart.path)
-        if source is not None:
-            text = await asyncio.to_thread((source / "Chart.yaml").read_text)
-            if chart_app_version(text) == app_version:
-                yield self.chart_args(chart)
-                return
         folder = tempfile.mkdtemp(prefix=f"{os.getpid()}-chart-", dir=_values_root())
         try:
+            source = self.resolve_path(chart.path) if chart.path is not None else None
             if source is None:
+                # A repository chart untars into a folder named like the chart.
+                assert chart.name is not None  # ChartRef's validator ensures it.
+                pulled = os.path.join(folder, "pulled")
                 await self.run(
-                    ["pull", *self.chart_args(chart), "--untar", f"--untardir={folder}"]
+                    ["pull", *self.chart_args(chart), "--untar", f"--untardir={pulled}"]
                 )
-            staged = await asyncio.to_thread(stage_chart, folder, source, app_version)
-            yield [str(staged)]
+                source = Path(pulled, chart.name)
+            packaged = os.path.join(folder, "packaged")
+            out = await self.run(
+                [
+                    "package",
+                    str(source),
+                    f"--app-version={app_version}",
+                    f"--destination={packaged}",
+                ]
+            )
+            # helm prints "Successfully packaged chart and saved it to: PATH".
+            archive = out.strip().rpartition(": ")[2]
+            if not archive.startswith(packaged):
+                raise HelmError("helm package", 1, f"unexpected output: {out[:200]}")
+            yield [archive]
         finally:
             await asyncio.to_thread(shutil.rmtree, folder, ignore_errors=True)
 
@@ -643,38 +651,19 @@ def load_documents(text: str) -> Iterator[Any]:
     return yaml.load_all(text, Loader=SAFE_LOADER)
 
 
-def chart_app_version(text: str) -> str | None:
-    """Return the appVersion of a Chart.yaml's text, or None without one."""
+def chart_metadata(text: str) -> dict[str, Any]:
+    """Return a Chart.yaml's fields; empty when the text is not a YAML mapping."""
     try:
         metadata = yaml.load(text, Loader=SAFE_LOADER)
     except yaml.YAMLError:
-        return None
-    if not isinstance(metadata, dict) or metadata.get("appVersion") is None:
-        return None
-    return str(metadata["appVersion"])
+        return {}
+    return metadata if isinstance(metadata, dict) else {}
 
 
-def stage_chart(folder: str, source: Path | None, app_version: str) -> Path:
-    """Copy the chart at source into folder, or take the one chart pulled
-    there when source is None, and set its appVersion; return its path."""
-    if source is not None:
-        staged = Path(folder, source.name)
-        # Links are followed, as helm follows them when it loads a chart.
-        shutil.copytree(source, staged)
-    else:
-        staged = next(path for path in Path(folder).iterdir() if path.is_dir())
-    chart_file = staged / "Chart.yaml"
-    chart_file.write_text(with_app_version(chart_file.read_text(), app_version))
-    return staged
-
-
-def with_app_version(text: str, app_version: str) -> str:
-    """Return a Chart.yaml's text with its appVersion set to app_version."""
-    # A JSON string is a YAML double-quoted scalar with the same meaning.
-    line = f"appVersion: {json.dumps(app_version)}"
-    if APP_VERSION_LINE.search(text):
-        return APP_VERSION_LINE.sub(lambda _: line, text, count=1)
-    return f"{text.rstrip()}\n{line}\n"
+def chart_app_version(text: str) -> str | None:
+    """Return the appVersion of a Chart.yaml's text, or None without one."""
+    version = chart_metadata(text).get("appVersion")
+    return None if version is None else str(version)
 
 
 class ValuesNotEncodableError(InvalidRequestError):

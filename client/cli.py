@@ -1477,8 +1477,10 @@ async def deploy_request_of(client: Client, workflow_id: str) -> DeployRequest |
                 )
             inputs = await client.data_converter.decode(started.input.payloads)
             # Laxly, as the workflow of a run recorded before the strict JSON
-            # types took it: such a run deployed with it.
-            return parse_request(inputs[0], lax=True) if inputs else None
+            # types or the namespace check took it: such a run deployed with it.
+            if not inputs:
+                return None
+            return parse_request(inputs[0], lax=True, cluster_namespaces=True)
     except RPCError as error:
         if error.status is RPCStatusCode.NOT_FOUND:
             return None
@@ -1853,12 +1855,6 @@ async def run(args: argparse.Namespace) -> int:
             check_image_tag(parse_request(build_request(args)))
         except InvalidRequestError as error:
             raise CliError(str(error), EXIT_USAGE) from None
-    if args.command == "destroy" and args.delete_namespace and not args.delete_data:
-        raise CliError(
-            "--delete-namespace also deletes the PostgreSQL data in the namespace: "
-            "add --delete-data, or leave out --delete-namespace",
-            EXIT_USAGE,
-        )
     if (
         args.command == "destroy"
         and args.delete_namespace
@@ -1869,6 +1865,12 @@ async def run(args: argparse.Namespace) -> int:
             f"--delete-namespace would delete namespace {args.namespace!r}, which "
             "belongs to the cluster (default, and names starting with 'kube-'): "
             "leave out --delete-namespace; the destroy still removes the release",
+            EXIT_USAGE,
+        )
+    if args.command == "destroy" and args.delete_namespace and not args.delete_data:
+        raise CliError(
+            "--delete-namespace also deletes the PostgreSQL data in the namespace: "
+            "add --delete-data, or leave out --delete-namespace",
             EXIT_USAGE,
         )
     if args.command in STARTING_COMMANDS and not key_ring_configured(settings):

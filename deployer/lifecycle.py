@@ -191,19 +191,22 @@ def parse_destroy_request(
     strict JSON types and before the check that a destroy deletes no namespace
     of the cluster's own.
     """
-    request = _validate(DestroyRequest, raw, "destroy", lax)
+    # Before the model's checks, so that this error comes before the model's
+    # request to add delete_data, which would not help.
+    namespace = raw.get("namespace") if isinstance(raw, dict) else None
     if (
         not cluster_namespaces
-        and request.delete_namespace
-        and cluster_namespace(request.namespace)
+        and isinstance(namespace, str)
+        and raw.get("delete_namespace") is True
+        and cluster_namespace(namespace)
     ):
         raise InvalidRequestError(
             f"invalid destroy request: delete_namespace would delete namespace "
-            f"{request.namespace!r}, which belongs to the cluster (default, and "
-            "names starting with 'kube-'): leave delete_namespace out; the "
-            "destroy still removes the release"
+            f"{namespace!r}, which belongs to the cluster (default, and names "
+            "starting with 'kube-'): leave delete_namespace out; the destroy "
+            "still removes the release"
         )
-    return request
+    return _validate(DestroyRequest, raw, "destroy", lax)
 
 
 def parse_rollback_request(raw: Any, lax: bool = False) -> RollbackRequest:

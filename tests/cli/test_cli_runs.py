@@ -701,15 +701,20 @@ async def test_one_run_per_release(
     assert stop in message
 
 
+@pytest.mark.parametrize("prefix", ["old-", "kube-old-"])
 async def test_destroy_reads_a_deploy_under_the_old_id(
-    temporal_env: WorkflowEnvironment, encrypted_client: Client, key_ring_file: Path
+    temporal_env: WorkflowEnvironment,
+    encrypted_client: Client,
+    key_ring_file: Path,
+    prefix: str,
 ) -> None:
     """A release last deployed before the ids joined the names with a dot,
-    with timeouts given as text as the old parser took them: destroy by
-    --release and --namespace still reads that deploy's kube context, and does
-    not fall back to the worker's default context."""
+    with timeouts given as text as the old parser took them, and in a kube-
+    namespace as deploys before that check could: destroy by --release and
+    --namespace still reads that deploy's kube context, and does not fall back
+    to the worker's default context."""
     task_queue = f"tq-{uuid.uuid4().hex[:8]}"
-    namespace = f"old-{uuid.uuid4().hex[:8]}"
+    namespace = f"{prefix}{uuid.uuid4().hex[:8]}"
     request = {
         "release": RELEASE,
         "namespace": namespace,

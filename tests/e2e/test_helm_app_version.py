@@ -1,13 +1,15 @@
 """The app version that helm records for our release.
 
 helm takes a release's app version from Chart.yaml, so an upgrade with an
-app version other than the chart's default runs on a copy of the chart whose
-appVersion says it. These tests read it back from `helm history`, for a chart
-folder and for a chart from an https repository served on loopback.
+app version runs on the chart packaged with that appVersion. These tests read
+it back from `helm history`, for a chart folder and for a chart from an https
+repository served on loopback.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import ssl
 import subprocess
@@ -24,12 +26,14 @@ from deployer.inputs import ChartRef
 from testbed.cluster import LocalCluster, tool_path
 
 RELEASE = "versioned"
+# The value on its own line: valid YAML that a line-by-line edit would break.
 CHART_YAML = """\
 apiVersion: v2
 name: versioned
 version: 0.1.0
 # The version the chart deploys when the request names none.
-appVersion: "1.0.0"
+appVersion:
+  "1.0.0"
 """
 TEMPLATE = """\
 apiVersion: v1
@@ -61,7 +65,7 @@ async def recorded_versions(helm: Helm, namespace: str) -> list[str]:
 
 
 def staged_folders() -> list[str]:
-    """The chart copies of this process that are still on disk."""
+    """The chart packages of this process that are still on disk."""
     prefix = f"{os.getpid()}-chart-"
     return [name for name in os.listdir(_values_root()) if name.startswith(prefix)]
 
@@ -69,8 +73,8 @@ def staged_folders() -> list[str]:
 async def test_path_chart_records_app_version(
     cluster: LocalCluster, namespace: str, chart_root: Path
 ) -> None:
-    """An upgrade with another app version records it and renders with it;
-    the chart's own folder stays as it was, and its copy is removed after."""
+    """An upgrade with another app version records it and renders with it.
+    The chart's own folder stays as it was, and the package is removed after."""
     helm = helm_in(cluster, chart_root)
     chart = ChartRef(path="versioned")
     await helm.upgrade_install(
@@ -88,7 +92,7 @@ async def test_path_chart_records_app_version(
 async def test_failed_upgrade_removes_chart_copy(
     cluster: LocalCluster, namespace: str, chart_root: Path
 ) -> None:
-    """A failing upgrade from a chart copy leaves no copy behind."""
+    """A failing upgrade from a packaged chart leaves no package behind."""
     helm = helm_in(cluster, chart_root)
     (chart_root / "versioned" / "templates" / "bad.yaml").write_text(
         "kind: ConfigMap\nmetadata: {name: bad}\n"
@@ -97,6 +101,25 @@ async def test_failed_upgrade_removes_chart_copy(
         await helm.upgrade_install(
             RELEASE, namespace, ChartRef(path="versioned"), {}, app_version="2.0.0"
         )
+    assert staged_folders() == []
+
+
+@pytest.mark.parametrize("delay_s", [0.0, 0.03, 0.08, 0.2])
+async def test_canceled_upgrade_removes_package(
+    cluster: LocalCluster, namespace: str, chart_root: Path, delay_s: float
+) -> None:
+    """An upgrade canceled while helm packages or installs the chart leaves no
+    package behind: the helm process ends before the folder is removed."""
+    helm = helm_in(cluster, chart_root)
+    task = asyncio.create_task(
+        helm.upgrade_install(
+            RELEASE, namespace, ChartRef(path="versioned"), {}, app_version="2.0.0"
+        )
+    )
+    await asyncio.sleep(delay_s)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
     assert staged_folders() == []
 
 

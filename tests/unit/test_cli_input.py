@@ -349,9 +349,11 @@ def test_delete_namespace_without_data_exit_2() -> None:
     assert "add --delete-data, or leave out --delete-namespace" in result.stderr
 
 
-def test_delete_cluster_namespace_exit_2() -> None:
+@pytest.mark.parametrize("data", [["--delete-data"], []])
+def test_delete_cluster_namespace_exit_2(data: list[str]) -> None:
     """destroy --delete-namespace of the default namespace exits 2 before it
-    connects: the API server would refuse it after the release was gone."""
+    connects: the API server would refuse it after the release was gone.
+    Without --delete-data too, the error names this, not the missing flag."""
     result = run_client(
         [
             "destroy",
@@ -359,7 +361,7 @@ def test_delete_cluster_namespace_exit_2() -> None:
             "r",
             "--namespace",
             "default",
-            "--delete-data",
+            *data,
             "--delete-namespace",
         ]
     )

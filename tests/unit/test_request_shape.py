@@ -204,3 +204,7 @@ def test_destroy_keeps_cluster_namespace(namespace: str, rejected: bool) -> None
     message = str(raised.value)
     assert f"would delete namespace '{namespace}'" in message
     assert "leave delete_namespace out" in message
+    without_data = {**raw, "delete_data": False}
+    with pytest.raises(InvalidRequestError) as raised:
+        parse_destroy_request(without_data)
+    assert f"would delete namespace '{namespace}'" in str(raised.value)

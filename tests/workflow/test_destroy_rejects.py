@@ -79,8 +79,11 @@ class FailingTeardown:
         ]
 
 
-async def start_destroy(client: Client, task_queue: str) -> WorkflowHandle[Any, Any]:
-    namespace = f"ns-{uuid.uuid4().hex[:8]}"
+async def start_destroy(
+    client: Client, task_queue: str, namespace: str | None = None
+) -> WorkflowHandle[Any, Any]:
+    """Start a destroy that deletes the namespace, by default a new one."""
+    namespace = namespace or f"ns-{uuid.uuid4().hex[:8]}"
     return await client.start_workflow(
         "VentrosDestroy",
         {
@@ -96,7 +99,7 @@ async def start_destroy(client: Client, task_queue: str) -> WorkflowHandle[Any, 
 
 @asynccontextmanager
 async def destroy_run(
-    client: Client, standins: FailingTeardown
+    client: Client, standins: FailingTeardown, namespace: str | None = None
 ) -> AsyncIterator[tuple[str, WorkflowHandle[Any, Any]]]:
     """Start a destroy on a new task queue, with a worker of standins polling it."""
     task_queue = f"tq-{uuid.uuid4().hex[:8]}"
@@ -106,7 +109,7 @@ async def destroy_run(
         workflows=WORKFLOWS,
         activities=standins.activities(),
     ):
-        yield task_queue, await start_destroy(client, task_queue)
+        yield task_queue, await start_destroy(client, task_queue, namespace)
 
 
 async def status_of(handle: WorkflowHandle[Any, Any]) -> DestroyStatus:
@@ -208,3 +211,21 @@ async def test_rejected_destroy_status_without_worker(
     assert re.search(r"app +│ failed +│ +1 │", shown.stdout), shown.stdout
     assert "error type: ReleaseNotFound" in shown.stdout
     assert "status query" not in shown.stdout
+
+
+@pytest.mark.parametrize("namespace", ["default", "kube-system"])
+async def test_cluster_namespace_deletion_rejected(
+    encrypted_client: Client, namespace: str
+) -> None:
+    """A destroy started straight through Temporal that would delete a
+    namespace of the cluster fails as invalid before any step runs."""
+    standins = FailingTeardown(TEARDOWN_ORDER[0], contracts.RELEASE_NOT_FOUND)
+    async with destroy_run(encrypted_client, standins, namespace) as (_, handle):
+        with pytest.raises(WorkflowFailureError) as raised:
+            await asyncio.wait_for(handle.result(), timeout=30)
+    cause = raised.value.cause
+    assert isinstance(cause, ApplicationError)
+    assert cause.type == contracts.INVALID_REQUEST
+    assert cause.non_retryable
+    assert f"would delete namespace '{namespace}'" in cause.message
+    assert standins.torn_down == []
