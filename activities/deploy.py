@@ -989,7 +989,11 @@ class DeployActivities:
                     kube, request.release, request.namespace
                 )
             )
-        await gather_or_cancel(*checks)
+        # Both read only, so both run to the end, and when both fail, the
+        # release names' error shows, whichever check ended first.
+        for outcome in await asyncio.gather(*checks, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                raise outcome
         # Only then fetch the operator and Temporal charts, so a request that
         # the cluster rejects does not contact their repositories. The render
         # beside this check still fetches a repository chart named in chart.

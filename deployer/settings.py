@@ -9,6 +9,7 @@ the app, so the settings reject a configuration where the two are the same.
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from pathlib import Path
 from string import Formatter
@@ -27,6 +28,9 @@ from deployer.inputs import REPOSITORY_URL, dot_segments
 
 DEFAULT_TASK_QUEUE = "ventros-deploy"
 ENV_PREFIX = "VENTROS_DEPLOY_"
+# host:port of the bootstrap Temporal's frontend: a DNS name or IPv4 address,
+# or an IPv6 address in brackets.
+TEMPORAL_ADDRESS = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):([0-9]{1,5})")
 # The fix for a setting's value, by pydantic error type.
 SETTING_FIXES = {
     "path_not_file": "point it to an existing file",
@@ -101,6 +105,19 @@ class TemporalSettings(BaseSettings):
     search_attributes: bool = False
     # The app's in-cluster Temporal address, when it is set for every deploy.
     app_temporal_address: str | None = None
+
+    @field_validator("temporal_address")
+    @classmethod
+    def _temporal_address(cls, value: str) -> str:
+        # The SDK raises a ValueError with a traceback for a port out of range,
+        # and reads "host:" as port 80.
+        match = TEMPORAL_ADDRESS.fullmatch(value)
+        if match is None or not 1 <= int(match[2]) <= 65535:
+            raise ValueError(
+                "must be host:port with a port from 1 to 65535, such as "
+                "127.0.0.1:7233 or [::1]:7233"
+            )
+        return value
 
     @model_validator(mode="after")
     def _not_the_app_temporal(self) -> TemporalSettings:

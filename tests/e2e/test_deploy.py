@@ -642,22 +642,25 @@ async def test_leftover_cluster_role_rejected(
     assert releases.strip() == ""
 
 
+@pytest.mark.parametrize("install_operators", [False, True])
 async def test_release_name_of_other_chart_rejected(
     temporal_env: WorkflowEnvironment,
     worker_settings: WorkerSettings,
     kube: KubeClient,
     namespace: str,
+    install_operators: bool,
 ) -> None:
     """A release named like another release's operator release fails validate
-    as ReleaseNameTaken, even without operators, and leaves that release at
-    its revision and chart."""
+    as ReleaseNameTaken, and leaves that release at its revision and chart.
+    With operators, the check of other operators fails too, and the release
+    name's error is the one shown."""
     helm = Helm(worker_settings.helm, str(worker_settings.kubeconfig), None, REPO_ROOT)
     operator_release = "ventros-crm-rabbitmq-operator"
     async with running_worker(temporal_env.client, worker_settings):
         first = await start(temporal_env, worker_settings, deploy_request(namespace))
         assert DeployStatus.model_validate(await first.result()).state == "succeeded"
         request = deploy_request(
-            namespace, release=operator_release, install_operators=False
+            namespace, release=operator_release, install_operators=install_operators
         )
         handle = await temporal_env.client.start_workflow(
             "VentrosDeploy",

@@ -75,6 +75,28 @@ def test_client_names_invalid_setting(tmp_path: Path) -> None:
     assert "errors.pydantic.dev" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    "address", ["127.0.0.1:99999", "127.0.0.1:-1", "127.0.0.1:", "127.0.0.1:0", "x"]
+)
+def test_client_names_invalid_address(address: str) -> None:
+    """A Temporal address without a port from 1 to 65535 exits 2 with one line
+    that names the variable, before anything connects."""
+    result = run_status({"VENTROS_DEPLOY_TEMPORAL_ADDRESS": address})
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"VENTROS_DEPLOY_TEMPORAL_ADDRESS={address}: must be host:port" in (
+        result.stderr
+    )
+
+
+@pytest.mark.parametrize(
+    "address", ["127.0.0.1:7233", "[::1]:7233", "temporal.internal:443"]
+)
+def test_settings_accept_address(address: str) -> None:
+    """Names, IPv4 and bracketed IPv6 hosts with a port are accepted."""
+    assert TemporalSettings(temporal_address=address).temporal_address == address
+
+
 def test_client_names_unreadable_tls_file(unreadable_file: UnreadableFile) -> None:
     """The client exits 2 for a TLS file that exists but cannot be read,
     naming the variable and the file, before it connects."""
