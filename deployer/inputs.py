@@ -503,5 +503,13 @@ def describe_validation_error(error: ValidationError) -> str:
             else:
                 text = URL_CREDENTIALS.sub(r"\1(credentials not shown)@", text)
                 shown = f" (got {text[:80]}{'...' if len(text) > 80 else ''})"
+        if item["type"] == "string_type" and json_type_name(field_input) == (
+            "a number"
+        ):
+            # A version typed as 1.10 in JSON or YAML arrives as the number 1.1.
+            shown += (
+                ". Quote it: JSON and YAML read an unquoted version as a number "
+                "(1.10 as 1.1)"
+            )
         lines.append(f"{location}: {message}{shown}")
     return "invalid deploy request: " + "; ".join(lines)

@@ -208,3 +208,20 @@ def test_destroy_keeps_cluster_namespace(namespace: str, rejected: bool) -> None
     with pytest.raises(InvalidRequestError) as raised:
         parse_destroy_request(without_data)
     assert f"would delete namespace '{namespace}'" in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("parse", "field"),
+    [(parse_request, "app_version"), (parse_rollback_request, "to_version")],
+)
+def test_number_version_quote_hint(parse: Any, field: str) -> None:
+    """A version that a request file gives as a number asks to quote it; a
+    boolean gets no such hint."""
+    with pytest.raises(InvalidRequestError) as raised:
+        parse({field: 1.1})
+    message = str(raised.value)
+    assert f"{field}: Input should be a valid string (got 1.1)" in message
+    assert "Quote it" in message
+    with pytest.raises(InvalidRequestError) as raised:
+        parse({field: True})
+    assert "Quote it" not in str(raised.value)
