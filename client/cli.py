@@ -45,6 +45,7 @@ from temporalio.api.workflow.v1 import WorkflowExecutionInfo
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import (
     Client,
+    WorkflowExecutionDescription,
     WorkflowFailureError,
     WorkflowHandle,
     WorkflowQueryFailedError,
@@ -758,13 +759,12 @@ async def follow(
     model = status_model(handle.id, description.workflow_type)
     task_queue = description.task_queue
     info = description.raw_description.workflow_execution_info
-    if info.status in RECORDED_ENDS:
+    status = await recorded_status(client, description, model)
+    if status is not None:
         ended = client.get_workflow_handle(handle.id, run_id=description.run_id)
-        status = await result_status(ended, model)
-        if status is not None:
-            if not args.json:
-                console.print(status_view(status))
-            return await show_outcome(ended, status, args, console)
+        if not args.json:
+            console.print(status_view(status))
+        return await show_outcome(ended, status, args, console)
     if not await worker_polls(client, task_queue):
         if description.close_time is not None:
             return await show_ended_unqueried(
@@ -1049,9 +1049,7 @@ async def cmd_status(client: Client, args: argparse.Namespace, console: Console)
     model = status_model(handle.id, description.workflow_type)
     info = description.raw_description.workflow_execution_info
     running = info.status == WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_RUNNING
-    status = None
-    if info.status in RECORDED_ENDS:
-        status = await result_status(handle, model)
+    status = await recorded_status(client, description, model)
     if status is None:
         try:
             status = await worker_status(client, handle, info, model, running)
@@ -1145,6 +1143,26 @@ RECORDED_ENDS = (
     WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_COMPLETED,
     WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_FAILED,
 )
+
+
+async def recorded_status(
+    client: Client, description: WorkflowExecutionDescription, model: StatusModel
+) -> AnyStatus | None:
+    """Return the last status that an ended run recorded without a worker: in
+    its result, in the failure that ended it, or in its memo once a cancel
+    request ended it; None when it recorded none."""
+    execution = description.raw_description.workflow_execution_info.status
+    if execution in RECORDED_ENDS:
+        ended = client.get_workflow_handle(description.id, run_id=description.run_id)
+        return await result_status(ended, model)
+    if execution != WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_CANCELED:
+        return None
+    kept = await description.memo_value(contracts.STATUS_MEMO, None)
+    try:
+        status: AnyStatus = model.model_validate(kept)
+    except ValidationError:
+        return None
+    return status
 
 
 async def result_status(

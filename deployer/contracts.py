@@ -12,6 +12,10 @@ from deployer.inputs import DeployRequest
 from deployer.lifecycle import DestroyRequest, RollbackRequest
 from deployer.phases import ObjectRef, Phase
 
+# The memo key under which a canceled run keeps its last status, which
+# `ventros-deploy status` reads without a worker. The codec encrypts it.
+STATUS_MEMO = "status"
+
 # Activity names, registered by the worker and called by the workflow.
 VALIDATE_REQUEST = "validate_request"
 APPLY_PHASE = "apply_phase"

@@ -51,6 +51,16 @@ def read_input(raw: RawValue) -> Any:
 REASON_MAX = 500
 
 
+def keep_canceled_status(status: Any) -> None:
+    """Store a canceled run's last status (a pydantic model) in its memo.
+
+    A cancel request ends the run with a CancelledError, which carries no
+    details, so the memo keeps the phases that status shows without a worker.
+    """
+    if workflow.patched(CANCELED_MEMO_PATCH):
+        workflow.upsert_memo({contracts.STATUS_MEMO: status.model_dump(mode="json")})
+
+
 def run_failed(message: str, kind: str | None, status: Any) -> ApplicationError:
     """Return the error that ends a run, with the run's last status (a pydantic
     model) as its details.
@@ -89,6 +99,9 @@ CANCEL_BEFORE_ABORT_PATCH = "cancel-before-abort-wins"
 # integers and booleans, and no NaN in values. Runs recorded before it took
 # "30" as 30 and "yes" as true, and must replay that way.
 STRICT_INPUT_PATCH = "strict-json-input"
+# Runs with this patch keep their last status in the memo contracts.STATUS_MEMO
+# when a cancel request ends them. Runs recorded before it sent no such command.
+CANCELED_MEMO_PATCH = "canceled-status-memo"
 # Runs with this patch reject a deploy into a kube- namespace, and a destroy
 # that would delete default or a kube- namespace. Runs recorded before it took
 # those requests and must replay that way.
@@ -173,6 +186,11 @@ class PhaseControl:
     _abort_reason: str | None
     _state: str
     _message: str | None
+
+    def status(self) -> Any:
+        """Return the run's status model, which each subclass defines."""
+        raise NotImplementedError
+
     # Set once an abort cancelled a running activity.
     _stopped_activity: bool = False
 
@@ -397,6 +415,7 @@ class PhaseControl:
             "stopped where it was"
         )
         self._publish()
+        keep_canceled_status(self.status())
         return False
 
     async def settle_after_abort(self) -> None:

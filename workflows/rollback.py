@@ -50,6 +50,7 @@ from workflows.control import (
     RECORD_DEPLOYED_PATCH,
     STRICT_INPUT_PATCH,
     cause_message,
+    keep_canceled_status,
     read_input,
     run_failed,
     start_record_deployed,
@@ -195,6 +196,7 @@ class VentrosRollback:
             )
         self._state = "canceled"
         self._publish()
+        keep_canceled_status(self.status())
 
     async def _step(self, activity: workflow.ActivityHandle[T]) -> T:
         """Return the activity's result. In runs with the patch, a cancel

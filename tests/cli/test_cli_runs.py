@@ -266,8 +266,9 @@ async def test_failed_run_shown_without_worker(
     temporal_env: WorkflowEnvironment, encrypted_client: Client, key_ring_file: Path
 ) -> None:
     """status and watch of a run that failed show its table from the failure
-    that ended it once its worker has stopped, as for a run that succeeded:
-    the versions of a failed rollback, and the phases of an invalid deploy."""
+    that ended it once its worker has stopped, as for a run that succeeded.
+    They show the versions of a failed rollback and the phases of an invalid
+    deploy."""
     namespace = f"invalid-{uuid.uuid4().hex[:8]}"
     async with rollback_run(
         temporal_env, encrypted_client, key_ring_file, namespace
@@ -748,7 +749,8 @@ async def test_watch_failed_phase_then_cancel(
 ) -> None:
     """watch of a deploy whose phase waits for a retry names the phase's
     error type and exits 1. After a cancel request, status shows the run
-    canceled with the failed phase, and exits 1."""
+    canceled with the failed phase, and exits 1, also once the worker has
+    stopped."""
     task_queue = f"tq-{uuid.uuid4().hex[:8]}"
     standins = StandIns()
     standins.failures[Phase.MIGRATION] = 1
@@ -771,6 +773,9 @@ async def test_watch_failed_phase_then_cancel(
             await asyncio.wait_for(handle.result(), timeout=60)
         shown = await run_cli(["status", handle.id], env)
         shown_json = await run_cli(["status", handle.id, "--json"], env)
+    # The worker has stopped: the run's memo still has its phases.
+    offline = await run_cli(["status", handle.id], env)
+    offline_watch = await run_cli(["watch", handle.id], env)
 
     assert watched.returncode == 1, watched.stderr
     assert (
@@ -788,6 +793,12 @@ async def test_watch_failed_phase_then_cancel(
     phases = {record["phase"]: record["state"] for record in status["phases"]}
     assert phases["migration"] == "failed"
     assert phases["app"] == "pending"
+    for result in (offline, offline_watch):
+        assert result.returncode == 1, result.stderr
+        assert "TerminalFailure: job/migration-object failed" in result.stdout
+        assert "canceled: a cancel request stopped the deploy" in result.stdout
+        assert "status query" not in result.stdout
+    assert f"{handle.id} (cancel-me): canceled" in offline.stdout
 
 
 async def test_abort_while_canceling_exit_1(
