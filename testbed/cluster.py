@@ -265,8 +265,9 @@ class LocalCluster:
                 "another state folder"
             )
 
-    def down(self, quiet: bool = False) -> None:
-        """Stop every process this cluster started and remove its data."""
+    def down(self, quiet: bool = False) -> int:
+        """Stop every process this cluster started and remove its data; return
+        how many processes were running."""
         stopped = self.processes.stop_all()
         if self.config.cluster_dir.exists():
             shutil.rmtree(self.config.cluster_dir)
@@ -274,6 +275,7 @@ class LocalCluster:
             self.config.kubeconfig.unlink()
         if not quiet:
             print(f"stopped {stopped} processes and removed {self.config.cluster_dir}")
+        return stopped
 
     def is_healthy(self) -> bool:
         """Return whether /readyz returns ok for the admin identity."""

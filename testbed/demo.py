@@ -475,6 +475,10 @@ def _write_env_file() -> None:
     (STATE / "env.sh").write_text("\n".join(lines) + "\n")
 
 
+def _processes(count: int) -> str:
+    return f"{count} process" if count == 1 else f"{count} processes"
+
+
 def down() -> int:
     """Stop the demo and remove its cluster's data and its Temporal's history.
 
@@ -482,13 +486,14 @@ def down() -> int:
     next make demo show the earlier deploy as done on an empty cluster.
     The key ring and the codec token stay.
     """
-    stopped = processes().stop_all()
-    demo_cluster().down(quiet=True)
+    services = processes().stop_all()
+    cluster = demo_cluster().down(quiet=True)
     for path in STATE.glob(f"{TEMPORAL_DB}*"):
         path.unlink()
     print(
-        f"stopped {stopped} demo processes, and removed the demo cluster's data "
-        "and the bootstrap Temporal's history"
+        f"stopped the worker, the codec server and the bootstrap Temporal "
+        f"({_processes(services)}) and the demo cluster ({_processes(cluster)}), "
+        "and removed the cluster's data and the bootstrap Temporal's history"
     )
     return 0
 

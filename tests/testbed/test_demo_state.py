@@ -63,15 +63,18 @@ def deploy_exists(workflow_id: str) -> bool:
     return asyncio.run(describe())
 
 
-def test_demo_down_removes_history(demo_state: Path) -> None:
+def test_demo_down_removes_history(
+    demo_state: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """After demo-down, a restarted bootstrap Temporal has no deploy of the
-    earlier demo, as its cluster has none."""
+    earlier demo, as its cluster has none. demo-down counts what it stopped."""
     workflow_id = f"deploy-demo-{uuid.uuid4().hex[:8]}"
     demo.start_temporal(demo.processes())
     start_deploy(workflow_id)
     kept_before = deploy_exists(workflow_id)
 
     demo.down()
+    printed = capsys.readouterr().out
     leftovers = sorted(path.name for path in demo_state.glob(f"{demo.TEMPORAL_DB}*"))
     demo.start_temporal(demo.processes())
     kept_after = deploy_exists(workflow_id)
@@ -79,6 +82,9 @@ def test_demo_down_removes_history(demo_state: Path) -> None:
     assert kept_before
     assert leftovers == []
     assert not kept_after
+    assert "bootstrap Temporal (1 process) and the demo cluster (0 processes)" in (
+        printed
+    )
     assert (demo_state / "codec-keys.json").exists()
 
 
