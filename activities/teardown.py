@@ -173,6 +173,13 @@ class TeardownActivities:
                 )
             if phase is TEARDOWN_ORDER[0]:
                 await self._check_release_present(request)
+                if request.delete_namespace:
+                    # Before the first step deletes anything: the base step
+                    # checks again, since another release may start to use
+                    # them meanwhile.
+                    await self._check_operators_free(
+                        request, list(operator_releases(request.release))
+                    )
             if phase is Phase.TEMPORAL:
                 result = TeardownResult(phase=phase)
                 await self._uninstall(request, [f"{request.release}-temporal"], result)
@@ -390,12 +397,34 @@ class TeardownActivities:
                     f"helm release {operators['postgresql']}: it manages the kept "
                     f"{names}"
                 )
-        in_use = await self._operators_in_use(
-            kube,
+        in_use = await self._check_operators_free(
             request,
             [operator for operator in operators if operators[operator] in releases],
         )
+        for operator, users in in_use.items():
+            releases.remove(operators[operator])
+            release = operators[operator]
+            later = (
+                "Destroy this release again once no other release uses it"
+                if users.startswith("manages")
+                else f"Once no other release uses it, run `helm uninstall {release} "
+                f"--namespace {request.namespace}`, or destroy this release again "
+                "with an identity that may list them"
+            )
+            result.kept.append(f"helm release {release}: it {users}. {later}")
+        await self._uninstall(request, releases, result)
+        return result
+
+    async def _check_operators_free(
+        self, request: DestroyRequest, candidates: list[str]
+    ) -> dict[str, str]:
+        """Return the operators among candidates that other releases use, as
+        _operators_in_use does; raise OperatorsInUse for any of them when the
+        destroy deletes the namespace, which would delete them too."""
+        kube = await self._deploy.kube(request.kube_context)
+        in_use = await self._operators_in_use(kube, request, candidates)
         if in_use and request.delete_namespace:
+            operators = operator_releases(request.release)
             lines = "; ".join(
                 f"helm release {operators[operator]} {users}"
                 for operator, users in in_use.items()
@@ -410,19 +439,7 @@ class TeardownActivities:
                 "abort this destroy and start it again without --delete-namespace: "
                 "it keeps the operators and removes the rest",
             )
-        for operator, users in in_use.items():
-            releases.remove(operators[operator])
-            release = operators[operator]
-            later = (
-                "Destroy this release again once no other release uses it"
-                if users.startswith("manages")
-                else f"Once no other release uses it, run `helm uninstall {release} "
-                f"--namespace {request.namespace}`, or destroy this release again "
-                "with an identity that may list them"
-            )
-            result.kept.append(f"helm release {release}: it {users}. {later}")
-        await self._uninstall(request, releases, result)
-        return result
+        return in_use
 
     async def _operators_in_use(
         self, kube: KubeClient, request: DestroyRequest, candidates: list[str]

@@ -559,7 +559,8 @@ async def test_destroy_keeps_operators_in_use(
 ) -> None:
     """The operators this release installed manage a postgresql of a release in
     another namespace and a RabbitmqCluster of another release in this one.
-    Destroy with --delete-namespace then fails before uninstalling anything.
+    Destroy with --delete-namespace then fails in its first step, before it
+    deletes anything.
     Without it, the operators stay and the result names their users. Once those
     objects are gone, a new destroy removes the operators and the namespace."""
     other_namespace = f"t-{uuid.uuid4().hex[:10]}"
@@ -594,9 +595,10 @@ async def test_destroy_keeps_operators_in_use(
                 delete_namespace=True,
             )
             failed = await wait_for_step(
-                handle, "base", PhaseState.WAITING_FOR_RETRY, timeout_s=120
+                handle, "app", PhaseState.WAITING_FOR_RETRY, timeout_s=120
             )
             releases_after_failure = await helm_releases(lifecycle_settings, namespace)
+            app_after_failure = await kube.get(DEPLOYMENT, RELEASE, namespace)
             await handle.execute_update("abort", "test ends", result_type=str)
             with pytest.raises(WorkflowFailureError):
                 await handle.result()
@@ -623,17 +625,23 @@ async def test_destroy_keeps_operators_in_use(
     finally:
         await remove_namespace(kube, other_namespace)
 
-    base = record(failed, "base")
-    print(base.error)
-    assert base.error_type == contracts.OPERATORS_IN_USE
-    assert base.error is not None
+    first = record(failed, "app")
+    print(first.error)
+    assert first.error_type == contracts.OPERATORS_IN_USE
+    assert first.error is not None
     assert (
         f"objects of other releases (postgresql/other-db in namespace "
-        f"{other_namespace})" in base.error
+        f"{other_namespace})" in first.error
     )
-    assert f"rabbitmqcluster/other-rabbitmq in namespace {namespace}" in base.error
-    assert "without --delete-namespace" in base.error
-    assert releases_after_failure == sorted([RELEASE, *operators])
+    assert f"rabbitmqcluster/other-rabbitmq in namespace {namespace}" in first.error
+    assert "without --delete-namespace" in first.error
+    # The first step checked before it deleted anything: the Temporal release
+    # and the app are still there.
+    assert releases_after_failure == sorted(
+        [RELEASE, f"{RELEASE}-temporal", *operators]
+    )
+    assert app_after_failure is not None
+    assert all(r.attempts == 0 for r in failed.phases if r.phase.value != "app")
 
     print(kept.message)
     assert kept.state == "succeeded"
