@@ -1633,6 +1633,18 @@ async def cmd_rollback(
     return EXIT_OK
 
 
+def check_namespace_deletion(args: argparse.Namespace, namespace: str) -> None:
+    """Raise CliError (exit 2) when destroy --delete-namespace names a
+    namespace of the cluster's own, which the request check would reject."""
+    if args.delete_namespace and cluster_namespace(namespace):
+        raise CliError(
+            f"--delete-namespace would delete namespace {namespace!r}, which "
+            "belongs to the cluster (default, and names starting with 'kube-'): "
+            "leave out --delete-namespace; the destroy still removes the release",
+            EXIT_USAGE,
+        )
+
+
 async def cmd_destroy(
     client: Client,
     settings: TemporalSettings,
@@ -1640,6 +1652,8 @@ async def cmd_destroy(
     console: Console,
 ) -> int:
     release, namespace, deployed = await lifecycle_target(client, args)
+    # A destroy by workflow id learns the namespace only here.
+    check_namespace_deletion(args, namespace)
     await reject_while_other_runs(client, "destroy", namespace, release)
 
     raw: dict[str, Any] = {
@@ -1873,18 +1887,8 @@ async def run(args: argparse.Namespace) -> int:
             check_image_tag(parse_request(build_request(args)))
         except InvalidRequestError as error:
             raise CliError(str(error), EXIT_USAGE) from None
-    if (
-        args.command == "destroy"
-        and args.delete_namespace
-        and args.namespace
-        and cluster_namespace(args.namespace)
-    ):
-        raise CliError(
-            f"--delete-namespace would delete namespace {args.namespace!r}, which "
-            "belongs to the cluster (default, and names starting with 'kube-'): "
-            "leave out --delete-namespace; the destroy still removes the release",
-            EXIT_USAGE,
-        )
+    if args.command == "destroy" and args.namespace:
+        check_namespace_deletion(args, args.namespace)
     if args.command == "destroy" and args.delete_namespace and not args.delete_data:
         raise CliError(
             "--delete-namespace also deletes the PostgreSQL data in the namespace: "

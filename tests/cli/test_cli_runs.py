@@ -744,6 +744,34 @@ async def test_destroy_reads_a_deploy_under_the_old_id(
     assert sent["kube_context"] == "prod-eu"
 
 
+async def test_destroy_by_id_keeps_cluster_namespace(
+    temporal_env: WorkflowEnvironment, encrypted_client: Client, key_ring_file: Path
+) -> None:
+    """destroy by the id of a deploy recorded in a kube- namespace, with
+    --delete-namespace, exits 2 naming the flag once the client has read the
+    namespace from the run, and starts no destroy."""
+    task_queue = f"tq-{uuid.uuid4().hex[:8]}"
+    namespace = f"kube-old-{uuid.uuid4().hex[:8]}"
+    old = await encrypted_client.start_workflow(
+        "VentrosDeploy",
+        {"release": RELEASE, "namespace": namespace},
+        id=f"deploy-{namespace}.{RELEASE}",
+        task_queue=task_queue,
+    )
+    await old.terminate("the deploy of the old version ended")
+    result = await run_cli(
+        ["destroy", old.id, "--delete-data", "--delete-namespace"],
+        client_env(temporal_env, task_queue, key_ring_file),
+    )
+    assert result.returncode == 2, result.stderr
+    assert f"--delete-namespace would delete namespace '{namespace}'" in (result.stderr)
+    assert "leave out --delete-namespace" in result.stderr
+    with pytest.raises(RPCError):
+        await encrypted_client.get_workflow_handle(
+            f"destroy-{namespace}.{RELEASE}"
+        ).describe()
+
+
 async def test_watch_failed_phase_then_cancel(
     temporal_env: WorkflowEnvironment, encrypted_client: Client, key_ring_file: Path
 ) -> None:
