@@ -236,19 +236,13 @@ class RollbackActivities:
                 f"the app of {request.release} in namespace {request.namespace} "
                 f"already runs version {current}"
             )
-        # Revisions older than the oldest noted one have no record, as when
-        # the ConfigMap is missing: a destroy that kept the base release
-        # deleted it, and the next deploy noted only its own revision.
-        oldest = min(ran) if ran else None
         seen: list[str] = []
         unfinished: set[str] = set()
         passed_current = request.to_version is not None
         for entry in revisions:
             revision = int(entry["revision"])
             version = await self._version_of(helm, request, entry)
-            finished = (
-                ran is None or oldest is None or revision in ran or revision < oldest
-            )
+            finished = ran is None or revision in ran
             seen.append(
                 f"{revision}: {version}{'' if finished else ', did not finish'}"
             )

@@ -290,20 +290,6 @@ async def test_rollback_error_marks_unfinished_revisions() -> None:
     assert "6: 2.0.0; 5: 2.0.0; 2: 2.0.0, did not finish; 1: 2.0.0" in message
 
 
-async def test_revisions_before_the_record_count_as_finished() -> None:
-    """Revisions older than the oldest noted one have no record, as after a
-    destroy that kept the base release and deleted the ConfigMap: the
-    rollback returns to them, as when there is no ConfigMap at all."""
-    versions = {15: "1.0.0", 14: "2.0", 13: "1.10"}
-    activities = VersionsByRevision(versions)
-    request = RollbackRequest(release="r", namespace="n")
-    revisions = [{"revision": r} for r in versions]
-    target = await activities._target(None, request, "1.0.0", revisions, {15})  # type: ignore[arg-type]
-    assert target == ("2.0", 14)
-    empty = await activities._target(None, request, "1.0.0", revisions, set())  # type: ignore[arg-type]
-    assert empty == ("2.0", 14)
-
-
 def test_migration_note_names_failed_and_running_migrations() -> None:
     """The rollback's note names every kept migration, and marks the one that
     failed (it may be applied in part) or still runs."""
