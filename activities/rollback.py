@@ -130,9 +130,12 @@ class RollbackActivities:
                 "metadata": {
                     "name": name,
                     "namespace": target.namespace,
-                    # The destroy's app step deletes it with the app.
+                    # The destroy's base step deletes it with the base release,
+                    # whose revisions it notes. A destroy that stopped before
+                    # that step keeps both, so a later rollback still knows
+                    # which revisions ran.
                     "labels": {
-                        PHASE_LABEL: Phase.APP.value,
+                        PHASE_LABEL: Phase.BASE.value,
                         INSTANCE_LABEL: target.release,
                         "app.kubernetes.io/managed-by": "ventros-deploy",
                     },

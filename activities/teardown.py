@@ -29,6 +29,7 @@ from activities.deploy import (
     check_own_id,
     check_release_idle,
     heartbeat_while_running,
+    history_name,
     migrations_name,
     note_completed_migrations,
     ref_of,
@@ -413,6 +414,10 @@ class TeardownActivities:
             )
             result.kept.append(f"helm release {release}: it {users}. {later}")
         await self._uninstall(request, releases, result)
+        # The note of the base release's revisions that ran goes with it.
+        history = history_name(request.release)
+        if await kube.delete(CONFIG_MAP, history, request.namespace):
+            result.deleted.append(f"configmap/{history}")
         return result
 
     async def _check_operators_free(

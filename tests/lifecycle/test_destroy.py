@@ -19,7 +19,7 @@ from temporalio.client import WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
-from activities.deploy import CONFIG_MAP, migrations_name
+from activities.deploy import CONFIG_MAP, history_name, migrations_name
 from activities.helm import Helm
 from activities.kubeapi import KubeClient, ResourceType, well_known
 from client.cli import live_statuses
@@ -207,7 +207,8 @@ async def test_destroy_waits_for_queues(
     namespace: str,
 ) -> None:
     """With 5 messages queued the messaging step keeps running and reports the
-    count; once the queues are empty it deletes the RabbitMQ cluster."""
+    count; once the queues are empty it deletes the RabbitMQ cluster. The
+    rollback's note of revisions that ran stays until the base step."""
     rabbit = f"{RELEASE}-rabbitmq"
     async with running_worker(temporal_env.client, lifecycle_settings):
         await deploy(temporal_env, lifecycle_settings, namespace, "1.0.0")
@@ -228,6 +229,8 @@ async def test_destroy_waits_for_queues(
             ["status", handle.id, "--json"], cli_env(temporal_env, lifecycle_settings)
         )
         held = await kube.get(RABBITMQ, rabbit, namespace)
+        # The note of the base release's revisions stays while the release does.
+        history_held = await kube.get(CONFIG_MAP, history_name(RELEASE), namespace)
         still_running = await handle.query("status", result_type=DestroyStatus)
         # A deploy of the same release is refused while the destroy runs.
         refused = await run_cli(
@@ -253,6 +256,8 @@ async def test_destroy_waits_for_queues(
     assert messaging.last_status is not None
     assert "0 messages" in messaging.last_status
     assert await kube.get(RABBITMQ, rabbit, namespace) is None
+    assert history_held is not None
+    assert await kube.get(CONFIG_MAP, history_name(RELEASE), namespace) is None
     await keep_history(handle, "destroy_with_drain")
 
 
