@@ -503,8 +503,10 @@ def describe_validation_error(error: ValidationError) -> str:
             else:
                 text = URL_CREDENTIALS.sub(r"\1(credentials not shown)@", text)
                 shown = f" (got {text[:80]}{'...' if len(text) > 80 else ''})"
-        if item["type"] == "string_type" and json_type_name(field_input) == (
-            "a number"
+        if (
+            item["type"] == "string_type"
+            and json_type_name(field_input) == "a number"
+            and str(item["loc"][-1]).endswith("version")
         ):
             # A version typed as 1.10 in JSON or YAML arrives as the number 1.1.
             shown += (

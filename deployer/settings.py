@@ -84,6 +84,17 @@ def _is_local(host: str) -> bool:
     return ip.is_loopback or ip.is_unspecified
 
 
+def _bracketed_ipv6(host: str) -> bool:
+    """Tell whether a host is not in brackets, or contains an IPv6 address in them."""
+    if not host.startswith("["):
+        return True
+    try:
+        ipaddress.IPv6Address(host[1:-1])
+    except ValueError:
+        return False
+    return True
+
+
 class TemporalSettings(BaseSettings):
     """How to reach the bootstrap Temporal (used by the worker and the client)."""
 
@@ -111,8 +122,14 @@ class TemporalSettings(BaseSettings):
     def _temporal_address(cls, value: str) -> str:
         # The SDK raises a ValueError with a traceback for a port out of range,
         # and reads "host:" as port 80.
+        if value != value.strip():
+            raise ValueError("has spaces around it; remove them")
         match = TEMPORAL_ADDRESS.fullmatch(value)
-        if match is None or not 1 <= int(match[2]) <= 65535:
+        if (
+            match is None
+            or not 1 <= int(match[2]) <= 65535
+            or not _bracketed_ipv6(match[1])
+        ):
             raise ValueError(
                 "must be host:port with a port from 1 to 65535, such as "
                 "127.0.0.1:7233 or [::1]:7233"

@@ -267,7 +267,7 @@ class LocalCluster:
 
     def down(self, quiet: bool = False) -> int:
         """Stop every process this cluster started and remove its data; return
-        how many processes were running."""
+        how many processes it had recorded."""
         stopped = self.processes.stop_all()
         if self.config.cluster_dir.exists():
             shutil.rmtree(self.config.cluster_dir)

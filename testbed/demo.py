@@ -491,9 +491,9 @@ def down() -> int:
     for path in STATE.glob(f"{TEMPORAL_DB}*"):
         path.unlink()
     print(
-        f"stopped the worker, the codec server and the bootstrap Temporal "
-        f"({_processes(services)}) and the demo cluster ({_processes(cluster)}), "
-        "and removed the cluster's data and the bootstrap Temporal's history"
+        f"stopped the demo's services ({_processes(services)}) and its cluster "
+        f"({_processes(cluster)}), and removed the cluster's data and the "
+        "bootstrap Temporal's history"
     )
     return 0
 

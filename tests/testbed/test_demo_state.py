@@ -82,9 +82,7 @@ def test_demo_down_removes_history(
     assert kept_before
     assert leftovers == []
     assert not kept_after
-    assert "bootstrap Temporal (1 process) and the demo cluster (0 processes)" in (
-        printed
-    )
+    assert "the demo's services (1 process) and its cluster (0 processes)" in (printed)
     assert (demo_state / "codec-keys.json").exists()
 
 

@@ -225,3 +225,6 @@ def test_number_version_quote_hint(parse: Any, field: str) -> None:
     with pytest.raises(InvalidRequestError) as raised:
         parse({field: True})
     assert "Quote it" not in str(raised.value)
+    with pytest.raises(InvalidRequestError) as raised:
+        parse({"namespace": 42})
+    assert "Quote it" not in str(raised.value)

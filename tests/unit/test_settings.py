@@ -76,7 +76,17 @@ def test_client_names_invalid_setting(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    "address", ["127.0.0.1:99999", "127.0.0.1:-1", "127.0.0.1:", "127.0.0.1:0", "x"]
+    "address",
+    [
+        "127.0.0.1:99999",
+        "127.0.0.1:-1",
+        "127.0.0.1:",
+        "127.0.0.1:0",
+        "x",
+        "[1.2.3.4]:7233",
+        "[:]:7233",
+        "::1:7233",
+    ],
 )
 def test_client_names_invalid_address(address: str) -> None:
     """A Temporal address without a port from 1 to 65535 exits 2 with one line
@@ -87,6 +97,13 @@ def test_client_names_invalid_address(address: str) -> None:
     assert f"VENTROS_DEPLOY_TEMPORAL_ADDRESS={address}: must be host:port" in (
         result.stderr
     )
+
+
+def test_address_with_spaces_named() -> None:
+    """Spaces around the address are named as the problem, since the value
+    would otherwise look like the example."""
+    with pytest.raises(ValidationError, match="has spaces around it"):
+        TemporalSettings(temporal_address="127.0.0.1:7233 ")
 
 
 @pytest.mark.parametrize(
