@@ -132,7 +132,7 @@ class RollbackActivities:
                     "namespace": target.namespace,
                     # The destroy's base step deletes it with the base release,
                     # whose revisions it notes. A destroy that stopped before
-                    # that step keeps both, so a later rollback still knows
+                    # that step keeps both, so a later rollback still finds
                     # which revisions ran.
                     "labels": {
                         PHASE_LABEL: Phase.BASE.value,
