@@ -424,8 +424,11 @@ class TeardownActivities:
         self, request: DestroyRequest, candidates: list[str]
     ) -> dict[str, str]:
         """Return the operators among candidates that other releases use, as
-        _operators_in_use does; raise OperatorsInUse for any of them when the
-        destroy deletes the namespace, which would delete them too."""
+        _operators_in_use does.
+
+        Raise OperatorsInUse when there is any and the destroy deletes the
+        namespace, because that would delete those operators too.
+        """
         kube = await self._deploy.kube(request.kube_context)
         in_use = await self._operators_in_use(kube, request, candidates)
         if in_use and request.delete_namespace:

@@ -1157,9 +1157,9 @@ async def recorded_status(
         return await result_status(ended, model)
     if execution != WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_CANCELED:
         return None
-    kept = await description.memo_value(contracts.STATUS_MEMO, None)
+    stored = await description.memo_value(contracts.STATUS_MEMO, None)
     try:
-        status: AnyStatus = model.model_validate(kept)
+        status: AnyStatus = model.model_validate(stored)
     except ValidationError:
         return None
     return status

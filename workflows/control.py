@@ -67,7 +67,7 @@ def run_failed(message: str, kind: str | None, status: Any) -> ApplicationError:
 
     `ventros-deploy status` reads a failed run's phases from there, as it
     reads a succeeded run's from its result, so neither needs a worker to
-    answer a query. Details pass through the payload codec, as results do.
+    run a query. Details pass through the payload codec, as results do.
     Only the failure's content changes, not the command, so runs recorded
     before replay the same.
     """

@@ -137,6 +137,7 @@ def repository(
         check=True,
         capture_output=True,
     )
+
     pki = cluster.config.pki_dir
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(str(pki / "apiserver.crt"), str(pki / "apiserver.key"))
@@ -149,6 +150,7 @@ def repository(
         check=True,
         capture_output=True,
     )
+
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     saved = os.environ.get("SSL_CERT_FILE")

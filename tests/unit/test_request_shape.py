@@ -215,7 +215,7 @@ def test_destroy_keeps_cluster_namespace(namespace: str, rejected: bool) -> None
     [(parse_request, "app_version"), (parse_rollback_request, "to_version")],
 )
 def test_number_version_quote_hint(parse: Any, field: str) -> None:
-    """A version that a request file gives as a number asks to quote it; a
+    """A version that a request file gives as a number gets a hint to quote it; a
     boolean gets no such hint."""
     with pytest.raises(InvalidRequestError) as raised:
         parse({field: 1.1})
